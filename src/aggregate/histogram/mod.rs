@@ -1,0 +1,517 @@
+//! Sparse base-2 exponential histogram (Prometheus native / OTLP exponential
+//! bucket layout) with a one-sample exemplar reservoir per bucket, used by
+//! tailfold to aggregate latency-like streams and answer quantile queries.
+
+mod mapping;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use rand::Rng;
+
+use crate::aggregate::exemplar::{Exemplar, ExemplarSlot};
+pub use mapping::{bucket_bounds, bucket_index, relative_error, MAX_SCALE, MIN_SCALE};
+use store::Side;
+
+/// Invalid histogram configuration.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+pub enum HistogramError {
+    /// `scale` outside `MIN_SCALE..=MAX_SCALE`.
+    #[error("scale {0} is outside the supported range -10..=8")]
+    ScaleOutOfRange(i8),
+    /// `max_buckets` below 2.
+    #[error("max_buckets {0} is below the minimum of 2")]
+    TooFewBuckets(usize),
+    /// `zero_threshold` negative, NaN or infinite.
+    #[error("zero_threshold {0} must be finite and non-negative")]
+    InvalidZeroThreshold(f64),
+}
+
+/// Histogram settings; `Default` is the single place defaults live.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HistogramConfig {
+    /// Starting (finest) scale; the histogram only ever downscales from it.
+    pub scale: i8,
+    /// Maximum populated index range per sign before downscaling kicks in.
+    /// At `MIN_SCALE` it cannot be enforced below 3 (the whole `f64` range).
+    pub max_buckets: usize,
+    /// Values with `|v| <= zero_threshold` go to the zero bucket.
+    pub zero_threshold: f64,
+}
+
+impl Default for HistogramConfig {
+    fn default() -> Self {
+        Self {
+            // base 2^(1/64): worst-case relative error ~0.54%.
+            scale: 6,
+            // 2048 buckets at scale 6 span 2^32 (e.g. 1us..71min) before downscaling.
+            max_buckets: 2048,
+            zero_threshold: 0.0,
+        }
+    }
+}
+
+impl HistogramConfig {
+    /// Checks every field, reporting the first bad one.
+    pub fn validate(&self) -> Result<(), HistogramError> {
+        if !(MIN_SCALE..=MAX_SCALE).contains(&self.scale) {
+            return Err(HistogramError::ScaleOutOfRange(self.scale));
+        }
+        if self.max_buckets < 2 {
+            return Err(HistogramError::TooFewBuckets(self.max_buckets));
+        }
+        if !(self.zero_threshold.is_finite() && self.zero_threshold >= 0.0) {
+            return Err(HistogramError::InvalidZeroThreshold(self.zero_threshold));
+        }
+        Ok(())
+    }
+
+    /// The nearest valid configuration (used by the infallible constructor).
+    fn sanitized(self) -> Self {
+        let zero_threshold = if self.zero_threshold.is_nan() {
+            0.0
+        } else {
+            self.zero_threshold.clamp(0.0, f64::MAX)
+        };
+        Self {
+            scale: self.scale.clamp(MIN_SCALE, MAX_SCALE),
+            max_buckets: self.max_buckets.max(2),
+            zero_threshold,
+        }
+    }
+}
+
+/// Identifies one bucket at a histogram's current scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BucketRef {
+    /// The zero bucket, `|v| <= zero_threshold`.
+    Zero,
+    /// Positive bucket `i`: values in `(base^i, base^(i+1)]`.
+    Positive(i32),
+    /// Negative bucket `i`: values with `|v|` in `(base^i, base^(i+1)]`.
+    Negative(i32),
+}
+
+/// Result of `ExpHistogram::quantile`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantileEstimate {
+    /// Estimated value, within `relative_error(scale)` of the exact sample.
+    pub value: f64,
+    /// The bucket holding the exact sample.
+    pub bucket: BucketRef,
+    /// The exemplar kept by that bucket, if it saw a traced sample.
+    pub exemplar: Option<Exemplar>,
+}
+
+/// Base-2 exponential histogram with count/sum/min/max/stdev and per-bucket
+/// exemplar reservoirs. See the module docs for the bucket layout.
+#[derive(Clone, Debug)]
+pub struct ExpHistogram {
+    config: HistogramConfig,
+    scale: i8,
+    positive: Side,
+    negative: Side,
+    zero_count: u64,
+    zero_exemplar: Option<ExemplarSlot>,
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    /// Welford running mean and sum of squared deviations.
+    mean: f64,
+    m2: f64,
+}
+
+impl Default for ExpHistogram {
+    fn default() -> Self {
+        Self::new(HistogramConfig::default())
+    }
+}
+
+/// Smallest `k <= limit` with `(hi >> k) - (lo >> k) + 1 <= max`.
+fn shift_needed(lo: i32, hi: i32, max: usize, limit: u32) -> u32 {
+    let mut k = 0;
+    while k < limit && ((hi >> k) - (lo >> k)) as usize + 1 > max {
+        k += 1;
+    }
+    k
+}
+
+/// Fraction of the log-span `(a, b]` lying at or below `x` (clamped to [0, 1]).
+fn log_share_below(a: f64, b: f64, x: f64) -> f64 {
+    if !(a > 0.0 && b > a && b.is_finite()) {
+        // Degenerate span: all samples sit at `b` as far as we can tell.
+        return if x >= b { 1.0 } else { 0.0 };
+    }
+    ((x / a).ln() / (b / a).ln()).clamp(0.0, 1.0)
+}
+
+/// `round(count * share)`, never more than `count`.
+fn portion(count: u64, share: f64) -> u64 {
+    ((count as f64 * share).round() as u64).min(count)
+}
+
+impl ExpHistogram {
+    /// An empty histogram. Invalid fields are clamped to the nearest valid
+    /// value; use `try_new` (or `HistogramConfig::validate`) to reject them.
+    pub fn new(config: HistogramConfig) -> Self {
+        let config = config.sanitized();
+        Self {
+            config,
+            scale: config.scale,
+            positive: Side::default(),
+            negative: Side::default(),
+            zero_count: 0,
+            zero_exemplar: None,
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            mean: 0.0,
+            m2: 0.0,
+        }
+    }
+
+    /// An empty histogram, or the configuration error.
+    pub fn try_new(config: HistogramConfig) -> Result<Self, HistogramError> {
+        config.validate().map(|()| Self::new(config))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &HistogramConfig {
+        &self.config
+    }
+
+    /// Records one sample. `value` must be finite (checked in debug builds).
+    ///
+    /// With an exemplar, the bucket's reservoir is offered it (see
+    /// `ExemplarSlot`); the exemplar's `value` is set to `value` so that a kept
+    /// exemplar always lies in its bucket. Allocates only when the populated
+    /// range grows or a bucket sees its first traced sample.
+    pub fn record<R: Rng + ?Sized>(&mut self, value: f64, exemplar: Option<Exemplar>, rng: &mut R) {
+        debug_assert!(value.is_finite(), "recorded non-finite value {value}");
+        self.count += 1;
+        self.sum += value;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        let delta = value - self.mean;
+        self.mean += delta / self.count as f64;
+        self.m2 += delta * (value - self.mean);
+
+        let exemplar = exemplar.map(|e| Exemplar { value, ..e });
+        if value.abs() <= self.config.zero_threshold {
+            self.zero_count += 1;
+            if let Some(ex) = exemplar {
+                match &mut self.zero_exemplar {
+                    Some(slot) => slot.offer(ex, rng),
+                    None => {
+                        self.zero_exemplar = Some(ExemplarSlot::new(0, ex));
+                    }
+                }
+            }
+            return;
+        }
+        let mut index = bucket_index(self.scale, value);
+        let negative = value < 0.0;
+        let side = if negative { &self.negative } else { &self.positive };
+        let (lo, hi) = side.span_with(index);
+        if (hi - lo) as usize >= self.config.max_buckets {
+            let k = shift_needed(lo, hi, self.config.max_buckets, self.downscale_limit());
+            self.downscale(k, rng);
+            index >>= k;
+        }
+        let side = if negative {
+            &mut self.negative
+        } else {
+            &mut self.positive
+        };
+        side.add(index, 1);
+        if let Some(ex) = exemplar {
+            side.offer(index, ex, rng);
+        }
+    }
+
+    /// How many more times the scale can still be halved.
+    fn downscale_limit(&self) -> u32 {
+        (i32::from(self.scale) - i32::from(MIN_SCALE)) as u32
+    }
+
+    /// Lowers the scale by `k`, merging each run of `2^k` buckets (and their
+    /// exemplar reservoirs) into one.
+    fn downscale<R: Rng + ?Sized>(&mut self, k: u32, rng: &mut R) {
+        let k = k.min(self.downscale_limit());
+        if k == 0 {
+            return;
+        }
+        self.positive.downscale(k, rng);
+        self.negative.downscale(k, rng);
+        self.scale -= k as i8;
+    }
+
+    /// Downscales until both signs fit `max_buckets` (or the scale bottoms out).
+    fn enforce_max_buckets<R: Rng + ?Sized>(&mut self, rng: &mut R) {
+        let limit = self.downscale_limit();
+        let max = self.config.max_buckets;
+        let need = |side: &Side| side.span().map_or(0, |(lo, hi)| shift_needed(lo, hi, max, limit));
+        let k = need(&self.positive).max(need(&self.negative));
+        self.downscale(k, rng);
+    }
+
+    /// Adds `other` into `self`.
+    ///
+    /// Exact when the scales match; otherwise the finer histogram is first
+    /// downscaled (a copy, for `other`) to the coarser scale. `self`'s config
+    /// wins: zero counts are summed as they are (the zero thresholds are
+    /// assumed equal) and `max_buckets` is enforced afterwards. Spread is
+    /// combined with Chan et al.'s parallel formula.
+    pub fn merge<R: Rng + ?Sized>(&mut self, other: &ExpHistogram, rng: &mut R) {
+        if other.count == 0 {
+            return;
+        }
+        let target = self.scale.min(other.scale);
+        self.downscale((self.scale - target) as u32, rng);
+        let coarsened;
+        let other = if other.scale > target {
+            let mut copy = other.clone();
+            copy.downscale((other.scale - target) as u32, rng);
+            coarsened = copy;
+            &coarsened
+        } else {
+            other
+        };
+        self.positive.merge_from(&other.positive, rng);
+        self.negative.merge_from(&other.negative, rng);
+        self.zero_count += other.zero_count;
+        match (&mut self.zero_exemplar, &other.zero_exemplar) {
+            (Some(mine), Some(theirs)) => mine.absorb(theirs, rng),
+            (mine @ None, Some(theirs)) => *mine = Some(*theirs),
+            _ => {}
+        }
+
+        let (na, nb) = (self.count as f64, other.count as f64);
+        let n = na + nb;
+        let delta = other.mean - self.mean;
+        self.mean += delta * (nb / n);
+        self.m2 += other.m2 + delta * delta * (na / n) * nb;
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.enforce_max_buckets(rng);
+    }
+
+    /// Number of recorded samples.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Plain floating-point sum of the recorded samples.
+    pub fn sum(&self) -> f64 {
+        self.sum
+    }
+
+    /// Smallest recorded sample.
+    pub fn min(&self) -> Option<f64> {
+        (self.count > 0).then_some(self.min)
+    }
+
+    /// Largest recorded sample.
+    pub fn max(&self) -> Option<f64> {
+        (self.count > 0).then_some(self.max)
+    }
+
+    /// Arithmetic mean (Welford running mean).
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then_some(self.mean)
+    }
+
+    /// Population standard deviation.
+    pub fn stdev(&self) -> Option<f64> {
+        (self.count > 0).then(|| (self.m2.max(0.0) / self.count as f64).sqrt())
+    }
+
+    /// Current scale (starts at `config.scale`, only decreases).
+    pub fn scale(&self) -> i8 {
+        self.scale
+    }
+
+    /// Number of samples in the zero bucket.
+    pub fn zero_count(&self) -> u64 {
+        self.zero_count
+    }
+
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Estimated `q`-quantile, `q` in `[0, 1]` (else, or when empty, `None`).
+    ///
+    /// The exact quantile is the nearest-rank sample: rank
+    /// `r = max(1, ceil(q * n))` of the samples in ascending order. Buckets are
+    /// walked in ascending value order to find the one holding rank `r`; the
+    /// reported value is its harmonic-mean point `2lu / (l + u)` (mirrored for
+    /// negative buckets, `0.0` for the zero bucket), clamped into `[min, max]`.
+    /// That is within `relative_error(scale())` of the exact sample (outside
+    /// the zero bucket). Ranks 1 and n report the tracked min and max, so
+    /// p0 and p100 are exact. The exemplar is the one kept
+    /// by that very bucket; a neighbour's is never substituted.
+    pub fn quantile(&self, q: f64) -> Option<QuantileEstimate> {
+        if self.count == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let (bucket, value, slot) = self.bucket_of_rank(rank)?;
+        // The extreme ranks are the tracked min and max themselves.
+        let value = if rank == 1 {
+            self.min
+        } else if rank == self.count {
+            self.max
+        } else {
+            value.clamp(self.min, self.max)
+        };
+        Some(QuantileEstimate {
+            value,
+            bucket,
+            exemplar: slot.map(|s| s.exemplar),
+        })
+    }
+
+    /// The bucket holding the `rank`-th smallest sample, its representative
+    /// value and its exemplar slot.
+    fn bucket_of_rank(&self, rank: u64) -> Option<(BucketRef, f64, Option<&ExemplarSlot>)> {
+        let mut seen = 0;
+        // Most negative first: highest |index| of the negative side.
+        for (i, c) in self.negative.buckets().rev() {
+            seen += c;
+            if seen >= rank {
+                let (l, u) = bucket_bounds(self.scale, i);
+                let value = -mapping::representative(l, u);
+                return Some((BucketRef::Negative(i), value, self.negative.slot(i)));
+            }
+        }
+        seen += self.zero_count;
+        if seen >= rank {
+            return Some((BucketRef::Zero, 0.0, self.zero_exemplar.as_ref()));
+        }
+        for (i, c) in self.positive.buckets() {
+            seen += c;
+            if seen >= rank {
+                let (l, u) = bucket_bounds(self.scale, i);
+                let value = mapping::representative(l, u);
+                return Some((BucketRef::Positive(i), value, self.positive.slot(i)));
+            }
+        }
+        None
+    }
+
+    /// Number of samples `> threshold`.
+    ///
+    /// Exact when `threshold` is outside `[min, max)` or a positive bucket
+    /// boundary (or any boundary, for samples not equal to it). Otherwise the
+    /// one bucket straddling `threshold` contributes its count times the share
+    /// of its log-span (narrowed to `[min, max]`; linear for the zero bucket)
+    /// above `threshold`, rounded: the error is at most that bucket's count.
+    pub fn count_above(&self, threshold: f64) -> u64 {
+        if self.count == 0 || threshold.is_nan() || threshold >= self.max {
+            return 0;
+        }
+        if threshold < self.min {
+            return self.count;
+        }
+        let zt = self.config.zero_threshold;
+        let (lo, hi) = (self.min, self.max);
+        if threshold > zt {
+            let i = bucket_index(self.scale, threshold);
+            let (l, u) = bucket_bounds(self.scale, i);
+            let c = self.positive.count_at(i);
+            let below = portion(c, log_share_below(l.max(lo), u.min(hi), threshold));
+            self.positive.total_above(i) + (c - below)
+        } else if threshold >= -zt {
+            let (a, b) = ((-zt).max(lo), zt.min(hi));
+            let share_above = if b > a {
+                ((b - threshold) / (b - a)).clamp(0.0, 1.0)
+            } else if threshold < b {
+                1.0
+            } else {
+                0.0
+            };
+            self.positive.total() + portion(self.zero_count, share_above)
+        } else {
+            // Above `threshold` on the negative side means smaller magnitude.
+            let i = bucket_index(self.scale, threshold);
+            let (l, u) = bucket_bounds(self.scale, i);
+            let c = self.negative.count_at(i);
+            let smaller = log_share_below(l.max(-hi), u.min(-lo), -threshold);
+            self.positive.total() + self.zero_count + self.negative.total_below(i) + portion(c, smaller)
+        }
+    }
+
+    /// Number of samples `<= threshold`: `count() - count_above(threshold)`.
+    pub fn count_at_or_below(&self, threshold: f64) -> u64 {
+        self.count - self.count_above(threshold)
+    }
+
+    /// Share of samples `> threshold`, `None` when empty.
+    pub fn fraction_above(&self, threshold: f64) -> Option<f64> {
+        (self.count > 0).then(|| self.count_above(threshold) as f64 / self.count as f64)
+    }
+
+    /// Exemplar of the highest bucket whose kept exemplar's value is
+    /// `> threshold`: links a "slow" output to one concrete trace.
+    pub fn exemplar_above(&self, threshold: f64) -> Option<Exemplar> {
+        let pos = self.positive.slots().iter().rev();
+        let zero = self.zero_exemplar.iter();
+        let neg = self.negative.slots().iter();
+        pos.chain(zero)
+            .chain(neg)
+            .map(|s| s.exemplar)
+            .find(|e| e.value > threshold)
+    }
+
+    /// Non-empty positive buckets as `(index, count)`, ascending index.
+    pub fn positive_buckets(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+        self.positive.buckets()
+    }
+
+    /// Non-empty negative buckets as `(index, count)`, ascending index
+    /// (ascending magnitude).
+    pub fn negative_buckets(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+        self.negative.buckets()
+    }
+
+    /// Kept exemplars: negative buckets by ascending index, then the zero
+    /// bucket, then positive buckets by ascending index.
+    pub fn exemplars(&self) -> impl Iterator<Item = (BucketRef, &Exemplar)> + '_ {
+        let neg = self
+            .negative
+            .slots()
+            .iter()
+            .map(|s| (BucketRef::Negative(s.index), &s.exemplar));
+        let zero = self.zero_exemplar.iter().map(|s| (BucketRef::Zero, &s.exemplar));
+        let pos = self
+            .positive
+            .slots()
+            .iter()
+            .map(|s| (BucketRef::Positive(s.index), &s.exemplar));
+        neg.chain(zero).chain(pos)
+    }
+
+    /// Capacity-based estimate of the heap memory owned.
+    pub fn heap_bytes(&self) -> usize {
+        self.positive.heap_bytes() + self.negative.heap_bytes()
+    }
+
+    /// Empties the histogram, restoring the configured scale and keeping the
+    /// allocated capacity.
+    pub fn clear(&mut self) {
+        let (positive, negative) = (std::mem::take(&mut self.positive), std::mem::take(&mut self.negative));
+        *self = Self {
+            positive,
+            negative,
+            ..Self::new(self.config)
+        };
+        self.positive.clear();
+        self.negative.clear();
+    }
+}

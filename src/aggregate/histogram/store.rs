@@ -1,0 +1,178 @@
+//! Storage for one sign of an exponential histogram: dense counts over the
+//! populated index range plus sparse exemplar reservoirs.
+
+use rand::Rng;
+
+use crate::aggregate::exemplar::{Exemplar, ExemplarSlot};
+
+/// Counts for one sign. `counts[j]` is bucket `offset + j`; when non-empty the
+/// first and last counts are non-zero, so `counts.len()` is the populated range.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Side {
+    counts: Vec<u64>,
+    offset: i32,
+    /// Sorted by `index`, at most one slot per bucket.
+    exemplars: Vec<ExemplarSlot>,
+}
+
+impl Side {
+    pub(super) fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Last populated index (meaningless when empty).
+    fn end(&self) -> i32 {
+        self.offset + self.counts.len() as i32 - 1
+    }
+
+    /// Index range `(lo, hi)` the side would span after adding `index`.
+    pub(super) fn span_with(&self, index: i32) -> (i32, i32) {
+        if self.is_empty() {
+            (index, index)
+        } else {
+            (self.offset.min(index), self.end().max(index))
+        }
+    }
+
+    /// Populated index range, if any.
+    pub(super) fn span(&self) -> Option<(i32, i32)> {
+        (!self.is_empty()).then(|| (self.offset, self.end()))
+    }
+
+    /// Adds `n` to bucket `index`, growing the dense range if needed.
+    pub(super) fn add(&mut self, index: i32, n: u64) {
+        if self.counts.is_empty() {
+            self.offset = index;
+            self.counts.push(n);
+            return;
+        }
+        if index < self.offset {
+            let extra = (self.offset - index) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, extra));
+            self.offset = index;
+        } else if index > self.end() {
+            self.counts.resize((index - self.offset) as usize + 1, 0);
+        }
+        self.counts[(index - self.offset) as usize] += n;
+    }
+
+    /// Count of bucket `index` (0 outside the populated range).
+    pub(super) fn count_at(&self, index: i32) -> u64 {
+        let j = i64::from(index) - i64::from(self.offset);
+        usize::try_from(j)
+            .ok()
+            .and_then(|j| self.counts.get(j))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Sum of all counts.
+    pub(super) fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Sum of counts of buckets with index `> index`.
+    pub(super) fn total_above(&self, index: i32) -> u64 {
+        let from = (i64::from(index) + 1 - i64::from(self.offset)).max(0) as usize;
+        self.counts.get(from..).map_or(0, |c| c.iter().sum())
+    }
+
+    /// Sum of counts of buckets with index `< index`.
+    pub(super) fn total_below(&self, index: i32) -> u64 {
+        let to = (i64::from(index) - i64::from(self.offset)).clamp(0, self.counts.len() as i64);
+        self.counts[..to as usize].iter().sum()
+    }
+
+    /// Non-zero buckets as `(index, count)`, ascending index.
+    pub(super) fn buckets(&self) -> impl DoubleEndedIterator<Item = (i32, u64)> + '_ {
+        let offset = self.offset;
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(move |(j, c)| (offset + j as i32, *c))
+    }
+
+    /// Exemplar slots, ascending index.
+    pub(super) fn slots(&self) -> &[ExemplarSlot] {
+        &self.exemplars
+    }
+
+    /// The exemplar slot of bucket `index`, if it saw a traced sample.
+    pub(super) fn slot(&self, index: i32) -> Option<&ExemplarSlot> {
+        self.exemplars
+            .binary_search_by_key(&index, |s| s.index)
+            .ok()
+            .map(|p| &self.exemplars[p])
+    }
+
+    /// Offers a traced sample to bucket `index`'s reservoir.
+    pub(super) fn offer<R: Rng + ?Sized>(&mut self, index: i32, ex: Exemplar, rng: &mut R) {
+        match self.exemplars.binary_search_by_key(&index, |s| s.index) {
+            Ok(p) => self.exemplars[p].offer(ex, rng),
+            Err(p) => self.exemplars.insert(p, ExemplarSlot::new(index, ex)),
+        }
+    }
+
+    /// Merges `2^k` adjacent buckets into one (`index >> k`), in place.
+    pub(super) fn downscale<R: Rng + ?Sized>(&mut self, k: u32, rng: &mut R) {
+        if k == 0 {
+            return;
+        }
+        if !self.counts.is_empty() {
+            let new_offset = self.offset >> k;
+            let new_len = ((self.end() >> k) - new_offset) as usize + 1;
+            // Targets never lie after their source, so one forward pass works.
+            for j in 0..self.counts.len() {
+                let c = std::mem::take(&mut self.counts[j]);
+                let t = (((self.offset + j as i32) >> k) - new_offset) as usize;
+                self.counts[t] += c;
+            }
+            self.counts.truncate(new_len);
+            self.offset = new_offset;
+        }
+        let mut kept = 0;
+        for r in 0..self.exemplars.len() {
+            let mut slot = self.exemplars[r];
+            slot.index >>= k;
+            if kept > 0 && self.exemplars[kept - 1].index == slot.index {
+                self.exemplars[kept - 1].absorb(&slot, rng);
+            } else {
+                self.exemplars[kept] = slot;
+                kept += 1;
+            }
+        }
+        self.exemplars.truncate(kept);
+    }
+
+    /// Adds every bucket and reservoir of `other` (same scale) into `self`.
+    pub(super) fn merge_from<R: Rng + ?Sized>(&mut self, other: &Side, rng: &mut R) {
+        if let Some((lo, hi)) = other.span() {
+            // Grow once to the union so the per-bucket adds below never move data.
+            let (lo, _) = self.span_with(lo);
+            let (_, hi) = self.span_with(hi);
+            self.add(lo, 0);
+            self.add(hi, 0);
+            let base = (other.offset - self.offset) as usize;
+            for (dst, src) in self.counts[base..].iter_mut().zip(&other.counts) {
+                *dst += *src;
+            }
+        }
+        for slot in &other.exemplars {
+            match self.exemplars.binary_search_by_key(&slot.index, |s| s.index) {
+                Ok(p) => self.exemplars[p].absorb(slot, rng),
+                Err(p) => self.exemplars.insert(p, *slot),
+            }
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.counts.clear();
+        self.exemplars.clear();
+        self.offset = 0;
+    }
+
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.counts.capacity() * size_of::<u64>() + self.exemplars.capacity() * size_of::<ExemplarSlot>()
+    }
+}

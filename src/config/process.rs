@@ -1,0 +1,452 @@
+//! The process config (`config/tailfold.yaml`): listen addresses, engine and
+//! flush settings, ingest limits, the embedded store and trace selections.
+//! Every field has a documented default; [`ServiceSettings::load`] checks it all.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::histogram::HistogramConfig;
+use crate::engine::{default_shards, EngineSettings};
+use crate::model::parse_duration_ms;
+
+use super::error::ConfigError;
+
+/// Defaults of every process setting, in one place.
+pub mod defaults {
+    /// gRPC listen address.
+    pub const GRPC_LISTEN: &str = "127.0.0.1:4770";
+    /// Rules file, relative to the config file.
+    pub const RULES_FILE: &str = "rules.yaml";
+    /// Data directory, relative to the working directory.
+    pub const DATA_DIR: &str = "data";
+    /// Refuse samples more than this far in the future.
+    pub const FUTURE_TOLERANCE_MS: u64 = 60_000;
+    /// How often the flush loop looks for due windows.
+    pub const FLUSH_INTERVAL_MS: u64 = 1_000;
+    /// Random delay added to each flush tick, so many instances don't flush in lockstep.
+    pub const FLUSH_JITTER_MS: u64 = 100;
+    /// Histogram scale: base 2^(2^-6), about 0.54 % worst-case relative error.
+    pub const HISTOGRAM_SCALE: i8 = 6;
+    /// Buckets per sign before the histogram downscales.
+    pub const HISTOGRAM_MAX_BUCKETS: usize = 2048;
+    /// Header (HTTP) / metadata key (gRPC) naming the tenant.
+    pub const TENANT_HEADER: &str = "x-scope-orgid";
+    /// Tenant of requests without the header.
+    pub const DEFAULT_TENANT: &str = "default";
+    /// Labels per series.
+    pub const MAX_LABELS_PER_SERIES: usize = 64;
+    /// Bytes per label name.
+    pub const MAX_LABEL_NAME_BYTES: usize = 256;
+    /// Bytes per label value.
+    pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
+    /// Points per request.
+    pub const MAX_POINTS_PER_REQUEST: usize = 1_000_000;
+    /// Encoded request size.
+    pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+    /// Selections buffered per stream subscriber before it is told it lagged.
+    pub const SELECTION_STREAM_BUFFER: usize = 65_536;
+    /// Grace period to flush and drain on shutdown.
+    pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+    /// Interval of the progress line in the log.
+    pub const PROGRESS_INTERVAL_MS: u64 = 10_000;
+}
+
+/// The whole process config.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// gRPC server (ingest `Write` and the `Selections` stream).
+    pub grpc: GrpcConfig,
+    /// Rules file (mapping, drop and rollup rules), relative to this config file. Default `rules.yaml`.
+    pub rules_file: Option<PathBuf>,
+    /// Directory of the embedded store and selection files, relative to the working directory. Default `data`.
+    pub data_dir: Option<PathBuf>,
+    /// Window engine.
+    pub engine: EngineConfig,
+    /// Flush loop.
+    pub flush: FlushConfig,
+    /// Limits on what ingest accepts.
+    pub ingest: IngestConfig,
+    /// Embedded file store (the default sink).
+    pub store: StoreConfig,
+    /// Trace selections (exemplars picked per quantile).
+    pub selections: SelectionsConfig,
+    /// Logs.
+    pub log: LogConfig,
+}
+
+/// gRPC server settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Listen address, `host:port`. Default `127.0.0.1:4770`; port 0 picks a free port.
+    pub listen: Option<String>,
+}
+
+/// Engine settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Number of shards. Default four per core.
+    pub shards: Option<usize>,
+    /// Samples whose timestamp is further ahead of the clock are refused (`too_far_in_future`). Default 60000.
+    pub future_tolerance_ms: Option<u64>,
+    /// Allowed lateness per resolution, e.g. `{"10s": 5000, "1m": 30000}`. Unlisted
+    /// resolutions get half a window, clamped to [1 s, 60 s].
+    pub lateness_ms: BTreeMap<String, u64>,
+    /// Histogram layout of distributions.
+    pub histogram: HistogramSettings,
+}
+
+/// Histogram layout.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistogramSettings {
+    /// Initial scale (-10..=8). Default 6: relative error at most 0.54 %.
+    pub scale: Option<i8>,
+    /// Buckets per sign before downscaling. Default 2048.
+    pub max_buckets: Option<usize>,
+}
+
+/// Flush loop settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlushConfig {
+    /// How often due windows are looked for. Default 1000.
+    pub interval_ms: Option<u64>,
+    /// Random delay up to this much added to each tick. Default 100.
+    pub jitter_ms: Option<u64>,
+    /// On shutdown, time allowed to flush every open window and drain sinks. Default 10000.
+    pub shutdown_grace_ms: Option<u64>,
+    /// Interval of the progress line (received, accepted, rejected, flushed) in the log; 0 turns it off. Default 10000.
+    pub progress_interval_ms: Option<u64>,
+}
+
+/// Ingest limits and tenancy.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// gRPC metadata key naming the tenant. Default `x-scope-orgid`.
+    pub tenant_header: Option<String>,
+    /// Tenant of requests that do not name one. Default `default`.
+    pub default_tenant: Option<String>,
+    /// Labels per series (more: the series is rejected). Default 64.
+    pub max_labels_per_series: Option<usize>,
+    /// Bytes per label name. Default 256.
+    pub max_label_name_bytes: Option<usize>,
+    /// Bytes per label value. Default 4096.
+    pub max_label_value_bytes: Option<usize>,
+    /// Points per request (more: the request is refused). Default 1000000.
+    pub max_points_per_request: Option<usize>,
+    /// Encoded request size in bytes. Default 67108864.
+    pub max_request_bytes: Option<usize>,
+}
+
+/// Embedded file store settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Write aggregates under `<data_dir>/store`. Default true.
+    pub enabled: Option<bool>,
+    /// Length of a segment file. Default: one hour, at least one window, at most half the retention.
+    pub segment_duration: Option<String>,
+}
+
+/// Trace selection settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectionsConfig {
+    /// Also write selections as JSON lines under `<data_dir>/selections`. Default true.
+    pub file: Option<bool>,
+    /// Selections buffered per stream subscriber. Default 65536.
+    pub stream_buffer: Option<usize>,
+}
+
+/// Log settings (the level comes from `RUST_LOG`, default `info`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
+}
+
+/// Checked settings of the whole service, built from a [`ProcessConfig`].
+#[derive(Clone, Debug)]
+pub struct ServiceSettings {
+    /// Where the config was read from (for messages).
+    pub source: PathBuf,
+    /// gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// Rules file to load.
+    pub rules_file: PathBuf,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Engine settings.
+    pub engine: EngineSettings,
+    /// Flush tick.
+    pub flush_interval_ms: u64,
+    /// Flush jitter.
+    pub flush_jitter_ms: u64,
+    /// Shutdown grace.
+    pub shutdown_grace_ms: u64,
+    /// Progress log interval (0 = off).
+    pub progress_interval_ms: u64,
+    /// Ingest limits.
+    pub ingest: IngestLimits,
+    /// Store on/off.
+    pub store_enabled: bool,
+    /// Segment length override.
+    pub segment_duration_ms: Option<u64>,
+    /// Selection file on/off.
+    pub selections_file: bool,
+    /// Selection stream buffer.
+    pub selection_stream_buffer: usize,
+    /// JSON logs.
+    pub log_json: bool,
+}
+
+/// Checked ingest limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestLimits {
+    /// Metadata key of the tenant (lowercase).
+    pub tenant_header: String,
+    /// Tenant when none is named.
+    pub default_tenant: String,
+    /// Labels per series.
+    pub max_labels_per_series: usize,
+    /// Bytes per label name.
+    pub max_label_name_bytes: usize,
+    /// Bytes per label value.
+    pub max_label_value_bytes: usize,
+    /// Points per request.
+    pub max_points_per_request: usize,
+    /// Encoded request bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            tenant_header: defaults::TENANT_HEADER.to_string(),
+            default_tenant: defaults::DEFAULT_TENANT.to_string(),
+            max_labels_per_series: defaults::MAX_LABELS_PER_SERIES,
+            max_label_name_bytes: defaults::MAX_LABEL_NAME_BYTES,
+            max_label_value_bytes: defaults::MAX_LABEL_VALUE_BYTES,
+            max_points_per_request: defaults::MAX_POINTS_PER_REQUEST,
+            max_request_bytes: defaults::MAX_REQUEST_BYTES,
+        }
+    }
+}
+
+impl ServiceSettings {
+    /// Reads and checks the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks config text as if read from `path` (relative paths resolve against its folder).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let config: ProcessConfig = if text.trim().is_empty() {
+            ProcessConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|error| ConfigError::Yaml {
+                file: file.clone(),
+                message: error.to_string(),
+            })?
+        };
+        let invalid = |field: &str, problem: String| ConfigError::Field {
+            file: file.clone(),
+            field: field.to_string(),
+            problem,
+        };
+
+        let listen = config.grpc.listen.as_deref().unwrap_or(defaults::GRPC_LISTEN);
+        let grpc_listen: SocketAddr = listen.parse().map_err(|_| {
+            invalid(
+                "grpc.listen",
+                format!("{listen:?} is not a host:port address such as 127.0.0.1:4770"),
+            )
+        })?;
+
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rules_file = base.join(config.rules_file.as_deref().unwrap_or(Path::new(defaults::RULES_FILE)));
+        let data_dir = config
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR));
+
+        let mut lateness_overrides = Vec::new();
+        for (resolution, lateness) in &config.engine.lateness_ms {
+            let resolution_ms = parse_duration_ms(resolution)
+                .map_err(|error| invalid(&format!("engine.lateness_ms.{resolution}"), error.to_string()))?;
+            lateness_overrides.push((resolution_ms, *lateness));
+        }
+        let histogram = HistogramConfig {
+            scale: config.engine.histogram.scale.unwrap_or(defaults::HISTOGRAM_SCALE),
+            max_buckets: config
+                .engine
+                .histogram
+                .max_buckets
+                .unwrap_or(defaults::HISTOGRAM_MAX_BUCKETS),
+            ..HistogramConfig::default()
+        };
+        histogram
+            .validate()
+            .map_err(|error| invalid("engine.histogram", error.to_string()))?;
+        let shards = config.engine.shards.unwrap_or_else(default_shards);
+        if shards == 0 || shards > 4096 {
+            return Err(invalid("engine.shards", format!("{shards} is outside 1..=4096")));
+        }
+
+        let ingest = &config.ingest;
+        let limits = IngestLimits {
+            tenant_header: ingest
+                .tenant_header
+                .clone()
+                .unwrap_or_else(|| defaults::TENANT_HEADER.to_string())
+                .to_ascii_lowercase(),
+            default_tenant: ingest
+                .default_tenant
+                .clone()
+                .unwrap_or_else(|| defaults::DEFAULT_TENANT.to_string()),
+            max_labels_per_series: ingest.max_labels_per_series.unwrap_or(defaults::MAX_LABELS_PER_SERIES),
+            max_label_name_bytes: ingest.max_label_name_bytes.unwrap_or(defaults::MAX_LABEL_NAME_BYTES),
+            max_label_value_bytes: ingest.max_label_value_bytes.unwrap_or(defaults::MAX_LABEL_VALUE_BYTES),
+            max_points_per_request: ingest
+                .max_points_per_request
+                .unwrap_or(defaults::MAX_POINTS_PER_REQUEST),
+            max_request_bytes: ingest.max_request_bytes.unwrap_or(defaults::MAX_REQUEST_BYTES),
+        };
+        if limits.default_tenant.is_empty() {
+            return Err(invalid("ingest.default_tenant", "must not be empty".to_string()));
+        }
+        for (field, value) in [
+            ("ingest.max_labels_per_series", limits.max_labels_per_series),
+            ("ingest.max_label_name_bytes", limits.max_label_name_bytes),
+            ("ingest.max_label_value_bytes", limits.max_label_value_bytes),
+            ("ingest.max_points_per_request", limits.max_points_per_request),
+            ("ingest.max_request_bytes", limits.max_request_bytes),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be greater than zero".to_string()));
+            }
+        }
+        let segment_duration_ms = match &config.store.segment_duration {
+            Some(text) => {
+                Some(parse_duration_ms(text).map_err(|error| invalid("store.segment_duration", error.to_string()))?)
+            }
+            None => None,
+        };
+        let log_json = match config.log.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?} is neither \"text\" nor \"json\""),
+                ))
+            }
+        };
+        let flush_interval_ms = config.flush.interval_ms.unwrap_or(defaults::FLUSH_INTERVAL_MS);
+        if flush_interval_ms == 0 {
+            return Err(invalid("flush.interval_ms", "must be greater than zero".to_string()));
+        }
+        let selection_stream_buffer = config
+            .selections
+            .stream_buffer
+            .unwrap_or(defaults::SELECTION_STREAM_BUFFER);
+        if selection_stream_buffer == 0 {
+            return Err(invalid(
+                "selections.stream_buffer",
+                "must be greater than zero".to_string(),
+            ));
+        }
+
+        Ok(ServiceSettings {
+            source: path.to_path_buf(),
+            grpc_listen,
+            rules_file,
+            data_dir,
+            engine: EngineSettings {
+                shards,
+                future_tolerance_ms: config
+                    .engine
+                    .future_tolerance_ms
+                    .unwrap_or(defaults::FUTURE_TOLERANCE_MS),
+                lateness_overrides,
+                histogram,
+            },
+            flush_interval_ms,
+            flush_jitter_ms: config.flush.jitter_ms.unwrap_or(defaults::FLUSH_JITTER_MS),
+            shutdown_grace_ms: config.flush.shutdown_grace_ms.unwrap_or(defaults::SHUTDOWN_GRACE_MS),
+            progress_interval_ms: config
+                .flush
+                .progress_interval_ms
+                .unwrap_or(defaults::PROGRESS_INTERVAL_MS),
+            ingest: limits,
+            store_enabled: config.store.enabled.unwrap_or(true),
+            segment_duration_ms,
+            selections_file: config.selections.file.unwrap_or(true),
+            selection_stream_buffer,
+            log_json,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_gives_documented_defaults() {
+        let settings = ServiceSettings::parse("", Path::new("config/tailfold.yaml")).unwrap();
+        assert_eq!(settings.grpc_listen.to_string(), defaults::GRPC_LISTEN);
+        assert_eq!(settings.rules_file, Path::new("config/rules.yaml"));
+        assert_eq!(settings.data_dir, Path::new("data"));
+        assert_eq!(settings.ingest, IngestLimits::default());
+        assert_eq!(settings.engine.histogram.scale, 6);
+        assert!(settings.store_enabled && settings.selections_file);
+    }
+
+    #[test]
+    fn broken_configs_name_the_file_and_field() {
+        let path = Path::new("conf/t.yaml");
+        for (text, needle) in [
+            (
+                "grpc: {listen: nowhere}",
+                "conf/t.yaml: field grpc.listen: \"nowhere\" is not a host:port",
+            ),
+            (
+                "engine: {lateness_ms: {10x: 5}}",
+                "field engine.lateness_ms.10x: invalid duration \"10x\"",
+            ),
+            ("engine: {histogram: {scale: 12}}", "field engine.histogram:"),
+            ("engine: {shards: 0}", "field engine.shards: 0 is outside"),
+            ("log: {format: xml}", "field log.format: \"xml\""),
+            (
+                "ingest: {max_labels_per_series: 0}",
+                "field ingest.max_labels_per_series: must be greater",
+            ),
+            (
+                "store: {segment_duration: soon}",
+                "field store.segment_duration: invalid duration",
+            ),
+            (
+                "grpc: {listen: 1, port: 2}",
+                "conf/t.yaml: invalid yaml: grpc: unknown field `port`",
+            ),
+            ("flush: [1, 2]", "conf/t.yaml: invalid yaml"),
+        ] {
+            let error = ServiceSettings::parse(text, path).unwrap_err().to_string();
+            assert!(error.contains(needle), "{text:?} gave {error:?}, wanted {needle:?}");
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The engine: folds validated samples into per-(output, storage policy)
+//! windows, sharded by output key, and closes windows when due. It never reads
+//! a clock (time is passed in) and never does I/O.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tailfold::engine::{Engine, EngineSettings};
+//! use tailfold::model::{IngestBatch, Kind, Labels, Point, SeriesBatch};
+//! use tailfold::rules::RuleSet;
+//!
+//! let engine = Engine::new(EngineSettings::default(), RuleSet::default_rules());
+//! let batch = IngestBatch {
+//!     tenant: Arc::from("default"),
+//!     series: vec![SeriesBatch {
+//!         labels: Labels::from_pairs([("__name__", "requests")]),
+//!         kind: Kind::Counter,
+//!         points: vec![Point { value: 3.0, timestamp_ms: Some(1_000), trace: None }],
+//!     }],
+//! };
+//! assert_eq!(engine.ingest(&batch, 2_000).unwrap().accepted, 1);
+//! let mut records = Vec::new();
+//! engine.flush_due(60_000, |chunk| records.extend(chunk));
+//! assert!(records.iter().any(|r| r.output_name() == "requests_sum"));
+//! ```
+
+mod record;
+mod route;
+mod settings;
+mod shard;
+mod window;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::model::{series_hash, DropReason, IngestBatch, Outcome};
+use crate::rules::{MatchCache, RuleSet};
+
+pub use record::{AggregateRecord, RecordValue, Statistic};
+pub use route::{OutputTarget, PolicySlot, SeriesRoute};
+pub use settings::{default_lateness_ms, default_shards, EngineSettings};
+pub use window::WindowState;
+
+use shard::{ClosedWindow, RoutedSample, Shard};
+
+/// Per-thread buffers reused across batches so ingest allocates nothing per sample.
+#[derive(Default)]
+struct Scratch {
+    routes: Vec<Arc<SeriesRoute>>,
+    per_shard: Vec<Vec<RoutedSample>>,
+    /// Per point of the batch: windows it was routed to that have not refused it.
+    windows_left: Vec<u16>,
+    /// Per point: why its last refused window refused it.
+    last_refusal: Vec<DropReason>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// The aggregation engine. Shared between ingest handlers and the flush loop.
+pub struct Engine {
+    settings: EngineSettings,
+    shards: Box<[Mutex<Shard>]>,
+    rules: RwLock<Arc<RuleSet>>,
+    routes: MatchCache<SeriesRoute>,
+    /// Ingest holds this for reading; `close` takes it for writing.
+    open: RwLock<bool>,
+}
+
+/// Ingest after [`Engine::close`]: the service is shutting down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the engine is closed: the service is shutting down")]
+pub struct EngineClosed;
+
+impl Engine {
+    /// An engine with `settings.shards` shards applying `rules`.
+    pub fn new(settings: EngineSettings, rules: RuleSet) -> Self {
+        let shards = (0..settings.shards.max(1))
+            .map(|index| Mutex::new(Shard::new(0x7a11_f01d ^ index as u64, settings.histogram)))
+            .collect();
+        Engine {
+            settings,
+            shards,
+            rules: RwLock::new(Arc::new(rules)),
+            routes: MatchCache::new(),
+            open: RwLock::new(true),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// Swaps in a new rule set; series are matched afresh on their next sample.
+    pub fn replace_rules(&self, rules: RuleSet) {
+        *self.rules.write() = Arc::new(rules);
+        self.routes.clear();
+    }
+
+    /// The rule set in force.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        Arc::clone(&self.rules.read())
+    }
+
+    /// Folds a validated batch in at wall-clock time `now_ms` (the arrival time
+    /// of points without a timestamp). Returns what was accepted and refused,
+    /// or [`EngineClosed`] once [`Engine::close`] has run.
+    pub fn ingest(&self, batch: &IngestBatch, now_ms: i64) -> Result<Outcome, EngineClosed> {
+        let open = self.open.read();
+        if !*open {
+            return Err(EngineClosed);
+        }
+        Ok(SCRATCH.with(|scratch| self.ingest_with(batch, now_ms, &mut scratch.borrow_mut())))
+    }
+
+    /// Refuses all further ingest. Returns once no ingest call is in flight, so
+    /// a flush after it sees every sample that was ever accepted.
+    pub fn close(&self) {
+        *self.open.write() = false;
+    }
+
+    fn ingest_with(&self, batch: &IngestBatch, now_ms: i64, scratch: &mut Scratch) -> Outcome {
+        let mut outcome = Outcome::default();
+        let rules = self.rules();
+        let shard_count = self.shards.len();
+        scratch.per_shard.resize_with(shard_count, Vec::new);
+        scratch.routes.clear();
+        scratch.windows_left.clear();
+        scratch.last_refusal.clear();
+        let future_limit = now_ms.saturating_add(self.settings.future_tolerance_ms as i64);
+
+        for series in &batch.series {
+            let key = series_hash(&batch.tenant, &series.labels);
+            let route = self.routes.get_or_insert_with(key, &series.labels, series.kind, || {
+                SeriesRoute::build(
+                    &rules.resolve(&series.labels, series.kind),
+                    &batch.tenant,
+                    &self.settings,
+                    series.kind,
+                )
+            });
+            if route.targets.is_empty() {
+                let points = series.points.len() as u64;
+                match &route.dropped_by {
+                    Some(rule) => outcome.reject_by_rule(rule, points),
+                    None => outcome.reject(DropReason::NoAggregation, points),
+                }
+                continue;
+            }
+            let route_index = scratch.routes.len() as u32;
+            for point in &series.points {
+                let timestamp_ms = point.timestamp_ms.unwrap_or(now_ms);
+                if timestamp_ms > future_limit {
+                    outcome.reject(DropReason::TooFarInFuture, 1);
+                    continue;
+                }
+                let point_index = scratch.windows_left.len() as u32;
+                let mut routed = 0u16;
+                for (target_index, target) in route.targets.iter().enumerate() {
+                    let shard = (target.key % shard_count as u64) as usize;
+                    for (slot_index, slot) in target.slots.iter().enumerate() {
+                        let window_start_ms = slot.policy.window_start(timestamp_ms);
+                        if slot.is_due(window_start_ms, now_ms) {
+                            continue;
+                        }
+                        routed += 1;
+                        scratch.per_shard[shard].push(RoutedSample {
+                            route: route_index,
+                            target: target_index as u16,
+                            slot: slot_index as u16,
+                            point: point_index,
+                            window_start_ms,
+                            timestamp_ms,
+                            value: point.value,
+                            trace: point.trace,
+                            input: key,
+                        });
+                    }
+                }
+                scratch.windows_left.push(routed);
+                scratch.last_refusal.push(DropReason::TooLate);
+            }
+            scratch.routes.push(route);
+        }
+
+        for (index, samples) in scratch.per_shard.iter_mut().enumerate() {
+            if samples.is_empty() {
+                continue;
+            }
+            let mut shard = self.shards[index].lock();
+            for sample in samples.iter() {
+                let target = &scratch.routes[sample.route as usize].targets[sample.target as usize];
+                if let Err(reason) = shard.fold(target, sample, now_ms) {
+                    scratch.windows_left[sample.point as usize] -= 1;
+                    scratch.last_refusal[sample.point as usize] = reason;
+                }
+            }
+            drop(shard);
+            samples.clear();
+        }
+
+        for (left, reason) in scratch.windows_left.iter().zip(&scratch.last_refusal) {
+            if *left > 0 {
+                outcome.accepted += 1;
+            } else {
+                outcome.reject(*reason, 1);
+            }
+        }
+        // Keep the Arcs alive only for the batch; the cache owns them.
+        scratch.routes.clear();
+        outcome
+    }
+
+    /// Closes every window due at `now_ms` and hands its records to `emit`,
+    /// one chunk per shard. Each shard is locked only while its due windows are
+    /// taken out; records are built after the lock is released.
+    pub fn flush_due(&self, now_ms: i64, emit: impl FnMut(Vec<AggregateRecord>)) -> FlushStats {
+        self.flush(now_ms, false, emit)
+    }
+
+    /// Closes every open window, due or not (shutdown). Windows that had not
+    /// ended are marked partial.
+    pub fn flush_all(&self, now_ms: i64, emit: impl FnMut(Vec<AggregateRecord>)) -> FlushStats {
+        self.flush(now_ms, true, emit)
+    }
+
+    fn flush(&self, now_ms: i64, everything: bool, mut emit: impl FnMut(Vec<AggregateRecord>)) -> FlushStats {
+        let mut stats = FlushStats::default();
+        let mut closed: Vec<ClosedWindow> = Vec::new();
+        for shard in self.shards.iter() {
+            shard.lock().take_windows(now_ms, everything, &mut closed);
+            if closed.is_empty() {
+                continue;
+            }
+            stats.windows += closed.len();
+            let mut records = Vec::with_capacity(closed.len() * 4);
+            for window in closed.drain(..) {
+                record::window_records(window, &mut records);
+            }
+            stats.records += records.len();
+            emit(records);
+        }
+        stats
+    }
+
+    /// Outputs with at least one open window, over all shards.
+    pub fn active_outputs(&self) -> usize {
+        self.shards.iter().map(|shard| shard.lock().active_outputs()).sum()
+    }
+
+    /// Open windows over all shards.
+    pub fn open_windows(&self) -> usize {
+        self.shards.iter().map(|shard| shard.lock().open_windows()).sum()
+    }
+
+    /// Input series whose route is cached.
+    pub fn cached_series(&self) -> usize {
+        self.routes.len()
+    }
+}
+
+/// What one flush did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    /// Windows closed.
+    pub windows: usize,
+    /// Records emitted.
+    pub records: usize,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,228 @@
+//! Aggregate records: what a flushed window emits, one per statistic, and how
+//! each is named in Prometheus conventions (`_count`, `_sum`, `{quantile=..}`).
+//! Sinks format these; they never see raw samples.
+
+use std::sync::Arc;
+
+use crate::aggregate::exemplar::Exemplar;
+use crate::aggregate::histogram::ExpHistogram;
+use crate::aggregate::Aggregation;
+use crate::model::{Kind, Labels, StoragePolicy, METRIC_NAME_LABEL};
+
+use super::shard::ClosedWindow;
+use super::window::WindowState;
+
+/// Which number of a window a record carries.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Statistic {
+    /// Number of samples: `<name>_count`.
+    Count,
+    /// Sum of samples: `<name>_sum`.
+    Sum,
+    /// Counter increase per second: `<name>_rate`.
+    Rate,
+    /// Gauge last value: `<name>`.
+    Last,
+    /// `<name>_min`.
+    Min,
+    /// `<name>_max`.
+    Max,
+    /// `<name>_mean`.
+    Mean,
+    /// `<name>_stdev`.
+    Stdev,
+    /// `<name>{quantile="q"}`.
+    Quantile(f64),
+    /// Samples above the threshold: `<name>_above_count{threshold="t"}`.
+    AboveCount(f64),
+    /// Fraction above: `<name>_above_ratio{threshold="t"}`.
+    AboveRatio(f64),
+    /// Samples at or below: `<name>_below_count{threshold="t"}`.
+    BelowCount(f64),
+    /// Fraction at or below: `<name>_below_ratio{threshold="t"}`.
+    BelowRatio(f64),
+    /// The histogram itself, under `<name>`.
+    Histogram,
+}
+
+impl Statistic {
+    /// The name suffix and the extra label this statistic adds to the output series.
+    pub fn naming(&self) -> (&'static str, Option<(&'static str, f64)>) {
+        match *self {
+            Statistic::Count => ("_count", None),
+            Statistic::Sum => ("_sum", None),
+            Statistic::Rate => ("_rate", None),
+            Statistic::Last | Statistic::Histogram => ("", None),
+            Statistic::Min => ("_min", None),
+            Statistic::Max => ("_max", None),
+            Statistic::Mean => ("_mean", None),
+            Statistic::Stdev => ("_stdev", None),
+            Statistic::Quantile(q) => ("", Some(("quantile", q))),
+            Statistic::AboveCount(t) => ("_above_count", Some(("threshold", t))),
+            Statistic::AboveRatio(t) => ("_above_ratio", Some(("threshold", t))),
+            Statistic::BelowCount(t) => ("_below_count", Some(("threshold", t))),
+            Statistic::BelowRatio(t) => ("_below_ratio", Some(("threshold", t))),
+        }
+    }
+}
+
+/// The value of a record.
+#[derive(Clone, Debug)]
+pub enum RecordValue {
+    /// A number.
+    Scalar(f64),
+    /// A whole histogram (for `histogram` aggregations).
+    Histogram(Arc<ExpHistogram>),
+}
+
+/// One output series' value for one window.
+#[derive(Clone, Debug)]
+pub struct AggregateRecord {
+    /// Owner.
+    pub tenant: Arc<str>,
+    /// Output labels before naming (the base `__name__`, no `quantile`).
+    pub series: Arc<Labels>,
+    /// Kind of the inputs.
+    pub kind: Kind,
+    /// Storage policy of the window.
+    pub policy: StoragePolicy,
+    /// Window start (inclusive).
+    pub window_start_ms: i64,
+    /// Window end (exclusive); the record's timestamp.
+    pub window_end_ms: i64,
+    /// The configured aggregation this record answers.
+    pub aggregation: Aggregation,
+    /// Which number of it.
+    pub statistic: Statistic,
+    /// The number (or histogram).
+    pub value: RecordValue,
+    /// For quantiles, the exemplar of the bucket holding the quantile; for
+    /// `above`, a traced sample above the threshold.
+    pub exemplar: Option<Exemplar>,
+    /// Flushed before the window ended (at shutdown).
+    pub partial: bool,
+}
+
+impl AggregateRecord {
+    /// The output metric name, e.g. `http_request_duration_seconds_count`.
+    pub fn output_name(&self) -> String {
+        let base = self.series.metric_name().unwrap_or_default();
+        format!("{base}{}", self.statistic.naming().0)
+    }
+
+    /// The full output labels: `__name__` set to [`Self::output_name`], plus
+    /// `quantile` or `threshold` where the statistic has one.
+    pub fn output_labels(&self) -> Labels {
+        let named = self.series.with(METRIC_NAME_LABEL, &self.output_name());
+        match self.statistic.naming().1 {
+            Some((label, value)) => named.with(label, &value.to_string()),
+            None => named,
+        }
+    }
+}
+
+/// Turns a closed window into its records, appending to `out`.
+pub fn window_records(window: ClosedWindow, out: &mut Vec<AggregateRecord>) {
+    let slot = &window.target.slots[window.slot as usize];
+    let window_end_ms = window.start_ms + slot.policy.resolution_ms as i64;
+    let mut emit = |aggregation: Aggregation, statistic, value, exemplar| {
+        out.push(AggregateRecord {
+            tenant: Arc::clone(&window.target.tenant),
+            series: Arc::clone(&window.target.labels),
+            kind: window.target.kind,
+            policy: slot.policy,
+            window_start_ms: window.start_ms,
+            window_end_ms,
+            aggregation,
+            statistic,
+            value,
+            exemplar,
+            partial: window.partial,
+        })
+    };
+    let scalar = RecordValue::Scalar;
+    match window.state {
+        WindowState::Counter(state) => {
+            for &aggregation in slot.aggregations.iter() {
+                let (statistic, value) = match aggregation {
+                    Aggregation::Count => (Statistic::Count, state.count as f64),
+                    Aggregation::Sum => (Statistic::Sum, state.sum),
+                    Aggregation::Rate => (Statistic::Rate, state.rate(slot.policy.resolution_ms)),
+                    _ => continue,
+                };
+                emit(aggregation, statistic, scalar(value), None);
+            }
+        }
+        WindowState::Gauge(state) => {
+            for &aggregation in slot.aggregations.iter() {
+                let (statistic, value) = match aggregation {
+                    Aggregation::Count => (Statistic::Count, state.count() as f64),
+                    Aggregation::Sum => (Statistic::Sum, state.sum()),
+                    Aggregation::Last => (Statistic::Last, state.last()),
+                    Aggregation::Min => (Statistic::Min, state.min()),
+                    Aggregation::Max => (Statistic::Max, state.max()),
+                    Aggregation::Mean => (Statistic::Mean, state.mean()),
+                    _ => continue,
+                };
+                emit(aggregation, statistic, scalar(value), None);
+            }
+        }
+        WindowState::Distribution(histogram) => {
+            let mut wants_histogram = false;
+            for &aggregation in slot.aggregations.iter() {
+                let h = &histogram;
+                match aggregation {
+                    Aggregation::Count => emit(aggregation, Statistic::Count, scalar(h.count() as f64), None),
+                    Aggregation::Sum => emit(aggregation, Statistic::Sum, scalar(h.sum()), None),
+                    Aggregation::Min | Aggregation::Max | Aggregation::Mean | Aggregation::Stdev => {
+                        let (statistic, value) = match aggregation {
+                            Aggregation::Min => (Statistic::Min, h.min()),
+                            Aggregation::Max => (Statistic::Max, h.max()),
+                            Aggregation::Mean => (Statistic::Mean, h.mean()),
+                            _ => (Statistic::Stdev, h.stdev()),
+                        };
+                        if let Some(value) = value {
+                            emit(aggregation, statistic, scalar(value), None);
+                        }
+                    }
+                    Aggregation::Quantile(q) => {
+                        if let Some(estimate) = h.quantile(q) {
+                            emit(
+                                aggregation,
+                                Statistic::Quantile(q),
+                                scalar(estimate.value),
+                                estimate.exemplar,
+                            );
+                        }
+                    }
+                    Aggregation::Above(t) | Aggregation::Below(t) => {
+                        let total = h.count() as f64;
+                        let above = h.count_above(t) as f64;
+                        let (count_stat, ratio_stat, count, exemplar) = if let Aggregation::Above(_) = aggregation {
+                            (
+                                Statistic::AboveCount(t),
+                                Statistic::AboveRatio(t),
+                                above,
+                                h.exemplar_above(t),
+                            )
+                        } else {
+                            (Statistic::BelowCount(t), Statistic::BelowRatio(t), total - above, None)
+                        };
+                        emit(aggregation, count_stat, scalar(count), exemplar);
+                        emit(aggregation, ratio_stat, scalar(count / total), None);
+                    }
+                    Aggregation::Histogram => wants_histogram = true,
+                    Aggregation::Rate | Aggregation::Last => {}
+                }
+            }
+            if wants_histogram {
+                emit(
+                    Aggregation::Histogram,
+                    Statistic::Histogram,
+                    RecordValue::Histogram(Arc::from(histogram)),
+                    None,
+                );
+            }
+        }
+    }
+}

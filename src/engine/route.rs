@@ -1,0 +1,89 @@
+//! Where a series' samples go: the output targets (its own output and each
+//! rollup) with their storage policies, built once per series from the rule
+//! plan and cached, so the hot path only follows pointers.
+
+use std::sync::Arc;
+
+use crate::aggregate::Aggregation;
+use crate::model::{series_hash, Kind, Labels, StoragePolicy};
+use crate::rules::{OutputOrigin, SeriesPlan};
+
+use super::settings::EngineSettings;
+
+/// One output series and the windows it keeps, shared by every input that feeds it.
+#[derive(Debug)]
+pub struct OutputTarget {
+    /// Series key of the output (tenant + output labels).
+    pub key: u64,
+    /// Owner of the output.
+    pub tenant: Arc<str>,
+    /// Output labels; `__name__` is the base name the statistics are named after.
+    pub labels: Arc<Labels>,
+    /// Kind of the inputs.
+    pub kind: Kind,
+    /// True for rollup outputs (gauge `last` then sums the inputs' latest values).
+    pub rollup: bool,
+    /// Policies and their aggregations; a window's slot indexes this.
+    pub slots: Vec<PolicySlot>,
+}
+
+/// One storage policy of an output.
+#[derive(Debug)]
+pub struct PolicySlot {
+    /// Window length and retention.
+    pub policy: StoragePolicy,
+    /// Allowed lateness after the window end.
+    pub lateness_ms: i64,
+    /// What to emit at flush.
+    pub aggregations: Arc<[Aggregation]>,
+}
+
+impl PolicySlot {
+    /// Whether the window starting at `start_ms` may be flushed at `now_ms`.
+    #[inline]
+    pub fn is_due(&self, start_ms: i64, now_ms: i64) -> bool {
+        start_ms + self.policy.resolution_ms as i64 + self.lateness_ms <= now_ms
+    }
+}
+
+/// The cached route of one input series.
+#[derive(Debug)]
+pub struct SeriesRoute {
+    /// Outputs to fold each point into.
+    pub targets: Vec<Arc<OutputTarget>>,
+    /// The drop rule that removed the series' own output, if any.
+    pub dropped_by: Option<Arc<str>>,
+}
+
+impl SeriesRoute {
+    /// Builds the route of a series of `tenant` from its rule plan.
+    pub fn build(plan: &SeriesPlan, tenant: &Arc<str>, settings: &EngineSettings, kind: Kind) -> Self {
+        let targets = plan
+            .outputs
+            .iter()
+            .map(|output| {
+                let slots = output
+                    .policies
+                    .iter()
+                    .map(|entry| PolicySlot {
+                        policy: entry.policy,
+                        lateness_ms: settings.lateness_ms(&entry.policy) as i64,
+                        aggregations: Arc::clone(&entry.aggregations),
+                    })
+                    .collect();
+                Arc::new(OutputTarget {
+                    key: series_hash(tenant, &output.labels),
+                    tenant: Arc::clone(tenant),
+                    labels: Arc::new(output.labels.clone()),
+                    kind,
+                    rollup: matches!(output.origin, OutputOrigin::Rollup { .. }),
+                    slots,
+                })
+            })
+            .collect();
+        SeriesRoute {
+            targets,
+            dropped_by: plan.dropped_by.clone(),
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Checked runtime settings of the engine: shard count, future tolerance,
+//! allowed lateness per resolution and the histogram layout.
+
+use crate::aggregate::histogram::HistogramConfig;
+use crate::model::StoragePolicy;
+
+/// Lateness when nothing is configured: half a window, at least 1 s and at most 1 min.
+/// Half a window gives senders that batch for a few seconds room, while a
+/// newcomer sees a 10 s window flushed 5 s after it ends.
+pub fn default_lateness_ms(resolution_ms: u64) -> u64 {
+    (resolution_ms / 2).clamp(1_000, 60_000)
+}
+
+/// Engine settings, already validated (build them from `config::EngineConfig`).
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Number of shards; each is locked independently.
+    pub shards: usize,
+    /// Samples whose event time is further ahead of now are refused.
+    pub future_tolerance_ms: u64,
+    /// Lateness per resolution (`resolution_ms`, `lateness_ms`); others use [`default_lateness_ms`].
+    pub lateness_overrides: Vec<(u64, u64)>,
+    /// Histogram layout of distribution windows.
+    pub histogram: HistogramConfig,
+}
+
+impl EngineSettings {
+    /// How long after a window of `policy` ends samples for it are still accepted.
+    pub fn lateness_ms(&self, policy: &StoragePolicy) -> u64 {
+        self.lateness_overrides
+            .iter()
+            .find(|(resolution, _)| *resolution == policy.resolution_ms)
+            .map(|(_, lateness)| *lateness)
+            .unwrap_or_else(|| default_lateness_ms(policy.resolution_ms))
+    }
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            shards: default_shards(),
+            future_tolerance_ms: 60_000,
+            lateness_overrides: Vec::new(),
+            histogram: HistogramConfig::default(),
+        }
+    }
+}
+
+/// Four shards per core keep lock contention low while a flush holds one shard.
+pub fn default_shards() -> usize {
+    std::thread::available_parallelism()
+        .map(|cores| cores.get() * 4)
+        .unwrap_or(8)
+        .max(4)
+}

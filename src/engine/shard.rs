@@ -1,0 +1,203 @@
+//! One shard of the engine: the open windows of the outputs whose key hashes
+//! here, and the per-policy watermark of what it has flushed, so a window is
+//! never emitted twice and a late sample never lands in another window.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use crate::aggregate::histogram::HistogramConfig;
+use crate::model::{DropReason, StoragePolicy, TraceContext};
+
+use super::route::OutputTarget;
+use super::window::WindowState;
+
+/// Keys are already xxh3 hashes; hashing them again would only cost time.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
+type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+
+/// One sample on its way into one window of one output.
+#[derive(Clone, Copy, Debug)]
+pub struct RoutedSample {
+    /// Index of the route in the batch's route list.
+    pub route: u32,
+    /// Index of the target within the route.
+    pub target: u16,
+    /// Index of the policy slot within the target.
+    pub slot: u16,
+    /// Index of the point within the batch (for the accepted/rejected tally).
+    pub point: u32,
+    /// Start of the window the sample belongs to.
+    pub window_start_ms: i64,
+    /// Event time.
+    pub timestamp_ms: i64,
+    /// The value.
+    pub value: f64,
+    /// Trace context, if the sample carried one.
+    pub trace: Option<TraceContext>,
+    /// Key of the input series (gauge rollups track each input's last value).
+    pub input: u64,
+}
+
+struct OpenWindow {
+    slot: u16,
+    start_ms: i64,
+    state: WindowState,
+}
+
+struct TargetWindows {
+    target: Arc<OutputTarget>,
+    windows: Vec<OpenWindow>,
+}
+
+/// A window taken out of a shard at flush, ready to be turned into records.
+pub struct ClosedWindow {
+    /// The output it belongs to.
+    pub target: Arc<OutputTarget>,
+    /// Index of the policy slot in `target.slots`.
+    pub slot: u16,
+    /// Window start.
+    pub start_ms: i64,
+    /// The accumulated state.
+    pub state: WindowState,
+    /// True when flushed before the window ended (shutdown).
+    pub partial: bool,
+}
+
+/// The state of one shard; the engine wraps each in a mutex.
+pub struct Shard {
+    targets: KeyMap<TargetWindows>,
+    /// Per policy, the end up to which every window has been flushed.
+    flushed_until: Vec<(StoragePolicy, i64)>,
+    rng: SmallRng,
+    histogram: HistogramConfig,
+}
+
+impl Shard {
+    /// An empty shard; `seed` makes exemplar picks reproducible in tests.
+    pub fn new(seed: u64, histogram: HistogramConfig) -> Self {
+        Shard {
+            targets: KeyMap::default(),
+            flushed_until: Vec::new(),
+            rng: SmallRng::seed_from_u64(seed),
+            histogram,
+        }
+    }
+
+    /// Folds one routed sample. On refusal returns why; the caller tallies it.
+    pub fn fold(&mut self, target: &Arc<OutputTarget>, sample: &RoutedSample, now_ms: i64) -> Result<(), DropReason> {
+        let slot = &target.slots[sample.slot as usize];
+        if slot.is_due(sample.window_start_ms, now_ms) || self.already_flushed(&slot.policy, sample.window_start_ms) {
+            return Err(DropReason::TooLate);
+        }
+        let entry = self.targets.entry(target.key).or_insert_with(|| TargetWindows {
+            target: Arc::clone(target),
+            windows: Vec::with_capacity(target.slots.len()),
+        });
+        if !Arc::ptr_eq(&entry.target, target) && entry.target.kind != target.kind {
+            return Err(DropReason::KindConflict);
+        }
+        let window = match entry
+            .windows
+            .iter()
+            .position(|w| w.slot == sample.slot && w.start_ms == sample.window_start_ms)
+        {
+            Some(index) => &mut entry.windows[index],
+            None => {
+                entry.windows.push(OpenWindow {
+                    slot: sample.slot,
+                    start_ms: sample.window_start_ms,
+                    state: WindowState::new(target.kind, target.rollup, &self.histogram),
+                });
+                entry.windows.last_mut().expect("just pushed")
+            }
+        };
+        window.state.record(
+            sample.input,
+            sample.value,
+            sample.timestamp_ms,
+            sample.trace,
+            &mut self.rng,
+        );
+        Ok(())
+    }
+
+    fn already_flushed(&self, policy: &StoragePolicy, window_start_ms: i64) -> bool {
+        self.flushed_until
+            .iter()
+            .find(|(flushed, _)| flushed == policy)
+            .is_some_and(|(_, until)| window_start_ms + policy.resolution_ms as i64 <= *until)
+    }
+
+    fn mark_flushed(&mut self, policy: StoragePolicy, window_end_ms: i64) {
+        match self.flushed_until.iter_mut().find(|(p, _)| *p == policy) {
+            Some((_, until)) => *until = (*until).max(window_end_ms),
+            None => self.flushed_until.push((policy, window_end_ms)),
+        }
+    }
+
+    /// Moves every window that is due at `now_ms` (or every window, when
+    /// `everything`) into `out`, and forgets outputs left without windows.
+    pub fn take_windows(&mut self, now_ms: i64, everything: bool, out: &mut Vec<ClosedWindow>) {
+        let mut flushed: Vec<(StoragePolicy, i64)> = Vec::new();
+        self.targets.retain(|_, entry| {
+            let mut index = 0;
+            while index < entry.windows.len() {
+                let window = &entry.windows[index];
+                let slot = &entry.target.slots[window.slot as usize];
+                if everything || slot.is_due(window.start_ms, now_ms) {
+                    let window = entry.windows.swap_remove(index);
+                    let end_ms = window.start_ms + slot.policy.resolution_ms as i64;
+                    match flushed.iter_mut().find(|(policy, _)| *policy == slot.policy) {
+                        Some((_, until)) => *until = (*until).max(end_ms),
+                        None => flushed.push((slot.policy, end_ms)),
+                    }
+                    out.push(ClosedWindow {
+                        target: Arc::clone(&entry.target),
+                        slot: window.slot,
+                        start_ms: window.start_ms,
+                        state: window.state,
+                        partial: end_ms > now_ms,
+                    });
+                } else {
+                    index += 1;
+                }
+            }
+            !entry.windows.is_empty()
+        });
+        for (policy, end_ms) in flushed {
+            self.mark_flushed(policy, end_ms);
+        }
+    }
+
+    /// Outputs with at least one open window.
+    pub fn active_outputs(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Open windows across all outputs.
+    pub fn open_windows(&self) -> usize {
+        self.targets.values().map(|entry| entry.windows.len()).sum()
+    }
+}

@@ -1,0 +1,159 @@
+//! The gRPC `Ingest.Write` handler: tenant from metadata, per-series
+//! validation, then one engine call per request. A request in which nothing
+//! can ever succeed gets INVALID_ARGUMENT; otherwise bad series are refused
+//! alone and the response tallies every point.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::api::v1;
+use crate::clock::Clock;
+use crate::config::IngestLimits;
+use crate::engine::Engine;
+use crate::model::{DropReason, IngestBatch, Outcome};
+use crate::telemetry::Telemetry;
+
+use super::validate::validate_series;
+
+/// Per-series messages returned in a response; the rest are only counted.
+const MAX_ERRORS_REPORTED: usize = 10;
+
+/// The `Ingest` gRPC service.
+pub struct GrpcIngest {
+    engine: Arc<Engine>,
+    limits: IngestLimits,
+    clock: Arc<dyn Clock>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl GrpcIngest {
+    /// A handler feeding `engine`.
+    pub fn new(engine: Arc<Engine>, limits: IngestLimits, clock: Arc<dyn Clock>, telemetry: Arc<Telemetry>) -> Self {
+        GrpcIngest {
+            engine,
+            limits,
+            clock,
+            telemetry,
+        }
+    }
+
+    /// Builds the tonic server for this handler with the request size limit applied.
+    pub fn into_server(self) -> v1::ingest_server::IngestServer<Self> {
+        let limit = self.limits.max_request_bytes;
+        v1::ingest_server::IngestServer::new(self).max_decoding_message_size(limit)
+    }
+}
+
+/// Reads the tenant from gRPC metadata `header`; `default` when absent.
+pub fn tenant_from_metadata(
+    metadata: &tonic::metadata::MetadataMap,
+    header: &str,
+    default: &str,
+) -> Result<Arc<str>, Status> {
+    let Some(value) = metadata.get(header) else {
+        return Ok(Arc::from(default));
+    };
+    let tenant = value
+        .to_str()
+        .map_err(|_| Status::invalid_argument(format!("metadata {header}: tenant is not printable ASCII")))?;
+    if tenant.is_empty() || tenant.len() > 256 || !tenant.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Status::invalid_argument(format!(
+            "metadata {header}: invalid tenant {tenant:?}: expected 1 to 256 printable characters without spaces"
+        )));
+    }
+    Ok(Arc::from(tenant))
+}
+
+#[tonic::async_trait]
+impl v1::ingest_server::Ingest for GrpcIngest {
+    async fn write(&self, request: Request<v1::WriteRequest>) -> Result<Response<v1::WriteResponse>, Status> {
+        let tenant = tenant_from_metadata(
+            request.metadata(),
+            &self.limits.tenant_header,
+            &self.limits.default_tenant,
+        )?;
+        let request = request.into_inner();
+        let points: usize = request.series.iter().map(|series| series.points.len()).sum();
+        self.telemetry.received(points as u64);
+        if points > self.limits.max_points_per_request {
+            let mut outcome = Outcome::default();
+            outcome.reject(DropReason::InvalidSeries, points as u64);
+            self.telemetry.ingested(&outcome);
+            return Err(Status::invalid_argument(format!(
+                "request has {points} points, limit is {} (ingest.max_points_per_request)",
+                self.limits.max_points_per_request
+            )));
+        }
+
+        let series_count = request.series.len();
+        let mut outcome = Outcome::default();
+        let mut errors = Vec::new();
+        let mut invalid_series = 0usize;
+        let mut batch = IngestBatch {
+            tenant,
+            series: Vec::with_capacity(series_count),
+        };
+        for (index, series) in request.series.into_iter().enumerate() {
+            let series_points = series.points.len() as u64;
+            match validate_series(index, series, &self.limits, &mut outcome) {
+                Ok(valid) => batch.series.push(valid),
+                Err(error) => {
+                    invalid_series += 1;
+                    outcome.reject(DropReason::InvalidSeries, series_points);
+                    if errors.len() < MAX_ERRORS_REPORTED {
+                        errors.push(error.to_string());
+                    }
+                }
+            }
+        }
+        if series_count > 0 && invalid_series == series_count {
+            self.telemetry.ingested(&outcome);
+            let more = if invalid_series > errors.len() {
+                format!(" (and {} more)", invalid_series - errors.len())
+            } else {
+                String::new()
+            };
+            return Err(Status::invalid_argument(format!(
+                "every series in the request is invalid: {}{more}",
+                errors.join("; ")
+            )));
+        }
+
+        let now_ms = self.clock.now_ms();
+        let folded = self
+            .engine
+            .ingest(&batch, now_ms)
+            .map_err(|closed| Status::unavailable(closed.to_string()))?;
+        outcome.merge(&folded);
+        self.telemetry.ingested(&outcome);
+        Ok(Response::new(response_of(&outcome, errors)))
+    }
+}
+
+/// The wire form of a tally.
+pub fn response_of(outcome: &Outcome, errors: Vec<String>) -> v1::WriteResponse {
+    let mut rejections: Vec<v1::ReasonCount> = DropReason::ALL
+        .iter()
+        .filter(|reason| **reason != DropReason::DroppedByRule)
+        .filter_map(|reason| {
+            let count = outcome.rejected_for(*reason);
+            (count > 0).then(|| v1::ReasonCount {
+                reason: reason.as_str().to_string(),
+                rule: String::new(),
+                count,
+            })
+        })
+        .collect();
+    rejections.extend(outcome.by_rule.iter().map(|(rule, count)| v1::ReasonCount {
+        reason: DropReason::DroppedByRule.as_str().to_string(),
+        rule: rule.to_string(),
+        count: *count,
+    }));
+    v1::WriteResponse {
+        accepted: outcome.accepted,
+        rejected: outcome.rejected_total(),
+        rejections,
+        errors,
+    }
+}

@@ -1,0 +1,7 @@
+//! Ingest adapters: decode a protocol, validate it, hand the engine plain
+//! `IngestBatch`es. They never aggregate.
+
+pub mod grpc;
+pub mod validate;
+
+pub use validate::{validate_series, SeriesError};

@@ -1,0 +1,19 @@
+//! tailfold: a streaming aggregation tier for metrics.
+//!
+//! Raw samples come in over gRPC ([`ingest`]), are matched against YAML rules
+//! ([`rules`]), folded into per-window state ([`engine`], [`aggregate`]) and
+//! flushed as aggregate records to sinks ([`sink`]): the embedded file store
+//! and the trace selection stream. See DESIGN.md for the data path.
+
+pub mod aggregate;
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod ingest;
+pub mod loadgen;
+pub mod model;
+pub mod rules;
+pub mod server;
+pub mod sink;
+pub mod telemetry;

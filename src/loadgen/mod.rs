@@ -1,0 +1,377 @@
+//! `tailfold loadgen`: realistic traffic over gRPC (latencies log-normal with a
+//! slow tail, a trace ID on every observation, counters and gauges beside),
+//! with progress once a second and a closing account of every point sent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, LogNormal};
+use thiserror::Error;
+
+use crate::api::v1;
+
+/// Why a load run could not start or finish.
+#[derive(Debug, Error)]
+pub enum LoadgenError {
+    /// The target URL is unusable or unreachable.
+    #[error("cannot connect to {target}: {message}")]
+    Connect {
+        /// The target.
+        target: String,
+        /// Why.
+        message: String,
+    },
+    /// A bad option value.
+    #[error("invalid option {option}: {problem}")]
+    Option {
+        /// The option.
+        option: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// What to send.
+#[derive(Clone, Debug)]
+pub struct LoadgenOptions {
+    /// gRPC endpoint, e.g. `http://127.0.0.1:4770`.
+    pub target: String,
+    /// Distinct series.
+    pub series: usize,
+    /// Points per second overall; 0 sends as fast as the service answers.
+    pub rate: u64,
+    /// Run length.
+    pub duration: Duration,
+    /// Points per request.
+    pub batch: usize,
+    /// Relative weights of distribution, counter and gauge series.
+    pub mix: (u32, u32, u32),
+    /// Concurrent connections.
+    pub concurrency: usize,
+    /// Tenant sent in metadata (none when empty).
+    pub tenant: String,
+    /// Seed of the generator.
+    pub seed: u64,
+    /// Print a progress line every second.
+    pub progress: bool,
+}
+
+/// The account of a run.
+#[derive(Clone, Debug, Default)]
+pub struct LoadgenReport {
+    /// Points sent in requests that got an answer.
+    pub sent: u64,
+    /// Points the service said it accepted.
+    pub accepted: u64,
+    /// Points the service said it rejected, by reason.
+    pub rejected: Vec<(String, u64)>,
+    /// Points in requests that failed as a whole (status error), and the first error.
+    pub failed: u64,
+    /// First request error seen.
+    pub first_error: Option<String>,
+    /// Requests answered.
+    pub requests: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Write latency quantiles in microseconds: p50, p99, p999, max.
+    pub latency_us: [u64; 4],
+}
+
+impl LoadgenReport {
+    /// True when every point sent was either accepted or rejected with a reason.
+    pub fn accounted(&self) -> bool {
+        self.sent == self.accepted + self.rejected.iter().map(|(_, n)| n).sum::<u64>() + self.failed
+    }
+
+    /// Points per second achieved.
+    pub fn rate(&self) -> f64 {
+        self.sent as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+struct Generator {
+    rng: SmallRng,
+    fast: LogNormal<f64>,
+    slow: LogNormal<f64>,
+}
+
+impl Generator {
+    fn new(seed: u64) -> Self {
+        Generator {
+            rng: SmallRng::seed_from_u64(seed),
+            // Median 50 ms with a 3 % slow tail around 1.2 s: the shape of real request latencies.
+            fast: LogNormal::new((0.05f64).ln(), 0.5).expect("valid"),
+            slow: LogNormal::new((1.2f64).ln(), 0.4).expect("valid"),
+        }
+    }
+
+    fn latency(&mut self) -> f64 {
+        if self.rng.random_bool(0.03) {
+            self.slow.sample(&mut self.rng)
+        } else {
+            self.fast.sample(&mut self.rng)
+        }
+    }
+}
+
+fn label(name: &str, value: String) -> v1::Label {
+    v1::Label {
+        name: name.to_string(),
+        value,
+    }
+}
+
+/// Labels and kind of series number `index`.
+fn series_identity(index: usize, mix: (u32, u32, u32)) -> (Vec<v1::Label>, v1::Kind) {
+    let total = (mix.0 + mix.1 + mix.2).max(1) as usize;
+    let slot = index % total;
+    let service = format!("svc-{}", index % 7);
+    let pod = format!("pod-{}", index % 31);
+    if slot < mix.0 as usize {
+        let labels = vec![
+            label("__name__", "http_request_duration_seconds".into()),
+            label("service", service),
+            label("endpoint", format!("/api/e{}", index % 13)),
+            label("pod", pod),
+            label("series", index.to_string()),
+        ];
+        (labels, v1::Kind::Distribution)
+    } else if slot < (mix.0 + mix.1) as usize {
+        let labels = vec![
+            label("__name__", "http_requests".into()),
+            label("service", service),
+            label("pod", pod),
+            label("series", index.to_string()),
+        ];
+        (labels, v1::Kind::Counter)
+    } else {
+        let labels = vec![
+            label("__name__", "memory_bytes".into()),
+            label("service", service),
+            label("pod", pod),
+            label("series", index.to_string()),
+        ];
+        (labels, v1::Kind::Gauge)
+    }
+}
+
+fn build_request(
+    generator: &mut Generator,
+    identities: &[(Vec<v1::Label>, v1::Kind)],
+    next_series: &mut usize,
+    batch: usize,
+    now_ms: i64,
+) -> v1::WriteRequest {
+    const POINTS_PER_SERIES: usize = 10;
+    let mut series = Vec::with_capacity(batch / POINTS_PER_SERIES + 1);
+    let mut left = batch;
+    while left > 0 {
+        let (labels, kind) = &identities[*next_series % identities.len()];
+        *next_series += 1;
+        let count = left.min(POINTS_PER_SERIES);
+        left -= count;
+        let points = (0..count)
+            .map(|_| {
+                let (value, traced) = match kind {
+                    v1::Kind::Distribution => (generator.latency(), true),
+                    v1::Kind::Counter => (1.0, false),
+                    _ => (1.0e8 + generator.rng.random_range(0.0..1.0e7), false),
+                };
+                let (trace_id, span_id) = if traced {
+                    let mut trace = [0u8; 16];
+                    let mut span = [0u8; 8];
+                    generator.rng.fill(&mut trace);
+                    generator.rng.fill(&mut span);
+                    trace[0] |= 1;
+                    span[0] |= 1;
+                    (trace.to_vec(), span.to_vec())
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                v1::Point {
+                    value,
+                    timestamp_ms: Some(now_ms),
+                    trace_id,
+                    span_id,
+                }
+            })
+            .collect();
+        series.push(v1::Series {
+            labels: labels.clone(),
+            kind: *kind as i32,
+            points,
+        });
+    }
+    v1::WriteRequest { series }
+}
+
+#[derive(Default)]
+struct Shared {
+    report: LoadgenReport,
+    latency: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// Runs a load as `options` say and returns the account.
+pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError> {
+    if options.series == 0 {
+        return Err(LoadgenError::Option {
+            option: "--series",
+            problem: "must be at least 1".into(),
+        });
+    }
+    if options.batch == 0 {
+        return Err(LoadgenError::Option {
+            option: "--batch",
+            problem: "must be at least 1".into(),
+        });
+    }
+    let concurrency = options.concurrency.max(1);
+    let channel = tonic::transport::Endpoint::from_shared(options.target.clone())
+        .map_err(|error| LoadgenError::Connect {
+            target: options.target.clone(),
+            message: error.to_string(),
+        })?
+        .connect()
+        .await
+        .map_err(|error| LoadgenError::Connect {
+            target: options.target.clone(),
+            message: error.to_string(),
+        })?;
+    let identities: Arc<Vec<_>> = Arc::new((0..options.series).map(|i| series_identity(i, options.mix)).collect());
+    let shared = Arc::new(Mutex::new(Shared {
+        latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
+        ..Shared::default()
+    }));
+    let started = Instant::now();
+    let deadline = started + options.duration;
+    let per_worker_rate = options.rate as f64 / concurrency as f64;
+
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let mut client = v1::ingest_client::IngestClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+        let identities = Arc::clone(&identities);
+        let shared = Arc::clone(&shared);
+        let options = options.clone();
+        workers.push(tokio::spawn(async move {
+            let mut generator = Generator::new(options.seed ^ (worker as u64 + 1).wrapping_mul(0x9e37_79b9));
+            let mut next_series = worker * identities.len() / concurrency;
+            let mut sent_here = 0u64;
+            while Instant::now() < deadline {
+                if per_worker_rate > 0.0 {
+                    let due = started + Duration::from_secs_f64(sent_here as f64 / per_worker_rate);
+                    if due > deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let now_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                let request = build_request(&mut generator, &identities, &mut next_series, options.batch, now_ms);
+                let points = options.batch as u64;
+                let mut request = tonic::Request::new(request);
+                if !options.tenant.is_empty() {
+                    if let Ok(value) = options.tenant.parse() {
+                        request.metadata_mut().insert("x-scope-orgid", value);
+                    }
+                }
+                let begin = Instant::now();
+                let answer = client.write(request).await;
+                let micros = begin.elapsed().as_micros() as u64;
+                sent_here += points;
+                let mut shared = shared.lock();
+                if let Some(latency) = shared.latency.as_mut() {
+                    let _ = latency.record(micros.max(1));
+                }
+                let report = &mut shared.report;
+                report.sent += points;
+                report.requests += 1;
+                match answer {
+                    Ok(response) => {
+                        let response = response.into_inner();
+                        report.accepted += response.accepted;
+                        for rejection in response.rejections {
+                            let reason = if rejection.rule.is_empty() {
+                                rejection.reason
+                            } else {
+                                format!("{}:{}", rejection.reason, rejection.rule)
+                            };
+                            match report.rejected.iter_mut().find(|(r, _)| *r == reason) {
+                                Some((_, n)) => *n += rejection.count,
+                                None => report.rejected.push((reason, rejection.count)),
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        report.failed += points;
+                        report
+                            .first_error
+                            .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+                    }
+                }
+            }
+        }));
+    }
+
+    if options.progress {
+        let shared = Arc::clone(&shared);
+        let mut last_sent = 0u64;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now()))).await;
+            let shared = shared.lock();
+            let report = &shared.report;
+            let p99 = shared.latency.as_ref().map(|h| h.value_at_quantile(0.99)).unwrap_or(0);
+            eprintln!(
+                "loadgen: t={:>3}s sent={} accepted={} rate={}/s write p99={:.2}ms",
+                started.elapsed().as_secs(),
+                report.sent,
+                report.accepted,
+                report.sent - last_sent,
+                p99 as f64 / 1000.0
+            );
+            last_sent = report.sent;
+        }
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let mut shared = Arc::try_unwrap(shared).map(Mutex::into_inner).unwrap_or_default();
+    shared.report.elapsed = started.elapsed();
+    if let Some(latency) = &shared.latency {
+        shared.report.latency_us = [
+            latency.value_at_quantile(0.5),
+            latency.value_at_quantile(0.99),
+            latency.value_at_quantile(0.999),
+            latency.max(),
+        ];
+    }
+    Ok(shared.report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_hold_the_batch_and_trace_every_observation() {
+        let identities: Vec<_> = (0..20).map(|i| series_identity(i, (8, 1, 1))).collect();
+        let mut generator = Generator::new(7);
+        let mut next = 0;
+        let request = build_request(&mut generator, &identities, &mut next, 1000, 1_000);
+        let points: usize = request.series.iter().map(|s| s.points.len()).sum();
+        assert_eq!(points, 1000);
+        for series in &request.series {
+            for point in &series.points {
+                let traced = point.trace_id.len() == 16 && point.span_id.len() == 8;
+                assert_eq!(traced, series.kind == v1::Kind::Distribution as i32);
+                assert!(point.value.is_finite() && point.value > 0.0);
+            }
+        }
+        let kinds: Vec<i32> = identities.iter().map(|(_, kind)| *kind as i32).collect();
+        assert_eq!(
+            kinds.iter().filter(|k| **k == v1::Kind::Distribution as i32).count(),
+            16
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! The `tailfold` command line: `run` the service, `check` a config or rules
+//! file, `loadgen` to send realistic traffic. All logic lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use tailfold::clock::SystemClock;
+use tailfold::config::ServiceSettings;
+use tailfold::loadgen::{self, LoadgenOptions};
+use tailfold::model::parse_duration_ms;
+use tailfold::rules::RuleSet;
+
+#[derive(Parser)]
+#[command(
+    name = "tailfold",
+    version,
+    about = "Streaming aggregation tier for metrics, with trace exemplars per quantile"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Run {
+        /// Process config file.
+        #[arg(short, long, default_value = "config/tailfold.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a process config (and the rules file it names) or a rules file; non-zero exit on error.
+    Check {
+        /// The file to check. A file with any process setting (grpc, rules_file, data_dir, engine, flush,
+        /// ingest, store, selections, log) is a process config; otherwise it is read as a rules file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Send realistic traffic over gRPC and account for every point.
+    Loadgen {
+        /// gRPC endpoint of tailfold.
+        #[arg(long, default_value = "http://127.0.0.1:4770")]
+        target: String,
+        /// Distinct series.
+        #[arg(long, default_value_t = 1000)]
+        series: usize,
+        /// Points per second overall; 0 means as fast as the service answers.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// How long to run, e.g. 30s or 2m.
+        #[arg(long, default_value = "30s")]
+        duration: String,
+        /// Points per request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Weights of distribution:counter:gauge series.
+        #[arg(long, default_value = "8:1:1")]
+        mix: String,
+        /// Concurrent requests in flight.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Tenant to send in the x-scope-orgid metadata.
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// Seed of the value and trace ID generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Loadgen {
+            target,
+            series,
+            rate,
+            duration,
+            batch,
+            mix,
+            concurrency,
+            tenant,
+            seed,
+        } => {
+            init_logs(false);
+            let duration = match parse_duration_ms(&duration) {
+                Ok(ms) => Duration::from_millis(ms),
+                Err(error) => return fail(&format!("--duration: {error}")),
+            };
+            let mix = match parse_mix(&mix) {
+                Some(mix) => mix,
+                None => return fail(&format!("--mix {mix:?}: expected three whole weights like 8:1:1")),
+            };
+            let options = LoadgenOptions {
+                target,
+                series,
+                rate,
+                duration,
+                batch,
+                mix,
+                concurrency,
+                tenant,
+                seed,
+                progress: true,
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => return fail(&format!("cannot start runtime: {error}")),
+            };
+            match runtime.block_on(loadgen::run(options)) {
+                Ok(report) => {
+                    println!(
+                        "loadgen: sent={} accepted={} rejected={:?} failed={} requests={} in {:.1}s = {:.0} points/s",
+                        report.sent,
+                        report.accepted,
+                        report.rejected,
+                        report.failed,
+                        report.requests,
+                        report.elapsed.as_secs_f64(),
+                        report.rate()
+                    );
+                    let [p50, p99, p999, max] = report.latency_us.map(|us| us as f64 / 1000.0);
+                    println!("loadgen: write latency p50={p50:.2}ms p99={p99:.2}ms p999={p999:.2}ms max={max:.2}ms");
+                    if let Some(error) = &report.first_error {
+                        println!("loadgen: first failed request: {error}");
+                    }
+                    if report.accounted() {
+                        println!("loadgen: accounted: every point sent was accepted or rejected with a reason");
+                        ExitCode::SUCCESS
+                    } else {
+                        println!("loadgen: NOT accounted: sent != accepted + rejected + failed");
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => fail(&error.to_string()),
+            }
+        }
+    }
+}
+
+fn parse_mix(text: &str) -> Option<(u32, u32, u32)> {
+    let parts: Vec<u32> = text
+        .split(':')
+        .map(|part| part.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    match parts[..] {
+        [d, c, g] if d + c + g > 0 => Some((d, c, g)),
+        _ => None,
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("tailfold: {message}");
+    ExitCode::FAILURE
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+const PROCESS_KEYS: [&str; 9] = [
+    "grpc",
+    "rules_file",
+    "data_dir",
+    "engine",
+    "flush",
+    "ingest",
+    "store",
+    "selections",
+    "log",
+];
+
+fn is_process_config(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+        Ok(serde_yaml::Value::Mapping(map)) => map
+            .keys()
+            .any(|key| key.as_str().is_some_and(|key| PROCESS_KEYS.contains(&key))),
+        _ => false,
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    if is_process_config(path) {
+        let settings = match ServiceSettings::load(path) {
+            Ok(settings) => settings,
+            Err(error) => return fail(&error.to_string()),
+        };
+        match RuleSet::load(&settings.rules_file) {
+            Ok(rules) => {
+                println!(
+                    "{}: ok (rules {}: {} rules, policies {})",
+                    path.display(),
+                    settings.rules_file.display(),
+                    rules.rule_count(),
+                    policies_text(&rules)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(&error.to_string()),
+        }
+    } else {
+        match RuleSet::load(path) {
+            Ok(rules) => {
+                println!(
+                    "{}: ok ({} rules, policies {})",
+                    path.display(),
+                    rules.rule_count(),
+                    policies_text(&rules)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(&error.to_string()),
+        }
+    }
+}
+
+fn policies_text(rules: &RuleSet) -> String {
+    rules
+        .storage_policies()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn run(config: &Path) -> ExitCode {
+    let settings = match ServiceSettings::load(config) {
+        Ok(settings) => settings,
+        Err(error) => return fail(&error.to_string()),
+    };
+    init_logs(settings.log_json);
+    let rules = match RuleSet::load(&settings.rules_file) {
+        Ok(rules) => rules,
+        Err(error) => return fail(&error.to_string()),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("cannot start runtime: {error}")),
+    };
+    runtime.block_on(async move {
+        let handle = match tailfold::server::start(settings, rules, Arc::new(SystemClock)).await {
+            Ok(handle) => handle,
+            Err(error) => return fail(&error.to_string()),
+        };
+        // Tests and scripts read this line to find the port when listening on port 0.
+        println!("tailfold: listening on grpc {}", handle.grpc_addr());
+        wait_for_signal().await;
+        tracing::info!("shutting down: flushing every open window");
+        match handle.shutdown().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(&error.to_string()),
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,172 @@
+//! Label sets: sorted name/value pairs with the metric name in `__name__`,
+//! hashed once into the 64-bit series key every later stage uses.
+
+use std::fmt;
+
+use xxhash_rust::xxh3::Xxh3;
+
+/// The label that carries the metric name, as in Prometheus.
+pub const METRIC_NAME_LABEL: &str = "__name__";
+
+/// One label.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Label {
+    /// Label name, e.g. `service`.
+    pub name: Box<str>,
+    /// Label value, e.g. `api`.
+    pub value: Box<str>,
+}
+
+/// A label set sorted by name. Duplicates are the caller's to refuse (ingest
+/// validates); `Labels` itself only keeps the order canonical.
+///
+/// ```
+/// use tailfold::model::Labels;
+/// let labels = Labels::from_pairs([("service", "api"), ("__name__", "latency")]);
+/// assert_eq!(labels.metric_name(), Some("latency"));
+/// assert_eq!(labels.to_string(), r#"latency{service="api"}"#);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Labels(Vec<Label>);
+
+impl Labels {
+    /// Builds a sorted label set from pairs in any order.
+    pub fn from_pairs<N: Into<Box<str>>, V: Into<Box<str>>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
+        Self::from_vec(
+            pairs
+                .into_iter()
+                .map(|(name, value)| Label {
+                    name: name.into(),
+                    value: value.into(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Sorts `labels` by name and keeps them.
+    pub fn from_vec(mut labels: Vec<Label>) -> Self {
+        labels.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Labels(labels)
+    }
+
+    /// The value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|label| (*label.name).cmp(name))
+            .ok()
+            .map(|index| &*self.0[index].value)
+    }
+
+    /// The metric name (`__name__`).
+    pub fn metric_name(&self) -> Option<&str> {
+        self.get(METRIC_NAME_LABEL)
+    }
+
+    /// Labels in name order.
+    pub fn iter(&self) -> impl Iterator<Item = &Label> {
+        self.0.iter()
+    }
+
+    /// Number of labels.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are no labels at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A copy with `name` set to `value` (added or replaced).
+    pub fn with(&self, name: &str, value: &str) -> Labels {
+        let mut labels = self.0.clone();
+        match labels.binary_search_by(|label| (*label.name).cmp(name)) {
+            Ok(index) => labels[index].value = value.into(),
+            Err(index) => labels.insert(
+                index,
+                Label {
+                    name: name.into(),
+                    value: value.into(),
+                },
+            ),
+        }
+        Labels(labels)
+    }
+
+    /// A copy keeping only the labels for which `keep` is true.
+    pub fn filtered(&self, mut keep: impl FnMut(&str) -> bool) -> Labels {
+        Labels(self.0.iter().filter(|label| keep(&label.name)).cloned().collect())
+    }
+
+    /// Bytes owned on the heap (for memory accounting).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.capacity() * std::mem::size_of::<Label>()
+            + self
+                .0
+                .iter()
+                .map(|label| label.name.len() + label.value.len())
+                .sum::<usize>()
+    }
+}
+
+impl fmt::Display for Labels {
+    /// Prometheus exposition style: `name{a="1",b="2"}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.metric_name().unwrap_or(""))?;
+        f.write_str("{")?;
+        let mut first = true;
+        for label in self.0.iter().filter(|l| &*l.name != METRIC_NAME_LABEL) {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            write!(f, "{}={:?}", label.name, &*label.value)?;
+        }
+        f.write_str("}")
+    }
+}
+
+/// The series key: one xxh3 hash over the tenant and the sorted labels. Computed
+/// once per series per batch; every later stage keys on it.
+pub fn series_hash(tenant: &str, labels: &Labels) -> u64 {
+    let mut hasher = Xxh3::new();
+    hasher.update(tenant.as_bytes());
+    hasher.update(&[0xff]);
+    for label in labels.iter() {
+        // Separators that cannot occur in UTF-8 keep ("a","bc") apart from ("ab","c").
+        hasher.update(label.name.as_bytes());
+        hasher.update(&[0xfe]);
+        hasher.update(label.value.as_bytes());
+        hasher.update(&[0xff]);
+    }
+    hasher.digest()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_does_not_change_identity() {
+        let a = Labels::from_pairs([("b", "2"), ("a", "1"), ("__name__", "m")]);
+        let b = Labels::from_pairs([("__name__", "m"), ("a", "1"), ("b", "2")]);
+        assert_eq!(a, b);
+        assert_eq!(series_hash("t", &a), series_hash("t", &b));
+        assert_ne!(series_hash("t", &a), series_hash("u", &a));
+    }
+
+    #[test]
+    fn hash_separates_boundaries() {
+        let a = Labels::from_pairs([("a", "bc")]);
+        let b = Labels::from_pairs([("ab", "c")]);
+        assert_ne!(series_hash("", &a), series_hash("", &b));
+    }
+
+    #[test]
+    fn with_and_filtered() {
+        let labels = Labels::from_pairs([("__name__", "m"), ("pod", "p1"), ("svc", "api")]);
+        let renamed = labels.with("__name__", "m:by_svc").filtered(|n| n != "pod");
+        assert_eq!(renamed.to_string(), r#"m:by_svc{svc="api"}"#);
+        assert_eq!(labels.with("quantile", "0.99").get("quantile"), Some("0.99"));
+    }
+}

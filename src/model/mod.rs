@@ -1,0 +1,14 @@
+//! The vocabulary every stage shares: label sets and series keys, sample kinds,
+//! points with optional trace context, and storage policies (`10s:2d`).
+
+mod duration;
+mod labels;
+mod outcome;
+mod policy;
+mod sample;
+
+pub use duration::{format_duration_ms, parse_duration_ms, DurationError};
+pub use labels::{series_hash, Label, Labels, METRIC_NAME_LABEL};
+pub use outcome::{DropReason, Outcome};
+pub use policy::{PolicyError, StoragePolicy};
+pub use sample::{IngestBatch, Kind, Point, SeriesBatch, TraceContext};

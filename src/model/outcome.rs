@@ -1,0 +1,128 @@
+//! Why a sample was not folded in, and the tally of one ingest call: accepted
+//! points and rejected points by reason and rule. Every stage reports into it.
+
+use std::sync::Arc;
+
+/// Why points were not folded into any window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// The series itself is malformed (labels, kind); all its points are refused.
+    InvalidSeries,
+    /// NaN or an infinity.
+    InvalidValue,
+    /// A trace or span ID of the wrong length, or all zero.
+    InvalidTraceId,
+    /// Every window the point belongs to was already flushed.
+    TooLate,
+    /// The timestamp is further in the future than the configured tolerance.
+    TooFarInFuture,
+    /// A drop rule matched and no rollup consumes the series.
+    DroppedByRule,
+    /// No aggregation of any rule or default applies to the series' kind.
+    NoAggregation,
+    /// The output series already exists with another kind.
+    KindConflict,
+}
+
+impl DropReason {
+    /// Every reason, in a stable order.
+    pub const ALL: [DropReason; 8] = [
+        DropReason::InvalidSeries,
+        DropReason::InvalidValue,
+        DropReason::InvalidTraceId,
+        DropReason::TooLate,
+        DropReason::TooFarInFuture,
+        DropReason::DroppedByRule,
+        DropReason::NoAggregation,
+        DropReason::KindConflict,
+    ];
+
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::InvalidSeries => "invalid_series",
+            DropReason::InvalidValue => "invalid_value",
+            DropReason::InvalidTraceId => "invalid_trace_id",
+            DropReason::TooLate => "too_late",
+            DropReason::TooFarInFuture => "too_far_in_future",
+            DropReason::DroppedByRule => "dropped_by_rule",
+            DropReason::NoAggregation => "no_aggregation",
+            DropReason::KindConflict => "kind_conflict",
+        }
+    }
+}
+
+/// The tally of one ingest call (or of many, merged).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Points folded into at least one window.
+    pub accepted: u64,
+    /// Rejected points per reason, indexed like [`DropReason::ALL`].
+    pub rejected: [u64; DropReason::ALL.len()],
+    /// Points dropped by each drop rule (a subset of `DroppedByRule`).
+    pub by_rule: Vec<(Arc<str>, u64)>,
+}
+
+impl Outcome {
+    /// Counts `points` rejected for `reason`.
+    pub fn reject(&mut self, reason: DropReason, points: u64) {
+        self.rejected[reason as usize] += points;
+    }
+
+    /// Counts `points` dropped by drop rule `rule`.
+    pub fn reject_by_rule(&mut self, rule: &Arc<str>, points: u64) {
+        self.reject(DropReason::DroppedByRule, points);
+        match self.by_rule.iter_mut().find(|(name, _)| name == rule) {
+            Some((_, count)) => *count += points,
+            None => self.by_rule.push((Arc::clone(rule), points)),
+        }
+    }
+
+    /// Points rejected for `reason`.
+    pub fn rejected_for(&self, reason: DropReason) -> u64 {
+        self.rejected[reason as usize]
+    }
+
+    /// All rejected points.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+
+    /// Adds another tally into this one.
+    pub fn merge(&mut self, other: &Outcome) {
+        self.accepted += other.accepted;
+        for (mine, theirs) in self.rejected.iter_mut().zip(other.rejected) {
+            *mine += theirs;
+        }
+        for (rule, count) in &other.by_rule {
+            match self.by_rule.iter_mut().find(|(name, _)| name == rule) {
+                Some((_, mine)) => *mine += count,
+                None => self.by_rule.push((Arc::clone(rule), *count)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_merge_by_reason_and_rule() {
+        let rule: Arc<str> = Arc::from("drop-debug");
+        let mut a = Outcome {
+            accepted: 3,
+            ..Outcome::default()
+        };
+        a.reject(DropReason::TooLate, 2);
+        a.reject_by_rule(&rule, 4);
+        let mut b = Outcome::default();
+        b.reject_by_rule(&rule, 1);
+        b.merge(&a);
+        assert_eq!(b.accepted, 3);
+        assert_eq!(b.rejected_for(DropReason::TooLate), 2);
+        assert_eq!(b.rejected_for(DropReason::DroppedByRule), 5);
+        assert_eq!(b.by_rule, vec![(rule, 5)]);
+        assert_eq!(b.rejected_total(), 7);
+    }
+}

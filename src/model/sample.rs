@@ -1,0 +1,68 @@
+//! What ingest hands the engine: series batches of points, each point with an
+//! optional trace context. Plain data; nothing here knows the wire protocol.
+
+use std::sync::Arc;
+
+use super::Labels;
+
+/// How a series' points are folded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// A counter delta: the increase since the last report.
+    Counter,
+    /// A gauge: the current value.
+    Gauge,
+    /// One observation of a distribution (a latency, a size).
+    Distribution,
+}
+
+impl Kind {
+    /// The lowercase name used in configs and outputs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Distribution => "distribution",
+        }
+    }
+}
+
+/// W3C trace context of a traced sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    /// 16-byte trace ID, never all zero.
+    pub trace_id: [u8; 16],
+    /// 8-byte span ID; all zero when the sender had none.
+    pub span_id: [u8; 8],
+}
+
+/// One raw sample of a series.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    /// The value; finite (ingest refuses NaN and infinities).
+    pub value: f64,
+    /// Event time in ms since the epoch; `None` means arrival time.
+    pub timestamp_ms: Option<i64>,
+    /// The trace this sample belongs to, if any.
+    pub trace: Option<TraceContext>,
+}
+
+/// Points of one series, validated by ingest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesBatch {
+    /// Sorted, validated labels (with `__name__`).
+    pub labels: Labels,
+    /// How to fold the points.
+    pub kind: Kind,
+    /// The points, in any time order.
+    pub points: Vec<Point>,
+}
+
+/// A tenant's batch, as one ingest request delivers it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngestBatch {
+    /// Whose samples these are.
+    pub tenant: Arc<str>,
+    /// The series.
+    pub series: Vec<SeriesBatch>,
+}

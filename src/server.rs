@@ -1,0 +1,328 @@
+//! The running service: binds the gRPC server, runs the flush loop (jittered
+//! ticks, flush work off the async threads), feeds the sinks, logs progress,
+//! and on shutdown stops ingest, flushes every open window and drains sinks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::api::{self, v1};
+use crate::clock::Clock;
+use crate::config::ServiceSettings;
+use crate::engine::{Engine, FlushStats};
+use crate::ingest::grpc::GrpcIngest;
+use crate::rules::RuleSet;
+use crate::sink::file_store::FileStore;
+use crate::sink::selections::{selection_dir, GrpcSelections, SelectionHub, SelectionWriter};
+use crate::sink::SinkSet;
+use crate::telemetry::Telemetry;
+
+/// Why the service could not start or stopped badly.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A sink thread cannot start.
+    #[error("cannot start sink {name}: {source}")]
+    Sink {
+        /// The sink.
+        name: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// gRPC reflection could not load the API descriptors.
+    #[error("grpc reflection: {0}")]
+    Reflection(String),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// Shutdown did not finish within the grace period.
+    #[error("shutdown took longer than the {0} ms grace period; windows still open were lost")]
+    ShutdownTimeout(u64),
+}
+
+enum Command {
+    FlushNow(oneshot::Sender<FlushStats>),
+}
+
+/// A started service.
+pub struct ServiceHandle {
+    grpc_addr: SocketAddr,
+    engine: Arc<Engine>,
+    telemetry: Arc<Telemetry>,
+    hub: SelectionHub,
+    commands: mpsc::Sender<Command>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServiceError>>,
+    grace_ms: u64,
+}
+
+/// Builds the gRPC router: ingest, the selection stream and reflection.
+pub fn grpc_router(
+    engine: Arc<Engine>,
+    settings: &ServiceSettings,
+    clock: Arc<dyn Clock>,
+    telemetry: Arc<Telemetry>,
+    hub: SelectionHub,
+    closing: watch::Receiver<bool>,
+) -> Result<tonic::transport::server::Router, ServiceError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| ServiceError::Reflection(error.to_string()))?;
+    let ingest = GrpcIngest::new(engine, settings.ingest.clone(), clock, Arc::clone(&telemetry));
+    let selections = GrpcSelections::new(hub, settings.ingest.tenant_header.clone(), telemetry, closing);
+    Ok(tonic::transport::Server::builder()
+        .add_service(ingest.into_server())
+        .add_service(v1::selections_server::SelectionsServer::new(selections))
+        .add_service(reflection))
+}
+
+/// Starts the service: binds, spawns the server, sinks and flush loop.
+pub async fn start(
+    settings: ServiceSettings,
+    rules: RuleSet,
+    clock: Arc<dyn Clock>,
+) -> Result<ServiceHandle, ServiceError> {
+    let telemetry = Arc::new(Telemetry::default());
+    let engine = Arc::new(Engine::new(settings.engine.clone(), rules));
+    let hub = SelectionHub::new(settings.selection_stream_buffer);
+
+    let mut sinks = SinkSet::default();
+    if settings.store_enabled {
+        let counters = Arc::clone(&telemetry);
+        let store = FileStore::new(settings.data_dir.join("store"), settings.segment_duration_ms);
+        sinks
+            .spawn("store", store, move |records, result| match result {
+                Ok(()) => counters.written(records as u64),
+                Err(error) => {
+                    counters.sink_error();
+                    tracing::error!(%error, records, "store write failed; records lost");
+                }
+            })
+            .map_err(|source| ServiceError::Sink { name: "store", source })?;
+    }
+    let selection_files = settings.selections_file.then(|| selection_dir(&settings.data_dir));
+    let counters = Arc::clone(&telemetry);
+    sinks
+        .spawn(
+            "selections",
+            SelectionWriter::new(hub.clone(), selection_files, Arc::clone(&telemetry)),
+            move |records, result| {
+                if let Err(error) = result {
+                    counters.sink_error();
+                    tracing::error!(%error, records, "selection write failed");
+                }
+            },
+        )
+        .map_err(|source| ServiceError::Sink {
+            name: "selections",
+            source,
+        })?;
+
+    let listener = tokio::net::TcpListener::bind(settings.grpc_listen)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            addr: settings.grpc_listen,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| ServiceError::Bind {
+        addr: settings.grpc_listen,
+        source,
+    })?;
+    let (closing, closing_receiver) = watch::channel(false);
+    let router = grpc_router(
+        Arc::clone(&engine),
+        &settings,
+        Arc::clone(&clock),
+        Arc::clone(&telemetry),
+        hub.clone(),
+        closing_receiver,
+    )?;
+
+    let (commands, command_receiver) = mpsc::channel(16);
+    let (stop, stop_receiver) = oneshot::channel();
+    let task = tokio::spawn(run(
+        router,
+        listener,
+        FlushLoop {
+            engine: Arc::clone(&engine),
+            sinks: Arc::new(sinks),
+            clock,
+            telemetry: Arc::clone(&telemetry),
+        },
+        settings.clone(),
+        command_receiver,
+        stop_receiver,
+        closing,
+    ));
+    tracing::info!(grpc = %grpc_addr, data_dir = %settings.data_dir.display(), "tailfold started");
+    Ok(ServiceHandle {
+        grpc_addr,
+        engine,
+        telemetry,
+        hub,
+        commands,
+        stop,
+        task,
+        grace_ms: settings.shutdown_grace_ms,
+    })
+}
+
+struct FlushLoop {
+    engine: Arc<Engine>,
+    sinks: Arc<SinkSet>,
+    clock: Arc<dyn Clock>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl FlushLoop {
+    /// Flushes due (or all) windows on a blocking thread; waits for sinks when `settle`.
+    async fn flush(&self, everything: bool, settle: bool) -> FlushStats {
+        let engine = Arc::clone(&self.engine);
+        let sinks = Arc::clone(&self.sinks);
+        let now_ms = self.clock.now_ms();
+        let telemetry = Arc::clone(&self.telemetry);
+        let work = tokio::task::spawn_blocking(move || {
+            let deliver = |records| sinks.deliver(records, now_ms);
+            let stats = if everything {
+                engine.flush_all(now_ms, deliver)
+            } else {
+                engine.flush_due(now_ms, deliver)
+            };
+            telemetry.flushed(stats.windows as u64, stats.records as u64);
+            if settle {
+                sinks.barrier();
+            }
+            stats
+        });
+        work.await.unwrap_or_else(|error| {
+            tracing::error!(%error, "flush task failed");
+            FlushStats::default()
+        })
+    }
+}
+
+async fn run(
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    flusher: FlushLoop,
+    settings: ServiceSettings,
+    mut commands: mpsc::Receiver<Command>,
+    stop: oneshot::Receiver<()>,
+    closing: watch::Sender<bool>,
+) -> Result<(), ServiceError> {
+    let (server_stop, server_stop_receiver) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = server_stop_receiver.await;
+    }));
+
+    let progress_every = Duration::from_millis(settings.progress_interval_ms.max(1));
+    let mut next_progress = tokio::time::Instant::now() + progress_every;
+    let mut last_line = String::new();
+    tokio::pin!(stop);
+    loop {
+        let jitter = rand::rng().random_range(0..=settings.flush_jitter_ms);
+        let tick = tokio::time::sleep(Duration::from_millis(settings.flush_interval_ms + jitter));
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(Command::FlushNow(reply)) = commands.recv() => {
+                let _ = reply.send(flusher.flush(false, true).await);
+            }
+            _ = tick => {
+                flusher.flush(false, false).await;
+            }
+        }
+        if settings.progress_interval_ms > 0 && tokio::time::Instant::now() >= next_progress {
+            next_progress += progress_every;
+            let line = flusher.telemetry.snapshot().progress_line();
+            if line != last_line {
+                tracing::info!(target: "tailfold::progress", "{line}");
+                last_line = line;
+            }
+        }
+    }
+
+    // Close ingest first (waiting out writes in flight, refusing later ones with
+    // UNAVAILABLE), so the final flush sees every accepted sample.
+    flusher.engine.close();
+    let stats = flusher.flush(true, true).await;
+    tracing::info!(
+        windows = stats.windows,
+        records = stats.records,
+        "flushed every open window at shutdown"
+    );
+    // Selection streams deliver what that flush published, then end; only then
+    // can the server's graceful shutdown finish.
+    let _ = closing.send(true);
+    let _ = server_stop.send(());
+    let served = server.await;
+    tracing::info!(target: "tailfold::progress", "{}", flusher.telemetry.snapshot().progress_line());
+    match Arc::try_unwrap(flusher.sinks) {
+        Ok(sinks) => tokio::task::spawn_blocking(move || sinks.close()).await.unwrap_or(()),
+        Err(_) => tracing::error!("sinks still in use at shutdown"),
+    }
+    match served {
+        Ok(result) => result.map_err(ServiceError::Serve),
+        Err(error) => {
+            tracing::error!(%error, "grpc server task failed");
+            Ok(())
+        }
+    }
+}
+
+impl ServiceHandle {
+    /// Address the gRPC server listens on.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The engine (for inspection).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The service counters.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// The selection hub (subscribe in-process).
+    pub fn selections(&self) -> &SelectionHub {
+        &self.hub
+    }
+
+    /// Flushes what is due now and returns once sinks have written it.
+    pub async fn flush_now(&self) -> FlushStats {
+        let (reply, wait) = oneshot::channel();
+        if self.commands.send(Command::FlushNow(reply)).await.is_err() {
+            return FlushStats::default();
+        }
+        wait.await.unwrap_or_default()
+    }
+
+    /// Stops ingest, flushes every open window, drains sinks, within the grace period.
+    pub async fn shutdown(self) -> Result<(), ServiceError> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(Duration::from_millis(self.grace_ms), self.task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "service task failed");
+                Ok(())
+            }
+            Err(_) => Err(ServiceError::ShutdownTimeout(self.grace_ms)),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Sinks: where aggregate records go after a flush. Each sink runs on its own
+//! thread behind a bounded channel, so a slow disk holds back the flush loop,
+//! never ingest. Sinks see aggregate records only, never raw samples.
+
+pub mod file_store;
+mod json;
+pub mod selections;
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use thiserror::Error;
+
+use crate::engine::AggregateRecord;
+
+pub use json::{record_json, JsonRecord};
+
+/// Errors of sinks.
+#[derive(Debug, Error)]
+pub enum SinkError {
+    /// A file could not be created, written or removed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A record could not be encoded.
+    #[error("cannot encode record of {series}: {message}")]
+    Encode {
+        /// The series.
+        series: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A destination of aggregate records, driven by its own thread.
+pub trait SinkWriter: Send + 'static {
+    /// Writes one flush chunk; `now_ms` is the flush's wall clock (for retention).
+    fn write(&mut self, records: &[AggregateRecord], now_ms: i64) -> Result<(), SinkError>;
+}
+
+enum SinkMessage {
+    Records(Arc<Vec<AggregateRecord>>, i64),
+    Barrier(SyncSender<()>),
+}
+
+struct RunningSink {
+    name: &'static str,
+    sender: SyncSender<SinkMessage>,
+    thread: JoinHandle<()>,
+}
+
+/// The running sinks. Every chunk goes to every sink, in order.
+#[derive(Default)]
+pub struct SinkSet {
+    sinks: Vec<RunningSink>,
+}
+
+/// Chunks a sink may have queued before the flush loop waits for it.
+const SINK_QUEUE_CHUNKS: usize = 256;
+
+impl SinkSet {
+    /// Starts `writer` on a thread named `name`; `on_result` sees each write's record count or error.
+    pub fn spawn(
+        &mut self,
+        name: &'static str,
+        mut writer: impl SinkWriter,
+        on_result: impl Fn(usize, Result<(), SinkError>) + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (sender, receiver): (SyncSender<SinkMessage>, Receiver<SinkMessage>) = sync_channel(SINK_QUEUE_CHUNKS);
+        let thread = std::thread::Builder::new()
+            .name(format!("sink-{name}"))
+            .spawn(move || {
+                for message in receiver {
+                    match message {
+                        SinkMessage::Records(records, now_ms) => {
+                            on_result(records.len(), writer.write(&records, now_ms));
+                        }
+                        SinkMessage::Barrier(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })?;
+        self.sinks.push(RunningSink { name, sender, thread });
+        Ok(())
+    }
+
+    /// Hands a chunk to every sink; waits while a sink's queue is full.
+    pub fn deliver(&self, records: Vec<AggregateRecord>, now_ms: i64) {
+        if records.is_empty() {
+            return;
+        }
+        let records = Arc::new(records);
+        for sink in &self.sinks {
+            if sink
+                .sender
+                .send(SinkMessage::Records(Arc::clone(&records), now_ms))
+                .is_err()
+            {
+                tracing::error!(
+                    sink = sink.name,
+                    records = records.len(),
+                    "sink thread is gone; records lost"
+                );
+            }
+        }
+    }
+
+    /// Returns once every sink has processed everything delivered before the call.
+    pub fn barrier(&self) {
+        let waits: Vec<_> = self
+            .sinks
+            .iter()
+            .filter_map(|sink| {
+                let (done, wait) = sync_channel(1);
+                sink.sender.send(SinkMessage::Barrier(done)).ok().map(|_| wait)
+            })
+            .collect();
+        for wait in waits {
+            let _ = wait.recv();
+        }
+    }
+
+    /// Stops every sink after it has processed what it was given.
+    pub fn close(self) {
+        for sink in self.sinks {
+            drop(sink.sender);
+            if sink.thread.join().is_err() {
+                tracing::error!(sink = sink.name, "sink thread panicked");
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Self-accounting of the running service: what ingest received, accepted and
+//! refused (by reason and rule), and what flushes and sinks did. Logged as a
+//! progress line; nothing is dropped without being counted here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::model::{DropReason, Outcome};
+
+/// Counters shared by ingest, the flush loop and sinks.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    received_points: AtomicU64,
+    ingest: Mutex<Outcome>,
+    windows_flushed: AtomicU64,
+    records_emitted: AtomicU64,
+    records_written: AtomicU64,
+    sink_errors: AtomicU64,
+    selections_emitted: AtomicU64,
+    selections_lagged: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TelemetrySnapshot {
+    /// Points received over any protocol (valid or not).
+    pub received_points: u64,
+    /// Accepted and rejected points by reason and rule.
+    pub ingest: Outcome,
+    /// Windows closed by flushes.
+    pub windows_flushed: u64,
+    /// Aggregate records built by flushes.
+    pub records_emitted: u64,
+    /// Records written by the embedded store.
+    pub records_written: u64,
+    /// Failed sink writes (records lost with them are counted in the log line).
+    pub sink_errors: u64,
+    /// Trace selections published.
+    pub selections_emitted: u64,
+    /// Selections a slow stream subscriber missed.
+    pub selections_lagged: u64,
+}
+
+impl Telemetry {
+    /// Counts points received in one request.
+    pub fn received(&self, points: u64) {
+        self.received_points.fetch_add(points, Ordering::Relaxed);
+    }
+
+    /// Adds one request's tally.
+    pub fn ingested(&self, outcome: &Outcome) {
+        self.ingest.lock().merge(outcome);
+    }
+
+    /// Counts one flush.
+    pub fn flushed(&self, windows: u64, records: u64) {
+        self.windows_flushed.fetch_add(windows, Ordering::Relaxed);
+        self.records_emitted.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Counts records the store wrote.
+    pub fn written(&self, records: u64) {
+        self.records_written.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Counts a failed sink write.
+    pub fn sink_error(&self) {
+        self.sink_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts selections published.
+    pub fn selections(&self, count: u64) {
+        self.selections_emitted.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Counts selections a subscriber missed.
+    pub fn selections_lagged(&self, count: u64) {
+        self.selections_lagged.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> TelemetrySnapshot {
+        TelemetrySnapshot {
+            received_points: self.received_points.load(Ordering::Relaxed),
+            ingest: self.ingest.lock().clone(),
+            windows_flushed: self.windows_flushed.load(Ordering::Relaxed),
+            records_emitted: self.records_emitted.load(Ordering::Relaxed),
+            records_written: self.records_written.load(Ordering::Relaxed),
+            sink_errors: self.sink_errors.load(Ordering::Relaxed),
+            selections_emitted: self.selections_emitted.load(Ordering::Relaxed),
+            selections_lagged: self.selections_lagged.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl TelemetrySnapshot {
+    /// One log line: totals and each non-zero drop reason.
+    pub fn progress_line(&self) -> String {
+        let mut line = format!(
+            "received={} accepted={} rejected={} windows_flushed={} records={} written={} selections={} sink_errors={}",
+            self.received_points,
+            self.ingest.accepted,
+            self.ingest.rejected_total(),
+            self.windows_flushed,
+            self.records_emitted,
+            self.records_written,
+            self.selections_emitted,
+            self.sink_errors,
+        );
+        for reason in DropReason::ALL {
+            let count = self.ingest.rejected_for(reason);
+            if count > 0 {
+                line.push_str(&format!(" {}={count}", reason.as_str()));
+            }
+        }
+        line
+    }
+}
