@@ -14,7 +14,8 @@
 //!     series: vec![SeriesBatch {
 //!         labels: Labels::from_pairs([("__name__", "requests")]),
 //!         kind: Kind::Counter,
-//!         points: vec![Point { value: 3.0, timestamp_ms: Some(1_000), trace: None }],
+//!         cumulative: false,
+//!         points: vec![Point::new(3.0, Some(1_000), None)],
 //!     }],
 //! };
 //! assert_eq!(engine.ingest(&batch, 2_000).unwrap().accepted, 1);

@@ -14,13 +14,10 @@ fn batch(name: &str, kind: Kind, points: &[(f64, i64)]) -> IngestBatch {
         series: vec![SeriesBatch {
             labels: Labels::from_pairs([("__name__", name), ("pod", "a")]),
             kind,
+            cumulative: false,
             points: points
                 .iter()
-                .map(|(value, timestamp)| Point {
-                    value: *value,
-                    timestamp_ms: Some(*timestamp),
-                    trace: None,
-                })
+                .map(|(value, timestamp)| Point::new(*value, Some(*timestamp), None))
                 .collect(),
         }],
     }
@@ -96,11 +93,8 @@ fn one_output_fed_by_two_kinds_refuses_the_second_kind() {
                 series: vec![SeriesBatch {
                     labels: Labels::from_pairs([("__name__", "x_c")]),
                     kind: Kind::Gauge,
-                    points: vec![Point {
-                        value: 1.0,
-                        timestamp_ms: Some(T0),
-                        trace: None,
-                    }],
+                    cumulative: false,
+                    points: vec![Point::new(1.0, Some(T0), None)],
                 }],
             },
             T0,

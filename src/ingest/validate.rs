@@ -211,15 +211,16 @@ pub fn validate_series(
             continue;
         }
         match trace_context(&point.trace_id, &point.span_id) {
-            Ok(trace) => points.push(Point {
-                value: point.value,
-                timestamp_ms: point.timestamp_ms,
-                trace,
-            }),
+            Ok(trace) => points.push(Point::new(point.value, point.timestamp_ms, trace)),
             Err(InvalidTrace) => outcome.reject(DropReason::InvalidTraceId, 1),
         }
     }
-    Ok(SeriesBatch { labels, kind, points })
+    Ok(SeriesBatch {
+        labels,
+        kind,
+        cumulative: false,
+        points,
+    })
 }
 
 /// A trace or span ID that is not W3C-shaped.

@@ -45,6 +45,22 @@ pub struct Point {
     pub timestamp_ms: Option<i64>,
     /// The trace this sample belongs to, if any.
     pub trace: Option<TraceContext>,
+    /// How many samples this point stands for (1 unless the sender sampled,
+    /// e.g. statsd `@0.1` makes a point stand for 10): counts and histogram
+    /// buckets grow by it, a counter delta is multiplied by it.
+    pub weight: u32,
+}
+
+impl Point {
+    /// A point standing for one sample.
+    pub fn new(value: f64, timestamp_ms: Option<i64>, trace: Option<TraceContext>) -> Self {
+        Point {
+            value,
+            timestamp_ms,
+            trace,
+            weight: 1,
+        }
+    }
 }
 
 /// Points of one series, validated by ingest.
@@ -54,6 +70,9 @@ pub struct SeriesBatch {
     pub labels: Labels,
     /// How to fold the points.
     pub kind: Kind,
+    /// For counters: the points are running totals (a Prometheus counter),
+    /// turned into deltas per series, with reset detection, before any rule.
+    pub cumulative: bool,
     /// The points, in any time order.
     pub points: Vec<Point>,
 }

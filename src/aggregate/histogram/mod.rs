@@ -189,18 +189,29 @@ impl ExpHistogram {
     /// exemplar always lies in its bucket. Allocates only when the populated
     /// range grows or a bucket sees its first traced sample.
     pub fn record<R: Rng + ?Sized>(&mut self, value: f64, exemplar: Option<Exemplar>, rng: &mut R) {
+        self.record_n(value, 1, exemplar, rng);
+    }
+
+    /// Records `n` samples of `value` at once: a sampled sender (statsd
+    /// `@0.1`) stands one line for ten samples. The exemplar, if any, is
+    /// offered to the reservoir once, as one traced sample. `n == 0` records nothing.
+    pub fn record_n<R: Rng + ?Sized>(&mut self, value: f64, n: u64, exemplar: Option<Exemplar>, rng: &mut R) {
         debug_assert!(value.is_finite(), "recorded non-finite value {value}");
-        self.count += 1;
-        self.sum += value;
+        if n == 0 {
+            return;
+        }
+        self.count += n;
+        self.sum += value * n as f64;
         self.min = self.min.min(value);
         self.max = self.max.max(value);
+        // Welford for n equal values at once (West's weighted form).
         let delta = value - self.mean;
-        self.mean += delta / self.count as f64;
-        self.m2 += delta * (value - self.mean);
+        self.mean += delta * n as f64 / self.count as f64;
+        self.m2 += delta * (value - self.mean) * n as f64;
 
         let exemplar = exemplar.map(|e| Exemplar { value, ..e });
         if value.abs() <= self.config.zero_threshold {
-            self.zero_count += 1;
+            self.zero_count += n;
             if let Some(ex) = exemplar {
                 match &mut self.zero_exemplar {
                     Some(slot) => slot.offer(ex, rng),
@@ -225,7 +236,7 @@ impl ExpHistogram {
         } else {
             &mut self.positive
         };
-        side.add(index, 1);
+        side.add(index, n);
         if let Some(ex) = exemplar {
             side.offer(index, ex, rng);
         }

@@ -538,3 +538,34 @@ fn clear_keeps_capacity_and_record_does_not_allocate_in_range() {
     assert!(h.is_empty() && h.positive_buckets().next().is_none());
     assert_eq!((h.scale(), h.heap_bytes(), h.count_above(0.0)), (6, bytes, 0));
 }
+
+#[test]
+fn weighted_records_equal_repeated_records() {
+    let mut rng = SmallRng::seed_from_u64(3);
+    let mut repeated = ExpHistogram::default();
+    let mut weighted = ExpHistogram::default();
+    for (value, n) in [(0.25, 3u64), (1.5, 10), (-2.0, 2), (0.0, 4), (7.0, 1)] {
+        for _ in 0..n {
+            repeated.record(value, None, &mut rng);
+        }
+        weighted.record_n(value, n, None, &mut rng);
+    }
+    weighted.record_n(99.0, 0, None, &mut rng);
+    assert_eq!(weighted.count(), repeated.count());
+    assert_eq!(weighted.zero_count(), 4);
+    assert_eq!(
+        weighted.positive_buckets().collect::<Vec<_>>(),
+        repeated.positive_buckets().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        weighted.negative_buckets().collect::<Vec<_>>(),
+        repeated.negative_buckets().collect::<Vec<_>>()
+    );
+    assert!((weighted.sum() - repeated.sum()).abs() < 1e-12);
+    assert!((weighted.stdev().unwrap() - repeated.stdev().unwrap()).abs() < 1e-12);
+    assert_eq!(weighted.max(), Some(7.0));
+    assert_eq!(
+        weighted.quantile(0.5).unwrap().value,
+        repeated.quantile(0.5).unwrap().value
+    );
+}
