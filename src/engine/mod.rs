@@ -15,6 +15,7 @@
 //!         labels: Labels::from_pairs([("__name__", "requests")]),
 //!         kind: Kind::Counter,
 //!         cumulative: false,
+//!         histograms: Vec::new(),
 //!         points: vec![Point::new(3.0, Some(1_000), None)],
 //!     }],
 //! };

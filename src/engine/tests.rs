@@ -15,6 +15,7 @@ fn batch(name: &str, kind: Kind, points: &[(f64, i64)]) -> IngestBatch {
             labels: Labels::from_pairs([("__name__", name), ("pod", "a")]),
             kind,
             cumulative: false,
+            histograms: Vec::new(),
             points: points
                 .iter()
                 .map(|(value, timestamp)| Point::new(*value, Some(*timestamp), None))
@@ -94,6 +95,7 @@ fn one_output_fed_by_two_kinds_refuses_the_second_kind() {
                     labels: Labels::from_pairs([("__name__", "x_c")]),
                     kind: Kind::Gauge,
                     cumulative: false,
+                    histograms: Vec::new(),
                     points: vec![Point::new(1.0, Some(T0), None)],
                 }],
             },

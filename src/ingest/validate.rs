@@ -215,12 +215,7 @@ pub fn validate_series(
             Err(InvalidTrace) => outcome.reject(DropReason::InvalidTraceId, 1),
         }
     }
-    Ok(SeriesBatch {
-        labels,
-        kind,
-        cumulative: false,
-        points,
-    })
+    Ok(SeriesBatch::new(labels, kind, points))
 }
 
 /// A trace or span ID that is not W3C-shaped.

@@ -11,4 +11,4 @@ pub use duration::{format_duration_ms, parse_duration_ms, DurationError};
 pub use labels::{series_hash, Label, Labels, METRIC_NAME_LABEL};
 pub use outcome::{DropReason, Outcome};
 pub use policy::{PolicyError, StoragePolicy};
-pub use sample::{IngestBatch, Kind, Point, SeriesBatch, TraceContext};
+pub use sample::{IngestBatch, Kind, NativeHistogram, Point, SeriesBatch, TraceContext};

@@ -75,6 +75,46 @@ pub struct SeriesBatch {
     pub cumulative: bool,
     /// The points, in any time order.
     pub points: Vec<Point>,
+    /// Whole histograms (Prometheus native histograms) of a distribution
+    /// series; cumulative when `cumulative` is set, else each is one interval's.
+    pub histograms: Vec<NativeHistogram>,
+}
+
+impl SeriesBatch {
+    /// A batch of scalar points.
+    pub fn new(labels: Labels, kind: Kind, points: Vec<Point>) -> Self {
+        SeriesBatch {
+            labels,
+            kind,
+            cumulative: false,
+            points,
+            histograms: Vec::new(),
+        }
+    }
+}
+
+/// A histogram in the exponential layout of Prometheus native histograms and
+/// OTLP exponential histograms, as a sender reports it. Plain data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NativeHistogram {
+    /// Event time in ms; `None` means arrival time.
+    pub timestamp_ms: Option<i64>,
+    /// Scale (Prometheus "schema"): bucket `i` covers `(base^i, base^(i+1)]`, `base = 2^(2^-scale)`.
+    pub scale: i8,
+    /// Values with `|v| <= zero_threshold` are in the zero bucket.
+    pub zero_threshold: f64,
+    /// Samples in the zero bucket.
+    pub zero_count: u64,
+    /// Samples in all buckets.
+    pub count: u64,
+    /// Sum of samples.
+    pub sum: f64,
+    /// `(index, count)` of positive buckets with a non-zero count, ascending.
+    pub positive: Vec<(i32, u64)>,
+    /// `(index, count)` of negative buckets (by absolute value), ascending.
+    pub negative: Vec<(i32, u64)>,
+    /// Traced samples the sender attached: value, timestamp, trace.
+    pub exemplars: Vec<(f64, i64, TraceContext)>,
 }
 
 /// A tenant's batch, as one ingest request delivers it.
