@@ -12,7 +12,7 @@ use crate::model::Kind;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum AggregationError {
     /// Not a known aggregation.
-    #[error("unknown aggregation {0:?}: expected one of count, sum, rate, last, min, max, mean, stdev, histogram, pNN (p50, p99, p999 ...), quantile(Q), above(T), below(T)")]
+    #[error("unknown aggregation {0:?}: expected one of count, sum, rate, total, last, min, max, mean, stdev, histogram, pNN (p50, p99, p999 ...), quantile(Q), above(T), below(T)")]
     Unknown(String),
     /// A quantile outside [0, 1] or not a number.
     #[error("invalid quantile in {0:?}: expected a number in [0, 1], e.g. p99 or quantile(0.975)")]
@@ -31,6 +31,9 @@ pub enum Aggregation {
     Sum,
     /// Counter sum divided by the window length in seconds.
     Rate,
+    /// A monotonic counter re-accumulated from the window sums, so that
+    /// downstream `rate()` reads it as the counter it was.
+    Total,
     /// Gauge value with the latest timestamp.
     Last,
     /// Smallest value.
@@ -56,9 +59,9 @@ impl Aggregation {
     pub fn applies_to(&self, kind: Kind) -> bool {
         use Aggregation::*;
         match kind {
-            Kind::Counter => matches!(self, Count | Sum | Rate),
+            Kind::Counter => matches!(self, Count | Sum | Rate | Total),
             Kind::Gauge => matches!(self, Count | Sum | Last | Min | Max | Mean),
-            Kind::Distribution => !matches!(self, Rate | Last),
+            Kind::Distribution => !matches!(self, Rate | Last | Total),
         }
     }
 }
@@ -80,6 +83,7 @@ impl FromStr for Aggregation {
             "count" => Some(Aggregation::Count),
             "sum" => Some(Aggregation::Sum),
             "rate" => Some(Aggregation::Rate),
+            "total" => Some(Aggregation::Total),
             "last" => Some(Aggregation::Last),
             "min" => Some(Aggregation::Min),
             "max" => Some(Aggregation::Max),
@@ -144,6 +148,7 @@ impl fmt::Display for Aggregation {
             Aggregation::Count => f.write_str("count"),
             Aggregation::Sum => f.write_str("sum"),
             Aggregation::Rate => f.write_str("rate"),
+            Aggregation::Total => f.write_str("total"),
             Aggregation::Last => f.write_str("last"),
             Aggregation::Min => f.write_str("min"),
             Aggregation::Max => f.write_str("max"),

@@ -14,8 +14,14 @@ impl CounterState {
     /// Folds in one delta.
     #[inline]
     pub fn record(&mut self, delta: f64) {
-        self.sum += delta;
-        self.count += 1;
+        self.record_n(delta, 1);
+    }
+
+    /// Folds in `n` equal deltas at once (a sampled sender's point).
+    #[inline]
+    pub fn record_n(&mut self, delta: f64, n: u32) {
+        self.sum += delta * f64::from(n);
+        self.count += u64::from(n);
     }
 
     /// Per-second rate over a window of `window_ms`.

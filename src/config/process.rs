@@ -28,6 +28,8 @@ pub mod defaults {
     pub const FLUSH_INTERVAL_MS: u64 = 1_000;
     /// Random delay added to each flush tick, so many instances don't flush in lockstep.
     pub const FLUSH_JITTER_MS: u64 = 100;
+    /// State kept between windows per series is forgotten after this long without data.
+    pub const IDLE_SERIES_MS: u64 = 3_600_000;
     /// Histogram scale: base 2^(2^-6), about 0.54 % worst-case relative error.
     pub const HISTOGRAM_SCALE: i8 = 6;
     /// Buckets per sign before the histogram downscales.
@@ -99,6 +101,10 @@ pub struct EngineConfig {
     pub lateness_ms: BTreeMap<String, u64>,
     /// Histogram layout of distributions.
     pub histogram: HistogramSettings,
+    /// Per-series state kept between windows (last running total of a cumulative
+    /// counter, running `total` outputs) is forgotten after this long without
+    /// data; the series then starts afresh, as after a counter reset. Default 3600000.
+    pub idle_series_ms: Option<u64>,
 }
 
 /// Histogram layout.
@@ -383,6 +389,7 @@ impl ServiceSettings {
                     .unwrap_or(defaults::FUTURE_TOLERANCE_MS),
                 lateness_overrides,
                 histogram,
+                idle_series_ms: config.engine.idle_series_ms.unwrap_or(defaults::IDLE_SERIES_MS),
             },
             flush_interval_ms,
             flush_jitter_ms: config.flush.jitter_ms.unwrap_or(defaults::FLUSH_JITTER_MS),

@@ -25,6 +25,7 @@
 //! assert!(records.iter().any(|r| r.output_name() == "requests_sum"));
 //! ```
 
+mod cumulative;
 mod record;
 mod route;
 mod settings;
@@ -36,7 +37,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::model::{series_hash, DropReason, IngestBatch, Outcome};
+use crate::model::{series_hash, DropReason, IngestBatch, Kind, Outcome, Point};
 use crate::rules::{MatchCache, RuleSet};
 
 pub use record::{AggregateRecord, RecordValue, Statistic};
@@ -44,6 +45,7 @@ pub use route::{OutputTarget, PolicySlot, SeriesRoute};
 pub use settings::{default_lateness_ms, default_shards, EngineSettings};
 pub use window::WindowState;
 
+use cumulative::CumulativeCounters;
 use shard::{ClosedWindow, RoutedSample, Shard};
 
 /// Per-thread buffers reused across batches so ingest allocates nothing per sample.
@@ -55,6 +57,8 @@ struct Scratch {
     windows_left: Vec<u16>,
     /// Per point: why its last refused window refused it.
     last_refusal: Vec<DropReason>,
+    /// Deltas of the cumulative series being routed.
+    deltas: Vec<Point>,
 }
 
 thread_local! {
@@ -69,6 +73,7 @@ pub struct Engine {
     routes: MatchCache<SeriesRoute>,
     /// Ingest holds this for reading; `close` takes it for writing.
     open: RwLock<bool>,
+    cumulative: CumulativeCounters,
 }
 
 /// Ingest after [`Engine::close`]: the service is shutting down.
@@ -80,7 +85,13 @@ impl Engine {
     /// An engine with `settings.shards` shards applying `rules`.
     pub fn new(settings: EngineSettings, rules: RuleSet) -> Self {
         let shards = (0..settings.shards.max(1))
-            .map(|index| Mutex::new(Shard::new(0x7a11_f01d ^ index as u64, settings.histogram)))
+            .map(|index| {
+                Mutex::new(Shard::new(
+                    0x7a11_f01d ^ index as u64,
+                    settings.histogram,
+                    settings.idle_series_ms,
+                ))
+            })
             .collect();
         Engine {
             settings,
@@ -88,6 +99,7 @@ impl Engine {
             rules: RwLock::new(Arc::new(rules)),
             routes: MatchCache::new(),
             open: RwLock::new(true),
+            cumulative: CumulativeCounters::default(),
         }
     }
 
@@ -153,7 +165,15 @@ impl Engine {
                 continue;
             }
             let route_index = scratch.routes.len() as u32;
-            for point in &series.points {
+            let mut deltas = std::mem::take(&mut scratch.deltas);
+            let points: &[Point] = if series.cumulative && series.kind == Kind::Counter {
+                self.cumulative
+                    .deltas(key, &series.points, now_ms, &mut deltas, &mut outcome);
+                &deltas
+            } else {
+                &series.points
+            };
+            for point in points {
                 let timestamp_ms = point.timestamp_ms.unwrap_or(now_ms);
                 if timestamp_ms > future_limit {
                     outcome.reject(DropReason::TooFarInFuture, 1);
@@ -178,6 +198,7 @@ impl Engine {
                             timestamp_ms,
                             value: point.value,
                             trace: point.trace,
+                            weight: point.weight,
                             input: key,
                         });
                     }
@@ -185,6 +206,7 @@ impl Engine {
                 scratch.windows_left.push(routed);
                 scratch.last_refusal.push(DropReason::TooLate);
             }
+            scratch.deltas = deltas;
             scratch.routes.push(route);
         }
 
@@ -231,6 +253,7 @@ impl Engine {
 
     fn flush(&self, now_ms: i64, everything: bool, mut emit: impl FnMut(Vec<AggregateRecord>)) -> FlushStats {
         let mut stats = FlushStats::default();
+        self.cumulative.evict_idle(now_ms, self.settings.idle_series_ms as i64);
         let mut closed: Vec<ClosedWindow> = Vec::new();
         for shard in self.shards.iter() {
             shard.lock().take_windows(now_ms, everything, &mut closed);

@@ -21,6 +21,8 @@ pub enum Statistic {
     Sum,
     /// Counter increase per second: `<name>_rate`.
     Rate,
+    /// Running total of a counter: `<name>_total` (`<name>` when it already ends in `_total`).
+    Total,
     /// Gauge last value: `<name>`.
     Last,
     /// `<name>_min`.
@@ -52,6 +54,7 @@ impl Statistic {
             Statistic::Count => ("_count", None),
             Statistic::Sum => ("_sum", None),
             Statistic::Rate => ("_rate", None),
+            Statistic::Total => ("_total", None),
             Statistic::Last | Statistic::Histogram => ("", None),
             Statistic::Min => ("_min", None),
             Statistic::Max => ("_max", None),
@@ -107,6 +110,9 @@ impl AggregateRecord {
     /// The output metric name, e.g. `http_request_duration_seconds_count`.
     pub fn output_name(&self) -> String {
         let base = self.series.metric_name().unwrap_or_default();
+        if self.statistic == Statistic::Total && base.ends_with("_total") {
+            return base.to_string();
+        }
         format!("{base}{}", self.statistic.naming().0)
     }
 
@@ -148,6 +154,10 @@ pub fn window_records(window: ClosedWindow, out: &mut Vec<AggregateRecord>) {
                     Aggregation::Count => (Statistic::Count, state.count as f64),
                     Aggregation::Sum => (Statistic::Sum, state.sum),
                     Aggregation::Rate => (Statistic::Rate, state.rate(slot.policy.resolution_ms)),
+                    Aggregation::Total => match window.running_total {
+                        Some(total) => (Statistic::Total, total),
+                        None => continue,
+                    },
                     _ => continue,
                 };
                 emit(aggregation, statistic, scalar(value), None);
@@ -212,7 +222,7 @@ pub fn window_records(window: ClosedWindow, out: &mut Vec<AggregateRecord>) {
                         emit(aggregation, ratio_stat, scalar(count / total), None);
                     }
                     Aggregation::Histogram => wants_histogram = true,
-                    Aggregation::Rate | Aggregation::Last => {}
+                    Aggregation::Rate | Aggregation::Last | Aggregation::Total => {}
                 }
             }
             if wants_histogram {

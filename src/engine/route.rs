@@ -36,6 +36,8 @@ pub struct PolicySlot {
     pub lateness_ms: i64,
     /// What to emit at flush.
     pub aggregations: Arc<[Aggregation]>,
+    /// Whether a running total is kept across windows (`total` asked for).
+    pub keeps_total: bool,
 }
 
 impl PolicySlot {
@@ -69,6 +71,7 @@ impl SeriesRoute {
                         policy: entry.policy,
                         lateness_ms: settings.lateness_ms(&entry.policy) as i64,
                         aggregations: Arc::clone(&entry.aggregations),
+                        keeps_total: entry.aggregations.contains(&Aggregation::Total),
                     })
                     .collect();
                 Arc::new(OutputTarget {

@@ -22,6 +22,9 @@ pub struct EngineSettings {
     pub lateness_overrides: Vec<(u64, u64)>,
     /// Histogram layout of distribution windows.
     pub histogram: HistogramConfig,
+    /// Per-series state kept between windows (running totals of cumulative
+    /// counters, `total` outputs) is forgotten after this long without data.
+    pub idle_series_ms: u64,
 }
 
 impl EngineSettings {
@@ -42,6 +45,7 @@ impl Default for EngineSettings {
             future_tolerance_ms: 60_000,
             lateness_overrides: Vec::new(),
             histogram: HistogramConfig::default(),
+            idle_series_ms: 3_600_000,
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct RoutedSample {
     pub value: f64,
     /// Trace context, if the sample carried one.
     pub trace: Option<TraceContext>,
+    /// Samples the point stands for.
+    pub weight: u32,
     /// Key of the input series (gauge rollups track each input's last value).
     pub input: u64,
 }
@@ -71,6 +73,32 @@ struct TargetWindows {
     windows: Vec<OpenWindow>,
 }
 
+/// The running `total` of one output under one policy.
+struct RunningTotal {
+    policy: StoragePolicy,
+    total: f64,
+    last_end_ms: i64,
+}
+
+/// Adds `sum` to the running total of (`key`, `policy`) and returns the new total.
+fn add_to_total(totals: &mut KeyMap<Vec<RunningTotal>>, key: u64, policy: StoragePolicy, sum: f64, end_ms: i64) -> f64 {
+    let entries = totals.entry(key).or_default();
+    let entry = match entries.iter_mut().position(|entry| entry.policy == policy) {
+        Some(index) => &mut entries[index],
+        None => {
+            entries.push(RunningTotal {
+                policy,
+                total: 0.0,
+                last_end_ms: end_ms,
+            });
+            entries.last_mut().expect("just pushed")
+        }
+    };
+    entry.total += sum;
+    entry.last_end_ms = end_ms;
+    entry.total
+}
+
 /// A window taken out of a shard at flush, ready to be turned into records.
 pub struct ClosedWindow {
     /// The output it belongs to.
@@ -83,6 +111,8 @@ pub struct ClosedWindow {
     pub state: WindowState,
     /// True when flushed before the window ended (shutdown).
     pub partial: bool,
+    /// For counters that keep a `total`: the running total including this window.
+    pub running_total: Option<f64>,
 }
 
 /// The state of one shard; the engine wraps each in a mutex.
@@ -92,16 +122,24 @@ pub struct Shard {
     flushed_until: Vec<(StoragePolicy, i64)>,
     rng: SmallRng,
     histogram: HistogramConfig,
+    /// Running `total`s per output key, kept across windows.
+    totals: KeyMap<Vec<RunningTotal>>,
+    idle_series_ms: i64,
+    last_total_eviction_ms: i64,
 }
 
 impl Shard {
     /// An empty shard; `seed` makes exemplar picks reproducible in tests.
-    pub fn new(seed: u64, histogram: HistogramConfig) -> Self {
+    /// Running totals idle for `idle_series_ms` are forgotten.
+    pub fn new(seed: u64, histogram: HistogramConfig, idle_series_ms: u64) -> Self {
         Shard {
             targets: KeyMap::default(),
             flushed_until: Vec::new(),
             rng: SmallRng::seed_from_u64(seed),
             histogram,
+            totals: KeyMap::default(),
+            idle_series_ms: idle_series_ms as i64,
+            last_total_eviction_ms: i64::MIN / 2,
         }
     }
 
@@ -138,6 +176,7 @@ impl Shard {
             sample.value,
             sample.timestamp_ms,
             sample.trace,
+            sample.weight,
             &mut self.rng,
         );
         Ok(())
@@ -158,36 +197,58 @@ impl Shard {
     }
 
     /// Moves every window that is due at `now_ms` (or every window, when
-    /// `everything`) into `out`, and forgets outputs left without windows.
+    /// `everything`) into `out`, oldest first per output, and forgets outputs
+    /// left without windows. Counter windows whose slot keeps a `total` add
+    /// their sum to the output's running total, in window order.
     pub fn take_windows(&mut self, now_ms: i64, everything: bool, out: &mut Vec<ClosedWindow>) {
         let mut flushed: Vec<(StoragePolicy, i64)> = Vec::new();
-        self.targets.retain(|_, entry| {
+        let totals = &mut self.totals;
+        self.targets.retain(|key, entry| {
+            if entry.windows.len() > 1 {
+                entry.windows.sort_unstable_by_key(|window| window.start_ms);
+            }
             let mut index = 0;
             while index < entry.windows.len() {
                 let window = &entry.windows[index];
                 let slot = &entry.target.slots[window.slot as usize];
-                if everything || slot.is_due(window.start_ms, now_ms) {
-                    let window = entry.windows.swap_remove(index);
-                    let end_ms = window.start_ms + slot.policy.resolution_ms as i64;
-                    match flushed.iter_mut().find(|(policy, _)| *policy == slot.policy) {
-                        Some((_, until)) => *until = (*until).max(end_ms),
-                        None => flushed.push((slot.policy, end_ms)),
-                    }
-                    out.push(ClosedWindow {
-                        target: Arc::clone(&entry.target),
-                        slot: window.slot,
-                        start_ms: window.start_ms,
-                        state: window.state,
-                        partial: end_ms > now_ms,
-                    });
-                } else {
+                if !(everything || slot.is_due(window.start_ms, now_ms)) {
                     index += 1;
+                    continue;
                 }
+                // `remove`, not `swap_remove`: later windows must stay in order for totals.
+                let window = entry.windows.remove(index);
+                let end_ms = window.start_ms + slot.policy.resolution_ms as i64;
+                match flushed.iter_mut().find(|(policy, _)| *policy == slot.policy) {
+                    Some((_, until)) => *until = (*until).max(end_ms),
+                    None => flushed.push((slot.policy, end_ms)),
+                }
+                let running_total = match &window.state {
+                    WindowState::Counter(state) if slot.keeps_total => {
+                        Some(add_to_total(totals, *key, slot.policy, state.sum, end_ms))
+                    }
+                    _ => None,
+                };
+                out.push(ClosedWindow {
+                    target: Arc::clone(&entry.target),
+                    slot: window.slot,
+                    start_ms: window.start_ms,
+                    state: window.state,
+                    partial: end_ms > now_ms,
+                    running_total,
+                });
             }
             !entry.windows.is_empty()
         });
         for (policy, end_ms) in flushed {
             self.mark_flushed(policy, end_ms);
+        }
+        if now_ms - self.last_total_eviction_ms >= 60_000 {
+            self.last_total_eviction_ms = now_ms;
+            let idle_ms = self.idle_series_ms;
+            self.totals.retain(|_, totals| {
+                totals.retain(|total| now_ms - total.last_end_ms < idle_ms);
+                !totals.is_empty()
+            });
         }
     }
 

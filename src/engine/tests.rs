@@ -144,3 +144,89 @@ fn flush_all_closes_open_windows_as_partial_and_forgets_idle_outputs() {
     assert!(records.iter().all(|r| r.partial));
     assert_eq!((engine.active_outputs(), engine.open_windows()), (0, 0));
 }
+
+fn cumulative(pod: &str, points: &[(f64, i64)]) -> SeriesBatch {
+    SeriesBatch {
+        labels: Labels::from_pairs([("__name__", "http_requests_total"), ("pod", pod)]),
+        kind: Kind::Counter,
+        cumulative: true,
+        points: points.iter().map(|(v, t)| Point::new(*v, Some(*t), None)).collect(),
+        histograms: Vec::new(),
+    }
+}
+
+#[test]
+fn a_pod_restart_neither_dips_nor_spikes_a_rollup_and_total_stays_monotonic() {
+    let engine = engine(
+        "rollup_rules:\n  - name: no-pod\n    filter: '__name__:http_requests_total'\n    rollup: {name: http_requests_total:all, without: [pod], aggregations: [sum, rate, total]}\n",
+    );
+    // Two pods each serve 10 requests per 10 s window; pod b restarts in the third window.
+    let pod_a = [
+        (100.0, T0),
+        (110.0, T0 + 10_000),
+        (120.0, T0 + 20_000),
+        (130.0, T0 + 30_000),
+    ];
+    let pod_b = [
+        (500.0, T0),
+        (510.0, T0 + 10_000),
+        (4.0, T0 + 20_000),
+        (14.0, T0 + 30_000),
+    ];
+    for index in 0..4 {
+        let now = pod_a[index].1 + 1;
+        let batch = IngestBatch {
+            tenant: Arc::from("t"),
+            series: vec![
+                cumulative("a", &pod_a[index..=index]),
+                cumulative("b", &pod_b[index..=index]),
+            ],
+        };
+        assert_eq!(engine.ingest(&batch, now).unwrap().accepted, 2);
+    }
+    let records = flush(&engine, T0 + 100_000);
+    let values = |name: &str| -> Vec<f64> {
+        let mut found: Vec<_> = records
+            .iter()
+            .filter(|r| r.output_name() == name)
+            .map(|r| {
+                (
+                    r.window_start_ms,
+                    if let RecordValue::Scalar(v) = r.value {
+                        v
+                    } else {
+                        f64::NAN
+                    },
+                )
+            })
+            .collect();
+        found.sort_by_key(|(start, _)| *start);
+        found.into_iter().map(|(_, v)| v).collect()
+    };
+    // First window is the baseline; then 10 + 10, then 10 + 4 (restart counts the new 4), then 10 + 10.
+    assert_eq!(values("http_requests_total:all_sum"), [0.0, 20.0, 14.0, 20.0]);
+    assert_eq!(values("http_requests_total:all_rate"), [0.0, 2.0, 1.4, 2.0]);
+    assert_eq!(values("http_requests_total:all_total"), [0.0, 20.0, 34.0, 54.0]);
+}
+
+#[test]
+fn weights_scale_counts_sums_and_histograms() {
+    let engine =
+        engine("defaults: {distribution: {aggregations: [count, p50]}, counter: {aggregations: [sum, count]}}");
+    let mut counter = batch("hits", Kind::Counter, &[(2.0, T0)]);
+    counter.series[0].points[0].weight = 10;
+    let mut timer = batch("lat", Kind::Distribution, &[(0.5, T0)]);
+    timer.series[0].points[0].weight = 4;
+    engine.ingest(&counter, T0).unwrap();
+    engine.ingest(&timer, T0).unwrap();
+    let records = flush(&engine, T0 + 60_000);
+    let get = |name: &str| {
+        records.iter().find(|r| r.output_name() == name).map(|r| match r.value {
+            RecordValue::Scalar(v) => v,
+            _ => f64::NAN,
+        })
+    };
+    assert_eq!(get("hits_sum"), Some(20.0));
+    assert_eq!(get("hits_count"), Some(10.0));
+    assert_eq!(get("lat_count"), Some(4.0));
+}

@@ -30,7 +30,8 @@ impl WindowState {
         }
     }
 
-    /// Folds one sample of input series `input` into the window.
+    /// Folds one point of input series `input`, standing for `weight` samples
+    /// (a gauge takes it as one value: a sampled gauge is still one reading).
     #[inline]
     pub fn record(
         &mut self,
@@ -38,10 +39,11 @@ impl WindowState {
         value: f64,
         timestamp_ms: i64,
         trace: Option<TraceContext>,
+        weight: u32,
         rng: &mut impl Rng,
     ) {
         match self {
-            WindowState::Counter(state) => state.record(value),
+            WindowState::Counter(state) => state.record_n(value, weight),
             WindowState::Gauge(state) => state.record(input, value, timestamp_ms),
             WindowState::Distribution(histogram) => {
                 let exemplar = trace.map(|trace| Exemplar {
@@ -50,7 +52,7 @@ impl WindowState {
                     value,
                     timestamp_ms,
                 });
-                histogram.record(value, exemplar, rng);
+                histogram.record_n(value, u64::from(weight), exemplar, rng);
             }
         }
     }

@@ -22,11 +22,13 @@ pub enum DropReason {
     NoAggregation,
     /// The output series already exists with another kind.
     KindConflict,
+    /// A running total not newer than the last one of its series.
+    OutOfOrder,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::InvalidSeries,
         DropReason::InvalidValue,
         DropReason::InvalidTraceId,
@@ -35,6 +37,7 @@ impl DropReason {
         DropReason::DroppedByRule,
         DropReason::NoAggregation,
         DropReason::KindConflict,
+        DropReason::OutOfOrder,
     ];
 
     /// The `reason` label value.
@@ -48,6 +51,7 @@ impl DropReason {
             DropReason::DroppedByRule => "dropped_by_rule",
             DropReason::NoAggregation => "no_aggregation",
             DropReason::KindConflict => "kind_conflict",
+            DropReason::OutOfOrder => "out_of_order",
         }
     }
 }

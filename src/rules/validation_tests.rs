@@ -45,7 +45,7 @@ fn unknown_aggregation() {
         &yaml,
         mapping(1, "api-latency"),
         "aggregations[2]",
-        "rules.yaml: mapping_rules[1] \"api-latency\": field aggregations[2]: unknown aggregation \"p9x\": expected one of count, sum, rate, last, min, max, mean, stdev, histogram, pNN (p50, p99, p999 ...), quantile(Q), above(T), below(T)",
+        "rules.yaml: mapping_rules[1] \"api-latency\": field aggregations[2]: unknown aggregation \"p9x\": expected one of count, sum, rate, total, last, min, max, mean, stdev, histogram, pNN (p50, p99, p999 ...), quantile(Q), above(T), below(T)",
     );
 }
 
