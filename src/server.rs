@@ -224,7 +224,13 @@ async fn run(
     closing: watch::Sender<bool>,
 ) -> Result<(), ServiceError> {
     let (server_stop, server_stop_receiver) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Without TCP_NODELAY a request larger than one segment waits out
+    // delayed ACKs (tens of ms); tonic only sets it on listeners it binds itself.
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |stream| {
+        stream.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    });
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = server_stop_receiver.await;
     }));
