@@ -16,5 +16,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
+
+    // Prometheus remote write messages: plain prost types, no services, and
+    // kept out of the reflection descriptors (they are not part of the gRPC API).
+    let prometheus = ["proto/prometheus/remote.proto", "proto/prometheus/types.proto"];
+    for proto in prometheus {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(protox::compile(prometheus, ["proto"])?)?;
     Ok(())
 }

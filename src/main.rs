@@ -173,7 +173,7 @@ fn init_logs(json: bool) {
     }
 }
 
-const PROCESS_KEYS: [&str; 9] = [
+const PROCESS_KEYS: [&str; 10] = [
     "grpc",
     "rules_file",
     "data_dir",
@@ -182,6 +182,7 @@ const PROCESS_KEYS: [&str; 9] = [
     "ingest",
     "store",
     "selections",
+    "statsd",
     "log",
 ];
 

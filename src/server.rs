@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::config::ServiceSettings;
 use crate::engine::{Engine, FlushStats};
 use crate::ingest::grpc::GrpcIngest;
+use crate::ingest::statsd::serve_statsd;
 use crate::rules::RuleSet;
 use crate::sink::file_store::FileStore;
 use crate::sink::selections::{selection_dir, GrpcSelections, SelectionHub, SelectionWriter};
@@ -59,6 +60,7 @@ enum Command {
 /// A started service.
 pub struct ServiceHandle {
     grpc_addr: SocketAddr,
+    statsd_addr: Option<SocketAddr>,
     engine: Arc<Engine>,
     telemetry: Arc<Telemetry>,
     hub: SelectionHub,
@@ -142,6 +144,24 @@ pub async fn start(
         source,
     })?;
     let (closing, closing_receiver) = watch::channel(false);
+    let mut statsd_addr = None;
+    let mut statsd_task = None;
+    if let Some(statsd) = settings.statsd.clone() {
+        let bind_error = |source| ServiceError::Bind {
+            addr: statsd.listen,
+            source,
+        };
+        let socket = tokio::net::UdpSocket::bind(statsd.listen).await.map_err(bind_error)?;
+        statsd_addr = Some(socket.local_addr().map_err(bind_error)?);
+        statsd_task = Some(tokio::spawn(serve_statsd(
+            socket,
+            Arc::clone(&engine),
+            Arc::clone(&clock),
+            Arc::clone(&telemetry),
+            statsd,
+            closing_receiver.clone(),
+        )));
+    }
     let router = grpc_router(
         Arc::clone(&engine),
         &settings,
@@ -166,10 +186,12 @@ pub async fn start(
         command_receiver,
         stop_receiver,
         closing,
+        statsd_task,
     ));
-    tracing::info!(grpc = %grpc_addr, data_dir = %settings.data_dir.display(), "tailfold started");
+    tracing::info!(grpc = %grpc_addr, statsd = ?statsd_addr, data_dir = %settings.data_dir.display(), "tailfold started");
     Ok(ServiceHandle {
         grpc_addr,
+        statsd_addr,
         engine,
         telemetry,
         hub,
@@ -214,6 +236,8 @@ impl FlushLoop {
     }
 }
 
+// One more listener pushed this past clippy's limit; a struct for one call site would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     router: tonic::transport::server::Router,
     listener: tokio::net::TcpListener,
@@ -222,6 +246,7 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     stop: oneshot::Receiver<()>,
     closing: watch::Sender<bool>,
+    statsd_task: Option<JoinHandle<()>>,
 ) -> Result<(), ServiceError> {
     let (server_stop, server_stop_receiver) = oneshot::channel::<()>();
     // Without TCP_NODELAY a request larger than one segment waits out
@@ -273,6 +298,10 @@ async fn run(
     // Selection streams deliver what that flush published, then end; only then
     // can the server's graceful shutdown finish.
     let _ = closing.send(true);
+    if let Some(task) = statsd_task {
+        // Already stopped if a datagram met the closed engine; else `closing` stops it.
+        let _ = task.await;
+    }
     let _ = server_stop.send(());
     let served = server.await;
     tracing::info!(target: "tailfold::progress", "{}", flusher.telemetry.snapshot().progress_line());
@@ -293,6 +322,11 @@ impl ServiceHandle {
     /// Address the gRPC server listens on.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// Address the statsd UDP listener is bound to, when statsd is on.
+    pub fn statsd_addr(&self) -> Option<SocketAddr> {
+        self.statsd_addr
     }
 
     /// The engine (for inspection).

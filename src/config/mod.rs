@@ -8,5 +8,5 @@ pub mod rules;
 pub use error::ConfigError;
 pub use process::{
     defaults, EngineConfig, FlushConfig, GrpcConfig, HistogramSettings, IngestConfig, IngestLimits, LogConfig,
-    ProcessConfig, SelectionsConfig, ServiceSettings, StoreConfig,
+    ProcessConfig, SelectionsConfig, ServiceSettings, StatsdConfig, StatsdSettings, StoreConfig,
 };

@@ -54,6 +54,10 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
     /// Interval of the progress line in the log.
     pub const PROGRESS_INTERVAL_MS: u64 = 10_000;
+    /// Tenant of statsd samples (the protocol has no way to name one).
+    pub const STATSD_TENANT: &str = "default";
+    /// Largest statsd datagram read whole; the most a UDP datagram can carry.
+    pub const STATSD_MAX_PACKET_BYTES: usize = 65_535;
 }
 
 /// The whole process config.
@@ -76,6 +80,8 @@ pub struct ProcessConfig {
     pub store: StoreConfig,
     /// Trace selections (exemplars picked per quantile).
     pub selections: SelectionsConfig,
+    /// statsd / DogStatsD ingest over UDP; off unless `statsd.listen` is set.
+    pub statsd: StatsdConfig,
     /// Logs.
     pub log: LogConfig,
 }
@@ -171,6 +177,18 @@ pub struct SelectionsConfig {
     pub stream_buffer: Option<usize>,
 }
 
+/// statsd / DogStatsD ingest over UDP.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsdConfig {
+    /// UDP listen address, `host:port`, e.g. `127.0.0.1:8125` (the statsd convention). Default: none, statsd is off.
+    pub listen: Option<String>,
+    /// Tenant every statsd sample belongs to. Default `default`.
+    pub tenant: Option<String>,
+    /// Largest datagram read whole (1..=65535); a longer one loses its tail, counted as one malformed line. Default 65535.
+    pub max_packet_bytes: Option<usize>,
+}
+
 /// Log settings (the level comes from `RUST_LOG`, default `info`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -210,6 +228,8 @@ pub struct ServiceSettings {
     pub selections_file: bool,
     /// Selection stream buffer.
     pub selection_stream_buffer: usize,
+    /// statsd ingest; `None` when `statsd.listen` is not set.
+    pub statsd: Option<StatsdSettings>,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -231,6 +251,19 @@ pub struct IngestLimits {
     pub max_points_per_request: usize,
     /// Encoded request bytes.
     pub max_request_bytes: usize,
+}
+
+/// Checked statsd settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsdSettings {
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// Tenant of every sample.
+    pub tenant: String,
+    /// Largest datagram read whole.
+    pub max_packet_bytes: usize,
+    /// Label limits, shared with the other protocols (`ingest.*`).
+    pub limits: IngestLimits,
 }
 
 impl Default for IngestLimits {
@@ -351,6 +384,7 @@ impl ServiceSettings {
             }
             None => None,
         };
+        let statsd = check_statsd(&config.statsd, &limits, &invalid)?;
         let log_json = match config.log.format.as_deref() {
             None | Some("text") => false,
             Some("json") => true,
@@ -403,9 +437,50 @@ impl ServiceSettings {
             segment_duration_ms,
             selections_file: config.selections.file.unwrap_or(true),
             selection_stream_buffer,
+            statsd,
             log_json,
         })
     }
+}
+
+/// Checks the `statsd` section even when it is off, so a typo never hides until it is turned on.
+fn check_statsd(
+    config: &StatsdConfig,
+    limits: &IngestLimits,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<StatsdSettings>, ConfigError> {
+    let tenant = config
+        .tenant
+        .clone()
+        .unwrap_or_else(|| defaults::STATSD_TENANT.to_string());
+    if tenant.is_empty() || tenant.len() > 256 || !tenant.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "statsd.tenant",
+            format!("{tenant:?} is not 1 to 256 printable characters without spaces"),
+        ));
+    }
+    let max_packet_bytes = config.max_packet_bytes.unwrap_or(defaults::STATSD_MAX_PACKET_BYTES);
+    if !(1..=defaults::STATSD_MAX_PACKET_BYTES).contains(&max_packet_bytes) {
+        return Err(invalid(
+            "statsd.max_packet_bytes",
+            format!("{max_packet_bytes} is outside 1..=65535"),
+        ));
+    }
+    let Some(listen) = config.listen.as_deref() else {
+        return Ok(None);
+    };
+    let listen: SocketAddr = listen.parse().map_err(|_| {
+        invalid(
+            "statsd.listen",
+            format!("{listen:?} is not a host:port address such as 127.0.0.1:8125"),
+        )
+    })?;
+    Ok(Some(StatsdSettings {
+        listen,
+        tenant,
+        max_packet_bytes,
+        limits: limits.clone(),
+    }))
 }
 
 #[cfg(test)]
@@ -421,6 +496,25 @@ mod tests {
         assert_eq!(settings.ingest, IngestLimits::default());
         assert_eq!(settings.engine.histogram.scale, 6);
         assert!(settings.store_enabled && settings.selections_file);
+        assert_eq!(settings.statsd, None);
+    }
+
+    #[test]
+    fn statsd_section_is_checked_and_off_without_listen() {
+        let path = Path::new("conf/t.yaml");
+        let on = ServiceSettings::parse(
+            "statsd: {listen: \"127.0.0.1:8125\", tenant: team-a}\ningest: {max_label_value_bytes: 100}",
+            path,
+        )
+        .unwrap()
+        .statsd
+        .expect("statsd on");
+        assert_eq!(on.listen.to_string(), "127.0.0.1:8125");
+        assert_eq!(on.tenant, "team-a");
+        assert_eq!(on.max_packet_bytes, defaults::STATSD_MAX_PACKET_BYTES);
+        assert_eq!(on.limits.max_label_value_bytes, 100);
+        let off = ServiceSettings::parse("statsd: {tenant: team-a}", path).unwrap();
+        assert_eq!(off.statsd, None);
     }
 
     #[test]
@@ -451,6 +545,24 @@ mod tests {
                 "conf/t.yaml: invalid yaml: grpc: unknown field `port`",
             ),
             ("flush: [1, 2]", "conf/t.yaml: invalid yaml"),
+            (
+                "statsd: {listen: \"localhost\"}",
+                "field statsd.listen: \"localhost\" is not a host:port",
+            ),
+            ("statsd: {tenant: \"\"}", "field statsd.tenant: \"\" is not 1 to 256"),
+            (
+                "statsd: {tenant: \"a b\", listen: \"127.0.0.1:8125\"}",
+                "field statsd.tenant: \"a b\"",
+            ),
+            (
+                "statsd: {max_packet_bytes: 0}",
+                "field statsd.max_packet_bytes: 0 is outside 1..=65535",
+            ),
+            (
+                "statsd: {max_packet_bytes: 70000}",
+                "field statsd.max_packet_bytes: 70000 is outside",
+            ),
+            ("statsd: {port: 8125}", "invalid yaml: statsd: unknown field `port`"),
         ] {
             let error = ServiceSettings::parse(text, path).unwrap_err().to_string();
             assert!(error.contains(needle), "{text:?} gave {error:?}, wanted {needle:?}");

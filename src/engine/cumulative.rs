@@ -72,16 +72,6 @@ impl CumulativeCounters {
         self.series.retain(|_, last| now_ms - last.seen_ms < idle_ms);
         before - self.series.len()
     }
-
-    /// Series tracked.
-    pub fn len(&self) -> usize {
-        self.series.len()
-    }
-
-    /// True when no series is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -129,6 +119,7 @@ mod tests {
         tracker.deltas(1, &points(&[(1.0, 10)]), 1_000, &mut out, &mut outcome);
         tracker.deltas(2, &points(&[(1.0, 10)]), 5_000, &mut out, &mut outcome);
         assert_eq!(tracker.evict_idle(6_000, 2_000), 1);
-        assert_eq!(tracker.len(), 1);
+        assert_eq!(tracker.evict_idle(6_000, 2_000), 0, "the recent series stays");
+        assert_eq!(tracker.evict_idle(8_000, 2_000), 1);
     }
 }

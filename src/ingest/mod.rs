@@ -2,6 +2,7 @@
 //! `IngestBatch`es. They never aggregate.
 
 pub mod grpc;
+pub mod statsd;
 pub mod validate;
 
 pub use validate::{validate_series, SeriesError};

@@ -83,7 +83,8 @@ pub enum SeriesError {
     },
 }
 
-fn cut(text: &str) -> String {
+/// `text` cut to at most 64 bytes on a character boundary, for error messages.
+pub(crate) fn cut(text: &str) -> String {
     let mut end = text.len().min(64);
     while !text.is_char_boundary(end) {
         end -= 1;
@@ -121,15 +122,32 @@ pub fn validate_labels(
     kind: Kind,
     limits: &IngestLimits,
 ) -> Result<Labels, SeriesError> {
-    if wire.len() > limits.max_labels_per_series {
+    let labels = wire
+        .into_iter()
+        .map(|label| Label {
+            name: label.name.into(),
+            value: label.value.into(),
+        })
+        .collect();
+    check_labels(index, labels, kind, limits)
+}
+
+/// [`validate_labels`] for labels of any protocol (statsd tags, remote write):
+/// the same rules and limits, so every adapter refuses the same series.
+pub fn check_labels(
+    index: usize,
+    mut labels: Vec<Label>,
+    kind: Kind,
+    limits: &IngestLimits,
+) -> Result<Labels, SeriesError> {
+    if labels.len() > limits.max_labels_per_series {
         return Err(SeriesError::TooManyLabels {
             index,
-            count: wire.len(),
+            count: labels.len(),
             limit: limits.max_labels_per_series,
         });
     }
-    let mut labels = Vec::with_capacity(wire.len());
-    for label in wire {
+    for label in &labels {
         for (what, length, limit) in [
             ("name", label.name.len(), limits.max_label_name_bytes),
             ("value", label.value.len(), limits.max_label_value_bytes),
@@ -144,7 +162,7 @@ pub fn validate_labels(
                 });
             }
         }
-        if label.name == METRIC_NAME_LABEL {
+        if &*label.name == METRIC_NAME_LABEL {
             if label.value.is_empty() {
                 return Err(SeriesError::MissingName { index });
             }
@@ -159,20 +177,14 @@ pub fn validate_labels(
                 index,
                 name: cut(&label.name),
             });
-        } else if kind == Kind::Distribution && (label.name == "quantile" || label.name == "threshold") {
+        } else if kind == Kind::Distribution && (&*label.name == "quantile" || &*label.name == "threshold") {
             return Err(SeriesError::ReservedLabel {
                 index,
-                name: label.name,
+                name: label.name.to_string(),
             });
         }
-        if label.value.is_empty() {
-            continue;
-        }
-        labels.push(Label {
-            name: label.name.into(),
-            value: label.value.into(),
-        });
     }
+    labels.retain(|label| !label.value.is_empty());
     let labels = Labels::from_vec(labels);
     if let Some(pair) = labels
         .iter()

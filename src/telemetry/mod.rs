@@ -19,6 +19,7 @@ pub struct Telemetry {
     sink_errors: AtomicU64,
     selections_emitted: AtomicU64,
     selections_lagged: AtomicU64,
+    statsd_malformed_lines: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -40,6 +41,8 @@ pub struct TelemetrySnapshot {
     pub selections_emitted: u64,
     /// Selections a slow stream subscriber missed.
     pub selections_lagged: u64,
+    /// statsd lines refused as malformed or unsupported (also in `ingest` as `invalid_series`).
+    pub statsd_malformed_lines: u64,
 }
 
 impl Telemetry {
@@ -79,6 +82,11 @@ impl Telemetry {
         self.selections_lagged.fetch_add(count, Ordering::Relaxed);
     }
 
+    /// Counts statsd lines refused as malformed or unsupported.
+    pub fn statsd_malformed(&self, lines: u64) {
+        self.statsd_malformed_lines.fetch_add(lines, Ordering::Relaxed);
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> TelemetrySnapshot {
         TelemetrySnapshot {
@@ -90,6 +98,7 @@ impl Telemetry {
             sink_errors: self.sink_errors.load(Ordering::Relaxed),
             selections_emitted: self.selections_emitted.load(Ordering::Relaxed),
             selections_lagged: self.selections_lagged.load(Ordering::Relaxed),
+            statsd_malformed_lines: self.statsd_malformed_lines.load(Ordering::Relaxed),
         }
     }
 }
@@ -113,6 +122,9 @@ impl TelemetrySnapshot {
             if count > 0 {
                 line.push_str(&format!(" {}={count}", reason.as_str()));
             }
+        }
+        if self.statsd_malformed_lines > 0 {
+            line.push_str(&format!(" statsd_malformed_lines={}", self.statsd_malformed_lines));
         }
         line
     }

@@ -1,0 +1,309 @@
+//! statsd / DogStatsD ingest over UDP: each datagram's lines are parsed, grouped
+//! into one `SeriesBatch` per (series, kind) and handed to the engine as one
+//! `IngestBatch`. A bad line is refused alone, counted and (rate-limited) logged.
+
+mod parse;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::clock::Clock;
+use crate::config::{IngestLimits, StatsdSettings};
+use crate::engine::Engine;
+use crate::ingest::validate::cut;
+use crate::model::{DropReason, IngestBatch, Kind, Outcome, SeriesBatch};
+use crate::telemetry::Telemetry;
+
+pub use parse::{parse_line, sanitize_name, stochastic_weight, StatsdError, StatsdLine};
+
+/// Malformed lines are logged at most this often; the rest are only counted.
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// Receives statsd datagrams on `socket` and feeds `engine` under the
+/// configured tenant until `closing` turns true or the engine closes.
+pub async fn serve_statsd(
+    socket: UdpSocket,
+    engine: Arc<Engine>,
+    clock: Arc<dyn Clock>,
+    telemetry: Arc<Telemetry>,
+    settings: StatsdSettings,
+    mut closing: watch::Receiver<bool>,
+) {
+    // One byte more than allowed tells an over-long datagram from one of exactly the limit.
+    let mut buffer = vec![0u8; settings.max_packet_bytes + 1];
+    let mut decoder = DatagramDecoder::new(&settings);
+    while !*closing.borrow() {
+        let length = tokio::select! {
+            changed = closing.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                continue;
+            }
+            received = socket.recv(&mut buffer) => match received {
+                Ok(length) => length,
+                Err(error) => {
+                    decoder.warnings.warn(format_args!("receive failed: {error}"));
+                    // A persistent socket error must not become a busy loop.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let tally = decoder.decode(&buffer[..length]);
+        let mut outcome = if decoder.batch.series.is_empty() {
+            Outcome::default()
+        } else {
+            match engine.ingest(&decoder.batch, clock.now_ms()) {
+                Ok(outcome) => outcome,
+                Err(closed) => {
+                    tracing::info!(%closed, "statsd listener stops");
+                    break;
+                }
+            }
+        };
+        outcome.reject(DropReason::InvalidSeries, tally.malformed_lines);
+        // `received` last: whoever sees it can rely on the outcome being counted.
+        telemetry.ingested(&outcome);
+        telemetry.statsd_malformed(tally.malformed_lines);
+        telemetry.received(tally.points + tally.malformed_lines);
+    }
+}
+
+/// What one datagram held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatagramTally {
+    /// Points of good lines (a multi-value line has several).
+    pub points: u64,
+    /// Lines refused (each counted as one point, since its values are unknown).
+    pub malformed_lines: u64,
+}
+
+/// Turns datagrams into an [`IngestBatch`], reusing its buffers across datagrams.
+pub struct DatagramDecoder {
+    /// The batch of the last decoded datagram.
+    pub batch: IngestBatch,
+    limits: IngestLimits,
+    max_packet_bytes: usize,
+    /// Hash of (raw name, raw tags, kind) -> index in `batch.series`; labels are
+    /// built once per series and datagram, not once per line.
+    series_index: HashMap<u128, usize>,
+    values: Vec<f64>,
+    rng: SmallRng,
+    warnings: WarnLimiter,
+}
+
+impl DatagramDecoder {
+    /// A decoder for `settings`' tenant and limits.
+    pub fn new(settings: &StatsdSettings) -> Self {
+        DatagramDecoder {
+            batch: IngestBatch {
+                tenant: Arc::from(settings.tenant.as_str()),
+                series: Vec::new(),
+            },
+            limits: settings.limits.clone(),
+            max_packet_bytes: settings.max_packet_bytes,
+            series_index: HashMap::new(),
+            values: Vec::new(),
+            rng: SmallRng::from_rng(&mut rand::rng()),
+            warnings: WarnLimiter::default(),
+        }
+    }
+
+    /// Replaces `self.batch` with the good lines of `datagram`; blank lines are skipped.
+    pub fn decode(&mut self, datagram: &[u8]) -> DatagramTally {
+        self.batch.series.clear();
+        self.series_index.clear();
+        let mut tally = DatagramTally::default();
+        let mut body = datagram;
+        if datagram.len() > self.max_packet_bytes {
+            // The kernel dropped the rest: the last line is cut short, refuse it.
+            body = &datagram[..self.max_packet_bytes];
+            let kept = body.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+            let lost = String::from_utf8_lossy(&body[kept..]);
+            self.warnings.warn(format_args!(
+                "datagram longer than statsd.max_packet_bytes ({}); refused its cut line {:?}",
+                self.max_packet_bytes,
+                cut(lost.trim())
+            ));
+            tally.malformed_lines += 1;
+            body = &body[..kept];
+        }
+        for raw in body.split(|b| *b == b'\n') {
+            let raw = raw.trim_ascii();
+            if raw.is_empty() {
+                continue;
+            }
+            match self.decode_line(raw) {
+                Ok(points) => tally.points += points as u64,
+                Err(error) => {
+                    tally.malformed_lines += 1;
+                    self.warnings.warn(format_args!("line refused: {error}"));
+                }
+            }
+        }
+        tally
+    }
+
+    fn decode_line(&mut self, raw: &[u8]) -> Result<usize, StatsdError> {
+        let text = std::str::from_utf8(raw).map_err(|_| StatsdError::NotUtf8 {
+            line: cut(&String::from_utf8_lossy(raw)),
+        })?;
+        let line = parse_line(text, &mut self.values)?;
+        let key = series_key(&line);
+        let index = match self.series_index.get(&key) {
+            Some(index) => *index,
+            None => {
+                let labels = line.labels(&self.limits)?;
+                self.batch.series.push(SeriesBatch::new(
+                    labels,
+                    line.kind,
+                    Vec::with_capacity(self.values.len()),
+                ));
+                let index = self.batch.series.len() - 1;
+                self.series_index.insert(key, index);
+                index
+            }
+        };
+        line.push_points(&self.values, &mut self.rng, &mut self.batch.series[index].points);
+        Ok(self.values.len())
+    }
+}
+
+/// Groups lines of one series without building their labels: 128 bits make a
+/// collision (two series folded into one) negligible. Lines whose raw text
+/// differs but sanitises alike (`a.b`, `a_b`) get two batches with equal labels,
+/// which the engine folds into the same series.
+fn series_key(line: &StatsdLine<'_>) -> u128 {
+    let mut hasher = Xxh3::new();
+    hasher.update(line.name.as_bytes());
+    // 0xff never occurs in UTF-8, so ("a", "bc") and ("ab", "c") stay apart.
+    hasher.update(&[0xff]);
+    hasher.update(line.tags.as_bytes());
+    hasher.update(&[0xff, kind_byte(line.kind)]);
+    hasher.digest128()
+}
+
+fn kind_byte(kind: Kind) -> u8 {
+    match kind {
+        Kind::Counter => 0,
+        Kind::Gauge => 1,
+        Kind::Distribution => 2,
+    }
+}
+
+/// Logs at most one warning per [`WARN_EVERY`], saying how many were held back,
+/// so a misbehaving client cannot flood the log.
+#[derive(Debug, Default)]
+struct WarnLimiter {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimiter {
+    fn warn(&mut self, problem: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < WARN_EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(suppressed = self.suppressed, "statsd: {problem}");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Labels;
+
+    fn decoder(max_packet_bytes: usize) -> DatagramDecoder {
+        DatagramDecoder::new(&StatsdSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tenant: "team-a".to_string(),
+            max_packet_bytes,
+            limits: IngestLimits::default(),
+        })
+    }
+
+    #[test]
+    fn groups_lines_of_one_series_and_skips_blank_lines() {
+        let mut decoder = decoder(1024);
+        let tally = decoder.decode(b"hits:1|c|#a:1\n\r\nhits:2|c|#a:1\nhits:3|c|#a:2\nhits:4|g|#a:1\n\nlat:5:6|ms\n");
+        assert_eq!(
+            tally,
+            DatagramTally {
+                points: 6,
+                malformed_lines: 0
+            }
+        );
+        assert_eq!(&*decoder.batch.tenant, "team-a");
+        let shapes: Vec<(String, Kind, usize)> = decoder
+            .batch
+            .series
+            .iter()
+            .map(|series| (series.labels.to_string(), series.kind, series.points.len()))
+            .collect();
+        assert_eq!(
+            shapes,
+            [
+                (r#"hits{a="1"}"#.to_string(), Kind::Counter, 2),
+                (r#"hits{a="2"}"#.to_string(), Kind::Counter, 1),
+                (r#"hits{a="1"}"#.to_string(), Kind::Gauge, 1),
+                ("lat{}".to_string(), Kind::Distribution, 2),
+            ]
+        );
+        // The next datagram starts from an empty batch.
+        decoder.decode(b"other:1|c");
+        assert_eq!(decoder.batch.series.len(), 1);
+        assert_eq!(
+            decoder.batch.series[0].labels,
+            Labels::from_pairs([("__name__", "other")])
+        );
+    }
+
+    #[test]
+    fn refuses_bad_lines_alone() {
+        let mut decoder = decoder(1024);
+        let tally = decoder.decode(b"ok:1|c\nbad\n\xff\xfe:1|c\nok:2|c\nset:u|s");
+        assert_eq!(
+            tally,
+            DatagramTally {
+                points: 2,
+                malformed_lines: 3
+            }
+        );
+        assert_eq!(decoder.batch.series.len(), 1);
+        assert_eq!(decoder.batch.series[0].points.len(), 2);
+    }
+
+    #[test]
+    fn an_over_long_datagram_loses_only_its_cut_line() {
+        let mut decoder = decoder(16);
+        // Past the limit of 16 bytes: "c:33|c" was cut to "c:33".
+        let tally = decoder.decode(b"a:1|c\nb:2|c\nc:33|c");
+        assert_eq!(
+            tally,
+            DatagramTally {
+                points: 2,
+                malformed_lines: 1
+            }
+        );
+        let tally = decoder.decode(b"0123456789abcdefg");
+        assert_eq!(
+            tally,
+            DatagramTally {
+                points: 0,
+                malformed_lines: 1
+            }
+        );
+    }
+}

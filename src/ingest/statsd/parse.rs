@@ -1,0 +1,357 @@
+//! One statsd / DogStatsD line: `name:value[:value...]|type[|@rate][|#tag:value,...][|T<seconds>]`.
+//! Parsing borrows from the datagram; labels are built (sanitised to Prometheus
+//! form, then checked like gRPC labels) only when a series is first seen.
+
+use std::borrow::Cow;
+
+use rand::Rng;
+use thiserror::Error;
+
+use crate::config::IngestLimits;
+use crate::ingest::validate::{check_labels, cut, SeriesError};
+use crate::model::{Kind, Label, Labels, Point, METRIC_NAME_LABEL};
+
+/// The largest weight a point can carry; a distribution sampled more sparsely is refused.
+const MAX_WEIGHT: f64 = u32::MAX as f64;
+
+/// Why a line was refused. Every message starts with the line (cut to 64 bytes).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum StatsdError {
+    /// The line is not UTF-8.
+    #[error("{line:?}: not utf-8")]
+    NotUtf8 {
+        /// The line, lossily decoded and cut.
+        line: String,
+    },
+    /// A valid statsd form tailfold does not take.
+    #[error("{line:?}: unsupported: {what}")]
+    Unsupported {
+        /// The line, cut.
+        line: String,
+        /// What is unsupported and what to send instead.
+        what: &'static str,
+    },
+    /// No `:` between name and value.
+    #[error("{line:?}: no ':' between metric name and value")]
+    MissingColon {
+        /// The line, cut.
+        line: String,
+    },
+    /// Nothing before the `:`.
+    #[error("{line:?}: empty metric name")]
+    EmptyName {
+        /// The line, cut.
+        line: String,
+    },
+    /// No `|type` section.
+    #[error("{line:?}: no '|type' after the value (c, g, ms, h or d)")]
+    MissingType {
+        /// The line, cut.
+        line: String,
+    },
+    /// A type other than `c`, `g`, `ms`, `h`, `d` (or `s`, refused as unsupported).
+    #[error("{line:?}: unknown type {kind:?}: expected c, g, ms, h or d")]
+    UnknownType {
+        /// The line, cut.
+        line: String,
+        /// The type sent, cut.
+        kind: String,
+    },
+    /// An empty value (`name:|c`, `name:1::2|ms`).
+    #[error("{line:?}: empty value")]
+    EmptyValue {
+        /// The line, cut.
+        line: String,
+    },
+    /// A value that is not a finite number.
+    #[error("{line:?}: value {value:?} is not a finite number")]
+    InvalidValue {
+        /// The line, cut.
+        line: String,
+        /// The value, cut.
+        value: String,
+    },
+    /// A sample rate outside (0, 1], or too small to be a point's weight.
+    #[error("{line:?}: sample rate {rate:?} {problem}")]
+    InvalidSampleRate {
+        /// The line, cut.
+        line: String,
+        /// The rate as sent (without `@`), cut.
+        rate: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A `|T` section that is not whole Unix seconds.
+    #[error("{line:?}: timestamp {text:?} is not whole unix seconds, e.g. T1700000000")]
+    InvalidTimestamp {
+        /// The line, cut.
+        line: String,
+        /// The section after `T`, cut.
+        text: String,
+    },
+    /// `|@` or `|#` or `|T` twice.
+    #[error("{line:?}: more than one '|{section}' section")]
+    RepeatedSection {
+        /// The line, cut.
+        line: String,
+        /// `@`, `#` or `T`.
+        section: char,
+    },
+    /// The name or tags break a label rule or limit (the same as for gRPC).
+    #[error("{line:?}: {}", without_series_index(.source))]
+    Labels {
+        /// The line, cut.
+        line: String,
+        /// The rule broken.
+        source: SeriesError,
+    },
+}
+
+/// `SeriesError` messages name a series index that means nothing in a datagram.
+fn without_series_index(error: &SeriesError) -> String {
+    let message = error.to_string();
+    match message.split_once(": ") {
+        Some((prefix, rest)) if prefix.starts_with("series ") => rest.to_string(),
+        _ => message,
+    }
+}
+
+/// One parsed line, borrowing from the datagram. The values go to the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StatsdLine<'a> {
+    /// The whole line (for error messages).
+    pub raw: &'a str,
+    /// Metric name as sent; [`StatsdLine::labels`] sanitises it.
+    pub name: &'a str,
+    /// `c` counter, `g` gauge, `ms` / `h` / `d` distribution.
+    pub kind: Kind,
+    /// `@rate` in (0, 1]; 1 when absent.
+    pub sample_rate: f64,
+    /// The tags section without `#` (`a:1,b`); empty when absent.
+    pub tags: &'a str,
+    /// DogStatsD `|T<seconds>` as milliseconds; `None` means arrival time.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Parses one line (without its newline) and puts its values into `values`
+/// (cleared first). Unknown `|x...` sections (DogStatsD `|c:<container>`...) are ignored.
+///
+/// ```
+/// use tailfold::ingest::statsd::parse_line;
+/// let mut values = Vec::new();
+/// let line = parse_line("api.latency:12:15|ms|@0.5|#env:prod", &mut values).unwrap();
+/// assert_eq!((line.name, line.sample_rate, line.tags), ("api.latency", 0.5, "env:prod"));
+/// assert_eq!(values, [12.0, 15.0]);
+/// ```
+pub fn parse_line<'a>(raw: &'a str, values: &mut Vec<f64>) -> Result<StatsdLine<'a>, StatsdError> {
+    values.clear();
+    let line = || cut(raw);
+    if raw.starts_with("_e{") {
+        return Err(StatsdError::Unsupported {
+            line: line(),
+            what: "dogstatsd events (_e{...})",
+        });
+    }
+    if raw.starts_with("_sc|") {
+        return Err(StatsdError::Unsupported {
+            line: line(),
+            what: "dogstatsd service checks (_sc|...)",
+        });
+    }
+    let mut sections = raw.split('|');
+    let head = sections.next().unwrap_or_default();
+    let (name, raw_values) = head
+        .split_once(':')
+        .ok_or_else(|| StatsdError::MissingColon { line: line() })?;
+    if name.is_empty() {
+        return Err(StatsdError::EmptyName { line: line() });
+    }
+    let kind = match sections.next() {
+        None => return Err(StatsdError::MissingType { line: line() }),
+        Some("c") => Kind::Counter,
+        Some("g") => Kind::Gauge,
+        Some("ms" | "h" | "d") => Kind::Distribution,
+        Some("s") => {
+            return Err(StatsdError::Unsupported {
+                line: line(),
+                what: "sets (|s)",
+            })
+        }
+        Some(other) => {
+            return Err(StatsdError::UnknownType {
+                line: line(),
+                kind: cut(other),
+            })
+        }
+    };
+
+    let mut sample_rate = None;
+    let mut tags = None;
+    let mut timestamp_ms = None;
+    for section in sections {
+        let (marker, rest) = match section.chars().next() {
+            Some(marker @ ('@' | '#' | 'T')) => (marker, &section[1..]),
+            _ => continue,
+        };
+        let seen = match marker {
+            '@' => sample_rate.replace(parse_rate(raw, rest, kind)?).is_some(),
+            '#' => tags.replace(rest).is_some(),
+            _ => timestamp_ms.replace(parse_timestamp(raw, rest)?).is_some(),
+        };
+        if seen {
+            return Err(StatsdError::RepeatedSection {
+                line: line(),
+                section: marker,
+            });
+        }
+    }
+
+    for text in raw_values.split(':') {
+        if text.is_empty() {
+            return Err(StatsdError::EmptyValue { line: line() });
+        }
+        // statsd reads `+3|g` / `-3|g` as "change the gauge by 3"; tailfold keeps
+        // no gauge state between windows to apply it to, so it refuses rather than guess.
+        if kind == Kind::Gauge && text.starts_with(['+', '-']) {
+            return Err(StatsdError::Unsupported {
+                line: line(),
+                what: "relative gauge change (+/- before a |g value); send the absolute value",
+            });
+        }
+        match text.parse::<f64>() {
+            Ok(value) if value.is_finite() => values.push(value),
+            _ => {
+                return Err(StatsdError::InvalidValue {
+                    line: line(),
+                    value: cut(text),
+                })
+            }
+        }
+    }
+
+    Ok(StatsdLine {
+        raw,
+        name,
+        kind,
+        sample_rate: sample_rate.unwrap_or(1.0),
+        tags: tags.unwrap_or_default(),
+        timestamp_ms,
+    })
+}
+
+fn parse_rate(raw: &str, text: &str, kind: Kind) -> Result<f64, StatsdError> {
+    let invalid = |problem| StatsdError::InvalidSampleRate {
+        line: cut(raw),
+        rate: cut(text),
+        problem,
+    };
+    let rate: f64 = text.parse().map_err(|_| invalid("must be a number in (0, 1]"))?;
+    // Written so that NaN fails too.
+    if !(rate > 0.0 && rate <= 1.0) {
+        return Err(invalid("must be a number in (0, 1]"));
+    }
+    if kind == Kind::Distribution && 1.0 / rate > MAX_WEIGHT {
+        return Err(invalid("is too small: one point stands for at most 4294967295 samples"));
+    }
+    Ok(rate)
+}
+
+fn parse_timestamp(raw: &str, text: &str) -> Result<i64, StatsdError> {
+    let seconds: Option<i64> = if text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse().ok()
+    } else {
+        None
+    };
+    seconds
+        .and_then(|seconds| seconds.checked_mul(1000))
+        .ok_or_else(|| StatsdError::InvalidTimestamp {
+            line: cut(raw),
+            text: cut(text),
+        })
+}
+
+/// A statsd name in Prometheus form: every character outside `[a-zA-Z0-9_]`
+/// becomes `_` (`api.latency-ms` -> `api_latency_ms`), and a leading digit
+/// gets a `_` prefix. Borrows when nothing changes.
+pub fn sanitize_name(name: &str) -> Cow<'_, str> {
+    let leading_digit = name.starts_with(|c: char| c.is_ascii_digit());
+    if !leading_digit && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Cow::Borrowed(name);
+    }
+    let mut clean = String::with_capacity(name.len() + 1);
+    if leading_digit {
+        clean.push('_');
+    }
+    clean.extend(
+        name.chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }),
+    );
+    Cow::Owned(clean)
+}
+
+impl StatsdLine<'_> {
+    /// The series' labels: the sanitised name in `__name__`, each tag
+    /// `tag:value` as a label (sanitised name, value as sent; a bare `tag` gets
+    /// the value `true`), checked with the gRPC rules and `limits`.
+    pub fn labels(&self, limits: &IngestLimits) -> Result<Labels, StatsdError> {
+        let tag_count = if self.tags.is_empty() {
+            0
+        } else {
+            self.tags.bytes().filter(|b| *b == b',').count() + 1
+        };
+        let mut labels = Vec::with_capacity(tag_count + 1);
+        labels.push(Label {
+            name: METRIC_NAME_LABEL.into(),
+            value: sanitize_name(self.name).into(),
+        });
+        for tag in self.tags.split(',').filter(|tag| !tag.is_empty()) {
+            let (name, value) = tag.split_once(':').unwrap_or((tag, "true"));
+            labels.push(Label {
+                name: sanitize_name(name).into(),
+                value: value.into(),
+            });
+        }
+        check_labels(0, labels, self.kind, limits).map_err(|source| StatsdError::Labels {
+            line: cut(self.raw),
+            source,
+        })
+    }
+
+    /// Appends one point per value. The sample rate is undone so that totals
+    /// are right in expectation: a counter delta is divided by it (exact in
+    /// expectation, as statsd does); a distribution observation gets the
+    /// weight 1/rate, rounded at random (see [`stochastic_weight`]); a gauge is
+    /// a current value, so its rate is ignored.
+    pub fn push_points(&self, values: &[f64], rng: &mut impl Rng, out: &mut Vec<Point>) {
+        out.extend(values.iter().map(|value| {
+            let mut point = Point::new(*value, self.timestamp_ms, None);
+            match self.kind {
+                Kind::Counter => point.value /= self.sample_rate,
+                Kind::Gauge => {}
+                Kind::Distribution => point.weight = stochastic_weight(self.sample_rate, rng),
+            }
+            point
+        }));
+    }
+}
+
+/// How many samples one observation sent with sample rate `rate` in (0, 1]
+/// stands for: `1/rate` when that is whole (`@0.1` -> exactly 10), else
+/// `floor(1/rate)` or `ceil(1/rate)`, up with probability equal to the
+/// fraction, so the expected weight is exactly `1/rate` (`@0.3`: 3 with
+/// probability 2/3, 4 with 1/3). Rates below 1/u32::MAX are refused by the parser.
+pub fn stochastic_weight(rate: f64, rng: &mut impl Rng) -> u32 {
+    let inverse = (1.0 / rate).min(MAX_WEIGHT);
+    let nearest = inverse.round();
+    // A decimal rate such as 0.1 is not exact in binary; its inverse is whole up to rounding noise.
+    if (inverse - nearest).abs() <= inverse * 1e-12 {
+        return nearest as u32;
+    }
+    let whole = inverse.floor();
+    let up = rng.random::<f64>() < inverse - whole;
+    whole as u32 + u32::from(up)
+}
+
+#[cfg(test)]
+#[path = "parse_tests.rs"]
+mod tests;
