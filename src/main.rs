@@ -1,6 +1,7 @@
 //! The `tailfold` command line: `run` the service, `check` a config or rules
 //! file, `loadgen` to send realistic traffic. All logic lives in the library.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ enum Command {
     },
     /// Validate a process config (and the rules file it names) or a rules file; non-zero exit on error.
     Check {
-        /// The file to check. A file with any process setting (grpc, rules_file, data_dir, engine, flush,
+        /// The file to check. A file with any process setting (grpc, http, rules_file, data_dir, engine, flush,
         /// ingest, store, selections, log) is a process config; otherwise it is read as a rules file.
         #[arg(short, long)]
         config: PathBuf,
@@ -173,8 +174,9 @@ fn init_logs(json: bool) {
     }
 }
 
-const PROCESS_KEYS: [&str; 10] = [
+const PROCESS_KEYS: [&str; 11] = [
     "grpc",
+    "http",
     "rules_file",
     "data_dir",
     "engine",
@@ -263,6 +265,9 @@ fn run(config: &Path) -> ExitCode {
         };
         // Tests and scripts read this line to find the port when listening on port 0.
         println!("tailfold: listening on grpc {}", handle.grpc_addr());
+        // Written after the grpc line, which scripts may read alone and then close
+        // the pipe: a failed write here must not stop the service.
+        let _ = writeln!(std::io::stdout(), "tailfold: listening on http {}", handle.http_addr());
         wait_for_signal().await;
         tracing::info!("shutting down: flushing every open window");
         match handle.shutdown().await {

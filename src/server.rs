@@ -1,4 +1,4 @@
-//! The running service: binds the gRPC server, runs the flush loop (jittered
+//! The running service: binds the gRPC and HTTP servers, runs the flush loop (jittered
 //! ticks, flush work off the async threads), feeds the sinks, logs progress,
 //! and on shutdown stops ingest, flushes every open window and drains sinks.
 
@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use rand::Rng;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -16,6 +17,7 @@ use crate::clock::Clock;
 use crate::config::ServiceSettings;
 use crate::engine::{Engine, FlushStats};
 use crate::ingest::grpc::GrpcIngest;
+use crate::ingest::remote_write::{http_router, HttpState};
 use crate::ingest::statsd::serve_statsd;
 use crate::rules::RuleSet;
 use crate::sink::file_store::FileStore;
@@ -48,6 +50,9 @@ pub enum ServiceError {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Http(std::io::Error),
     /// Shutdown did not finish within the grace period.
     #[error("shutdown took longer than the {0} ms grace period; windows still open were lost")]
     ShutdownTimeout(u64),
@@ -60,6 +65,7 @@ enum Command {
 /// A started service.
 pub struct ServiceHandle {
     grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
     statsd_addr: Option<SocketAddr>,
     engine: Arc<Engine>,
     telemetry: Arc<Telemetry>,
@@ -170,12 +176,34 @@ pub async fn start(
         hub.clone(),
         closing_receiver,
     )?;
+    let http_listener = tokio::net::TcpListener::bind(settings.http_listen)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            addr: settings.http_listen,
+            source,
+        })?;
+    let http_addr = http_listener.local_addr().map_err(|source| ServiceError::Bind {
+        addr: settings.http_listen,
+        source,
+    })?;
+    let http_state = HttpState::new(
+        Arc::clone(&engine),
+        settings.ingest.clone(),
+        Arc::clone(&clock),
+        Arc::clone(&telemetry),
+    );
 
     let (commands, command_receiver) = mpsc::channel(16);
     let (stop, stop_receiver) = oneshot::channel();
     let task = tokio::spawn(run(
-        router,
-        listener,
+        Servers {
+            grpc: router,
+            grpc_listener: listener,
+            http: http_router(http_state.clone()),
+            http_listener,
+            http_state,
+            statsd: statsd_task,
+        },
         FlushLoop {
             engine: Arc::clone(&engine),
             sinks: Arc::new(sinks),
@@ -186,11 +214,11 @@ pub async fn start(
         command_receiver,
         stop_receiver,
         closing,
-        statsd_task,
     ));
-    tracing::info!(grpc = %grpc_addr, statsd = ?statsd_addr, data_dir = %settings.data_dir.display(), "tailfold started");
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, statsd = ?statsd_addr, data_dir = %settings.data_dir.display(), "tailfold started");
     Ok(ServiceHandle {
         grpc_addr,
+        http_addr,
         statsd_addr,
         engine,
         telemetry,
@@ -200,6 +228,17 @@ pub async fn start(
         task,
         grace_ms: settings.shutdown_grace_ms,
     })
+}
+
+/// The bound servers `run` serves until shutdown.
+struct Servers {
+    grpc: tonic::transport::server::Router,
+    grpc_listener: tokio::net::TcpListener,
+    http: axum::Router,
+    http_listener: tokio::net::TcpListener,
+    http_state: HttpState,
+    /// The statsd listener task, when statsd is on.
+    statsd: Option<JoinHandle<()>>,
 }
 
 struct FlushLoop {
@@ -236,29 +275,40 @@ impl FlushLoop {
     }
 }
 
-// One more listener pushed this past clippy's limit; a struct for one call site would only rename them.
-#[allow(clippy::too_many_arguments)]
 async fn run(
-    router: tonic::transport::server::Router,
-    listener: tokio::net::TcpListener,
+    servers: Servers,
     flusher: FlushLoop,
     settings: ServiceSettings,
     mut commands: mpsc::Receiver<Command>,
     stop: oneshot::Receiver<()>,
     closing: watch::Sender<bool>,
-    statsd_task: Option<JoinHandle<()>>,
 ) -> Result<(), ServiceError> {
     let (server_stop, server_stop_receiver) = oneshot::channel::<()>();
     // Without TCP_NODELAY a request larger than one segment waits out
     // delayed ACKs (tens of ms); tonic only sets it on listeners it binds itself.
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |stream| {
-        stream.inspect(|stream| {
-            let _ = stream.set_nodelay(true);
-        })
-    });
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(servers.grpc_listener),
+        |stream| {
+            stream.inspect(|stream| {
+                let _ = stream.set_nodelay(true);
+            })
+        },
+    );
+    let server = tokio::spawn(servers.grpc.serve_with_incoming_shutdown(incoming, async {
         let _ = server_stop_receiver.await;
     }));
+    let (http_stop, http_stop_receiver) = oneshot::channel::<()>();
+    // Same for HTTP: axum leaves TCP_NODELAY to the listener.
+    let http_listener = servers.http_listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
+    let http_server = tokio::spawn(async move {
+        axum::serve(http_listener, servers.http)
+            .with_graceful_shutdown(async {
+                let _ = http_stop_receiver.await;
+            })
+            .await
+    });
 
     let progress_every = Duration::from_millis(settings.progress_interval_ms.max(1));
     let mut next_progress = tokio::time::Instant::now() + progress_every;
@@ -287,7 +337,8 @@ async fn run(
     }
 
     // Close ingest first (waiting out writes in flight, refusing later ones with
-    // UNAVAILABLE), so the final flush sees every accepted sample.
+    // UNAVAILABLE / 503), so the final flush sees every accepted sample.
+    servers.http_state.set_ready(false);
     flusher.engine.close();
     let stats = flusher.flush(true, true).await;
     tracing::info!(
@@ -298,16 +349,23 @@ async fn run(
     // Selection streams deliver what that flush published, then end; only then
     // can the server's graceful shutdown finish.
     let _ = closing.send(true);
-    if let Some(task) = statsd_task {
+    if let Some(task) = servers.statsd {
         // Already stopped if a datagram met the closed engine; else `closing` stops it.
         let _ = task.await;
     }
     let _ = server_stop.send(());
+    let _ = http_stop.send(());
     let served = server.await;
+    let http_served = http_server.await;
     tracing::info!(target: "tailfold::progress", "{}", flusher.telemetry.snapshot().progress_line());
     match Arc::try_unwrap(flusher.sinks) {
         Ok(sinks) => tokio::task::spawn_blocking(move || sinks.close()).await.unwrap_or(()),
         Err(_) => tracing::error!("sinks still in use at shutdown"),
+    }
+    match http_served {
+        Ok(Err(error)) => return Err(ServiceError::Http(error)),
+        Ok(Ok(())) => {}
+        Err(error) => tracing::error!(%error, "http server task failed"),
     }
     match served {
         Ok(result) => result.map_err(ServiceError::Serve),
@@ -327,6 +385,11 @@ impl ServiceHandle {
     /// Address the statsd UDP listener is bound to, when statsd is on.
     pub fn statsd_addr(&self) -> Option<SocketAddr> {
         self.statsd_addr
+    }
+
+    /// Address the HTTP server (Prometheus remote write) listens on.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// The engine (for inspection).

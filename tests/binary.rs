@@ -30,6 +30,7 @@ fn start_binary(data_dir: &Path) -> (Running, String) {
     let shipped = std::fs::read_to_string(repo.join("config/tailfold.yaml")).unwrap();
     let config = shipped
         .replace("listen: 127.0.0.1:4770", "listen: 127.0.0.1:0")
+        .replace("listen: 127.0.0.1:4771", "listen: 127.0.0.1:0")
         .replace("data_dir: data ", &format!("data_dir: {} ", data_dir.display()))
         .replace(
             "rules_file: rules.yaml",

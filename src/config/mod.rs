@@ -7,6 +7,6 @@ pub mod rules;
 
 pub use error::ConfigError;
 pub use process::{
-    defaults, EngineConfig, FlushConfig, GrpcConfig, HistogramSettings, IngestConfig, IngestLimits, LogConfig,
-    ProcessConfig, SelectionsConfig, ServiceSettings, StatsdConfig, StatsdSettings, StoreConfig,
+    defaults, EngineConfig, FlushConfig, GrpcConfig, HistogramSettings, HttpConfig, IngestConfig, IngestLimits,
+    LogConfig, ProcessConfig, SelectionsConfig, ServiceSettings, StatsdConfig, StatsdSettings, StoreConfig,
 };

@@ -18,6 +18,8 @@ use super::error::ConfigError;
 pub mod defaults {
     /// gRPC listen address.
     pub const GRPC_LISTEN: &str = "127.0.0.1:4770";
+    /// HTTP listen address (Prometheus remote write, health).
+    pub const HTTP_LISTEN: &str = "127.0.0.1:4771";
     /// Rules file, relative to the config file.
     pub const RULES_FILE: &str = "rules.yaml";
     /// Data directory, relative to the working directory.
@@ -66,6 +68,8 @@ pub mod defaults {
 pub struct ProcessConfig {
     /// gRPC server (ingest `Write` and the `Selections` stream).
     pub grpc: GrpcConfig,
+    /// HTTP server (Prometheus remote write `POST /api/v1/write`, `/-/healthy`, `/-/ready`).
+    pub http: HttpConfig,
     /// Rules file (mapping, drop and rollup rules), relative to this config file. Default `rules.yaml`.
     pub rules_file: Option<PathBuf>,
     /// Directory of the embedded store and selection files, relative to the working directory. Default `data`.
@@ -91,6 +95,14 @@ pub struct ProcessConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     /// Listen address, `host:port`. Default `127.0.0.1:4770`; port 0 picks a free port.
+    pub listen: Option<String>,
+}
+
+/// HTTP server settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address, `host:port`. Default `127.0.0.1:4771`; port 0 picks a free port.
     pub listen: Option<String>,
 }
 
@@ -141,7 +153,7 @@ pub struct FlushConfig {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
-    /// gRPC metadata key naming the tenant. Default `x-scope-orgid`.
+    /// HTTP header / gRPC metadata key naming the tenant. Default `x-scope-orgid`.
     pub tenant_header: Option<String>,
     /// Tenant of requests that do not name one. Default `default`.
     pub default_tenant: Option<String>,
@@ -204,6 +216,8 @@ pub struct ServiceSettings {
     pub source: PathBuf,
     /// gRPC listen address.
     pub grpc_listen: SocketAddr,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
     /// Rules file to load.
     pub rules_file: PathBuf,
     /// Data directory.
@@ -315,6 +329,14 @@ impl ServiceSettings {
             )
         })?;
 
+        let listen = config.http.listen.as_deref().unwrap_or(defaults::HTTP_LISTEN);
+        let http_listen: SocketAddr = listen.parse().map_err(|_| {
+            invalid(
+                "http.listen",
+                format!("{listen:?} is not a host:port address such as 127.0.0.1:4771"),
+            )
+        })?;
+
         let base = path.parent().unwrap_or(Path::new("."));
         let rules_file = base.join(config.rules_file.as_deref().unwrap_or(Path::new(defaults::RULES_FILE)));
         let data_dir = config
@@ -413,6 +435,7 @@ impl ServiceSettings {
         Ok(ServiceSettings {
             source: path.to_path_buf(),
             grpc_listen,
+            http_listen,
             rules_file,
             data_dir,
             engine: EngineSettings {
@@ -491,6 +514,7 @@ mod tests {
     fn empty_config_gives_documented_defaults() {
         let settings = ServiceSettings::parse("", Path::new("config/tailfold.yaml")).unwrap();
         assert_eq!(settings.grpc_listen.to_string(), defaults::GRPC_LISTEN);
+        assert_eq!(settings.http_listen.to_string(), defaults::HTTP_LISTEN);
         assert_eq!(settings.rules_file, Path::new("config/rules.yaml"));
         assert_eq!(settings.data_dir, Path::new("data"));
         assert_eq!(settings.ingest, IngestLimits::default());
@@ -524,6 +548,10 @@ mod tests {
             (
                 "grpc: {listen: nowhere}",
                 "conf/t.yaml: field grpc.listen: \"nowhere\" is not a host:port",
+            ),
+            (
+                "http: {listen: \"localhost\"}",
+                "conf/t.yaml: field http.listen: \"localhost\" is not a host:port",
             ),
             (
                 "engine: {lateness_ms: {10x: 5}}",

@@ -14,7 +14,7 @@ use crate::engine::Engine;
 use crate::model::{DropReason, IngestBatch, Outcome};
 use crate::telemetry::Telemetry;
 
-use super::validate::validate_series;
+use super::validate::{check_tenant, validate_series};
 
 /// Per-series messages returned in a response; the rest are only counted.
 const MAX_ERRORS_REPORTED: usize = 10;
@@ -54,15 +54,7 @@ pub fn tenant_from_metadata(
     let Some(value) = metadata.get(header) else {
         return Ok(Arc::from(default));
     };
-    let tenant = value
-        .to_str()
-        .map_err(|_| Status::invalid_argument(format!("metadata {header}: tenant is not printable ASCII")))?;
-    if tenant.is_empty() || tenant.len() > 256 || !tenant.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Status::invalid_argument(format!(
-            "metadata {header}: invalid tenant {tenant:?}: expected 1 to 256 printable characters without spaces"
-        )));
-    }
-    Ok(Arc::from(tenant))
+    check_tenant(value.as_bytes()).map_err(|error| Status::invalid_argument(format!("metadata {header}: {error}")))
 }
 
 #[tonic::async_trait]

@@ -1,7 +1,8 @@
-//! Ingest adapters: decode a protocol, validate it, hand the engine plain
-//! `IngestBatch`es. They never aggregate.
+//! Ingest adapters (gRPC, Prometheus remote write): decode a protocol,
+//! validate it, hand the engine plain `IngestBatch`es. They never aggregate.
 
 pub mod grpc;
+pub mod remote_write;
 pub mod statsd;
 pub mod validate;
 

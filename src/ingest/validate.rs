@@ -116,17 +116,17 @@ fn kind_of(kind: i32) -> Option<Kind> {
 
 /// Checks the labels of a series and builds its sorted label set. Labels with
 /// an empty value are left out: in Prometheus an empty value means "no label".
+/// Takes `(name, value)` pairs so every ingest protocol shares these rules.
 pub fn validate_labels(
     index: usize,
-    wire: Vec<v1::Label>,
+    wire: impl ExactSizeIterator<Item = (String, String)>,
     kind: Kind,
     limits: &IngestLimits,
 ) -> Result<Labels, SeriesError> {
     let labels = wire
-        .into_iter()
-        .map(|label| Label {
-            name: label.name.into(),
-            value: label.value.into(),
+        .map(|(name, value)| Label {
+            name: name.into(),
+            value: value.into(),
         })
         .collect();
     check_labels(index, labels, kind, limits)
@@ -215,7 +215,8 @@ pub fn validate_series(
         index,
         kind: series.kind,
     })?;
-    let labels = validate_labels(index, series.labels, kind, limits)?;
+    let pairs = series.labels.into_iter().map(|label| (label.name, label.value));
+    let labels = validate_labels(index, pairs, kind, limits)?;
     let mut points = Vec::with_capacity(series.points.len());
     for point in series.points {
         if !point.value.is_finite() {
@@ -228,6 +229,30 @@ pub fn validate_series(
         }
     }
     Ok(SeriesBatch::new(labels, kind, points))
+}
+
+/// Why a tenant name (from a header or gRPC metadata) was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TenantError {
+    /// Bytes outside ASCII.
+    #[error("tenant is not printable ASCII")]
+    NotAscii,
+    /// Empty, too long, or with spaces or control characters.
+    #[error("invalid tenant {0:?}: expected 1 to 256 printable characters without spaces")]
+    Invalid(String),
+}
+
+/// Checks a tenant name as sent in a header: 1 to 256 printable ASCII
+/// characters without spaces. One rule for every protocol.
+pub fn check_tenant(value: &[u8]) -> Result<std::sync::Arc<str>, TenantError> {
+    let tenant = std::str::from_utf8(value)
+        .ok()
+        .filter(|text| text.is_ascii())
+        .ok_or(TenantError::NotAscii)?;
+    if tenant.is_empty() || tenant.len() > 256 || !tenant.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(TenantError::Invalid(tenant.to_string()));
+    }
+    Ok(std::sync::Arc::from(tenant))
 }
 
 /// A trace or span ID that is not W3C-shaped.

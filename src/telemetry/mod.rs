@@ -12,6 +12,7 @@ use crate::model::{DropReason, Outcome};
 #[derive(Debug, Default)]
 pub struct Telemetry {
     received_points: AtomicU64,
+    stale_markers: AtomicU64,
     ingest: Mutex<Outcome>,
     windows_flushed: AtomicU64,
     records_emitted: AtomicU64,
@@ -27,6 +28,8 @@ pub struct Telemetry {
 pub struct TelemetrySnapshot {
     /// Points received over any protocol (valid or not).
     pub received_points: u64,
+    /// Prometheus stale markers received: skipped on purpose, neither accepted nor rejected.
+    pub stale_markers: u64,
     /// Accepted and rejected points by reason and rule.
     pub ingest: Outcome,
     /// Windows closed by flushes.
@@ -49,6 +52,11 @@ impl Telemetry {
     /// Counts points received in one request.
     pub fn received(&self, points: u64) {
         self.received_points.fetch_add(points, Ordering::Relaxed);
+    }
+
+    /// Counts stale markers skipped in one request.
+    pub fn stale_markers(&self, count: u64) {
+        self.stale_markers.fetch_add(count, Ordering::Relaxed);
     }
 
     /// Adds one request's tally.
@@ -91,6 +99,7 @@ impl Telemetry {
     pub fn snapshot(&self) -> TelemetrySnapshot {
         TelemetrySnapshot {
             received_points: self.received_points.load(Ordering::Relaxed),
+            stale_markers: self.stale_markers.load(Ordering::Relaxed),
             ingest: self.ingest.lock().clone(),
             windows_flushed: self.windows_flushed.load(Ordering::Relaxed),
             records_emitted: self.records_emitted.load(Ordering::Relaxed),
@@ -117,6 +126,9 @@ impl TelemetrySnapshot {
             self.selections_emitted,
             self.sink_errors,
         );
+        if self.stale_markers > 0 {
+            line.push_str(&format!(" stale_markers={}", self.stale_markers));
+        }
         for reason in DropReason::ALL {
             let count = self.ingest.rejected_for(reason);
             if count > 0 {

@@ -32,7 +32,7 @@ pub async fn start_service(rules: &str, now_ms: i64) -> TestService {
 pub async fn start_service_with(rules: &str, now_ms: i64, extra_config: &str) -> TestService {
     let data_dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
-        "grpc: {{listen: \"127.0.0.1:0\"}}\ndata_dir: {}\nflush: {{interval_ms: 3600000, progress_interval_ms: 0}}\n{extra_config}",
+        "grpc: {{listen: \"127.0.0.1:0\"}}\nhttp: {{listen: \"127.0.0.1:0\"}}\ndata_dir: {}\nflush: {{interval_ms: 3600000, progress_interval_ms: 0}}\n{extra_config}",
         data_dir.path().display()
     );
     let settings = ServiceSettings::parse(&config, Path::new("test/tailfold.yaml")).expect("config");

@@ -1,0 +1,196 @@
+//! The HTTP listener: Prometheus remote write 1.0 (`POST /api/v1/write`),
+//! `GET /-/healthy` and `GET /-/ready`. Status codes follow the spec: 204
+//! accepted, 4xx never retried by the sender, 5xx retried with backoff.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::clock::Clock;
+use crate::config::IngestLimits;
+use crate::engine::Engine;
+use crate::ingest::validate::check_tenant;
+use crate::model::{DropReason, Outcome};
+use crate::telemetry::Telemetry;
+
+use super::decode::{decode_request, decompress, parse, points_in, RemoteWriteError};
+
+/// The only protobuf message this endpoint reads (remote write 1.0).
+const MESSAGE: &str = "prometheus.WriteRequest";
+
+/// A refusal: status and plain-text reason.
+type Refusal = (StatusCode, String);
+
+/// What the HTTP handlers share: the engine and the ingest settings.
+#[derive(Clone)]
+pub struct HttpState(Arc<Shared>);
+
+struct Shared {
+    engine: Arc<Engine>,
+    limits: IngestLimits,
+    clock: Arc<dyn Clock>,
+    telemetry: Arc<Telemetry>,
+    ready: AtomicBool,
+}
+
+impl HttpState {
+    /// State feeding `engine`, ready from the start.
+    pub fn new(engine: Arc<Engine>, limits: IngestLimits, clock: Arc<dyn Clock>, telemetry: Arc<Telemetry>) -> Self {
+        HttpState(Arc::new(Shared {
+            engine,
+            limits,
+            clock,
+            telemetry,
+            ready: AtomicBool::new(true),
+        }))
+    }
+
+    /// Sets what `/-/ready` answers; the server clears it when shutdown begins.
+    pub fn set_ready(&self, ready: bool) {
+        self.0.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+/// The HTTP routes: remote write, health and readiness.
+pub fn http_router(state: HttpState) -> Router {
+    Router::new()
+        .route("/api/v1/write", post(write))
+        .route("/-/healthy", get(|| async { "ok\n" }))
+        .route("/-/ready", get(ready))
+        .with_state(state)
+}
+
+async fn ready(State(state): State<HttpState>) -> Response {
+    if state.0.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+async fn write(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    match receive(state, &headers, body).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err((status, reason)) => (status, format!("{reason}\n")).into_response(),
+    }
+}
+
+fn bad_request(error: RemoteWriteError) -> Refusal {
+    (StatusCode::BAD_REQUEST, error.to_string())
+}
+
+async fn receive(state: HttpState, headers: &HeaderMap, body: Body) -> Result<(), Refusal> {
+    check_content_headers(headers).map_err(|error| (StatusCode::UNSUPPORTED_MEDIA_TYPE, error.to_string()))?;
+    let limits = &state.0.limits;
+    let tenant = match headers.get(limits.tenant_header.as_str()) {
+        None => Arc::from(limits.default_tenant.as_str()),
+        Some(value) => check_tenant(value.as_bytes()).map_err(|source| {
+            bad_request(RemoteWriteError::Tenant {
+                header: limits.tenant_header.clone(),
+                source,
+            })
+        })?,
+    };
+    // Bounds the compressed body; the decompressed size is bounded in `decompress`.
+    let limit = limits.max_request_bytes;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|error| {
+        bad_request(RemoteWriteError::Body {
+            limit,
+            message: error.to_string(),
+        })
+    })?;
+    // Decompressing, decoding and folding a large request is CPU work: keep it
+    // off the async worker threads.
+    let shared = Arc::clone(&state.0);
+    tokio::task::spawn_blocking(move || shared.ingest(&body, tenant))
+        .await
+        .map_err(|error| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("ingest task failed: {error}"),
+            )
+        })?
+}
+
+/// Accepts a missing or `snappy` `Content-Encoding`, and any `Content-Type`
+/// that does not name another protobuf message (remote write 2.0 sends
+/// `proto=io.prometheus.write.v2.Request` and expects 415 from a 1.0 receiver).
+fn check_content_headers(headers: &HeaderMap) -> Result<(), RemoteWriteError> {
+    if let Some(value) = headers.get(header::CONTENT_ENCODING) {
+        let encoding = String::from_utf8_lossy(value.as_bytes());
+        let encoding = encoding.trim();
+        if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("snappy") {
+            return Err(RemoteWriteError::UnsupportedEncoding(encoding.to_string()));
+        }
+    }
+    if let Some(value) = headers.get(header::CONTENT_TYPE) {
+        let content_type = String::from_utf8_lossy(value.as_bytes());
+        let message = content_type
+            .split(';')
+            .skip(1)
+            .filter_map(|parameter| parameter.trim().strip_prefix("proto="))
+            .map(|message| message.trim_matches('"'))
+            .next();
+        if message.is_some_and(|message| message != MESSAGE) {
+            return Err(RemoteWriteError::UnsupportedContentType(content_type.to_string()));
+        }
+    }
+    Ok(())
+}
+
+impl Shared {
+    /// Decodes, validates and folds one request body. A request that can never
+    /// succeed, or that held anything invalid (the valid rest is kept, as the
+    /// spec allows), gets 400; a closing engine gets 503 so the sender retries.
+    fn ingest(&self, body: &[u8], tenant: Arc<str>) -> Result<(), Refusal> {
+        let bytes = decompress(body, self.limits.max_request_bytes).map_err(bad_request)?;
+        let request = parse(&bytes).map_err(bad_request)?;
+        drop(bytes);
+        let points = points_in(&request);
+        self.telemetry.received(points);
+        if points > self.limits.max_points_per_request as u64 {
+            let mut outcome = Outcome::default();
+            outcome.reject(DropReason::InvalidSeries, points);
+            self.telemetry.ingested(&outcome);
+            return Err(bad_request(RemoteWriteError::TooManyPoints {
+                points,
+                limit: self.limits.max_points_per_request,
+            }));
+        }
+
+        let decoded = decode_request(request, tenant, &self.limits);
+        if decoded.nothing_valid() {
+            self.telemetry.ingested(&decoded.outcome);
+            self.telemetry.stale_markers(decoded.stale_markers);
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("every series in the request was refused: {}", decoded.error_text()),
+            ));
+        }
+        let folded = self
+            .engine
+            .ingest(&decoded.batch, self.clock.now_ms())
+            .map_err(|closed| (StatusCode::SERVICE_UNAVAILABLE, closed.to_string()))?;
+        let mut outcome = decoded.outcome.clone();
+        outcome.merge(&folded);
+        self.telemetry.ingested(&outcome);
+        self.telemetry.stale_markers(decoded.stale_markers);
+        if decoded.error_count > 0 {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "refused {} series or histograms, accepted the rest: {}",
+                    decoded.error_count,
+                    decoded.error_text()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
