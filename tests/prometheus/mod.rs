@@ -1,0 +1,149 @@
+//! A real Prometheus server for end-to-end tests: the Debian package
+//! (`scripts/test.sh` installs it), started on a free loopback port with a
+//! temporary data directory, remote-write receiver and native histograms on,
+//! killed when dropped. Plus blocking helpers for its HTTP query API.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running Prometheus.
+pub struct Prometheus {
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    child: Child,
+    dir: tempfile::TempDir,
+    client: reqwest::blocking::Client,
+}
+
+/// The `prometheus` binary: `$PROMETHEUS_BIN`, else the Debian package's.
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PROMETHEUS_BIN") {
+        return PathBuf::from(path);
+    }
+    for candidate in ["/usr/bin/prometheus", "/usr/local/bin/prometheus"] {
+        if std::path::Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    panic!("prometheus is not installed: run scripts/test.sh (it runs `apt-get install -y prometheus`)");
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Prometheus {
+    /// Starts Prometheus with `config` as prometheus.yml (may be empty) and waits until it is ready.
+    pub fn start(config: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(binary())
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.enable-remote-write-receiver")
+            .arg("--enable-feature=exemplar-storage,native-histograms")
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        let prometheus = Prometheus {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            dir,
+            client: reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = prometheus.client.get(format!("{}/-/ready", prometheus.url)).send();
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return prometheus;
+            }
+            assert!(Instant::now() < deadline, "prometheus not ready: {}", prometheus.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Prometheus' own log (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// Its remote-write receiver.
+    pub fn remote_write_url(&self) -> String {
+        format!("{}/api/v1/write", self.url)
+    }
+
+    fn get(&self, path: &str, params: &[(&str, String)]) -> Value {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .query(params)
+            .send()
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let body: Value = response.json().unwrap();
+        assert_eq!(body["status"], "success", "{path} {params:?}: {body}");
+        body["data"].clone()
+    }
+
+    /// An instant query at `time_ms`; returns the `result` array.
+    pub fn query(&self, promql: &str, time_ms: i64) -> Vec<Value> {
+        let data = self.get(
+            "/api/v1/query",
+            &[("query", promql.to_string()), ("time", format!("{:.3}", time_ms as f64 / 1000.0))],
+        );
+        data["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The single scalar value of an instant query, if there is exactly one series.
+    pub fn query_value(&self, promql: &str, time_ms: i64) -> Option<f64> {
+        let result = self.query(promql, time_ms);
+        match result.as_slice() {
+            [one] => one["value"][1].as_str().and_then(|v| v.parse().ok()),
+            _ => None,
+        }
+    }
+
+    /// Exemplars of `promql` between the two times (ms).
+    pub fn query_exemplars(&self, promql: &str, start_ms: i64, end_ms: i64) -> Vec<Value> {
+        let data = self.get(
+            "/api/v1/query_exemplars",
+            &[
+                ("query", promql.to_string()),
+                ("start", format!("{:.3}", start_ms as f64 / 1000.0)),
+                ("end", format!("{:.3}", end_ms as f64 / 1000.0)),
+            ],
+        );
+        data.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls `check` until it returns `Some`, for at most `timeout`.
+    pub fn wait_for<T>(&self, timeout: Duration, mut check: impl FnMut(&Prometheus) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check(self) {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting; prometheus log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
