@@ -21,6 +21,7 @@ use crate::ingest::remote_write::{http_router, HttpState};
 use crate::ingest::statsd::serve_statsd;
 use crate::rules::RuleSet;
 use crate::sink::file_store::FileStore;
+use crate::sink::remote_write::RemoteWriteShard;
 use crate::sink::selections::{selection_dir, GrpcSelections, SelectionHub, SelectionWriter};
 use crate::sink::SinkSet;
 use crate::telemetry::Telemetry;
@@ -120,6 +121,17 @@ pub async fn start(
                 }
             })
             .map_err(|source| ServiceError::Sink { name: "store", source })?;
+    }
+    for sink in &settings.remote_write {
+        for shard in 0..sink.shards {
+            let writer = RemoteWriteShard::new(sink.clone(), shard, Arc::clone(&telemetry));
+            sinks
+                .spawn("remote-write", writer, |_, _| {})
+                .map_err(|source| ServiceError::Sink {
+                    name: "remote-write",
+                    source,
+                })?;
+        }
     }
     let selection_files = settings.selections_file.then(|| selection_dir(&settings.data_dir));
     let counters = Arc::clone(&telemetry);
@@ -263,6 +275,7 @@ impl FlushLoop {
                 engine.flush_due(now_ms, deliver)
             };
             telemetry.flushed(stats.windows as u64, stats.records as u64);
+            sinks.tick(now_ms);
             if settle {
                 sinks.barrier();
             }

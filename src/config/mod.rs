@@ -8,5 +8,6 @@ pub mod rules;
 pub use error::ConfigError;
 pub use process::{
     defaults, EngineConfig, FlushConfig, GrpcConfig, HistogramSettings, HttpConfig, IngestConfig, IngestLimits,
-    LogConfig, ProcessConfig, SelectionsConfig, ServiceSettings, StatsdConfig, StatsdSettings, StoreConfig,
+    LogConfig, ProcessConfig, RemoteWriteConfig, SelectionsConfig, ServiceSettings, StatsdConfig, StatsdSettings,
+    StoreConfig,
 };

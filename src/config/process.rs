@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::histogram::HistogramConfig;
 use crate::engine::{default_shards, EngineSettings};
 use crate::model::parse_duration_ms;
+use crate::model::StoragePolicy;
+use crate::sink::remote_write::RemoteWriteSettings;
 
 use super::error::ConfigError;
 
@@ -52,6 +54,18 @@ pub mod defaults {
     pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
     /// Selections buffered per stream subscriber before it is told it lagged.
     pub const SELECTION_STREAM_BUFFER: usize = 65_536;
+    /// Remote write: series per request.
+    pub const REMOTE_WRITE_MAX_SERIES_PER_REQUEST: usize = 2_000;
+    /// Remote write: parallel senders per sink.
+    pub const REMOTE_WRITE_SHARDS: usize = 2;
+    /// Remote write: per-request timeout.
+    pub const REMOTE_WRITE_TIMEOUT_MS: u64 = 10_000;
+    /// Remote write: first retry delay.
+    pub const REMOTE_WRITE_MIN_BACKOFF_MS: u64 = 100;
+    /// Remote write: longest retry delay.
+    pub const REMOTE_WRITE_MAX_BACKOFF_MS: u64 = 10_000;
+    /// Remote write: series buffered per shard before the oldest are dropped.
+    pub const REMOTE_WRITE_MAX_BUFFERED_SERIES: usize = 500_000;
     /// Grace period to flush and drain on shutdown.
     pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
     /// Interval of the progress line in the log.
@@ -84,6 +98,8 @@ pub struct ProcessConfig {
     pub store: StoreConfig,
     /// Trace selections (exemplars picked per quantile).
     pub selections: SelectionsConfig,
+    /// Prometheus remote-write sinks (Prometheus, Mimir, M3, VictoriaMetrics); each takes the storage policies it lists.
+    pub remote_write: Vec<RemoteWriteConfig>,
     /// statsd / DogStatsD ingest over UDP; off unless `statsd.listen` is set.
     pub statsd: StatsdConfig,
     /// Logs.
@@ -179,6 +195,37 @@ pub struct StoreConfig {
     pub segment_duration: Option<String>,
 }
 
+/// One remote-write sink.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteWriteConfig {
+    /// Name in logs and counters. Required, unique.
+    pub name: String,
+    /// Endpoint, e.g. `http://prometheus:9090/api/v1/write`. Required.
+    pub url: String,
+    /// Storage policies sent here, e.g. `["1m:40d"]`: this is how retention reaches storage. Required.
+    pub storage_policies: Vec<String>,
+    /// Label naming the policy (e.g. `tailfold_policy`); required when more than one policy is
+    /// listed, so two resolutions never interleave in one series.
+    pub policy_label: Option<String>,
+    /// Send `histogram` outputs as native histograms (cumulative, for `increase()`). Default true.
+    pub native_histograms: Option<bool>,
+    /// Header carrying the tenant, e.g. `X-Scope-OrgID` for Mimir. Default: none sent.
+    pub tenant_header: Option<String>,
+    /// Series per request. Default 2000.
+    pub max_series_per_request: Option<usize>,
+    /// Parallel senders; each owns a share of the series, so each series stays in order. Default 2.
+    pub shards: Option<usize>,
+    /// Per-request timeout. Default 10000.
+    pub timeout_ms: Option<u64>,
+    /// First retry delay after a 5xx, 429 or connection error; doubles up to `max_backoff_ms`. Default 100.
+    pub min_backoff_ms: Option<u64>,
+    /// Longest retry delay. Default 10000.
+    pub max_backoff_ms: Option<u64>,
+    /// Series buffered per shard during an outage before the oldest are dropped (counted as `buffer_full`). Default 500000.
+    pub max_buffered_series: Option<usize>,
+}
+
 /// Trace selection settings.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -242,6 +289,8 @@ pub struct ServiceSettings {
     pub selections_file: bool,
     /// Selection stream buffer.
     pub selection_stream_buffer: usize,
+    /// Remote-write sinks.
+    pub remote_write: Vec<RemoteWriteSettings>,
     /// statsd ingest; `None` when `statsd.listen` is not set.
     pub statsd: Option<StatsdSettings>,
     /// JSON logs.
@@ -406,6 +455,20 @@ impl ServiceSettings {
             }
             None => None,
         };
+        let mut remote_write = Vec::new();
+        for (index, sink) in config.remote_write.iter().enumerate() {
+            let checked = check_remote_write(index, sink, config.engine.idle_series_ms, &invalid)?;
+            if remote_write
+                .iter()
+                .any(|other: &RemoteWriteSettings| other.name == checked.name)
+            {
+                return Err(invalid(
+                    &format!("remote_write[{index}].name"),
+                    format!("{:?} is used by another sink", checked.name),
+                ));
+            }
+            remote_write.push(checked);
+        }
         let statsd = check_statsd(&config.statsd, &limits, &invalid)?;
         let log_json = match config.log.format.as_deref() {
             None | Some("text") => false,
@@ -460,10 +523,92 @@ impl ServiceSettings {
             segment_duration_ms,
             selections_file: config.selections.file.unwrap_or(true),
             selection_stream_buffer,
+            remote_write,
             statsd,
             log_json,
         })
     }
+}
+
+/// Checks one remote-write sink.
+fn check_remote_write(
+    index: usize,
+    config: &RemoteWriteConfig,
+    idle_series_ms: Option<u64>,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<RemoteWriteSettings, ConfigError> {
+    let field = |name: &str| format!("remote_write[{index}].{name}");
+    if config.name.is_empty() {
+        return Err(invalid(&field("name"), "missing: every sink needs a name".to_string()));
+    }
+    if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
+        return Err(invalid(
+            &field("url"),
+            format!("{:?} is not an http:// or https:// URL", config.url),
+        ));
+    }
+    if config.storage_policies.is_empty() {
+        return Err(invalid(
+            &field("storage_policies"),
+            "missing: list the policies this sink stores, e.g. [\"1m:40d\"]".to_string(),
+        ));
+    }
+    let mut storage_policies = Vec::new();
+    for (position, text) in config.storage_policies.iter().enumerate() {
+        let policy: StoragePolicy = text.parse().map_err(|error: crate::model::PolicyError| {
+            invalid(&field(&format!("storage_policies[{position}]")), error.to_string())
+        })?;
+        storage_policies.push(policy);
+    }
+    if storage_policies.len() > 1 && config.policy_label.is_none() {
+        return Err(invalid(
+            &field("policy_label"),
+            "missing: with several storage policies, name a label that keeps their series apart".to_string(),
+        ));
+    }
+    let positive = |name: &str, value: usize| {
+        if value == 0 {
+            Err(invalid(&field(name), "must be greater than zero".to_string()))
+        } else {
+            Ok(value)
+        }
+    };
+    let min_backoff_ms = config.min_backoff_ms.unwrap_or(defaults::REMOTE_WRITE_MIN_BACKOFF_MS);
+    let max_backoff_ms = config.max_backoff_ms.unwrap_or(defaults::REMOTE_WRITE_MAX_BACKOFF_MS);
+    if min_backoff_ms == 0 || max_backoff_ms < min_backoff_ms {
+        return Err(invalid(
+            &field("max_backoff_ms"),
+            format!("backoff {min_backoff_ms}..{max_backoff_ms} ms: need 0 < min_backoff_ms <= max_backoff_ms"),
+        ));
+    }
+    Ok(RemoteWriteSettings {
+        name: config.name.clone(),
+        url: config.url.clone(),
+        storage_policies,
+        policy_label: config.policy_label.clone(),
+        native_histograms: config.native_histograms.unwrap_or(true),
+        tenant_header: config.tenant_header.clone(),
+        max_series_per_request: positive(
+            "max_series_per_request",
+            config
+                .max_series_per_request
+                .unwrap_or(defaults::REMOTE_WRITE_MAX_SERIES_PER_REQUEST),
+        )?,
+        shards: positive("shards", config.shards.unwrap_or(defaults::REMOTE_WRITE_SHARDS))?,
+        timeout_ms: positive(
+            "timeout_ms",
+            config.timeout_ms.unwrap_or(defaults::REMOTE_WRITE_TIMEOUT_MS) as usize,
+        )? as u64,
+        min_backoff_ms,
+        max_backoff_ms,
+        max_buffered_series: positive(
+            "max_buffered_series",
+            config
+                .max_buffered_series
+                .unwrap_or(defaults::REMOTE_WRITE_MAX_BUFFERED_SERIES),
+        )?,
+        idle_series_ms: idle_series_ms.unwrap_or(defaults::IDLE_SERIES_MS),
+    })
 }
 
 /// Checks the `statsd` section even when it is off, so a typo never hides until it is turned on.
@@ -573,6 +718,13 @@ mod tests {
                 "conf/t.yaml: invalid yaml: grpc: unknown field `port`",
             ),
             ("flush: [1, 2]", "conf/t.yaml: invalid yaml"),
+            ("remote_write: [{url: \"http://x\", storage_policies: [\"1m:1d\"]}]", "field remote_write[0].name: missing"),
+            ("remote_write: [{name: p, url: \"x\", storage_policies: [\"1m:1d\"]}]", "field remote_write[0].url: \"x\" is not"),
+            ("remote_write: [{name: p, url: \"http://x\"}]", "field remote_write[0].storage_policies: missing"),
+            ("remote_write: [{name: p, url: \"http://x\", storage_policies: [\"1q:1d\"]}]", "field remote_write[0].storage_policies[0]: invalid storage policy"),
+            ("remote_write: [{name: p, url: \"http://x\", storage_policies: [\"1m:1d\", \"1h:1y\"]}]", "field remote_write[0].policy_label: missing"),
+            ("remote_write: [{name: p, url: \"http://x\", storage_policies: [\"1m:1d\"], shards: 0}]", "field remote_write[0].shards: must be greater"),
+            ("remote_write: [{name: p, url: \"http://x\", storage_policies: [\"1m:1d\"]}, {name: p, url: \"http://y\", storage_policies: [\"1m:1d\"]}]", "field remote_write[1].name: \"p\" is used"),
             (
                 "statsd: {listen: \"localhost\"}",
                 "field statsd.listen: \"localhost\" is not a host:port",

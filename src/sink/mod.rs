@@ -4,6 +4,7 @@
 
 pub mod file_store;
 mod json;
+pub mod remote_write;
 pub mod selections;
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -41,10 +42,17 @@ pub enum SinkError {
 pub trait SinkWriter: Send + 'static {
     /// Writes one flush chunk; `now_ms` is the flush's wall clock (for retention).
     fn write(&mut self, records: &[AggregateRecord], now_ms: i64) -> Result<(), SinkError>;
+
+    /// Called on every flush tick, records or not (retries wait for it).
+    fn tick(&mut self, _now_ms: i64) {}
+
+    /// Called once when the sink stops, after everything was delivered to it.
+    fn close(&mut self, _now_ms: i64) {}
 }
 
 enum SinkMessage {
     Records(Arc<Vec<AggregateRecord>>, i64),
+    Tick(i64),
     Barrier(SyncSender<()>),
 }
 
@@ -75,16 +83,23 @@ impl SinkSet {
         let thread = std::thread::Builder::new()
             .name(format!("sink-{name}"))
             .spawn(move || {
+                let mut last_now_ms = i64::MIN;
                 for message in receiver {
                     match message {
                         SinkMessage::Records(records, now_ms) => {
+                            last_now_ms = now_ms;
                             on_result(records.len(), writer.write(&records, now_ms));
+                        }
+                        SinkMessage::Tick(now_ms) => {
+                            last_now_ms = now_ms;
+                            writer.tick(now_ms);
                         }
                         SinkMessage::Barrier(done) => {
                             let _ = done.send(());
                         }
                     }
                 }
+                writer.close(last_now_ms);
             })?;
         self.sinks.push(RunningSink { name, sender, thread });
         Ok(())
@@ -108,6 +123,13 @@ impl SinkSet {
                     "sink thread is gone; records lost"
                 );
             }
+        }
+    }
+
+    /// Lets every sink retry what it holds; skipped for a sink whose queue is full.
+    pub fn tick(&self, now_ms: i64) {
+        for sink in &self.sinks {
+            let _ = sink.sender.try_send(SinkMessage::Tick(now_ms));
         }
     }
 

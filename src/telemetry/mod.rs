@@ -2,6 +2,7 @@
 //! refused (by reason and rule), and what flushes and sinks did. Logged as a
 //! progress line; nothing is dropped without being counted here.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
@@ -11,6 +12,7 @@ use crate::model::{DropReason, Outcome};
 /// Counters shared by ingest, the flush loop and sinks.
 #[derive(Debug, Default)]
 pub struct Telemetry {
+    sinks: Mutex<SinkCounters>,
     received_points: AtomicU64,
     stale_markers: AtomicU64,
     ingest: Mutex<Outcome>,
@@ -23,9 +25,24 @@ pub struct Telemetry {
     statsd_malformed_lines: AtomicU64,
 }
 
+/// Per remote sink: samples sent, dropped by reason, retries, backlog per shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkCounters {
+    /// Samples delivered, by sink.
+    pub sent: BTreeMap<String, u64>,
+    /// Samples finally dropped, by (sink, reason).
+    pub dropped: BTreeMap<(String, String), u64>,
+    /// Failed attempts that will be retried, by sink.
+    pub retries: BTreeMap<String, u64>,
+    /// Series waiting to be sent, by (sink, shard).
+    pub backlog: BTreeMap<(String, usize), u64>,
+}
+
 /// A copy of the counters at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TelemetrySnapshot {
+    /// Remote sinks.
+    pub sinks: SinkCounters,
     /// Points received over any protocol (valid or not).
     pub received_points: u64,
     /// Prometheus stale markers received: skipped on purpose, neither accepted nor rejected.
@@ -64,6 +81,31 @@ impl Telemetry {
         self.ingest.lock().merge(outcome);
     }
 
+    /// Counts samples a remote sink delivered.
+    pub fn sink_sent(&self, sink: &str, samples: u64) {
+        *self.sinks.lock().sent.entry(sink.to_string()).or_default() += samples;
+    }
+
+    /// Counts samples a remote sink finally dropped, by reason.
+    pub fn sink_dropped(&self, sink: &str, reason: &str, samples: u64) {
+        *self
+            .sinks
+            .lock()
+            .dropped
+            .entry((sink.to_string(), reason.to_string()))
+            .or_default() += samples;
+    }
+
+    /// Counts a failed send that will be retried.
+    pub fn sink_retry(&self, sink: &str) {
+        *self.sinks.lock().retries.entry(sink.to_string()).or_default() += 1;
+    }
+
+    /// Records the series waiting in one shard of a sink.
+    pub fn sink_backlog(&self, sink: &str, shard: usize, series: u64) {
+        self.sinks.lock().backlog.insert((sink.to_string(), shard), series);
+    }
+
     /// Counts one flush.
     pub fn flushed(&self, windows: u64, records: u64) {
         self.windows_flushed.fetch_add(windows, Ordering::Relaxed);
@@ -98,6 +140,7 @@ impl Telemetry {
     /// The counters now.
     pub fn snapshot(&self) -> TelemetrySnapshot {
         TelemetrySnapshot {
+            sinks: self.sinks.lock().clone(),
             received_points: self.received_points.load(Ordering::Relaxed),
             stale_markers: self.stale_markers.load(Ordering::Relaxed),
             ingest: self.ingest.lock().clone(),
@@ -137,6 +180,16 @@ impl TelemetrySnapshot {
         }
         if self.statsd_malformed_lines > 0 {
             line.push_str(&format!(" statsd_malformed_lines={}", self.statsd_malformed_lines));
+        }
+        for (sink, sent) in &self.sinks.sent {
+            line.push_str(&format!(" sent[{sink}]={sent}"));
+        }
+        for ((sink, reason), dropped) in &self.sinks.dropped {
+            line.push_str(&format!(" dropped[{sink},{reason}]={dropped}"));
+        }
+        let backlog: u64 = self.sinks.backlog.values().sum();
+        if backlog > 0 {
+            line.push_str(&format!(" sink_backlog_series={backlog}"));
         }
         line
     }

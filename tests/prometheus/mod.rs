@@ -42,10 +42,14 @@ pub fn free_port() -> u16 {
 impl Prometheus {
     /// Starts Prometheus with `config` as prometheus.yml (may be empty) and waits until it is ready.
     pub fn start(config: &str) -> Prometheus {
+        Self::start_on(config, free_port())
+    }
+
+    /// Same, on a given loopback port.
+    pub fn start_on(config: &str, port: u16) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();
-        let port = free_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new(binary())
             .arg(format!("--config.file={}", config_path.display()))
@@ -62,7 +66,10 @@ impl Prometheus {
             url: format!("http://127.0.0.1:{port}"),
             child,
             dir,
-            client: reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -92,7 +99,7 @@ impl Prometheus {
             .query(params)
             .send()
             .unwrap_or_else(|e| panic!("{path}: {e}"));
-        let body: Value = response.json().unwrap();
+        let body: Value = serde_json::from_str(&response.text().unwrap()).unwrap();
         assert_eq!(body["status"], "success", "{path} {params:?}: {body}");
         body["data"].clone()
     }
@@ -101,7 +108,10 @@ impl Prometheus {
     pub fn query(&self, promql: &str, time_ms: i64) -> Vec<Value> {
         let data = self.get(
             "/api/v1/query",
-            &[("query", promql.to_string()), ("time", format!("{:.3}", time_ms as f64 / 1000.0))],
+            &[
+                ("query", promql.to_string()),
+                ("time", format!("{:.3}", time_ms as f64 / 1000.0)),
+            ],
         );
         data["result"].as_array().cloned().unwrap_or_default()
     }
@@ -135,7 +145,11 @@ impl Prometheus {
             if let Some(value) = check(self) {
                 return value;
             }
-            assert!(Instant::now() < deadline, "timed out waiting; prometheus log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting; prometheus log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }

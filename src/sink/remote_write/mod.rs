@@ -1,0 +1,262 @@
+//! The Prometheus remote-write sink: batches of time series (snappy block +
+//! protobuf) POSTed to Prometheus, Mimir, M3 or VictoriaMetrics. Series are
+//! spread over shards by output series, so each series stays in order.
+//! 5xx and 429 are retried with exponential backoff, 4xx never. A bounded
+//! buffer rides out outages, and every sample finally dropped is counted by
+//! reason.
+
+mod encode;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+
+use crate::api::prometheus as prompb;
+use crate::engine::AggregateRecord;
+use crate::model::StoragePolicy;
+use crate::telemetry::Telemetry;
+
+use super::{SinkError, SinkWriter};
+
+pub use encode::{native_histogram, Encoder, Unencodable};
+
+/// Checked settings of one remote-write sink (see `config::RemoteWriteConfig`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteWriteSettings {
+    /// Name in logs and counters.
+    pub name: String,
+    /// Endpoint, e.g. `http://127.0.0.1:9090/api/v1/write`.
+    pub url: String,
+    /// Policies routed to this sink.
+    pub storage_policies: Vec<StoragePolicy>,
+    /// Label naming the policy, when several policies share the sink.
+    pub policy_label: Option<String>,
+    /// Send `histogram` outputs as native histograms.
+    pub native_histograms: bool,
+    /// Header carrying the tenant (e.g. `X-Scope-OrgID` for Mimir); none when unset.
+    pub tenant_header: Option<String>,
+    /// Series per request.
+    pub max_series_per_request: usize,
+    /// Parallel senders; each owns a share of the series.
+    pub shards: usize,
+    /// Per-request timeout.
+    pub timeout_ms: u64,
+    /// First retry delay.
+    pub min_backoff_ms: u64,
+    /// Longest retry delay.
+    pub max_backoff_ms: u64,
+    /// Series buffered per shard before the oldest are dropped (`buffer_full`).
+    pub max_buffered_series: usize,
+    /// Running histograms idle this long are forgotten.
+    pub idle_series_ms: u64,
+}
+
+struct Batch {
+    tenant: Arc<str>,
+    series: Vec<prompb::TimeSeries>,
+}
+
+impl Batch {
+    fn samples(&self) -> u64 {
+        self.series
+            .iter()
+            .map(|s| (s.samples.len() + s.histograms.len()) as u64)
+            .sum()
+    }
+}
+
+/// How one send ended.
+enum Sent {
+    Ok,
+    /// 4xx other than 429: the data can never be accepted.
+    Refused(String),
+    /// 5xx, 429 or a transport error: try again later.
+    Retry(String),
+}
+
+/// One shard of a remote-write sink, run on its own sink thread.
+pub struct RemoteWriteShard {
+    settings: RemoteWriteSettings,
+    shard: usize,
+    encoder: Encoder,
+    /// Built on the sink thread at first use: a blocking client must not be
+    /// created or dropped inside the async runtime.
+    client: Option<reqwest::blocking::Client>,
+    pending: VecDeque<Batch>,
+    pending_series: usize,
+    next_attempt_ms: i64,
+    backoff_ms: u64,
+    telemetry: Arc<Telemetry>,
+}
+
+impl RemoteWriteShard {
+    /// Shard `shard` of `settings.shards`.
+    pub fn new(settings: RemoteWriteSettings, shard: usize, telemetry: Arc<Telemetry>) -> Self {
+        RemoteWriteShard {
+            encoder: Encoder::new(settings.policy_label.clone(), settings.native_histograms),
+            backoff_ms: settings.min_backoff_ms,
+            settings,
+            shard,
+            client: None,
+            pending: VecDeque::new(),
+            pending_series: 0,
+            next_attempt_ms: i64::MIN,
+            telemetry,
+        }
+    }
+
+    fn client(&mut self) -> Result<&reqwest::blocking::Client, String> {
+        if self.client.is_none() {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_millis(self.settings.timeout_ms))
+                .user_agent(concat!("tailfold/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|error| error.to_string())?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_ref().expect("just built"))
+    }
+
+    fn drop_samples(&self, reason: &'static str, samples: u64) {
+        if samples > 0 {
+            self.telemetry.sink_dropped(&self.settings.name, reason, samples);
+        }
+    }
+
+    fn enqueue(&mut self, records: &[AggregateRecord]) {
+        let mut batches: Vec<Batch> = Vec::new();
+        for record in records {
+            if !self.settings.storage_policies.contains(&record.policy)
+                || !encode::belongs_to_shard(record, self.shard, self.settings.shards)
+            {
+                continue;
+            }
+            let series = match self.encoder.encode(record) {
+                None => continue,
+                Some(Ok(series)) => series,
+                Some(Err(Unencodable::Schema)) => {
+                    self.drop_samples("unsupported_schema", 1);
+                    continue;
+                }
+            };
+            let batch = match batches.iter_mut().rposition(|b| b.tenant == record.tenant) {
+                Some(index) if batches[index].series.len() < self.settings.max_series_per_request => {
+                    &mut batches[index]
+                }
+                _ => {
+                    batches.push(Batch {
+                        tenant: Arc::clone(&record.tenant),
+                        series: Vec::new(),
+                    });
+                    batches.last_mut().expect("just pushed")
+                }
+            };
+            batch.series.push(series);
+        }
+        for batch in batches {
+            self.pending_series += batch.series.len();
+            self.pending.push_back(batch);
+        }
+        // Bounded buffer: the oldest data goes first, and is counted.
+        while self.pending_series > self.settings.max_buffered_series {
+            let Some(oldest) = self.pending.pop_front() else { break };
+            self.pending_series -= oldest.series.len();
+            self.drop_samples("buffer_full", oldest.samples());
+            tracing::warn!(sink = %self.settings.name, series = oldest.series.len(), "remote write buffer full: oldest batch dropped");
+        }
+        self.telemetry
+            .sink_backlog(&self.settings.name, self.shard, self.pending_series as u64);
+    }
+
+    fn send(&mut self, batch: &Batch) -> Sent {
+        let request = prompb::WriteRequest {
+            timeseries: batch.series.clone(),
+            metadata: Vec::new(),
+        };
+        let body = match snap::raw::Encoder::new().compress_vec(&request.encode_to_vec()) {
+            Ok(body) => body,
+            Err(error) => return Sent::Refused(format!("snappy: {error}")),
+        };
+        let url = self.settings.url.clone();
+        let tenant_header = self.settings.tenant_header.clone();
+        let client = match self.client() {
+            Ok(client) => client,
+            Err(message) => return Sent::Retry(message),
+        };
+        let mut post = client
+            .post(&url)
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .body(body);
+        if let Some(header) = &tenant_header {
+            post = post.header(header.as_str(), batch.tenant.as_ref());
+        }
+        match post.send() {
+            Ok(response) if response.status().is_success() => Sent::Ok,
+            Ok(response) => {
+                let status = response.status();
+                let text: String = response.text().unwrap_or_default().chars().take(300).collect();
+                let message = format!("{status}: {}", text.trim());
+                if status.as_u16() == 429 || status.is_server_error() {
+                    Sent::Retry(message)
+                } else {
+                    Sent::Refused(message)
+                }
+            }
+            Err(error) => Sent::Retry(error.to_string()),
+        }
+    }
+
+    /// Sends what is pending, oldest first, until done or a retryable failure
+    /// (then waits out the backoff; the next write or tick tries again).
+    fn drain(&mut self, now_ms: i64) {
+        while now_ms >= self.next_attempt_ms {
+            let Some(batch) = self.pending.pop_front() else { break };
+            match self.send(&batch) {
+                Sent::Ok => {
+                    self.telemetry.sink_sent(&self.settings.name, batch.samples());
+                    self.backoff_ms = self.settings.min_backoff_ms;
+                }
+                Sent::Refused(message) => {
+                    self.drop_samples("refused", batch.samples());
+                    tracing::error!(sink = %self.settings.name, %message, series = batch.series.len(), "remote write refused a batch; dropped");
+                }
+                Sent::Retry(message) => {
+                    self.telemetry.sink_retry(&self.settings.name);
+                    tracing::warn!(sink = %self.settings.name, %message, backoff_ms = self.backoff_ms, "remote write failed; will retry");
+                    self.next_attempt_ms = now_ms + self.backoff_ms as i64;
+                    self.backoff_ms = (self.backoff_ms * 2).min(self.settings.max_backoff_ms);
+                    self.pending.push_front(batch);
+                    break;
+                }
+            }
+            self.pending_series -= batch.series.len();
+        }
+        self.telemetry
+            .sink_backlog(&self.settings.name, self.shard, self.pending_series as u64);
+    }
+}
+
+impl SinkWriter for RemoteWriteShard {
+    fn write(&mut self, records: &[AggregateRecord], now_ms: i64) -> Result<(), SinkError> {
+        self.enqueue(records);
+        self.encoder.evict_idle(now_ms, self.settings.idle_series_ms as i64);
+        self.drain(now_ms);
+        Ok(())
+    }
+
+    fn tick(&mut self, now_ms: i64) {
+        self.drain(now_ms);
+    }
+
+    fn close(&mut self, now_ms: i64) {
+        // One last try at shutdown; what cannot be sent is counted.
+        self.next_attempt_ms = i64::MIN;
+        self.drain(now_ms);
+        let left: u64 = self.pending.iter().map(Batch::samples).sum();
+        self.drop_samples("shutdown", left);
+    }
+}
