@@ -201,37 +201,28 @@ fn is_process_config(path: &Path) -> bool {
 }
 
 fn check(path: &Path) -> ExitCode {
-    if is_process_config(path) {
-        let settings = match ServiceSettings::load(path) {
-            Ok(settings) => settings,
+    let (rules_file, via) = if is_process_config(path) {
+        match ServiceSettings::load(path) {
+            Ok(settings) => (settings.rules_file.clone(), Some(settings.rules_file)),
             Err(error) => return fail(&error.to_string()),
-        };
-        match RuleSet::load(&settings.rules_file) {
-            Ok(rules) => {
-                println!(
-                    "{}: ok (rules {}: {} rules, policies {})",
-                    path.display(),
-                    settings.rules_file.display(),
-                    rules.rule_count(),
-                    policies_text(&rules)
-                );
-                ExitCode::SUCCESS
-            }
-            Err(error) => fail(&error.to_string()),
         }
     } else {
-        match RuleSet::load(path) {
-            Ok(rules) => {
-                println!(
-                    "{}: ok ({} rules, policies {})",
-                    path.display(),
-                    rules.rule_count(),
-                    policies_text(&rules)
-                );
-                ExitCode::SUCCESS
-            }
-            Err(error) => fail(&error.to_string()),
+        (path.to_path_buf(), None)
+    };
+    match RuleSet::load(&rules_file) {
+        Ok(rules) => {
+            let named = via
+                .map(|file| format!("rules {}: ", file.display()))
+                .unwrap_or_default();
+            println!(
+                "{}: ok ({named}{} rules, policies {})",
+                path.display(),
+                rules.rule_count(),
+                policies_text(&rules)
+            );
+            ExitCode::SUCCESS
         }
+        Err(error) => fail(&error.to_string()),
     }
 }
 

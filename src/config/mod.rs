@@ -3,11 +3,14 @@
 
 mod error;
 mod process;
+mod remote_write;
 pub mod rules;
+mod statsd;
 
 pub use error::ConfigError;
 pub use process::{
     defaults, EngineConfig, FlushConfig, GrpcConfig, HistogramSettings, HttpConfig, IngestConfig, IngestLimits,
-    LogConfig, ProcessConfig, RemoteWriteConfig, SelectionsConfig, ServiceSettings, StatsdConfig, StatsdSettings,
-    StoreConfig,
+    LogConfig, ProcessConfig, SelectionsConfig, ServiceSettings, StoreConfig,
 };
+pub use remote_write::RemoteWriteConfig;
+pub use statsd::{StatsdConfig, StatsdSettings};

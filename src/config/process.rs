@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::histogram::HistogramConfig;
 use crate::engine::{default_shards, EngineSettings};
 use crate::model::parse_duration_ms;
-use crate::model::StoragePolicy;
 use crate::sink::remote_write::RemoteWriteSettings;
 
 use super::error::ConfigError;
+use super::remote_write::{check_remote_write, RemoteWriteConfig};
+use super::statsd::{check_statsd, StatsdConfig, StatsdSettings};
 
 /// Defaults of every process setting, in one place.
 pub mod defaults {
@@ -195,37 +196,6 @@ pub struct StoreConfig {
     pub segment_duration: Option<String>,
 }
 
-/// One remote-write sink.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RemoteWriteConfig {
-    /// Name in logs and counters. Required, unique.
-    pub name: String,
-    /// Endpoint, e.g. `http://prometheus:9090/api/v1/write`. Required.
-    pub url: String,
-    /// Storage policies sent here, e.g. `["1m:40d"]`: this is how retention reaches storage. Required.
-    pub storage_policies: Vec<String>,
-    /// Label naming the policy (e.g. `tailfold_policy`); required when more than one policy is
-    /// listed, so two resolutions never interleave in one series.
-    pub policy_label: Option<String>,
-    /// Send `histogram` outputs as native histograms (cumulative, for `increase()`). Default true.
-    pub native_histograms: Option<bool>,
-    /// Header carrying the tenant, e.g. `X-Scope-OrgID` for Mimir. Default: none sent.
-    pub tenant_header: Option<String>,
-    /// Series per request. Default 2000.
-    pub max_series_per_request: Option<usize>,
-    /// Parallel senders; each owns a share of the series, so each series stays in order. Default 2.
-    pub shards: Option<usize>,
-    /// Per-request timeout. Default 10000.
-    pub timeout_ms: Option<u64>,
-    /// First retry delay after a 5xx, 429 or connection error; doubles up to `max_backoff_ms`. Default 100.
-    pub min_backoff_ms: Option<u64>,
-    /// Longest retry delay. Default 10000.
-    pub max_backoff_ms: Option<u64>,
-    /// Series buffered per shard during an outage before the oldest are dropped (counted as `buffer_full`). Default 500000.
-    pub max_buffered_series: Option<usize>,
-}
-
 /// Trace selection settings.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -234,18 +204,6 @@ pub struct SelectionsConfig {
     pub file: Option<bool>,
     /// Selections buffered per stream subscriber. Default 65536.
     pub stream_buffer: Option<usize>,
-}
-
-/// statsd / DogStatsD ingest over UDP.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct StatsdConfig {
-    /// UDP listen address, `host:port`, e.g. `127.0.0.1:8125` (the statsd convention). Default: none, statsd is off.
-    pub listen: Option<String>,
-    /// Tenant every statsd sample belongs to. Default `default`.
-    pub tenant: Option<String>,
-    /// Largest datagram read whole (1..=65535); a longer one loses its tail, counted as one malformed line. Default 65535.
-    pub max_packet_bytes: Option<usize>,
 }
 
 /// Log settings (the level comes from `RUST_LOG`, default `info`).
@@ -314,19 +272,6 @@ pub struct IngestLimits {
     pub max_points_per_request: usize,
     /// Encoded request bytes.
     pub max_request_bytes: usize,
-}
-
-/// Checked statsd settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StatsdSettings {
-    /// UDP listen address.
-    pub listen: SocketAddr,
-    /// Tenant of every sample.
-    pub tenant: String,
-    /// Largest datagram read whole.
-    pub max_packet_bytes: usize,
-    /// Label limits, shared with the other protocols (`ingest.*`).
-    pub limits: IngestLimits,
 }
 
 impl Default for IngestLimits {
@@ -530,222 +475,6 @@ impl ServiceSettings {
     }
 }
 
-/// Checks one remote-write sink.
-fn check_remote_write(
-    index: usize,
-    config: &RemoteWriteConfig,
-    idle_series_ms: Option<u64>,
-    invalid: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<RemoteWriteSettings, ConfigError> {
-    let field = |name: &str| format!("remote_write[{index}].{name}");
-    if config.name.is_empty() {
-        return Err(invalid(&field("name"), "missing: every sink needs a name".to_string()));
-    }
-    if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
-        return Err(invalid(
-            &field("url"),
-            format!("{:?} is not an http:// or https:// URL", config.url),
-        ));
-    }
-    if config.storage_policies.is_empty() {
-        return Err(invalid(
-            &field("storage_policies"),
-            "missing: list the policies this sink stores, e.g. [\"1m:40d\"]".to_string(),
-        ));
-    }
-    let mut storage_policies = Vec::new();
-    for (position, text) in config.storage_policies.iter().enumerate() {
-        let policy: StoragePolicy = text.parse().map_err(|error: crate::model::PolicyError| {
-            invalid(&field(&format!("storage_policies[{position}]")), error.to_string())
-        })?;
-        storage_policies.push(policy);
-    }
-    if storage_policies.len() > 1 && config.policy_label.is_none() {
-        return Err(invalid(
-            &field("policy_label"),
-            "missing: with several storage policies, name a label that keeps their series apart".to_string(),
-        ));
-    }
-    let positive = |name: &str, value: usize| {
-        if value == 0 {
-            Err(invalid(&field(name), "must be greater than zero".to_string()))
-        } else {
-            Ok(value)
-        }
-    };
-    let min_backoff_ms = config.min_backoff_ms.unwrap_or(defaults::REMOTE_WRITE_MIN_BACKOFF_MS);
-    let max_backoff_ms = config.max_backoff_ms.unwrap_or(defaults::REMOTE_WRITE_MAX_BACKOFF_MS);
-    if min_backoff_ms == 0 || max_backoff_ms < min_backoff_ms {
-        return Err(invalid(
-            &field("max_backoff_ms"),
-            format!("backoff {min_backoff_ms}..{max_backoff_ms} ms: need 0 < min_backoff_ms <= max_backoff_ms"),
-        ));
-    }
-    Ok(RemoteWriteSettings {
-        name: config.name.clone(),
-        url: config.url.clone(),
-        storage_policies,
-        policy_label: config.policy_label.clone(),
-        native_histograms: config.native_histograms.unwrap_or(true),
-        tenant_header: config.tenant_header.clone(),
-        max_series_per_request: positive(
-            "max_series_per_request",
-            config
-                .max_series_per_request
-                .unwrap_or(defaults::REMOTE_WRITE_MAX_SERIES_PER_REQUEST),
-        )?,
-        shards: positive("shards", config.shards.unwrap_or(defaults::REMOTE_WRITE_SHARDS))?,
-        timeout_ms: positive(
-            "timeout_ms",
-            config.timeout_ms.unwrap_or(defaults::REMOTE_WRITE_TIMEOUT_MS) as usize,
-        )? as u64,
-        min_backoff_ms,
-        max_backoff_ms,
-        max_buffered_series: positive(
-            "max_buffered_series",
-            config
-                .max_buffered_series
-                .unwrap_or(defaults::REMOTE_WRITE_MAX_BUFFERED_SERIES),
-        )?,
-        idle_series_ms: idle_series_ms.unwrap_or(defaults::IDLE_SERIES_MS),
-    })
-}
-
-/// Checks the `statsd` section even when it is off, so a typo never hides until it is turned on.
-fn check_statsd(
-    config: &StatsdConfig,
-    limits: &IngestLimits,
-    invalid: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<Option<StatsdSettings>, ConfigError> {
-    let tenant = config
-        .tenant
-        .clone()
-        .unwrap_or_else(|| defaults::STATSD_TENANT.to_string());
-    if tenant.is_empty() || tenant.len() > 256 || !tenant.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid(
-            "statsd.tenant",
-            format!("{tenant:?} is not 1 to 256 printable characters without spaces"),
-        ));
-    }
-    let max_packet_bytes = config.max_packet_bytes.unwrap_or(defaults::STATSD_MAX_PACKET_BYTES);
-    if !(1..=defaults::STATSD_MAX_PACKET_BYTES).contains(&max_packet_bytes) {
-        return Err(invalid(
-            "statsd.max_packet_bytes",
-            format!("{max_packet_bytes} is outside 1..=65535"),
-        ));
-    }
-    let Some(listen) = config.listen.as_deref() else {
-        return Ok(None);
-    };
-    let listen: SocketAddr = listen.parse().map_err(|_| {
-        invalid(
-            "statsd.listen",
-            format!("{listen:?} is not a host:port address such as 127.0.0.1:8125"),
-        )
-    })?;
-    Ok(Some(StatsdSettings {
-        listen,
-        tenant,
-        max_packet_bytes,
-        limits: limits.clone(),
-    }))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn empty_config_gives_documented_defaults() {
-        let settings = ServiceSettings::parse("", Path::new("config/tailfold.yaml")).unwrap();
-        assert_eq!(settings.grpc_listen.to_string(), defaults::GRPC_LISTEN);
-        assert_eq!(settings.http_listen.to_string(), defaults::HTTP_LISTEN);
-        assert_eq!(settings.rules_file, Path::new("config/rules.yaml"));
-        assert_eq!(settings.data_dir, Path::new("data"));
-        assert_eq!(settings.ingest, IngestLimits::default());
-        assert_eq!(settings.engine.histogram.scale, 6);
-        assert!(settings.store_enabled && settings.selections_file);
-        assert_eq!(settings.statsd, None);
-    }
-
-    #[test]
-    fn statsd_section_is_checked_and_off_without_listen() {
-        let path = Path::new("conf/t.yaml");
-        let on = ServiceSettings::parse(
-            "statsd: {listen: \"127.0.0.1:8125\", tenant: team-a}\ningest: {max_label_value_bytes: 100}",
-            path,
-        )
-        .unwrap()
-        .statsd
-        .expect("statsd on");
-        assert_eq!(on.listen.to_string(), "127.0.0.1:8125");
-        assert_eq!(on.tenant, "team-a");
-        assert_eq!(on.max_packet_bytes, defaults::STATSD_MAX_PACKET_BYTES);
-        assert_eq!(on.limits.max_label_value_bytes, 100);
-        let off = ServiceSettings::parse("statsd: {tenant: team-a}", path).unwrap();
-        assert_eq!(off.statsd, None);
-    }
-
-    #[test]
-    fn broken_configs_name_the_file_and_field() {
-        let path = Path::new("conf/t.yaml");
-        for (text, needle) in [
-            (
-                "grpc: {listen: nowhere}",
-                "conf/t.yaml: field grpc.listen: \"nowhere\" is not a host:port",
-            ),
-            (
-                "http: {listen: \"localhost\"}",
-                "conf/t.yaml: field http.listen: \"localhost\" is not a host:port",
-            ),
-            (
-                "engine: {lateness_ms: {10x: 5}}",
-                "field engine.lateness_ms.10x: invalid duration \"10x\"",
-            ),
-            ("engine: {histogram: {scale: 12}}", "field engine.histogram:"),
-            ("engine: {shards: 0}", "field engine.shards: 0 is outside"),
-            ("log: {format: xml}", "field log.format: \"xml\""),
-            (
-                "ingest: {max_labels_per_series: 0}",
-                "field ingest.max_labels_per_series: must be greater",
-            ),
-            (
-                "store: {segment_duration: soon}",
-                "field store.segment_duration: invalid duration",
-            ),
-            (
-                "grpc: {listen: 1, port: 2}",
-                "conf/t.yaml: invalid yaml: grpc: unknown field `port`",
-            ),
-            ("flush: [1, 2]", "conf/t.yaml: invalid yaml"),
-            ("remote_write: [{url: \"http://x\", storage_policies: [\"1m:1d\"]}]", "field remote_write[0].name: missing"),
-            ("remote_write: [{name: p, url: \"x\", storage_policies: [\"1m:1d\"]}]", "field remote_write[0].url: \"x\" is not"),
-            ("remote_write: [{name: p, url: \"http://x\"}]", "field remote_write[0].storage_policies: missing"),
-            ("remote_write: [{name: p, url: \"http://x\", storage_policies: [\"1q:1d\"]}]", "field remote_write[0].storage_policies[0]: invalid storage policy"),
-            ("remote_write: [{name: p, url: \"http://x\", storage_policies: [\"1m:1d\", \"1h:1y\"]}]", "field remote_write[0].policy_label: missing"),
-            ("remote_write: [{name: p, url: \"http://x\", storage_policies: [\"1m:1d\"], shards: 0}]", "field remote_write[0].shards: must be greater"),
-            ("remote_write: [{name: p, url: \"http://x\", storage_policies: [\"1m:1d\"]}, {name: p, url: \"http://y\", storage_policies: [\"1m:1d\"]}]", "field remote_write[1].name: \"p\" is used"),
-            (
-                "statsd: {listen: \"localhost\"}",
-                "field statsd.listen: \"localhost\" is not a host:port",
-            ),
-            ("statsd: {tenant: \"\"}", "field statsd.tenant: \"\" is not 1 to 256"),
-            (
-                "statsd: {tenant: \"a b\", listen: \"127.0.0.1:8125\"}",
-                "field statsd.tenant: \"a b\"",
-            ),
-            (
-                "statsd: {max_packet_bytes: 0}",
-                "field statsd.max_packet_bytes: 0 is outside 1..=65535",
-            ),
-            (
-                "statsd: {max_packet_bytes: 70000}",
-                "field statsd.max_packet_bytes: 70000 is outside",
-            ),
-            ("statsd: {port: 8125}", "invalid yaml: statsd: unknown field `port`"),
-        ] {
-            let error = ServiceSettings::parse(text, path).unwrap_err().to_string();
-            assert!(error.contains(needle), "{text:?} gave {error:?}, wanted {needle:?}");
-        }
-    }
-}
+#[path = "process_tests.rs"]
+mod tests;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::exemplar::Exemplar;
 use crate::engine::{AggregateRecord, RecordValue};
+use crate::model::Labels;
 
 /// One line of the embedded store.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -77,6 +78,14 @@ impl From<&Exemplar> for JsonExemplar {
     }
 }
 
+/// Labels as a JSON object (sorted by name, like the label set).
+pub fn labels_map(labels: &Labels) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .map(|label| (label.name.to_string(), label.value.to_string()))
+        .collect()
+}
+
 /// The JSON form of `record`.
 pub fn record_json(record: &AggregateRecord) -> JsonRecord {
     let value = match &record.value {
@@ -94,11 +103,7 @@ pub fn record_json(record: &AggregateRecord) -> JsonRecord {
     JsonRecord {
         tenant: record.tenant.to_string(),
         name: record.output_name(),
-        labels: record
-            .output_labels()
-            .iter()
-            .map(|label| (label.name.to_string(), label.value.to_string()))
-            .collect(),
+        labels: labels_map(&record.output_labels()),
         policy: record.policy.to_string(),
         window_start_ms: record.window_start_ms,
         window_end_ms: record.window_end_ms,

@@ -21,7 +21,7 @@ use crate::model::METRIC_NAME_LABEL;
 use crate::telemetry::Telemetry;
 
 use super::file_store::utc_compact;
-use super::json::JsonExemplar;
+use super::json::{labels_map, JsonExemplar};
 use super::{SinkError, SinkWriter};
 
 /// One picked exemplar: the trace that sat at a quantile of a window.
@@ -62,11 +62,7 @@ impl SelectionRecord {
         };
         Some(SelectionRecord {
             tenant: record.tenant.to_string(),
-            series: record
-                .series
-                .iter()
-                .map(|label| (label.name.to_string(), label.value.to_string()))
-                .collect(),
+            series: labels_map(&record.series),
             policy: record.policy.to_string(),
             window_start_ms: record.window_start_ms,
             window_end_ms: record.window_end_ms,

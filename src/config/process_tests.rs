@@ -1,0 +1,96 @@
+//! Tests of the process config: defaults and errors that name the file and field.
+use super::*;
+
+#[test]
+fn empty_config_gives_documented_defaults() {
+    let settings = ServiceSettings::parse("", Path::new("config/tailfold.yaml")).unwrap();
+    assert_eq!(settings.grpc_listen.to_string(), defaults::GRPC_LISTEN);
+    assert_eq!(settings.http_listen.to_string(), defaults::HTTP_LISTEN);
+    assert_eq!(settings.rules_file, Path::new("config/rules.yaml"));
+    assert_eq!(settings.data_dir, Path::new("data"));
+    assert_eq!(settings.ingest, IngestLimits::default());
+    assert_eq!(settings.engine.histogram.scale, 6);
+    assert!(settings.store_enabled && settings.selections_file);
+    assert_eq!(settings.statsd, None);
+}
+
+#[test]
+fn statsd_section_is_checked_and_off_without_listen() {
+    let path = Path::new("conf/t.yaml");
+    let on = ServiceSettings::parse(
+        "statsd: {listen: \"127.0.0.1:8125\", tenant: team-a}\ningest: {max_label_value_bytes: 100}",
+        path,
+    )
+    .unwrap()
+    .statsd
+    .expect("statsd on");
+    assert_eq!(on.listen.to_string(), "127.0.0.1:8125");
+    assert_eq!(on.tenant, "team-a");
+    assert_eq!(on.max_packet_bytes, defaults::STATSD_MAX_PACKET_BYTES);
+    assert_eq!(on.limits.max_label_value_bytes, 100);
+    let off = ServiceSettings::parse("statsd: {tenant: team-a}", path).unwrap();
+    assert_eq!(off.statsd, None);
+}
+
+#[test]
+fn broken_configs_name_the_file_and_field() {
+    let path = Path::new("conf/t.yaml");
+    for (text, needle) in [
+        (
+            "grpc: {listen: nowhere}",
+            "conf/t.yaml: field grpc.listen: \"nowhere\" is not a host:port",
+        ),
+        (
+            "http: {listen: \"localhost\"}",
+            "conf/t.yaml: field http.listen: \"localhost\" is not a host:port",
+        ),
+        (
+            "engine: {lateness_ms: {10x: 5}}",
+            "field engine.lateness_ms.10x: invalid duration \"10x\"",
+        ),
+        ("engine: {histogram: {scale: 12}}", "field engine.histogram:"),
+        ("engine: {shards: 0}", "field engine.shards: 0 is outside"),
+        ("log: {format: xml}", "field log.format: \"xml\""),
+        (
+            "ingest: {max_labels_per_series: 0}",
+            "field ingest.max_labels_per_series: must be greater",
+        ),
+        (
+            "store: {segment_duration: soon}",
+            "field store.segment_duration: invalid duration",
+        ),
+        (
+            "grpc: {listen: 1, port: 2}",
+            "conf/t.yaml: invalid yaml: grpc: unknown field `port`",
+        ),
+        ("flush: [1, 2]", "conf/t.yaml: invalid yaml"),
+        ("remote_write: [{url: \"http://x\", storage_policies: [\"1m:1d\"]}]", "field remote_write[0].name: missing"),
+        ("remote_write: [{name: p, url: \"x\", storage_policies: [\"1m:1d\"]}]", "field remote_write[0].url: \"x\" is not"),
+        ("remote_write: [{name: p, url: \"http://x\"}]", "field remote_write[0].storage_policies: missing"),
+        ("remote_write: [{name: p, url: \"http://x\", storage_policies: [\"1q:1d\"]}]", "field remote_write[0].storage_policies[0]: invalid storage policy"),
+        ("remote_write: [{name: p, url: \"http://x\", storage_policies: [\"1m:1d\", \"1h:1y\"]}]", "field remote_write[0].policy_label: missing"),
+        ("remote_write: [{name: p, url: \"http://x\", storage_policies: [\"1m:1d\"], shards: 0}]", "field remote_write[0].shards: must be greater"),
+        ("remote_write: [{name: p, url: \"http://x\", storage_policies: [\"1m:1d\"]}, {name: p, url: \"http://y\", storage_policies: [\"1m:1d\"]}]", "field remote_write[1].name: \"p\" is used"),
+        (
+            "statsd: {listen: \"localhost\"}",
+            "field statsd.listen: \"localhost\" is not a host:port",
+        ),
+        ("statsd: {tenant: \"\"}", "field statsd.tenant: \"\" is not 1 to 256"),
+        (
+            "statsd: {tenant: \"a b\", listen: \"127.0.0.1:8125\"}",
+            "field statsd.tenant: \"a b\"",
+        ),
+        (
+            "statsd: {max_packet_bytes: 0}",
+            "field statsd.max_packet_bytes: 0 is outside 1..=65535",
+        ),
+        (
+            "statsd: {max_packet_bytes: 70000}",
+            "field statsd.max_packet_bytes: 70000 is outside",
+        ),
+        ("statsd: {port: 8125}", "invalid yaml: statsd: unknown field `port`"),
+    ] {
+        let error = ServiceSettings::parse(text, path).unwrap_err().to_string();
+        assert!(error.contains(needle), "{text:?} gave {error:?}, wanted {needle:?}");
+    }
+}

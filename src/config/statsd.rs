@@ -1,0 +1,74 @@
+//! The `statsd` section: UDP listen address, tenant and packet size, checked
+//! even while statsd is off so a typo never hides until it is turned on.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ConfigError;
+use super::process::{defaults, IngestLimits};
+
+/// statsd / DogStatsD ingest over UDP.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsdConfig {
+    /// UDP listen address, `host:port`, e.g. `127.0.0.1:8125` (the statsd convention). Default: none, statsd is off.
+    pub listen: Option<String>,
+    /// Tenant every statsd sample belongs to. Default `default`.
+    pub tenant: Option<String>,
+    /// Largest datagram read whole (1..=65535); a longer one loses its tail, counted as one malformed line. Default 65535.
+    pub max_packet_bytes: Option<usize>,
+}
+
+/// Checked statsd settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsdSettings {
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// Tenant of every sample.
+    pub tenant: String,
+    /// Largest datagram read whole.
+    pub max_packet_bytes: usize,
+    /// Label limits, shared with the other protocols (`ingest.*`).
+    pub limits: IngestLimits,
+}
+
+/// Checks the `statsd` section even when it is off, so a typo never hides until it is turned on.
+pub(super) fn check_statsd(
+    config: &StatsdConfig,
+    limits: &IngestLimits,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<StatsdSettings>, ConfigError> {
+    let tenant = config
+        .tenant
+        .clone()
+        .unwrap_or_else(|| defaults::STATSD_TENANT.to_string());
+    if tenant.is_empty() || tenant.len() > 256 || !tenant.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "statsd.tenant",
+            format!("{tenant:?} is not 1 to 256 printable characters without spaces"),
+        ));
+    }
+    let max_packet_bytes = config.max_packet_bytes.unwrap_or(defaults::STATSD_MAX_PACKET_BYTES);
+    if !(1..=defaults::STATSD_MAX_PACKET_BYTES).contains(&max_packet_bytes) {
+        return Err(invalid(
+            "statsd.max_packet_bytes",
+            format!("{max_packet_bytes} is outside 1..=65535"),
+        ));
+    }
+    let Some(listen) = config.listen.as_deref() else {
+        return Ok(None);
+    };
+    let listen: SocketAddr = listen.parse().map_err(|_| {
+        invalid(
+            "statsd.listen",
+            format!("{listen:?} is not a host:port address such as 127.0.0.1:8125"),
+        )
+    })?;
+    Ok(Some(StatsdSettings {
+        listen,
+        tenant,
+        max_packet_bytes,
+        limits: limits.clone(),
+    }))
+}
