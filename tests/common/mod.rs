@@ -1,6 +1,6 @@
 //! Test harness: a tailfold service started in-process on a free loopback
-//! port with a manual clock and a temporary data directory, a real gRPC
-//! client, and readers for what the store and selection files hold.
+//! port with a manual clock (or the real one) and a temporary data directory,
+//! a real gRPC client, and readers for what the store and selection files hold.
 
 #![allow(dead_code)]
 
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tailfold::api::v1;
-use tailfold::clock::ManualClock;
+use tailfold::clock::{Clock, ManualClock, SystemClock};
 use tailfold::config::ServiceSettings;
 use tailfold::rules::RuleSet;
 use tailfold::server::{start, ServiceHandle};
@@ -18,7 +18,10 @@ use tailfold::sink::JsonRecord;
 
 pub struct TestService {
     pub handle: Option<ServiceHandle>,
+    /// The manual clock the service reads; unused when `real_clock`.
     pub clock: Arc<ManualClock>,
+    /// The service reads the system clock (`start_service_real_clock`).
+    pub real_clock: bool,
     pub data_dir: tempfile::TempDir,
     pub client: v1::ingest_client::IngestClient<tonic::transport::Channel>,
 }
@@ -30,21 +33,43 @@ pub async fn start_service(rules: &str, now_ms: i64) -> TestService {
 
 /// Same, with extra process config YAML.
 pub async fn start_service_with(rules: &str, now_ms: i64, extra_config: &str) -> TestService {
+    let clock = Arc::new(ManualClock::new(now_ms));
+    // The manual clock only moves when told to: windows flush on `flush_at`, not by themselves.
+    let mut service = start_service_on(rules, clock.clone(), 3_600_000, extra_config).await;
+    service.clock = clock;
+    service.real_clock = false;
+    service
+}
+
+/// Starts a service on the system clock whose flush loop looks for due
+/// windows every `flush_interval_ms`, so windows flush by themselves (as in
+/// production); `handle().flush_now()` forces one. For peers that stamp
+/// samples with real time (a real Prometheus).
+pub async fn start_service_real_clock(rules: &str, flush_interval_ms: u64, extra_config: &str) -> TestService {
+    start_service_on(rules, Arc::new(SystemClock), flush_interval_ms, extra_config).await
+}
+
+async fn start_service_on(
+    rules: &str,
+    clock: Arc<dyn Clock>,
+    flush_interval_ms: u64,
+    extra_config: &str,
+) -> TestService {
     let data_dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
-        "grpc: {{listen: \"127.0.0.1:0\"}}\nhttp: {{listen: \"127.0.0.1:0\"}}\ndata_dir: {}\nflush: {{interval_ms: 3600000, progress_interval_ms: 0}}\n{extra_config}",
+        "grpc: {{listen: \"127.0.0.1:0\"}}\nhttp: {{listen: \"127.0.0.1:0\"}}\ndata_dir: {}\nflush: {{interval_ms: {flush_interval_ms}, progress_interval_ms: 0}}\n{extra_config}",
         data_dir.path().display()
     );
     let settings = ServiceSettings::parse(&config, Path::new("test/tailfold.yaml")).expect("config");
     let rules = RuleSet::parse(rules, "test-rules.yaml").expect("rules");
-    let clock = Arc::new(ManualClock::new(now_ms));
-    let handle = start(settings, rules, clock.clone()).await.expect("start");
+    let handle = start(settings, rules, clock).await.expect("start");
     let client = v1::ingest_client::IngestClient::connect(format!("http://{}", handle.grpc_addr()))
         .await
         .expect("connect");
     TestService {
         handle: Some(handle),
-        clock,
+        clock: Arc::new(ManualClock::new(0)),
+        real_clock: true,
         data_dir,
         client,
     }
@@ -64,6 +89,10 @@ impl TestService {
 
     /// Moves the clock to `now_ms`, flushes what is due and waits for the sinks.
     pub async fn flush_at(&self, now_ms: i64) {
+        assert!(
+            !self.real_clock,
+            "flush_at needs the manual clock; use handle().flush_now()"
+        );
         self.clock.set(now_ms);
         self.handle().flush_now().await;
     }
