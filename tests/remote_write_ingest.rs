@@ -122,7 +122,13 @@ async fn a_good_request_is_accepted_and_gauges_land_exactly() {
 
     let stale = f64::from_bits(STALE_NAN_BITS);
     let mut latency = series(&[("__name__", "latency_seconds"), ("pod", "a")], &[]);
-    latency.histograms = vec![native_histogram(T0 + 2_000, Count::CountInt(3))];
+    // Running totals: the first is the baseline, the second adds 2 + 2 observations summing to 7.5.
+    let grown = wire::Histogram {
+        sum: 10.5,
+        positive_deltas: vec![3, 1],
+        ..native_histogram(T0 + 12_000, Count::CountInt(7))
+    };
+    latency.histograms = vec![native_histogram(T0 + 2_000, Count::CountInt(3)), grown];
     let sent = request(vec![
         series(
             &[("__name__", "memory_bytes"), ("pod", "a")],
@@ -174,12 +180,22 @@ async fn a_good_request_is_accepted_and_gauges_land_exactly() {
         2.0
     );
     assert!(records.iter().all(|record| record.tenant == "default"));
+    let latency = |suffix: &str, window: i64| {
+        let name = format!("latency_seconds{suffix}");
+        value(one(&records, &[("__name__", name.as_str()), ("pod", "a")], window))
+    };
+    assert_eq!((latency("_count", T0), latency("_sum", T0)), (0.0, 0.0), "the baseline");
+    assert_eq!(
+        (latency("_count", T0 + 10_000), latency("_sum", T0 + 10_000)),
+        (4.0, 7.5),
+        "the increase after the baseline"
+    );
 
     let telemetry = service.handle().telemetry().snapshot();
     assert_eq!(telemetry.stale_markers, 1);
     assert_eq!(
-        telemetry.ingest.accepted, 7,
-        "5 + 2 good samples; histograms are the engine's"
+        telemetry.ingest.accepted, 9,
+        "5 + 2 good samples and 2 native histograms (the baseline too)"
     );
     assert_eq!(telemetry.ingest.rejected_total(), 0);
     assert!(telemetry.progress_line().contains(" stale_markers=1"));

@@ -26,6 +26,8 @@
 //! ```
 
 mod cumulative;
+mod cumulative_histograms;
+mod histogram_route;
 mod record;
 mod route;
 mod settings;
@@ -37,7 +39,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::model::{series_hash, DropReason, IngestBatch, Kind, Outcome, Point};
+use crate::model::{series_hash, DropReason, IngestBatch, Kind, NativeHistogram, Outcome, Point};
 use crate::rules::{MatchCache, RuleSet};
 
 pub use record::{AggregateRecord, RecordValue, Statistic};
@@ -46,6 +48,8 @@ pub use settings::{default_lateness_ms, default_shards, EngineSettings};
 pub use window::WindowState;
 
 use cumulative::CumulativeCounters;
+use cumulative_histograms::CumulativeHistograms;
+use histogram_route::RoutedHistogram;
 use shard::{ClosedWindow, RoutedSample, Shard};
 
 /// Per-thread buffers reused across batches so ingest allocates nothing per sample.
@@ -59,6 +63,10 @@ struct Scratch {
     last_refusal: Vec<DropReason>,
     /// Deltas of the cumulative series being routed.
     deltas: Vec<Point>,
+    /// Per shard: native histograms routed there (kept apart so scalar samples stay small).
+    per_shard_histograms: Vec<Vec<RoutedHistogram>>,
+    /// Deltas of the batch's cumulative native histograms, for the whole batch.
+    histogram_deltas: Vec<NativeHistogram>,
 }
 
 thread_local! {
@@ -74,6 +82,7 @@ pub struct Engine {
     /// Ingest holds this for reading; `close` takes it for writing.
     open: RwLock<bool>,
     cumulative: CumulativeCounters,
+    cumulative_histograms: CumulativeHistograms,
 }
 
 /// Ingest after [`Engine::close`]: the service is shutting down.
@@ -100,6 +109,7 @@ impl Engine {
             routes: MatchCache::new(),
             open: RwLock::new(true),
             cumulative: CumulativeCounters::default(),
+            cumulative_histograms: CumulativeHistograms::default(),
         }
     }
 
@@ -141,12 +151,13 @@ impl Engine {
         let rules = self.rules();
         let shard_count = self.shards.len();
         scratch.per_shard.resize_with(shard_count, Vec::new);
+        scratch.per_shard_histograms.resize_with(shard_count, Vec::new);
         scratch.routes.clear();
         scratch.windows_left.clear();
         scratch.last_refusal.clear();
         let future_limit = now_ms.saturating_add(self.settings.future_tolerance_ms as i64);
 
-        for series in &batch.series {
+        for (series_index, series) in batch.series.iter().enumerate() {
             let key = series_hash(&batch.tenant, &series.labels);
             let route = self.routes.get_or_insert_with(key, &series.labels, series.kind, || {
                 SeriesRoute::build(
@@ -157,7 +168,8 @@ impl Engine {
                 )
             });
             if route.targets.is_empty() {
-                let points = series.points.len() as u64;
+                // A native histogram counts as one point, as ingest counts it.
+                let points = (series.points.len() + series.histograms.len()) as u64;
                 match &route.dropped_by {
                     Some(rule) => outcome.reject_by_rule(rule, points),
                     None => outcome.reject(DropReason::NoAggregation, points),
@@ -180,38 +192,38 @@ impl Engine {
                     continue;
                 }
                 let point_index = scratch.windows_left.len() as u32;
-                let mut routed = 0u16;
-                for (target_index, target) in route.targets.iter().enumerate() {
-                    let shard = (target.key % shard_count as u64) as usize;
-                    for (slot_index, slot) in target.slots.iter().enumerate() {
-                        let window_start_ms = slot.policy.window_start(timestamp_ms);
-                        if slot.is_due(window_start_ms, now_ms) {
-                            continue;
-                        }
-                        routed += 1;
-                        scratch.per_shard[shard].push(RoutedSample {
-                            route: route_index,
-                            target: target_index as u16,
-                            slot: slot_index as u16,
-                            point: point_index,
-                            window_start_ms,
-                            timestamp_ms,
-                            value: point.value,
-                            trace: point.trace,
-                            weight: point.weight,
-                            input: key,
-                        });
-                    }
-                }
+                let per_shard = &mut scratch.per_shard;
+                let routed = route.for_each_window(timestamp_ms, now_ms, shard_count, |shard, target, slot, start| {
+                    per_shard[shard].push(RoutedSample {
+                        route: route_index,
+                        target,
+                        slot,
+                        point: point_index,
+                        window_start_ms: start,
+                        timestamp_ms,
+                        value: point.value,
+                        trace: point.trace,
+                        weight: point.weight,
+                        input: key,
+                    });
+                });
                 scratch.windows_left.push(routed);
                 scratch.last_refusal.push(DropReason::TooLate);
             }
             scratch.deltas = deltas;
             scratch.routes.push(route);
+            if !series.histograms.is_empty() {
+                self.route_histograms(scratch, &mut outcome, batch, series_index, key, now_ms);
+            }
         }
 
-        for (index, samples) in scratch.per_shard.iter_mut().enumerate() {
-            if samples.is_empty() {
+        for (index, (samples, histograms)) in scratch
+            .per_shard
+            .iter_mut()
+            .zip(&mut scratch.per_shard_histograms)
+            .enumerate()
+        {
+            if samples.is_empty() && histograms.is_empty() {
                 continue;
             }
             let mut shard = self.shards[index].lock();
@@ -222,9 +234,19 @@ impl Engine {
                     scratch.last_refusal[sample.point as usize] = reason;
                 }
             }
+            for routed in histograms.iter() {
+                let target = &scratch.routes[routed.route as usize].targets[routed.target as usize];
+                let histogram = routed.source.resolve(batch, &scratch.histogram_deltas);
+                if let Err(reason) = shard.fold_histogram(target, routed, histogram, now_ms) {
+                    scratch.windows_left[routed.point as usize] -= 1;
+                    scratch.last_refusal[routed.point as usize] = reason;
+                }
+            }
             drop(shard);
             samples.clear();
+            histograms.clear();
         }
+        scratch.histogram_deltas.clear();
 
         for (left, reason) in scratch.windows_left.iter().zip(&scratch.last_refusal) {
             if *left > 0 {
@@ -254,6 +276,8 @@ impl Engine {
     fn flush(&self, now_ms: i64, everything: bool, mut emit: impl FnMut(Vec<AggregateRecord>)) -> FlushStats {
         let mut stats = FlushStats::default();
         self.cumulative.evict_idle(now_ms, self.settings.idle_series_ms as i64);
+        self.cumulative_histograms
+            .evict_idle(now_ms, self.settings.idle_series_ms as i64);
         let mut closed: Vec<ClosedWindow> = Vec::new();
         for shard in self.shards.iter() {
             shard.lock().take_windows(now_ms, everything, &mut closed);
@@ -296,5 +320,7 @@ pub struct FlushStats {
     pub records: usize,
 }
 
+#[cfg(test)]
+mod histogram_tests;
 #[cfg(test)]
 mod tests;

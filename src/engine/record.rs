@@ -219,7 +219,10 @@ pub fn window_records(window: ClosedWindow, out: &mut Vec<AggregateRecord>) {
                             (Statistic::BelowCount(t), Statistic::BelowRatio(t), total - above, None)
                         };
                         emit(aggregation, count_stat, scalar(count), exemplar);
-                        emit(aggregation, ratio_stat, scalar(count / total), None);
+                        // A native histogram's baseline leaves a window empty: 0/0 is no ratio.
+                        if total > 0.0 {
+                            emit(aggregation, ratio_stat, scalar(count / total), None);
+                        }
                     }
                     Aggregation::Histogram => wants_histogram = true,
                     Aggregation::Rate | Aggregation::Last | Aggregation::Total => {}

@@ -89,4 +89,30 @@ impl SeriesRoute {
             dropped_by: plan.dropped_by.clone(),
         }
     }
+
+    /// Calls `visit(shard, target, slot, window_start_ms)` for every window
+    /// (of every target and policy) an event at `timestamp_ms` belongs to,
+    /// skipping windows already due at `now_ms`. Returns how many it visited.
+    #[inline]
+    pub fn for_each_window(
+        &self,
+        timestamp_ms: i64,
+        now_ms: i64,
+        shard_count: usize,
+        mut visit: impl FnMut(usize, u16, u16, i64),
+    ) -> u16 {
+        let mut routed = 0u16;
+        for (target_index, target) in self.targets.iter().enumerate() {
+            let shard = (target.key % shard_count as u64) as usize;
+            for (slot_index, slot) in target.slots.iter().enumerate() {
+                let window_start_ms = slot.policy.window_start(timestamp_ms);
+                if slot.is_due(window_start_ms, now_ms) {
+                    continue;
+                }
+                routed += 1;
+                visit(shard, target_index as u16, slot_index as u16, window_start_ms);
+            }
+        }
+        routed
+    }
 }

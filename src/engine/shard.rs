@@ -10,8 +10,9 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use crate::aggregate::histogram::HistogramConfig;
-use crate::model::{DropReason, StoragePolicy, TraceContext};
+use crate::model::{DropReason, Kind, NativeHistogram, StoragePolicy, TraceContext};
 
+use super::histogram_route::RoutedHistogram;
 use super::route::OutputTarget;
 use super::window::WindowState;
 
@@ -145,8 +146,46 @@ impl Shard {
 
     /// Folds one routed sample. On refusal returns why; the caller tallies it.
     pub fn fold(&mut self, target: &Arc<OutputTarget>, sample: &RoutedSample, now_ms: i64) -> Result<(), DropReason> {
-        let slot = &target.slots[sample.slot as usize];
-        if slot.is_due(sample.window_start_ms, now_ms) || self.already_flushed(&slot.policy, sample.window_start_ms) {
+        let (state, rng) = self.window_mut(target, sample.slot, sample.window_start_ms, now_ms)?;
+        state.record(
+            sample.input,
+            sample.value,
+            sample.timestamp_ms,
+            sample.trace,
+            sample.weight,
+            rng,
+        );
+        Ok(())
+    }
+
+    /// Folds one routed native histogram (a delta, or a gauge histogram) into
+    /// a distribution window; any other kind of output refuses it as a kind
+    /// conflict before a window is opened for it.
+    pub fn fold_histogram(
+        &mut self,
+        target: &Arc<OutputTarget>,
+        routed: &RoutedHistogram,
+        histogram: &NativeHistogram,
+        now_ms: i64,
+    ) -> Result<(), DropReason> {
+        if target.kind != Kind::Distribution {
+            return Err(DropReason::KindConflict);
+        }
+        let (state, rng) = self.window_mut(target, routed.slot, routed.window_start_ms, now_ms)?;
+        state.fold_histogram(histogram, rng)
+    }
+
+    /// The window of `target`'s slot `slot_index` starting at
+    /// `window_start_ms`, opened if needed, and the shard's random source.
+    fn window_mut(
+        &mut self,
+        target: &Arc<OutputTarget>,
+        slot_index: u16,
+        window_start_ms: i64,
+        now_ms: i64,
+    ) -> Result<(&mut WindowState, &mut SmallRng), DropReason> {
+        let slot = &target.slots[slot_index as usize];
+        if slot.is_due(window_start_ms, now_ms) || self.already_flushed(&slot.policy, window_start_ms) {
             return Err(DropReason::TooLate);
         }
         let entry = self.targets.entry(target.key).or_insert_with(|| TargetWindows {
@@ -159,27 +198,19 @@ impl Shard {
         let window = match entry
             .windows
             .iter()
-            .position(|w| w.slot == sample.slot && w.start_ms == sample.window_start_ms)
+            .position(|w| w.slot == slot_index && w.start_ms == window_start_ms)
         {
             Some(index) => &mut entry.windows[index],
             None => {
                 entry.windows.push(OpenWindow {
-                    slot: sample.slot,
-                    start_ms: sample.window_start_ms,
+                    slot: slot_index,
+                    start_ms: window_start_ms,
                     state: WindowState::new(target.kind, target.rollup, &self.histogram),
                 });
                 entry.windows.last_mut().expect("just pushed")
             }
         };
-        window.state.record(
-            sample.input,
-            sample.value,
-            sample.timestamp_ms,
-            sample.trace,
-            sample.weight,
-            &mut self.rng,
-        );
-        Ok(())
+        Ok((&mut window.state, &mut self.rng))
     }
 
     fn already_flushed(&self, policy: &StoragePolicy, window_start_ms: i64) -> bool {

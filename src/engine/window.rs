@@ -4,9 +4,9 @@
 use rand::Rng;
 
 use crate::aggregate::exemplar::Exemplar;
-use crate::aggregate::histogram::{ExpHistogram, HistogramConfig};
+use crate::aggregate::histogram::{bucket_index, BucketCounts, ExpHistogram, HistogramConfig};
 use crate::aggregate::{CounterState, GaugeState};
-use crate::model::{Kind, TraceContext};
+use crate::model::{DropReason, Kind, NativeHistogram, TraceContext};
 
 /// Accumulated state of one window.
 #[derive(Clone, Debug)]
@@ -56,4 +56,58 @@ impl WindowState {
             }
         }
     }
+    /// Folds a whole native histogram (one interval's worth) into a
+    /// distribution window, bucket for bucket (see
+    /// [`ExpHistogram::merge_buckets`] for what is approximate), and offers
+    /// its exemplars to the buckets they fall in without counting them again.
+    /// Observations counted beyond the buckets (NaN ones) are not folded.
+    pub fn fold_histogram(&mut self, native: &NativeHistogram, rng: &mut impl Rng) -> Result<(), DropReason> {
+        let WindowState::Distribution(histogram) = self else {
+            return Err(DropReason::KindConflict);
+        };
+        let buckets = BucketCounts {
+            scale: native.scale,
+            zero_threshold: native.zero_threshold,
+            zero_count: native.zero_count,
+            positive: &native.positive,
+            negative: &native.negative,
+            sum: native.sum,
+        };
+        histogram
+            .merge_buckets(&buckets, rng)
+            .map_err(|_| DropReason::InvalidValue)?;
+        for &(value, timestamp_ms, trace) in &native.exemplars {
+            // Only an observation this very histogram counted may become its bucket's link.
+            if counts_bucket_of(native, value) {
+                let exemplar = Exemplar {
+                    trace_id: trace.trace_id,
+                    span_id: trace.span_id,
+                    value,
+                    timestamp_ms,
+                };
+                histogram.offer_exemplar(exemplar, rng);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `native`'s bucket holding `value` is non-empty: an exemplar whose
+/// bucket gained nothing in a delta belongs to an earlier interval.
+fn counts_bucket_of(native: &NativeHistogram, value: f64) -> bool {
+    if !value.is_finite() {
+        return false;
+    }
+    if value.abs() <= native.zero_threshold {
+        return native.zero_count > 0;
+    }
+    let buckets = if value < 0.0 {
+        &native.negative
+    } else {
+        &native.positive
+    };
+    let index = bucket_index(native.scale, value);
+    buckets
+        .binary_search_by_key(&index, |(index, _)| *index)
+        .is_ok_and(|position| buckets[position].1 > 0)
 }

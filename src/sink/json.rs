@@ -26,7 +26,7 @@ pub struct JsonRecord {
     pub window_end_ms: i64,
     /// The aggregation asked for, e.g. `p99` or `above(1.5)`.
     pub aggregation: String,
-    /// The value: a number, or for `histogram` an object (see [`JsonHistogram`]).
+    /// The value: a number, or for `histogram` an object (see `JsonHistogram`).
     pub value: serde_json::Value,
     /// The exemplar of the bucket holding a quantile (or a traced sample above a threshold).
     #[serde(default, skip_serializing_if = "Option::is_none")]

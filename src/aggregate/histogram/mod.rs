@@ -2,6 +2,7 @@
 //! bucket layout) with a one-sample exemplar reservoir per bucket, used by
 //! tailfold to aggregate latency-like streams and answer quantile queries.
 
+mod buckets;
 mod mapping;
 mod store;
 #[cfg(test)]
@@ -10,6 +11,7 @@ mod tests;
 use rand::Rng;
 
 use crate::aggregate::exemplar::{Exemplar, ExemplarSlot};
+pub use buckets::BucketCounts;
 pub use mapping::{bucket_bounds, bucket_index, relative_error, MAX_SCALE, MIN_SCALE};
 use store::Side;
 
