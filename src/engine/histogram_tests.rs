@@ -215,7 +215,7 @@ fn a_rollup_of_two_pods_equals_the_merge_of_their_windows() {
         expected.merge(&raw(&b_values[window]), &mut SmallRng::seed_from_u64(1));
         let got = histogram(&records, "latency:all", start);
         assert_eq!(buckets(&got), buckets(&expected), "window {window}");
-        assert_eq!(got.exemplars().count(), 0, "window {window}");
+        assert_eq!(got.exemplars().len(), 0, "window {window}");
         let sum = scalar(&records, "latency:all_sum", Statistic::Sum, start).unwrap();
         assert!((sum - expected.sum()).abs() < 1e-9);
         assert_eq!(
@@ -254,7 +254,7 @@ fn exemplars_of_a_native_histogram_come_out_on_the_quantile_of_their_bucket() {
     assert_eq!((exemplar.trace_id, exemplar.value), ([7; 16], median));
     assert_eq!(exemplar.timestamp_ms, T0 + 14_000);
     let window = histogram(&records, "latency", T0 + WINDOW);
-    assert_eq!(window.exemplars().count(), 1, "the stale exemplar found no bucket");
+    assert_eq!(window.exemplars().len(), 1, "the stale exemplar found no bucket");
     assert_eq!(window.count(), 60, "exemplars are not counted as samples");
 }
 

@@ -473,11 +473,13 @@ impl ExpHistogram {
     /// Exemplar of the highest bucket whose kept exemplar's value is
     /// `> threshold`: links a "slow" output to one concrete trace.
     pub fn exemplar_above(&self, threshold: f64) -> Option<Exemplar> {
-        let pos = self.positive.slots().iter().rev();
-        let zero = self.zero_exemplar.iter();
-        let neg = self.negative.slots().iter();
-        pos.chain(zero)
-            .chain(neg)
+        let positive = self.positive.slots();
+        let negative = self.negative.slots();
+        positive
+            .iter()
+            .rev()
+            .chain(self.zero_exemplar.iter())
+            .chain(negative.iter())
             .map(|s| s.exemplar)
             .find(|e| e.value > threshold)
     }
@@ -495,19 +497,13 @@ impl ExpHistogram {
 
     /// Kept exemplars: negative buckets by ascending index, then the zero
     /// bucket, then positive buckets by ascending index.
-    pub fn exemplars(&self) -> impl Iterator<Item = (BucketRef, &Exemplar)> + '_ {
-        let neg = self
-            .negative
-            .slots()
-            .iter()
-            .map(|s| (BucketRef::Negative(s.index), &s.exemplar));
-        let zero = self.zero_exemplar.iter().map(|s| (BucketRef::Zero, &s.exemplar));
-        let pos = self
-            .positive
-            .slots()
-            .iter()
-            .map(|s| (BucketRef::Positive(s.index), &s.exemplar));
-        neg.chain(zero).chain(pos)
+    pub fn exemplars(&self) -> Vec<(BucketRef, Exemplar)> {
+        let negative = self.negative.slots();
+        let positive = self.positive.slots();
+        let neg = negative.iter().map(|s| (BucketRef::Negative(s.index), s.exemplar));
+        let zero = self.zero_exemplar.iter().map(|s| (BucketRef::Zero, s.exemplar));
+        let pos = positive.iter().map(|s| (BucketRef::Positive(s.index), s.exemplar));
+        neg.chain(zero).chain(pos).collect()
     }
 
     /// Capacity-based estimate of the heap memory owned.

@@ -1,9 +1,34 @@
 //! Storage for one sign of an exponential histogram: dense counts over the
 //! populated index range plus sparse exemplar reservoirs.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
 use rand::Rng;
 
 use crate::aggregate::exemplar::{Exemplar, ExemplarSlot};
+
+/// Bucket indices are small integers: one multiply spreads them well enough.
+#[derive(Default)]
+pub(super) struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_i32(&mut self, index: i32) {
+        self.0 = (index as u32 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Positions = HashMap<i32, u32, BuildHasherDefault<IndexHasher>>;
 
 /// Counts for one sign. `counts[j]` is bucket `offset + j`; when non-empty the
 /// first and last counts are non-zero, so `counts.len()` is the populated range.
@@ -11,8 +36,11 @@ use crate::aggregate::exemplar::{Exemplar, ExemplarSlot};
 pub(super) struct Side {
     counts: Vec<u64>,
     offset: i32,
-    /// Sorted by `index`, at most one slot per bucket.
+    /// One slot per bucket that saw a traced sample, in arrival order: a
+    /// sorted Vec made every new bucket an O(n) insert on the hot path.
     exemplars: Vec<ExemplarSlot>,
+    /// Bucket index -> position in `exemplars`.
+    positions: Positions,
 }
 
 impl Side {
@@ -93,24 +121,36 @@ impl Side {
             .map(move |(j, c)| (offset + j as i32, *c))
     }
 
-    /// Exemplar slots, ascending index.
-    pub(super) fn slots(&self) -> &[ExemplarSlot] {
-        &self.exemplars
+    /// Exemplar slots, ascending index (a sorted copy: read at flush, not per sample).
+    pub(super) fn slots(&self) -> Vec<ExemplarSlot> {
+        let mut slots = self.exemplars.clone();
+        slots.sort_unstable_by_key(|slot| slot.index);
+        slots
     }
 
     /// The exemplar slot of bucket `index`, if it saw a traced sample.
     pub(super) fn slot(&self, index: i32) -> Option<&ExemplarSlot> {
-        self.exemplars
-            .binary_search_by_key(&index, |s| s.index)
-            .ok()
-            .map(|p| &self.exemplars[p])
+        self.positions.get(&index).map(|p| &self.exemplars[*p as usize])
     }
 
     /// Offers a traced sample to bucket `index`'s reservoir.
     pub(super) fn offer<R: Rng + ?Sized>(&mut self, index: i32, ex: Exemplar, rng: &mut R) {
-        match self.exemplars.binary_search_by_key(&index, |s| s.index) {
-            Ok(p) => self.exemplars[p].offer(ex, rng),
-            Err(p) => self.exemplars.insert(p, ExemplarSlot::new(index, ex)),
+        match self.positions.get(&index) {
+            Some(p) => self.exemplars[*p as usize].offer(ex, rng),
+            None => self.push_slot(ExemplarSlot::new(index, ex)),
+        }
+    }
+
+    fn push_slot(&mut self, slot: ExemplarSlot) {
+        self.positions.insert(slot.index, self.exemplars.len() as u32);
+        self.exemplars.push(slot);
+    }
+
+    /// Folds `slot` into the reservoir of its bucket (creating it if needed).
+    fn absorb_slot<R: Rng + ?Sized>(&mut self, slot: &ExemplarSlot, rng: &mut R) {
+        match self.positions.get(&slot.index) {
+            Some(p) => self.exemplars[*p as usize].absorb(slot, rng),
+            None => self.push_slot(*slot),
         }
     }
 
@@ -131,18 +171,12 @@ impl Side {
             self.counts.truncate(new_len);
             self.offset = new_offset;
         }
-        let mut kept = 0;
-        for r in 0..self.exemplars.len() {
-            let mut slot = self.exemplars[r];
+        let old = std::mem::take(&mut self.exemplars);
+        self.positions.clear();
+        for mut slot in old {
             slot.index >>= k;
-            if kept > 0 && self.exemplars[kept - 1].index == slot.index {
-                self.exemplars[kept - 1].absorb(&slot, rng);
-            } else {
-                self.exemplars[kept] = slot;
-                kept += 1;
-            }
+            self.absorb_slot(&slot, rng);
         }
-        self.exemplars.truncate(kept);
     }
 
     /// Adds every bucket and reservoir of `other` (same scale) into `self`.
@@ -159,20 +193,20 @@ impl Side {
             }
         }
         for slot in &other.exemplars {
-            match self.exemplars.binary_search_by_key(&slot.index, |s| s.index) {
-                Ok(p) => self.exemplars[p].absorb(slot, rng),
-                Err(p) => self.exemplars.insert(p, *slot),
-            }
+            self.absorb_slot(slot, rng);
         }
     }
 
     pub(super) fn clear(&mut self) {
         self.counts.clear();
         self.exemplars.clear();
+        self.positions.clear();
         self.offset = 0;
     }
 
     pub(super) fn heap_bytes(&self) -> usize {
-        self.counts.capacity() * size_of::<u64>() + self.exemplars.capacity() * size_of::<ExemplarSlot>()
+        self.counts.capacity() * size_of::<u64>()
+            + self.exemplars.capacity() * size_of::<ExemplarSlot>()
+            + self.positions.capacity() * (size_of::<(i32, u32)>() + 1)
     }
 }

@@ -31,7 +31,7 @@ fn assert_uniform(counts: &[u64]) {
 }
 
 fn kept_tag(h: &ExpHistogram) -> usize {
-    let mut all = h.exemplars();
+    let mut all = h.exemplars().into_iter();
     let (_, e) = all.next().expect("one exemplar");
     assert!(all.next().is_none(), "expected a single bucket");
     usize::from(e.trace_id[0]) - 1
@@ -92,7 +92,7 @@ fn downscaled_reservoirs_stay_uniform() {
         }
         h.record(4.0, None, &mut r);
         assert!(h.scale() < 6);
-        let tag = h.exemplars().next().unwrap().1.trace_id[0];
+        let tag = h.exemplars().into_iter().next().unwrap().1.trace_id[0];
         counts[usize::from(tag) - 1] += 1;
     }
     assert_uniform(&counts);
