@@ -3,9 +3,11 @@
 //! restarts) counts the new value as the increase, so a rollup that drops
 //! `pod` neither dips nor spikes.
 
+use std::hash::BuildHasherDefault;
+
 use dashmap::DashMap;
 
-use crate::model::{DropReason, Outcome, Point};
+use crate::model::{DropReason, Outcome, Point, SeriesKeyHasher};
 
 /// The last running total seen of one series.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -19,7 +21,7 @@ struct LastTotal {
 /// Per-series state of cumulative counters.
 #[derive(Debug, Default)]
 pub struct CumulativeCounters {
-    series: DashMap<u64, LastTotal>,
+    series: DashMap<u64, LastTotal, BuildHasherDefault<SeriesKeyHasher>>,
 }
 
 impl CumulativeCounters {

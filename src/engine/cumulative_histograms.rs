@@ -4,9 +4,11 @@
 
 use std::borrow::Cow;
 
+use std::hash::BuildHasherDefault;
+
 use dashmap::DashMap;
 
-use crate::model::{DropReason, NativeHistogram, Outcome};
+use crate::model::{DropReason, NativeHistogram, Outcome, SeriesKeyHasher};
 
 /// The last running histogram seen of one series (its exemplars dropped).
 #[derive(Clone, Debug)]
@@ -20,7 +22,7 @@ struct LastHistogram {
 /// Per-series state of cumulative native histograms.
 #[derive(Debug, Default)]
 pub struct CumulativeHistograms {
-    series: DashMap<u64, LastHistogram>,
+    series: DashMap<u64, LastHistogram, BuildHasherDefault<SeriesKeyHasher>>,
 }
 
 impl CumulativeHistograms {

@@ -3,40 +3,20 @@
 //! never emitted twice and a late sample never lands in another window.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use crate::aggregate::histogram::HistogramConfig;
-use crate::model::{DropReason, Kind, NativeHistogram, StoragePolicy, TraceContext};
+use crate::model::{DropReason, Kind, NativeHistogram, SeriesKeyHasher, StoragePolicy, TraceContext};
 
 use super::histogram_route::RoutedHistogram;
 use super::route::OutputTarget;
 use super::window::WindowState;
 
-/// Keys are already xxh3 hashes; hashing them again would only cost time.
-#[derive(Default)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
-        }
-    }
-
-    fn write_u64(&mut self, key: u64) {
-        self.0 = key;
-    }
-}
-
-type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<SeriesKeyHasher>>;
 
 /// One sample on its way into one window of one output.
 #[derive(Clone, Copy, Debug)]

@@ -2,6 +2,7 @@
 //! hashed once into the 64-bit series key every later stage uses.
 
 use std::fmt;
+use std::hash::Hasher;
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -123,6 +124,27 @@ impl fmt::Display for Labels {
             write!(f, "{}={:?}", label.name, &*label.value)?;
         }
         f.write_str("}")
+    }
+}
+
+/// Hasher for maps keyed by series keys: they are already xxh3 hashes, so
+/// hashing them again (SipHash, the std default) would only cost time.
+#[derive(Default)]
+pub struct SeriesKeyHasher(u64);
+
+impl Hasher for SeriesKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
     }
 }
 

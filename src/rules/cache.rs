@@ -1,13 +1,14 @@
 //! The per-series match cache: globs run once per series, later samples of
 //! the series get the same shared plan by its 64-bit series hash.
 
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use crate::model::{Kind, Labels};
+use crate::model::{Kind, Labels, SeriesKeyHasher};
 
 use super::{RuleSet, SeriesPlan};
 
@@ -44,14 +45,14 @@ impl<T> CachedPlan<T> {
 /// [`MatchCache::get_or_insert_with`] must clear on a rules reload.
 #[derive(Debug)]
 pub struct MatchCache<T = SeriesPlan> {
-    plans: DashMap<u64, Arc<CachedPlan<T>>>,
+    plans: DashMap<u64, Arc<CachedPlan<T>>, BuildHasherDefault<SeriesKeyHasher>>,
     resolves: AtomicU64,
 }
 
 impl<T> Default for MatchCache<T> {
     fn default() -> Self {
         MatchCache {
-            plans: DashMap::new(),
+            plans: DashMap::default(),
             resolves: AtomicU64::new(0),
         }
     }
