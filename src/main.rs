@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use tailfold::clock::SystemClock;
 use tailfold::config::ServiceSettings;
-use tailfold::loadgen::{self, LoadgenOptions};
+use tailfold::loadgen::{self, LoadgenOptions, Protocol};
 use tailfold::model::parse_duration_ms;
 use tailfold::rules::RuleSet;
 
@@ -70,6 +70,10 @@ enum Command {
         /// Seed of the value and trace ID generator.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// `grpc` (Ingest.Write, target http://127.0.0.1:4770) or `remote-write`
+        /// (Prometheus remote write, target http://127.0.0.1:4771).
+        #[arg(long, default_value = "grpc")]
+        protocol: String,
     },
 }
 
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
             concurrency,
             tenant,
             seed,
+            protocol,
         } => {
             init_logs(false);
             let duration = match parse_duration_ms(&duration) {
@@ -97,6 +102,11 @@ fn main() -> ExitCode {
             let mix = match parse_mix(&mix) {
                 Some(mix) => mix,
                 None => return fail(&format!("--mix {mix:?}: expected three whole weights like 8:1:1")),
+            };
+            let protocol = match protocol.as_str() {
+                "grpc" => Protocol::Grpc,
+                "remote-write" => Protocol::RemoteWrite,
+                other => return fail(&format!("--protocol {other:?}: expected grpc or remote-write")),
             };
             let options = LoadgenOptions {
                 target,
@@ -109,6 +119,7 @@ fn main() -> ExitCode {
                 tenant,
                 seed,
                 progress: true,
+                protocol,
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,

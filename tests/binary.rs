@@ -25,7 +25,7 @@ impl Drop for Running {
 
 /// Starts `tailfold run` on a copy of the shipped config with a free port and
 /// a temporary data directory; returns the process and its gRPC address.
-fn start_binary(data_dir: &Path) -> (Running, String) {
+fn start_binary(data_dir: &Path) -> (Running, String, String) {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let shipped = std::fs::read_to_string(repo.join("config/tailfold.yaml")).unwrap();
     let config = shipped
@@ -47,21 +47,24 @@ fn start_binary(data_dir: &Path) -> (Running, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn tailfold run");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("tailfold: listening on grpc ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (Running(child), address)
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut read = |prefix: &str| {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+            .to_string()
+    };
+    let grpc = read("tailfold: listening on grpc ");
+    let http = read("tailfold: listening on http ");
+    (Running(child), grpc, http)
 }
 
 #[test]
 fn loadgen_traffic_lands_as_quantiles_with_exemplars_and_sigterm_flushes() {
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut service, address) = start_binary(data_dir.path());
+    let (mut service, address, http_address) = start_binary(data_dir.path());
 
     let loadgen = Command::new(BINARY)
         .args([
@@ -87,6 +90,23 @@ fn loadgen_traffic_lands_as_quantiles_with_exemplars_and_sigterm_flushes() {
         report.contains("accounted: every point sent was accepted or rejected"),
         "{report}"
     );
+
+    // The same load over Prometheus remote write: every request answered 2xx.
+    let remote = Command::new(BINARY)
+        .args([
+            "loadgen",
+            "--protocol",
+            "remote-write",
+            "--target",
+            &format!("http://{http_address}"),
+        ])
+        .args(["--series", "50", "--rate", "2000", "--duration", "2s"])
+        .output()
+        .expect("run loadgen over remote write");
+    let remote_report = String::from_utf8_lossy(&remote.stdout);
+    assert!(remote.status.success(), "{remote_report}");
+    assert!(remote_report.contains("failed=0"), "{remote_report}");
+    assert!(!remote_report.contains("sent=0 "), "{remote_report}");
 
     // Within two 10 s windows (plus 5 s lateness) the store holds quantiles with exemplars.
     let deadline = Instant::now() + Duration::from_secs(40);

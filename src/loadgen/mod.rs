@@ -57,6 +57,139 @@ pub struct LoadgenOptions {
     pub seed: u64,
     /// Print a progress line every second.
     pub progress: bool,
+    /// Wire protocol to load.
+    pub protocol: Protocol,
+}
+
+/// Which ingest path the load goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `Ingest.Write` over gRPC: answers carry accepted/rejected counts per reason.
+    Grpc,
+    /// Prometheus remote write (snappy + protobuf over HTTP). Every series is sent
+    /// as Prometheus sends it (no kinds: gauges, `_total` would be counters), and a
+    /// 2xx answer accepts the whole request.
+    RemoteWrite,
+}
+
+/// One answer, whatever the protocol.
+enum Answer {
+    Counted {
+        accepted: u64,
+        rejections: Vec<(String, u64)>,
+    },
+    Failed(String),
+}
+
+/// A connection of one worker.
+enum Sender {
+    Grpc(v1::ingest_client::IngestClient<tonic::transport::Channel>),
+    RemoteWrite { client: reqwest::Client, url: String },
+}
+
+impl Sender {
+    async fn send(&mut self, request: v1::WriteRequest, tenant: &str) -> Answer {
+        match self {
+            Sender::Grpc(client) => {
+                let points: u64 = request.series.iter().map(|s| s.points.len() as u64).sum();
+                let mut request = tonic::Request::new(request);
+                if let Ok(value) = tenant.parse() {
+                    if !tenant.is_empty() {
+                        request.metadata_mut().insert("x-scope-orgid", value);
+                    }
+                }
+                match client.write(request).await {
+                    Ok(response) => {
+                        let response = response.into_inner();
+                        let rejections = response
+                            .rejections
+                            .into_iter()
+                            .map(|r| {
+                                let reason = if r.rule.is_empty() {
+                                    r.reason
+                                } else {
+                                    format!("{}:{}", r.reason, r.rule)
+                                };
+                                (reason, r.count)
+                            })
+                            .collect();
+                        Answer::Counted {
+                            accepted: response.accepted.min(points),
+                            rejections,
+                        }
+                    }
+                    Err(status) => Answer::Failed(format!("{:?}: {}", status.code(), status.message())),
+                }
+            }
+            Sender::RemoteWrite { client, url } => {
+                let points: u64 = request.series.iter().map(|s| s.points.len() as u64).sum();
+                let body = remote_write_body(request);
+                let mut post = client
+                    .post(url.as_str())
+                    .header("Content-Encoding", "snappy")
+                    .header("Content-Type", "application/x-protobuf")
+                    .body(body);
+                if !tenant.is_empty() {
+                    post = post.header("x-scope-orgid", tenant);
+                }
+                match post.send().await {
+                    Ok(response) if response.status().is_success() => Answer::Counted {
+                        accepted: points,
+                        rejections: Vec::new(),
+                    },
+                    Ok(response) => {
+                        let status = response.status();
+                        Answer::Failed(format!(
+                            "{status}: {}",
+                            response.text().await.unwrap_or_default().trim()
+                        ))
+                    }
+                    Err(error) => Answer::Failed(error.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// The same series as a remote-write request: labels sorted, one sample per point
+/// (a millisecond apart, as distinct scrapes would be).
+fn remote_write_body(request: v1::WriteRequest) -> Vec<u8> {
+    use crate::api::prometheus as prompb;
+    let timeseries = request
+        .series
+        .into_iter()
+        .map(|series| {
+            let mut labels: Vec<prompb::Label> = series
+                .labels
+                .into_iter()
+                .map(|l| prompb::Label {
+                    name: l.name,
+                    value: l.value,
+                })
+                .collect();
+            labels.sort_by(|a, b| a.name.cmp(&b.name));
+            let samples = series
+                .points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| prompb::Sample {
+                    value: p.value,
+                    timestamp: p.timestamp_ms.unwrap_or(0) + i as i64,
+                })
+                .collect();
+            prompb::TimeSeries {
+                labels,
+                samples,
+                exemplars: Vec::new(),
+                histograms: Vec::new(),
+            }
+        })
+        .collect();
+    let encoded = prost::Message::encode_to_vec(&prompb::WriteRequest {
+        timeseries,
+        metadata: Vec::new(),
+    });
+    snap::raw::Encoder::new().compress_vec(&encoded).unwrap_or_default()
 }
 
 /// The account of a run.
@@ -229,17 +362,23 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
         });
     }
     let concurrency = options.concurrency.max(1);
-    let channel = tonic::transport::Endpoint::from_shared(options.target.clone())
-        .map_err(|error| LoadgenError::Connect {
-            target: options.target.clone(),
-            message: error.to_string(),
-        })?
-        .connect()
-        .await
-        .map_err(|error| LoadgenError::Connect {
-            target: options.target.clone(),
-            message: error.to_string(),
-        })?;
+    let connect_error = |message: String| LoadgenError::Connect {
+        target: options.target.clone(),
+        message,
+    };
+    let channel = match options.protocol {
+        Protocol::Grpc => Some(
+            tonic::transport::Endpoint::from_shared(options.target.clone())
+                .map_err(|error| connect_error(error.to_string()))?
+                .connect()
+                .await
+                .map_err(|error| connect_error(error.to_string()))?,
+        ),
+        Protocol::RemoteWrite => None,
+    };
+    let http = reqwest::Client::builder()
+        .build()
+        .map_err(|error| connect_error(error.to_string()))?;
     let identities: Arc<Vec<_>> = Arc::new((0..options.series).map(|i| series_identity(i, options.mix)).collect());
     let shared = Arc::new(Mutex::new(Shared {
         latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
@@ -251,7 +390,15 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
 
     let mut workers = Vec::new();
     for worker in 0..concurrency {
-        let mut client = v1::ingest_client::IngestClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+        let mut sender = match &channel {
+            Some(channel) => {
+                Sender::Grpc(v1::ingest_client::IngestClient::new(channel.clone()).max_decoding_message_size(64 << 20))
+            }
+            None => Sender::RemoteWrite {
+                client: http.clone(),
+                url: format!("{}/api/v1/write", options.target.trim_end_matches('/')),
+            },
+        };
         let identities = Arc::clone(&identities);
         let shared = Arc::clone(&shared);
         let options = options.clone();
@@ -270,14 +417,8 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
                 let now_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
                 let request = build_request(&mut generator, &identities, &mut next_series, options.batch, now_ms);
                 let points = options.batch as u64;
-                let mut request = tonic::Request::new(request);
-                if !options.tenant.is_empty() {
-                    if let Ok(value) = options.tenant.parse() {
-                        request.metadata_mut().insert("x-scope-orgid", value);
-                    }
-                }
                 let begin = Instant::now();
-                let answer = client.write(request).await;
+                let answer = sender.send(request, &options.tenant).await;
                 let micros = begin.elapsed().as_micros() as u64;
                 sent_here += points;
                 let mut shared = shared.lock();
@@ -288,26 +429,18 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
                 report.sent += points;
                 report.requests += 1;
                 match answer {
-                    Ok(response) => {
-                        let response = response.into_inner();
-                        report.accepted += response.accepted;
-                        for rejection in response.rejections {
-                            let reason = if rejection.rule.is_empty() {
-                                rejection.reason
-                            } else {
-                                format!("{}:{}", rejection.reason, rejection.rule)
-                            };
+                    Answer::Counted { accepted, rejections } => {
+                        report.accepted += accepted;
+                        for (reason, count) in rejections {
                             match report.rejected.iter_mut().find(|(r, _)| *r == reason) {
-                                Some((_, n)) => *n += rejection.count,
-                                None => report.rejected.push((reason, rejection.count)),
+                                Some((_, n)) => *n += count,
+                                None => report.rejected.push((reason, count)),
                             }
                         }
                     }
-                    Err(status) => {
+                    Answer::Failed(message) => {
                         report.failed += points;
-                        report
-                            .first_error
-                            .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+                        report.first_error.get_or_insert(message);
                     }
                 }
             }
