@@ -4,7 +4,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use tailfold::model::{series_hash, Kind, Labels};
+use tailfold::model::{series_key, Kind, Labels};
 use tailfold::rules::{MatchCache, RuleSet};
 
 /// Counts allocations of the current thread only, so the test harness's own
@@ -52,7 +52,7 @@ fn hits_allocate_nothing_and_misses_do() {
     .unwrap();
     let cache = MatchCache::new();
     let labels = Labels::from_pairs([("__name__", "latency"), ("service", "api-eu")]);
-    let key = series_hash("tenant", &labels);
+    let key = series_key("tenant", &labels);
 
     let before_miss = allocations();
     let first = cache.get_or_resolve(key, &labels, Kind::Distribution, &rules);

@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::model::{series_hash, DropReason, IngestBatch, Kind, NativeHistogram, Outcome, Point};
+use crate::model::{series_key, DropReason, IngestBatch, Kind, NativeHistogram, Outcome, Point};
 use crate::rules::{MatchCache, RuleSet};
 
 pub use record::{AggregateRecord, RecordValue, Statistic};
@@ -158,8 +158,9 @@ impl Engine {
         let future_limit = now_ms.saturating_add(self.settings.future_tolerance_ms as i64);
 
         for (series_index, series) in batch.series.iter().enumerate() {
-            let key = series_hash(&batch.tenant, &series.labels);
-            let route = self.routes.get_or_insert_with(key, &series.labels, series.kind, || {
+            let identity = series_key(&batch.tenant, &series.labels);
+            let key = identity.hash;
+            let route = self.routes.get_or_insert_with(identity, series.kind, || {
                 SeriesRoute::build(
                     &rules.resolve(&series.labels, series.kind),
                     &batch.tenant,

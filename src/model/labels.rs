@@ -148,9 +148,20 @@ impl Hasher for SeriesKeyHasher {
     }
 }
 
-/// The series key: one xxh3 hash over the tenant and the sorted labels. Computed
-/// once per series per batch; every later stage keys on it.
-pub fn series_hash(tenant: &str, labels: &Labels) -> u64 {
+/// A series' identity: a 64-bit key for maps and a 128-bit fingerprint that
+/// caches compare instead of the labels (a 128-bit collision is not a practical
+/// concern; a 64-bit one, over millions of series, could be).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeriesKey {
+    /// Low 64 bits of the fingerprint: the key of every series-keyed map.
+    pub hash: u64,
+    /// The whole 128-bit xxh3 of tenant and labels.
+    pub fingerprint: u128,
+}
+
+/// The series identity: one xxh3-128 pass over the tenant and the sorted
+/// labels, computed once per series per batch; every later stage keys on it.
+pub fn series_key(tenant: &str, labels: &Labels) -> SeriesKey {
     let mut hasher = Xxh3::new();
     hasher.update(tenant.as_bytes());
     hasher.update(&[0xff]);
@@ -161,7 +172,16 @@ pub fn series_hash(tenant: &str, labels: &Labels) -> u64 {
         hasher.update(label.value.as_bytes());
         hasher.update(&[0xff]);
     }
-    hasher.digest()
+    let fingerprint = hasher.digest128();
+    SeriesKey {
+        hash: fingerprint as u64,
+        fingerprint,
+    }
+}
+
+/// The 64-bit series key of [`series_key`].
+pub fn series_hash(tenant: &str, labels: &Labels) -> u64 {
+    series_key(tenant, labels).hash
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use crate::model::{Kind, Labels, SeriesKeyHasher};
+use crate::model::{Kind, Labels, SeriesKey, SeriesKeyHasher};
 
 use super::{RuleSet, SeriesPlan};
 
@@ -16,8 +16,8 @@ use super::{RuleSet, SeriesPlan};
 /// kind change or a reloaded rule set is detected instead of trusted.
 #[derive(Debug)]
 pub struct CachedPlan<T = SeriesPlan> {
-    /// The series the value was built for.
-    pub labels: Labels,
+    /// Fingerprint of the series the value was built for (tenant and labels).
+    pub fingerprint: u128,
     /// Its kind at that time.
     pub kind: Kind,
     /// Generation of the rule set that resolved it; `None` when built by a
@@ -28,9 +28,9 @@ pub struct CachedPlan<T = SeriesPlan> {
 }
 
 impl<T> CachedPlan<T> {
-    fn is_for(&self, labels: &Labels, kind: Kind, generation: Option<u64>) -> bool {
-        // Cheapest comparisons first; labels last (a full compare, no allocation).
-        self.generation == generation && self.kind == kind && self.labels == *labels
+    fn is_for(&self, key: SeriesKey, kind: Kind, generation: Option<u64>) -> bool {
+        // A 128-bit compare instead of every label: the hot path of ingest.
+        self.fingerprint == key.fingerprint && self.kind == kind && self.generation == generation
     }
 }
 
@@ -59,12 +59,10 @@ impl<T> Default for MatchCache<T> {
 }
 
 impl MatchCache<SeriesPlan> {
-    /// The plan of the series `labels` (hash `key`) of `kind` under `rules`.
+    /// The plan of the series `labels` (identity `key`) of `kind` under `rules`.
     /// Resolves only on a miss; a hit clones one `Arc` and allocates nothing.
-    pub fn get_or_resolve(&self, key: u64, labels: &Labels, kind: Kind, rules: &RuleSet) -> Arc<SeriesPlan> {
-        self.lookup(key, labels, kind, Some(rules.generation()), || {
-            rules.resolve(labels, kind)
-        })
+    pub fn get_or_resolve(&self, key: SeriesKey, labels: &Labels, kind: Kind, rules: &RuleSet) -> Arc<SeriesPlan> {
+        self.lookup(key, kind, Some(rules.generation()), || rules.resolve(labels, kind))
     }
 }
 
@@ -74,22 +72,15 @@ impl<T> MatchCache<T> {
         Self::default()
     }
 
-    /// The value cached for the series `labels` (hash `key`) of `kind`, or
-    /// `build()`'s result, cached, on a miss. A hit allocates nothing.
-    pub fn get_or_insert_with(&self, key: u64, labels: &Labels, kind: Kind, build: impl FnOnce() -> T) -> Arc<T> {
-        self.lookup(key, labels, kind, None, build)
+    /// The value cached for the series `key` of `kind`, or `build()`'s
+    /// result, cached, on a miss. A hit allocates nothing.
+    pub fn get_or_insert_with(&self, key: SeriesKey, kind: Kind, build: impl FnOnce() -> T) -> Arc<T> {
+        self.lookup(key, kind, None, build)
     }
 
-    fn lookup(
-        &self,
-        key: u64,
-        labels: &Labels,
-        kind: Kind,
-        generation: Option<u64>,
-        build: impl FnOnce() -> T,
-    ) -> Arc<T> {
-        if let Some(cached) = self.plans.get(&key) {
-            if cached.is_for(labels, kind, generation) {
+    fn lookup(&self, key: SeriesKey, kind: Kind, generation: Option<u64>, build: impl FnOnce() -> T) -> Arc<T> {
+        if let Some(cached) = self.plans.get(&key.hash) {
+            if cached.is_for(key, kind, generation) {
                 return Arc::clone(&cached.plan);
             }
         }
@@ -97,14 +88,14 @@ impl<T> MatchCache<T> {
         let plan = Arc::new(build());
         self.resolves.fetch_add(1, Ordering::Relaxed);
         let fresh = Arc::new(CachedPlan {
-            labels: labels.clone(),
+            fingerprint: key.fingerprint,
             kind,
             generation,
             plan: Arc::clone(&plan),
         });
-        match self.plans.entry(key) {
+        match self.plans.entry(key.hash) {
             Entry::Occupied(mut entry) => {
-                if entry.get().is_for(labels, kind, generation) {
+                if entry.get().is_for(key, kind, generation) {
                     // Another thread resolved the same series meanwhile: share its value.
                     return Arc::clone(&entry.get().plan);
                 }
@@ -147,16 +138,16 @@ impl<T> MatchCache<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::series_hash;
+    use crate::model::series_key;
 
     const RULES: &str = "
 mapping_rules:
   - { name: api, filter: 'svc:api', aggregations: [sum] }
 ";
 
-    fn series(svc: &str) -> (u64, Labels) {
+    fn series(svc: &str) -> (SeriesKey, Labels) {
         let labels = Labels::from_pairs([("__name__", "requests"), ("svc", svc)]);
-        (series_hash("tenant", &labels), labels)
+        (series_key("tenant", &labels), labels)
     }
 
     #[test]
@@ -184,13 +175,17 @@ mapping_rules:
         let rules = RuleSet::parse(RULES, "rules.yaml").unwrap();
         let cache = MatchCache::new();
         let (key, api) = series("api");
-        let (_, web) = series("web");
+        let (web_key, web) = series("web");
         let api_plan = cache.get_or_resolve(key, &api, Kind::Counter, &rules);
-        // Same key, different labels: a forced 64-bit collision.
-        let web_plan = cache.get_or_resolve(key, &web, Kind::Counter, &rules);
+        // Same 64-bit key, another series: a forced collision the fingerprint tells apart.
+        let collided = SeriesKey {
+            hash: key.hash,
+            fingerprint: web_key.fingerprint,
+        };
+        let web_plan = cache.get_or_resolve(collided, &web, Kind::Counter, &rules);
         assert_eq!(*web_plan, rules.resolve(&web, Kind::Counter));
         assert_ne!(api_plan, web_plan);
-        let gauge_plan = cache.get_or_resolve(key, &web, Kind::Gauge, &rules);
+        let gauge_plan = cache.get_or_resolve(collided, &web, Kind::Gauge, &rules);
         assert_eq!(*gauge_plan, rules.resolve(&web, Kind::Gauge));
         assert_ne!(web_plan, gauge_plan);
         assert_eq!(cache.resolves(), 3);
@@ -218,8 +213,8 @@ mapping_rules:
         cache.get_or_resolve(api_key, &api, Kind::Gauge, &rules);
         cache.get_or_resolve(web_key, &web, Kind::Gauge, &rules);
         assert_eq!(
-            cache.remove(api_key).map(|cached| cached.labels.clone()),
-            Some(api.clone())
+            cache.remove(api_key.hash).map(|cached| cached.fingerprint),
+            Some(api_key.fingerprint)
         );
         assert_eq!(cache.len(), 1);
         cache.clear();
@@ -231,14 +226,18 @@ mapping_rules:
     #[test]
     fn caller_built_values_are_cached_per_series_and_kind() {
         let cache: MatchCache<String> = MatchCache::new();
-        let (key, api) = series("api");
-        let (_, web) = series("web");
-        let first = cache.get_or_insert_with(key, &api, Kind::Counter, || "api".to_string());
-        let again = cache.get_or_insert_with(key, &api, Kind::Counter, || unreachable!("a hit"));
+        let (key, _) = series("api");
+        let (web_key, _) = series("web");
+        let first = cache.get_or_insert_with(key, Kind::Counter, || "api".to_string());
+        let again = cache.get_or_insert_with(key, Kind::Counter, || unreachable!("a hit"));
         assert!(Arc::ptr_eq(&first, &again));
-        let collided = cache.get_or_insert_with(key, &web, Kind::Counter, || "web".to_string());
+        let web = SeriesKey {
+            hash: key.hash,
+            fingerprint: web_key.fingerprint,
+        };
+        let collided = cache.get_or_insert_with(web, Kind::Counter, || "web".to_string());
         assert_eq!(*collided, "web");
-        let gauge = cache.get_or_insert_with(key, &web, Kind::Gauge, || "web gauge".to_string());
+        let gauge = cache.get_or_insert_with(web, Kind::Gauge, || "web gauge".to_string());
         assert_eq!(*gauge, "web gauge");
         assert_eq!(cache.resolves(), 3);
     }
@@ -247,7 +246,7 @@ mapping_rules:
     fn concurrent_lookups_agree_on_one_plan_per_series() {
         let rules = RuleSet::parse(RULES, "rules.yaml").unwrap();
         let cache = MatchCache::new();
-        let series: Vec<(u64, Labels)> = (0..50).map(|i| series(&format!("svc-{i}"))).collect();
+        let series: Vec<(SeriesKey, Labels)> = (0..50).map(|i| series(&format!("svc-{i}"))).collect();
         std::thread::scope(|scope| {
             for _ in 0..4 {
                 scope.spawn(|| {

@@ -1,0 +1,82 @@
+//! Engine ingest of distribution observations: 100,000 series (all with an
+//! open window before timing starts), log-normal values (median 50 ms,
+//! sigma 0.6), every sample with a trace and span ID, 1,000-sample batches,
+//! keys Zipf(1.0)-skewed (and uniform, for comparison). Single-threaded: the
+//! per-core figure. `zipf` and `uniform` meet mature windows (prefilled);
+//! `zipf_window_cycle` moves the clock one window on every 256k samples
+//! (flush untimed), so windows and their histograms are filled from empty.
+
+mod common;
+
+use std::hint::black_box;
+
+use common::{Points, BATCH, NOW_MS, WINDOW_START_MS};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tailfold::model::Kind;
+
+const SERIES: usize = 100_000;
+/// Distinct pre-built batches cycled through (256k samples).
+const BATCHES: usize = 256;
+
+fn bench(c: &mut Criterion) {
+    let labels = common::label_table(SERIES, common::distribution_labels);
+    let engine = common::engine();
+    common::load_series(
+        &engine,
+        &labels,
+        Kind::Distribution,
+        Points::TracedLatencies,
+        WINDOW_START_MS,
+        NOW_MS,
+    );
+    assert_eq!(engine.active_outputs(), SERIES);
+    let zipf = common::batches(
+        &labels,
+        &common::zipf_indices(SERIES, BATCHES * BATCH, 5),
+        Kind::Distribution,
+        Points::TracedLatencies,
+        6,
+    );
+    let uniform = common::batches(
+        &labels,
+        &common::uniform_indices(SERIES, BATCHES * BATCH, 7),
+        Kind::Distribution,
+        Points::TracedLatencies,
+        8,
+    );
+    drop(labels);
+    // Prefill: one pass over every batch, so timed calls meet mature windows
+    // (every bucket they touch exists) and the figure does not drift with the
+    // number of iterations; `zipf_window_cycle` covers windows filled from empty.
+    common::ingest_all(&engine, &zipf, NOW_MS);
+    common::ingest_all(&engine, &uniform, NOW_MS);
+    eprintln!(
+        "ingest_distributions: {SERIES} series loaded; zipf batches: {:.0} series/batch, uniform: {:.0} series/batch",
+        common::series_per_batch(&zipf),
+        common::series_per_batch(&uniform)
+    );
+
+    let mut group = c.benchmark_group("ingest_distributions_traced_100k");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (name, batches) in [("zipf", &zipf), ("uniform", &uniform)] {
+        let mut next = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let outcome = engine.ingest(&batches[next % BATCHES], NOW_MS).expect("open");
+                next += 1;
+                black_box(outcome)
+            })
+        });
+    }
+    // Window life cycle: every 256k samples the clock moves to the next window
+    // (flush untimed), so windows are opened and filled from empty.
+    let untimed = common::without_timestamps(&zipf);
+    let mut cycle = common::WindowCycle::new();
+    group.bench_function("zipf_window_cycle", |b| {
+        b.iter_custom(|iters| cycle.run(&engine, &untimed, iters))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
