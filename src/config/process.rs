@@ -127,7 +127,7 @@ pub struct HttpConfig {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
-    /// Number of shards. Default four per core.
+    /// Number of shards. Default 32 per core (a flush locks one shard at a time, so more shards mean shorter ingest stalls).
     pub shards: Option<usize>,
     /// Samples whose timestamp is further ahead of the clock are refused (`too_far_in_future`). Default 60000.
     pub future_tolerance_ms: Option<u64>,

@@ -50,10 +50,12 @@ impl Default for EngineSettings {
     }
 }
 
-/// Four shards per core keep lock contention low while a flush holds one shard.
+/// Thirty-two shards per core: a flush takes due windows one shard at a time
+/// under that shard's lock, so the hold time (and the ingest stall it can
+/// cause) scales with 1/shards; see BENCHMARKS.md.
 pub fn default_shards() -> usize {
     std::thread::available_parallelism()
-        .map(|cores| cores.get() * 4)
+        .map(|cores| cores.get() * 32)
         .unwrap_or(8)
         .max(4)
 }
