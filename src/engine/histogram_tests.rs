@@ -16,19 +16,7 @@ const T0: i64 = 1_800_000_000_000;
 const SCALE: i8 = 3;
 const WINDOW: i64 = 10_000;
 
-fn engine(rules: &str) -> Engine {
-    let settings = EngineSettings {
-        shards: 4,
-        ..EngineSettings::default()
-    };
-    Engine::new(settings, RuleSet::parse(rules, "test.yaml").unwrap())
-}
-
-fn flush(engine: &Engine, now_ms: i64) -> Vec<AggregateRecord> {
-    let mut records = Vec::new();
-    engine.flush_due(now_ms, |chunk| records.extend(chunk));
-    records
-}
+use super::tests::{engine, flush};
 
 /// Observations of window `window` of pod `seed`: lognormal around 50 ms.
 fn observations(seed: u64, window: i64) -> Vec<f64> {

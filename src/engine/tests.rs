@@ -24,7 +24,8 @@ fn batch(name: &str, kind: Kind, points: &[(f64, i64)]) -> IngestBatch {
     }
 }
 
-fn engine(rules: &str) -> Engine {
+/// An engine with 4 shards and `rules` (YAML); shared with the histogram tests.
+pub(super) fn engine(rules: &str) -> Engine {
     let settings = EngineSettings {
         shards: 4,
         ..EngineSettings::default()
@@ -32,7 +33,8 @@ fn engine(rules: &str) -> Engine {
     Engine::new(settings, RuleSet::parse(rules, "test.yaml").unwrap())
 }
 
-fn flush(engine: &Engine, now_ms: i64) -> Vec<AggregateRecord> {
+/// Records of every window due at `now_ms`.
+pub(super) fn flush(engine: &Engine, now_ms: i64) -> Vec<AggregateRecord> {
     let mut records = Vec::new();
     engine.flush_due(now_ms, |chunk| records.extend(chunk));
     records
