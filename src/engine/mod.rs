@@ -82,6 +82,8 @@ pub struct Engine {
     /// Ingest holds this for reading; `close` takes it for writing.
     open: RwLock<bool>,
     cumulative: CumulativeCounters,
+    /// When idle routes were last evicted (see `flush`).
+    last_route_eviction_ms: std::sync::atomic::AtomicI64,
     cumulative_histograms: CumulativeHistograms,
 }
 
@@ -109,6 +111,7 @@ impl Engine {
             routes: MatchCache::new(),
             open: RwLock::new(true),
             cumulative: CumulativeCounters::default(),
+            last_route_eviction_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             cumulative_histograms: CumulativeHistograms::default(),
         }
     }
@@ -168,6 +171,7 @@ impl Engine {
                     series.kind,
                 )
             });
+            route.touch(now_ms);
             if route.targets.is_empty() {
                 // A native histogram counts as one point, as ingest counts it.
                 let points = (series.points.len() + series.histograms.len()) as u64;
@@ -279,6 +283,15 @@ impl Engine {
         self.cumulative.evict_idle(now_ms, self.settings.idle_series_ms as i64);
         self.cumulative_histograms
             .evict_idle(now_ms, self.settings.idle_series_ms as i64);
+        // Routes of series that stopped sending; they are rebuilt if the series
+        // returns. At most once a minute: the scan write-locks each map shard in turn.
+        let last = self.last_route_eviction_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= 60_000 {
+            self.last_route_eviction_ms
+                .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+            let idle_ms = self.settings.idle_series_ms as i64;
+            self.routes.retain(|route| !route.is_idle(now_ms, idle_ms));
+        }
         let mut closed: Vec<ClosedWindow> = Vec::new();
         for shard in self.shards.iter() {
             shard.lock().take_windows(now_ms, everything, &mut closed);

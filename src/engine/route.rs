@@ -2,6 +2,7 @@
 //! rollup) with their storage policies, built once per series from the rule
 //! plan and cached, so the hot path only follows pointers.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use crate::aggregate::Aggregation;
@@ -55,6 +56,9 @@ pub struct SeriesRoute {
     pub targets: Vec<Arc<OutputTarget>>,
     /// The drop rule that removed the series' own output, if any.
     pub dropped_by: Option<Arc<str>>,
+    /// Wall clock of the last batch that used the route (to second precision),
+    /// so routes of series that went away can be evicted.
+    last_used_ms: AtomicI64,
 }
 
 impl SeriesRoute {
@@ -87,7 +91,22 @@ impl SeriesRoute {
         SeriesRoute {
             targets,
             dropped_by: plan.dropped_by.clone(),
+            last_used_ms: AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// Notes a use at `now_ms`. Writes at most once a second per series, so
+    /// routes shared by many batches do not bounce their cache line.
+    #[inline]
+    pub fn touch(&self, now_ms: i64) {
+        if now_ms.saturating_sub(self.last_used_ms.load(Ordering::Relaxed)) >= 1_000 {
+            self.last_used_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether no batch used the route in the `idle_ms` before `now_ms`.
+    pub fn is_idle(&self, now_ms: i64, idle_ms: i64) -> bool {
+        now_ms.saturating_sub(self.last_used_ms.load(Ordering::Relaxed)) >= idle_ms
     }
 
     /// Calls `visit(shard, target, slot, window_start_ms)` for every window

@@ -232,3 +232,31 @@ fn weights_scale_counts_sums_and_histograms() {
     assert_eq!(get("hits_count"), Some(10.0));
     assert_eq!(get("lat_count"), Some(4.0));
 }
+
+#[test]
+fn routes_of_series_that_stopped_sending_are_forgotten() {
+    let settings = EngineSettings {
+        shards: 4,
+        idle_series_ms: 60_000,
+        ..EngineSettings::default()
+    };
+    let engine = Engine::new(settings, RuleSet::default_rules());
+    engine.ingest(&batch("gone", Kind::Counter, &[(1.0, T0)]), T0).unwrap();
+    engine
+        .ingest(&batch("kept", Kind::Counter, &[(1.0, T0 + 50_000)]), T0 + 50_000)
+        .unwrap();
+    assert_eq!(engine.cached_series(), 2);
+    flush(&engine, T0 + 59_999);
+    assert_eq!(engine.cached_series(), 2, "nothing is idle for a minute yet");
+    // Eviction runs at most once a minute: the next scan is due at T0 + 119_999.
+    flush(&engine, T0 + 119_998);
+    assert_eq!(engine.cached_series(), 2, "no scan within a minute of the last one");
+    flush(&engine, T0 + 119_999);
+    assert_eq!(engine.cached_series(), 0, "both series were silent for a minute");
+    // A returning series gets its route back.
+    let outcome = engine
+        .ingest(&batch("gone", Kind::Counter, &[(2.0, T0 + 120_000)]), T0 + 120_000)
+        .unwrap();
+    assert_eq!(outcome.accepted, 1);
+    assert_eq!(engine.cached_series(), 1);
+}

@@ -114,6 +114,11 @@ impl<T> MatchCache<T> {
         self.plans.clear();
     }
 
+    /// Keeps only the entries whose value `keep` accepts (e.g. routes still in use).
+    pub fn retain(&self, mut keep: impl FnMut(&T) -> bool) {
+        self.plans.retain(|_, cached| keep(&cached.plan));
+    }
+
     /// Forgets the plan of one series (e.g. when the engine evicts it).
     pub fn remove(&self, key: u64) -> Option<Arc<CachedPlan<T>>> {
         self.plans.remove(&key).map(|(_, cached)| cached)
