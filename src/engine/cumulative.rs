@@ -30,10 +30,28 @@ impl CumulativeCounters {
     /// yields a zero delta (nothing is known of what came before, as
     /// Prometheus' `rate()` also assumes). A point not newer than the last one
     /// seen is refused as `out_of_order` (a resend, or two writers).
-    pub fn deltas(&self, key: u64, points: &[Point], now_ms: i64, out: &mut Vec<Point>, outcome: &mut Outcome) {
+    ///
+    /// Points later than `future_limit_ms` are refused (`too_far_in_future`)
+    /// before they touch the state: one would otherwise set the series' clock
+    /// ahead and turn every later point into `out_of_order`.
+    pub fn deltas(
+        &self,
+        key: u64,
+        points: &[Point],
+        now_ms: i64,
+        future_limit_ms: i64,
+        out: &mut Vec<Point>,
+        outcome: &mut Outcome,
+    ) {
         out.clear();
-        out.extend_from_slice(points);
         let time = |point: &Point| point.timestamp_ms.unwrap_or(now_ms);
+        for point in points {
+            if time(point) > future_limit_ms {
+                outcome.reject(DropReason::TooFarInFuture, 1);
+            } else {
+                out.push(*point);
+            }
+        }
         if !out.windows(2).all(|pair| time(&pair[0]) <= time(&pair[1])) {
             out.sort_by_key(time);
         }
@@ -87,7 +105,7 @@ mod tests {
     fn deltas(tracker: &CumulativeCounters, values: &[(f64, i64)]) -> (Vec<(f64, i64)>, Outcome) {
         let mut out = Vec::new();
         let mut outcome = Outcome::default();
-        tracker.deltas(1, &points(values), 0, &mut out, &mut outcome);
+        tracker.deltas(1, &points(values), 0, i64::MAX, &mut out, &mut outcome);
         (
             out.iter().map(|p| (p.value, p.timestamp_ms.unwrap())).collect(),
             outcome,
@@ -114,12 +132,36 @@ mod tests {
     }
 
     #[test]
+    fn a_future_point_is_refused_before_it_moves_the_series_clock() {
+        let tracker = CumulativeCounters::default();
+        let mut out = Vec::new();
+        let mut outcome = Outcome::default();
+        tracker.deltas(
+            1,
+            &points(&[(1.0, 10), (50.0, 10_000)]),
+            0,
+            1_000,
+            &mut out,
+            &mut outcome,
+        );
+        assert_eq!(outcome.rejected_for(DropReason::TooFarInFuture), 1);
+        let mut later = Outcome::default();
+        tracker.deltas(1, &points(&[(3.0, 20)]), 0, 1_000, &mut out, &mut later);
+        assert_eq!(out.iter().map(|p| p.value).collect::<Vec<_>>(), [2.0]);
+        assert_eq!(
+            later.rejected_total(),
+            0,
+            "the refused future point must not make this one out of order"
+        );
+    }
+
+    #[test]
     fn idle_series_are_forgotten() {
         let tracker = CumulativeCounters::default();
         let mut out = Vec::new();
         let mut outcome = Outcome::default();
-        tracker.deltas(1, &points(&[(1.0, 10)]), 1_000, &mut out, &mut outcome);
-        tracker.deltas(2, &points(&[(1.0, 10)]), 5_000, &mut out, &mut outcome);
+        tracker.deltas(1, &points(&[(1.0, 10)]), 1_000, i64::MAX, &mut out, &mut outcome);
+        tracker.deltas(2, &points(&[(1.0, 10)]), 5_000, i64::MAX, &mut out, &mut outcome);
         assert_eq!(tracker.evict_idle(6_000, 2_000), 1);
         assert_eq!(tracker.evict_idle(6_000, 2_000), 0, "the recent series stays");
         assert_eq!(tracker.evict_idle(8_000, 2_000), 1);

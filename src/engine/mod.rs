@@ -185,7 +185,7 @@ impl Engine {
             let mut deltas = std::mem::take(&mut scratch.deltas);
             let points: &[Point] = if series.cumulative && series.kind == Kind::Counter {
                 self.cumulative
-                    .deltas(key, &series.points, now_ms, &mut deltas, &mut outcome);
+                    .deltas(key, &series.points, now_ms, future_limit, &mut deltas, &mut outcome);
                 &deltas
             } else {
                 &series.points
