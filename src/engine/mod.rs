@@ -35,6 +35,7 @@ mod shard;
 mod window;
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -82,8 +83,8 @@ pub struct Engine {
     /// Ingest holds this for reading; `close` takes it for writing.
     open: RwLock<bool>,
     cumulative: CumulativeCounters,
-    /// When idle routes were last evicted (see `flush`).
-    last_route_eviction_ms: std::sync::atomic::AtomicI64,
+    /// When idle per-series state was last evicted (see `evict_idle_series`).
+    last_idle_eviction_ms: AtomicI64,
     cumulative_histograms: CumulativeHistograms,
 }
 
@@ -111,7 +112,7 @@ impl Engine {
             routes: MatchCache::new(),
             open: RwLock::new(true),
             cumulative: CumulativeCounters::default(),
-            last_route_eviction_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            last_idle_eviction_ms: AtomicI64::new(i64::MIN),
             cumulative_histograms: CumulativeHistograms::default(),
         }
     }
@@ -278,20 +279,25 @@ impl Engine {
         self.flush(now_ms, true, emit)
     }
 
+    /// Forgets the per-series state of series silent for `idle_series_ms`:
+    /// routes (rebuilt if the series returns) and running totals of cumulative
+    /// counters and histograms (the next point is a new baseline). At most once
+    /// a minute: each scan write-locks every map shard in turn.
+    fn evict_idle_series(&self, now_ms: i64) {
+        let last = self.last_idle_eviction_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < 60_000 {
+            return;
+        }
+        self.last_idle_eviction_ms.store(now_ms, Ordering::Relaxed);
+        let idle_ms = self.settings.idle_series_ms as i64;
+        self.routes.retain(|route| !route.is_idle(now_ms, idle_ms));
+        self.cumulative.evict_idle(now_ms, idle_ms);
+        self.cumulative_histograms.evict_idle(now_ms, idle_ms);
+    }
+
     fn flush(&self, now_ms: i64, everything: bool, mut emit: impl FnMut(Vec<AggregateRecord>)) -> FlushStats {
         let mut stats = FlushStats::default();
-        self.cumulative.evict_idle(now_ms, self.settings.idle_series_ms as i64);
-        self.cumulative_histograms
-            .evict_idle(now_ms, self.settings.idle_series_ms as i64);
-        // Routes of series that stopped sending; they are rebuilt if the series
-        // returns. At most once a minute: the scan write-locks each map shard in turn.
-        let last = self.last_route_eviction_ms.load(std::sync::atomic::Ordering::Relaxed);
-        if now_ms.saturating_sub(last) >= 60_000 {
-            self.last_route_eviction_ms
-                .store(now_ms, std::sync::atomic::Ordering::Relaxed);
-            let idle_ms = self.settings.idle_series_ms as i64;
-            self.routes.retain(|route| !route.is_idle(now_ms, idle_ms));
-        }
+        self.evict_idle_series(now_ms);
         let mut closed: Vec<ClosedWindow> = Vec::new();
         for shard in self.shards.iter() {
             shard.lock().take_windows(now_ms, everything, &mut closed);

@@ -42,11 +42,16 @@ impl FileStore {
 
     /// The segment file holding windows of `policy` that start at `window_start_ms`.
     pub fn segment_path(&self, policy: &StoragePolicy, window_start_ms: i64) -> PathBuf {
-        let segment = self.segment_ms(policy) as i64;
-        let start = window_start_ms.div_euclid(segment) * segment;
+        let start = self.segment_start(policy, window_start_ms);
         self.root
             .join(policy.dir_name())
             .join(format!("{}.jsonl", utc_compact(start)))
+    }
+
+    /// Start of the segment that holds a window of `policy` starting at `window_start_ms`.
+    fn segment_start(&self, policy: &StoragePolicy, window_start_ms: i64) -> i64 {
+        let segment = self.segment_ms(policy) as i64;
+        window_start_ms.div_euclid(segment) * segment
     }
 
     /// Deletes segments of every policy folder whose newest window is older than the retention.
@@ -82,14 +87,19 @@ impl FileStore {
 
 impl SinkWriter for FileStore {
     fn write(&mut self, records: &[AggregateRecord], now_ms: i64) -> Result<(), SinkError> {
-        let mut by_segment: BTreeMap<PathBuf, Vec<&AggregateRecord>> = BTreeMap::new();
+        // Grouped by (policy, segment start): the path is built once per segment, not per record.
+        let mut by_segment: BTreeMap<(StoragePolicy, i64), Vec<&AggregateRecord>> = BTreeMap::new();
         for record in records {
             by_segment
-                .entry(self.segment_path(&record.policy, record.window_start_ms))
+                .entry((
+                    record.policy,
+                    self.segment_start(&record.policy, record.window_start_ms),
+                ))
                 .or_default()
                 .push(record);
         }
-        for (path, records) in by_segment {
+        for ((policy, start), records) in by_segment {
+            let path = self.segment_path(&policy, start);
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
             }

@@ -53,17 +53,34 @@ pub struct RemoteWriteSettings {
     pub idle_series_ms: u64,
 }
 
+/// A request ready to send: encoded and compressed once, when queued, so a
+/// retry resends the same bytes instead of encoding again.
 struct Batch {
     tenant: Arc<str>,
-    series: Vec<prompb::TimeSeries>,
+    body: bytes::Bytes,
+    series: usize,
+    samples: u64,
 }
 
 impl Batch {
-    fn samples(&self) -> u64 {
-        self.series
+    /// Seals `series` of `tenant` into one snappy-compressed `WriteRequest`.
+    fn seal(tenant: Arc<str>, series: Vec<prompb::TimeSeries>) -> Result<Batch, snap::Error> {
+        let samples = series
             .iter()
             .map(|s| (s.samples.len() + s.histograms.len()) as u64)
-            .sum()
+            .sum();
+        let count = series.len();
+        let request = prompb::WriteRequest {
+            timeseries: series,
+            metadata: Vec::new(),
+        };
+        let body = snap::raw::Encoder::new().compress_vec(&request.encode_to_vec())?;
+        Ok(Batch {
+            tenant,
+            body: body.into(),
+            series: count,
+            samples,
+        })
     }
 }
 
@@ -126,7 +143,8 @@ impl RemoteWriteShard {
     }
 
     fn enqueue(&mut self, records: &[AggregateRecord]) {
-        let mut batches: Vec<Batch> = Vec::new();
+        let mut open: Vec<(Arc<str>, Vec<prompb::TimeSeries>)> = Vec::new();
+        let mut sealed: Vec<(Arc<str>, Vec<prompb::TimeSeries>)> = Vec::new();
         for record in records {
             if !self.settings.storage_policies.contains(&record.policy)
                 || !encode::belongs_to_shard(record, self.shard, self.settings.shards)
@@ -141,44 +159,43 @@ impl RemoteWriteShard {
                     continue;
                 }
             };
-            let batch = match batches.iter_mut().rposition(|b| b.tenant == record.tenant) {
-                Some(index) if batches[index].series.len() < self.settings.max_series_per_request => {
-                    &mut batches[index]
-                }
-                _ => {
-                    batches.push(Batch {
-                        tenant: Arc::clone(&record.tenant),
-                        series: Vec::new(),
-                    });
-                    batches.last_mut().expect("just pushed")
+            let index = match open.iter().position(|(tenant, _)| *tenant == record.tenant) {
+                Some(index) => index,
+                None => {
+                    open.push((Arc::clone(&record.tenant), Vec::new()));
+                    open.len() - 1
                 }
             };
-            batch.series.push(series);
+            open[index].1.push(series);
+            if open[index].1.len() >= self.settings.max_series_per_request {
+                sealed.push(open.swap_remove(index));
+            }
         }
-        for batch in batches {
-            self.pending_series += batch.series.len();
-            self.pending.push_back(batch);
+        for (tenant, series) in sealed.into_iter().chain(open) {
+            let count = series.len();
+            match Batch::seal(tenant, series) {
+                Ok(batch) => {
+                    self.pending_series += batch.series;
+                    self.pending.push_back(batch);
+                }
+                Err(error) => {
+                    tracing::error!(sink = %self.settings.name, %error, series = count, "cannot compress a batch; dropped");
+                    self.drop_samples("encode", count as u64);
+                }
+            }
         }
         // Bounded buffer: the oldest data goes first, and is counted.
         while self.pending_series > self.settings.max_buffered_series {
             let Some(oldest) = self.pending.pop_front() else { break };
-            self.pending_series -= oldest.series.len();
-            self.drop_samples("buffer_full", oldest.samples());
-            tracing::warn!(sink = %self.settings.name, series = oldest.series.len(), "remote write buffer full: oldest batch dropped");
+            self.pending_series -= oldest.series;
+            self.drop_samples("buffer_full", oldest.samples);
+            tracing::warn!(sink = %self.settings.name, series = oldest.series, "remote write buffer full: oldest batch dropped");
         }
         self.telemetry
             .sink_backlog(&self.settings.name, self.shard, self.pending_series as u64);
     }
 
     fn send(&mut self, batch: &Batch) -> Sent {
-        let request = prompb::WriteRequest {
-            timeseries: batch.series.clone(),
-            metadata: Vec::new(),
-        };
-        let body = match snap::raw::Encoder::new().compress_vec(&request.encode_to_vec()) {
-            Ok(body) => body,
-            Err(error) => return Sent::Refused(format!("snappy: {error}")),
-        };
         let url = self.settings.url.clone();
         let tenant_header = self.settings.tenant_header.clone();
         let client = match self.client() {
@@ -190,7 +207,7 @@ impl RemoteWriteShard {
             .header("Content-Encoding", "snappy")
             .header("Content-Type", "application/x-protobuf")
             .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-            .body(body);
+            .body(batch.body.clone());
         if let Some(header) = &tenant_header {
             post = post.header(header.as_str(), batch.tenant.as_ref());
         }
@@ -217,12 +234,12 @@ impl RemoteWriteShard {
             let Some(batch) = self.pending.pop_front() else { break };
             match self.send(&batch) {
                 Sent::Ok => {
-                    self.telemetry.sink_sent(&self.settings.name, batch.samples());
+                    self.telemetry.sink_sent(&self.settings.name, batch.samples);
                     self.backoff_ms = self.settings.min_backoff_ms;
                 }
                 Sent::Refused(message) => {
-                    self.drop_samples("refused", batch.samples());
-                    tracing::error!(sink = %self.settings.name, %message, series = batch.series.len(), "remote write refused a batch; dropped");
+                    self.drop_samples("refused", batch.samples);
+                    tracing::error!(sink = %self.settings.name, %message, series = batch.series, "remote write refused a batch; dropped");
                 }
                 Sent::Retry(message) => {
                     self.telemetry.sink_retry(&self.settings.name);
@@ -233,7 +250,7 @@ impl RemoteWriteShard {
                     break;
                 }
             }
-            self.pending_series -= batch.series.len();
+            self.pending_series -= batch.series;
         }
         self.telemetry
             .sink_backlog(&self.settings.name, self.shard, self.pending_series as u64);
@@ -256,7 +273,7 @@ impl SinkWriter for RemoteWriteShard {
         // One last try at shutdown; what cannot be sent is counted.
         self.next_attempt_ms = i64::MIN;
         self.drain(now_ms);
-        let left: u64 = self.pending.iter().map(Batch::samples).sum();
+        let left: u64 = self.pending.iter().map(|batch| batch.samples).sum();
         self.drop_samples("shutdown", left);
     }
 }
