@@ -37,7 +37,7 @@ enum Command {
     /// Validate a process config (and the rules file it names) or a rules file; non-zero exit on error.
     Check {
         /// The file to check. A file with any process setting (grpc, http, rules_file, data_dir, engine, flush,
-        /// ingest, store, selections, log) is a process config; otherwise it is read as a rules file.
+        /// ingest, store, selections, statsd, log, wal) is a process config; otherwise it is read as a rules file.
         #[arg(short, long)]
         config: PathBuf,
     },
@@ -185,7 +185,7 @@ fn init_logs(json: bool) {
     }
 }
 
-const PROCESS_KEYS: [&str; 11] = [
+const PROCESS_KEYS: [&str; 12] = [
     "grpc",
     "http",
     "rules_file",
@@ -197,6 +197,7 @@ const PROCESS_KEYS: [&str; 11] = [
     "selections",
     "statsd",
     "log",
+    "wal",
 ];
 
 fn is_process_config(path: &Path) -> bool {

@@ -2,7 +2,10 @@
 //! ticks, flush work off the async threads), feeds the sinks, logs progress,
 //! and on shutdown stops ingest, flushes every open window and drains sinks.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, v1};
 use crate::clock::Clock;
 use crate::config::ServiceSettings;
-use crate::engine::{Engine, FlushStats};
+use crate::engine::{AggregateRecord, Engine, FlushStats};
 use crate::ingest::grpc::GrpcIngest;
 use crate::ingest::remote_write::{http_router, HttpState};
 use crate::ingest::statsd::serve_statsd;
@@ -25,6 +28,7 @@ use crate::sink::remote_write::RemoteWriteShard;
 use crate::sink::selections::{selection_dir, GrpcSelections, SelectionHub, SelectionWriter};
 use crate::sink::SinkSet;
 use crate::telemetry::Telemetry;
+use crate::wal::{Wal, WalError};
 
 /// Why the service could not start or stopped badly.
 #[derive(Debug, Error)]
@@ -54,6 +58,9 @@ pub enum ServiceError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Http(std::io::Error),
+    /// The write-ahead log cannot be opened or replayed.
+    #[error("{0}")]
+    Wal(#[from] WalError),
     /// Shutdown did not finish within the grace period.
     #[error("shutdown took longer than the {0} ms grace period; windows still open were lost")]
     ShutdownTimeout(u64),
@@ -75,6 +82,7 @@ pub struct ServiceHandle {
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), ServiceError>>,
     grace_ms: u64,
+    wal: Option<Arc<Wal>>,
 }
 
 /// Builds the gRPC router: ingest, the selection stream and reflection.
@@ -85,12 +93,13 @@ pub fn grpc_router(
     telemetry: Arc<Telemetry>,
     hub: SelectionHub,
     closing: watch::Receiver<bool>,
+    wal: Option<Arc<Wal>>,
 ) -> Result<tonic::transport::server::Router, ServiceError> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|error| ServiceError::Reflection(error.to_string()))?;
-    let ingest = GrpcIngest::new(engine, settings.ingest.clone(), clock, Arc::clone(&telemetry));
+    let ingest = GrpcIngest::new(engine, settings.ingest.clone(), clock, Arc::clone(&telemetry)).with_wal(wal);
     let selections = GrpcSelections::new(hub, settings.ingest.tenant_header.clone(), telemetry, closing);
     Ok(tonic::transport::Server::builder()
         .add_service(ingest.into_server())
@@ -107,15 +116,37 @@ pub async fn start(
     let telemetry = Arc::new(Telemetry::default());
     let engine = Arc::new(Engine::new(settings.engine.clone(), rules));
     let hub = SelectionHub::new(settings.selection_stream_buffer);
+    let store_root = settings.data_dir.join("store");
+    let wal = match &settings.wal {
+        Some(wal_settings) => {
+            // Recovery and replay before any sink or listener starts: the store is cut
+            // back to the last checkpoint, then the log refills the open windows.
+            let (wal, replay) = Wal::open(wal_settings, &engine)?;
+            tracing::info!(
+                segments = replay.segments,
+                batches = replay.batches,
+                accepted = replay.accepted,
+                refused = replay.refused,
+                skipped_bytes = replay.skipped_bytes,
+                dir = %wal_settings.dir.display(),
+                "write-ahead log replayed"
+            );
+            Some(Arc::new(wal))
+        }
+        None => None,
+    };
+    let store_failures = Arc::new(AtomicU64::new(0));
 
     let mut sinks = SinkSet::default();
     if settings.store_enabled {
         let counters = Arc::clone(&telemetry);
-        let store = FileStore::new(settings.data_dir.join("store"), settings.segment_duration_ms);
+        let failures = Arc::clone(&store_failures);
+        let store = FileStore::new(&store_root, settings.segment_duration_ms).with_sync(wal.is_some());
         sinks
             .spawn("store", store, move |records, result| match result {
                 Ok(()) => counters.written(records as u64),
                 Err(error) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
                     counters.sink_error();
                     tracing::error!(%error, records, "store write failed; records lost");
                 }
@@ -187,6 +218,7 @@ pub async fn start(
         Arc::clone(&telemetry),
         hub.clone(),
         closing_receiver,
+        wal.clone(),
     )?;
     let http_listener = tokio::net::TcpListener::bind(settings.http_listen)
         .await
@@ -203,7 +235,8 @@ pub async fn start(
         settings.ingest.clone(),
         Arc::clone(&clock),
         Arc::clone(&telemetry),
-    );
+    )
+    .with_wal(wal.clone());
 
     let (commands, command_receiver) = mpsc::channel(16);
     let (stop, stop_receiver) = oneshot::channel();
@@ -221,6 +254,11 @@ pub async fn start(
             sinks: Arc::new(sinks),
             clock,
             telemetry: Arc::clone(&telemetry),
+            wal: wal.clone(),
+            store_paths: settings
+                .store_enabled
+                .then(|| FileStore::new(&store_root, settings.segment_duration_ms)),
+            store_failures,
         },
         settings.clone(),
         command_receiver,
@@ -239,6 +277,7 @@ pub async fn start(
         stop,
         task,
         grace_ms: settings.shutdown_grace_ms,
+        wal,
     })
 }
 
@@ -258,16 +297,92 @@ struct FlushLoop {
     sinks: Arc<SinkSet>,
     clock: Arc<dyn Clock>,
     telemetry: Arc<Telemetry>,
+    /// The write-ahead log, when on: each flush is checkpointed in it.
+    wal: Option<Arc<Wal>>,
+    /// Paths of the store's segment files (the store itself runs on its sink thread).
+    store_paths: Option<FileStore>,
+    /// Store writes that failed; a flush during which one failed is not committed.
+    store_failures: Arc<AtomicU64>,
+}
+
+/// Every store file the records will be appended to, with its length now.
+fn store_files_touched(store: &FileStore, chunks: &[Vec<AggregateRecord>]) -> Vec<(PathBuf, u64)> {
+    let segments: BTreeSet<_> = chunks
+        .iter()
+        .flatten()
+        .map(|record| {
+            (
+                record.policy,
+                store.segment_start(&record.policy, record.window_start_ms),
+            )
+        })
+        .collect();
+    segments
+        .into_iter()
+        .map(|(policy, start)| {
+            let path = store.segment_path(&policy, start);
+            let length = std::fs::metadata(&path).map(|meta| meta.len()).unwrap_or(0);
+            (path, length)
+        })
+        .collect()
 }
 
 impl FlushLoop {
+    /// One flush with the write-ahead log on: intent in the checkpoint, records
+    /// to the sinks, the store's fsync awaited, then the watermarks committed and
+    /// the log segments every window of which has flushed deleted (see `wal`).
+    fn flush_logged(&self, wal: &Wal, now_ms: i64, everything: bool, settle: bool) -> FlushStats {
+        let mut chunks = Vec::new();
+        let stats = if everything {
+            self.engine.flush_all(now_ms, |records| chunks.push(records))
+        } else {
+            self.engine.flush_due(now_ms, |records| chunks.push(records))
+        };
+        self.telemetry.flushed(stats.windows as u64, stats.records as u64);
+        let watermarks = self.engine.watermarks();
+        let failures_before = self.store_failures.load(Ordering::Relaxed);
+        let mut intent_recorded = true;
+        if let Some(store) = &self.store_paths {
+            let files = store_files_touched(store, &chunks);
+            if !files.is_empty() {
+                if let Err(error) = wal.begin_flush(files) {
+                    // Deliver anyway (losing nothing); without a commit replay may emit these windows again.
+                    tracing::error!(%error, "cannot record the flush in the checkpoint");
+                    intent_recorded = false;
+                }
+            }
+        }
+        for chunk in chunks {
+            self.sinks.deliver(chunk, now_ms);
+        }
+        self.sinks.tick(now_ms);
+        self.sinks.barrier_of("store");
+        if settle {
+            self.sinks.barrier();
+        }
+        if !intent_recorded || self.store_failures.load(Ordering::Relaxed) != failures_before {
+            tracing::error!("flush not committed: a store write failed; the log keeps its windows");
+            return stats;
+        }
+        match wal.commit_flush(watermarks, now_ms, self.engine.flush_horizon_ms(), everything) {
+            Ok(removed) if removed > 0 => tracing::debug!(removed, "write-ahead log segments deleted"),
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "cannot commit the flush checkpoint"),
+        }
+        stats
+    }
+
     /// Flushes due (or all) windows on a blocking thread; waits for sinks when `settle`.
-    async fn flush(&self, everything: bool, settle: bool) -> FlushStats {
+    async fn flush(self: &Arc<Self>, everything: bool, settle: bool) -> FlushStats {
         let engine = Arc::clone(&self.engine);
         let sinks = Arc::clone(&self.sinks);
         let now_ms = self.clock.now_ms();
         let telemetry = Arc::clone(&self.telemetry);
+        let this = Arc::clone(self);
         let work = tokio::task::spawn_blocking(move || {
+            if let Some(wal) = &this.wal {
+                return this.flush_logged(wal, now_ms, everything, settle);
+            }
             let deliver = |records| sinks.deliver(records, now_ms);
             let stats = if everything {
                 engine.flush_all(now_ms, deliver)
@@ -323,6 +438,7 @@ async fn run(
             .await
     });
 
+    let flusher = Arc::new(flusher);
     let progress_every = Duration::from_millis(settings.progress_interval_ms.max(1));
     let mut next_progress = tokio::time::Instant::now() + progress_every;
     let mut last_line = String::new();
@@ -371,9 +487,16 @@ async fn run(
     let served = server.await;
     let http_served = http_server.await;
     tracing::info!(target: "tailfold::progress", "{}", flusher.telemetry.snapshot().progress_line());
-    match Arc::try_unwrap(flusher.sinks) {
-        Ok(sinks) => tokio::task::spawn_blocking(move || sinks.close()).await.unwrap_or(()),
-        Err(_) => tracing::error!("sinks still in use at shutdown"),
+    let wal = flusher.wal.clone();
+    match Arc::try_unwrap(flusher).map(|flusher| Arc::try_unwrap(flusher.sinks)) {
+        Ok(Ok(sinks)) => tokio::task::spawn_blocking(move || sinks.close()).await.unwrap_or(()),
+        _ => tracing::error!("sinks still in use at shutdown"),
+    }
+    if let Some(wal) = wal {
+        // Segments go only when the shutdown flush was committed; otherwise the next start replays them.
+        if let Err(error) = tokio::task::spawn_blocking(move || wal.close()).await.unwrap_or(Ok(())) {
+            tracing::error!(%error, "cannot close the write-ahead log");
+        }
     }
     match http_served {
         Ok(Err(error)) => return Err(ServiceError::Http(error)),
@@ -413,6 +536,11 @@ impl ServiceHandle {
     /// The service counters.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
+    }
+
+    /// The write-ahead log, when on.
+    pub fn wal(&self) -> Option<&Arc<Wal>> {
+        self.wal.as_ref()
     }
 
     /// The selection hub (subscribe in-process).

@@ -12,6 +12,7 @@ use crate::aggregate::histogram::HistogramConfig;
 use crate::engine::{default_shards, EngineSettings};
 use crate::model::parse_duration_ms;
 use crate::sink::remote_write::RemoteWriteSettings;
+use crate::wal::WalSettings;
 
 use super::error::ConfigError;
 use super::remote_write::{check_remote_write, RemoteWriteConfig};
@@ -69,6 +70,8 @@ pub mod defaults {
     pub const REMOTE_WRITE_MAX_BUFFERED_SERIES: usize = 500_000;
     /// Grace period to flush and drain on shutdown.
     pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+    /// Write-ahead log: size past which a new segment is started.
+    pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
     /// Interval of the progress line in the log.
     pub const PROGRESS_INTERVAL_MS: u64 = 10_000;
     /// Tenant of statsd samples (the protocol has no way to name one).
@@ -103,8 +106,22 @@ pub struct ProcessConfig {
     pub remote_write: Vec<RemoteWriteConfig>,
     /// statsd / DogStatsD ingest over UDP; off unless `statsd.listen` is set.
     pub statsd: StatsdConfig,
+    /// Write-ahead log: acknowledge a write only once it is on disk, replay it after a crash. Off by default.
+    pub wal: WalConfig,
     /// Logs.
     pub log: LogConfig,
+}
+
+/// Write-ahead log settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    /// Log every accepted batch (fsynced, group commit) before acknowledging it; replay it on start. Default false.
+    pub enabled: Option<bool>,
+    /// Directory of the log segments and the flush checkpoint. Default `<data_dir>/wal`.
+    pub dir: Option<PathBuf>,
+    /// A new segment is started past this many bytes. Default 67108864.
+    pub segment_bytes: Option<u64>,
 }
 
 /// gRPC server settings.
@@ -251,6 +268,8 @@ pub struct ServiceSettings {
     pub remote_write: Vec<RemoteWriteSettings>,
     /// statsd ingest; `None` when `statsd.listen` is not set.
     pub statsd: Option<StatsdSettings>,
+    /// Write-ahead log; `None` when `wal.enabled` is not true.
+    pub wal: Option<WalSettings>,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -440,6 +459,20 @@ impl ServiceSettings {
             ));
         }
 
+        let wal = match config.wal.enabled {
+            Some(true) => {
+                let segment_bytes = config.wal.segment_bytes.unwrap_or(defaults::WAL_SEGMENT_BYTES);
+                if segment_bytes == 0 {
+                    return Err(invalid("wal.segment_bytes", "must be greater than zero".to_string()));
+                }
+                Some(WalSettings {
+                    dir: config.wal.dir.clone().unwrap_or_else(|| data_dir.join("wal")),
+                    segment_bytes,
+                })
+            }
+            _ => None,
+        };
+
         Ok(ServiceSettings {
             source: path.to_path_buf(),
             grpc_listen,
@@ -470,6 +503,7 @@ impl ServiceSettings {
             selection_stream_buffer,
             remote_write,
             statsd,
+            wal,
             log_json,
         })
     }

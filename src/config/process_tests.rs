@@ -94,3 +94,26 @@ fn broken_configs_name_the_file_and_field() {
         assert!(error.contains(needle), "{text:?} gave {error:?}, wanted {needle:?}");
     }
 }
+
+#[test]
+fn wal_is_off_by_default_and_checked_when_on() {
+    let path = Path::new("conf/t.yaml");
+    assert_eq!(ServiceSettings::parse("", path).unwrap().wal, None);
+    let on = ServiceSettings::parse("data_dir: /var/tf\nwal: {enabled: true}", path)
+        .unwrap()
+        .wal
+        .expect("wal on");
+    assert_eq!(on.dir, Path::new("/var/tf/wal"));
+    assert_eq!(on.segment_bytes, defaults::WAL_SEGMENT_BYTES);
+    let error = ServiceSettings::parse("wal: {enabled: true, segment_bytes: 0}", path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("conf/t.yaml") && error.contains("wal.segment_bytes"),
+        "{error}"
+    );
+    let error = ServiceSettings::parse("wal: {enabled: true, fsync: always}", path)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("fsync"), "{error}");
+}

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::model::{series_key, DropReason, IngestBatch, Kind, NativeHistogram, Outcome, Point};
+use crate::model::{series_key, DropReason, IngestBatch, Kind, NativeHistogram, Outcome, Point, StoragePolicy};
 use crate::rules::{MatchCache, RuleSet};
 
 pub use record::{AggregateRecord, RecordValue, Statistic};
@@ -315,6 +315,55 @@ impl Engine {
         stats
     }
 
+    /// Per shard, per policy: the window end up to which that shard has
+    /// flushed (plain data, for the write-ahead log to persist).
+    pub fn watermarks(&self) -> Watermarks {
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().flushed_until().to_vec())
+            .collect()
+    }
+
+    /// Restores persisted watermarks before any ingest, so windows already
+    /// flushed are refused as late instead of being emitted again. With the
+    /// same shard count each shard gets its own; otherwise every shard gets the
+    /// highest watermark of each policy (a series may have moved shard).
+    pub fn restore_watermarks(&self, watermarks: &Watermarks) {
+        if watermarks.len() == self.shards.len() {
+            for (shard, marks) in self.shards.iter().zip(watermarks) {
+                let mut shard = shard.lock();
+                for (policy, until) in marks {
+                    shard.mark_flushed(*policy, *until);
+                }
+            }
+            return;
+        }
+        let mut highest: Vec<(StoragePolicy, i64)> = Vec::new();
+        for (policy, until) in watermarks.iter().flatten() {
+            match highest.iter_mut().find(|(known, _)| known == policy) {
+                Some((_, high)) => *high = (*high).max(*until),
+                None => highest.push((*policy, *until)),
+            }
+        }
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            for (policy, until) in &highest {
+                shard.mark_flushed(*policy, *until);
+            }
+        }
+    }
+
+    /// How long after a sample's event time every window it can feed is due:
+    /// the largest resolution plus lateness over the rules' storage policies.
+    pub fn flush_horizon_ms(&self) -> i64 {
+        self.rules()
+            .storage_policies()
+            .iter()
+            .map(|policy| (policy.resolution_ms + self.settings.lateness_ms(policy)) as i64)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Outputs with at least one open window, over all shards.
     pub fn active_outputs(&self) -> usize {
         self.shards.iter().map(|shard| shard.lock().active_outputs()).sum()
@@ -330,6 +379,9 @@ impl Engine {
         self.routes.len()
     }
 }
+
+/// Per shard, per storage policy: the end up to which windows were flushed.
+pub type Watermarks = Vec<Vec<(StoragePolicy, i64)>>;
 
 /// What one flush did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

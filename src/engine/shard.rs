@@ -200,7 +200,14 @@ impl Shard {
             .is_some_and(|(_, until)| window_start_ms + policy.resolution_ms as i64 <= *until)
     }
 
-    fn mark_flushed(&mut self, policy: StoragePolicy, window_end_ms: i64) {
+    /// Per policy, the end up to which every window of this shard has been flushed.
+    pub fn flushed_until(&self) -> &[(StoragePolicy, i64)] {
+        &self.flushed_until
+    }
+
+    /// Raises the watermark of `policy` to `window_end_ms` (restart from a
+    /// persisted watermark): windows ending at or before it are refused as late.
+    pub fn mark_flushed(&mut self, policy: StoragePolicy, window_end_ms: i64) {
         match self.flushed_until.iter_mut().find(|(p, _)| *p == policy) {
             Some((_, until)) => *until = (*until).max(window_end_ms),
             None => self.flushed_until.push((policy, window_end_ms)),

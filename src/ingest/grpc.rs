@@ -13,6 +13,7 @@ use crate::config::IngestLimits;
 use crate::engine::Engine;
 use crate::model::{DropReason, IngestBatch, Outcome};
 use crate::telemetry::Telemetry;
+use crate::wal::Wal;
 
 use super::validate::{check_tenant, validate_series};
 
@@ -25,6 +26,8 @@ pub struct GrpcIngest {
     limits: IngestLimits,
     clock: Arc<dyn Clock>,
     telemetry: Arc<Telemetry>,
+    /// When on, a batch is logged (and on disk) before the engine folds it.
+    wal: Option<Arc<Wal>>,
 }
 
 impl GrpcIngest {
@@ -35,7 +38,14 @@ impl GrpcIngest {
             limits,
             clock,
             telemetry,
+            wal: None,
         }
+    }
+
+    /// Logs every batch in `wal` before folding it.
+    pub fn with_wal(mut self, wal: Option<Arc<Wal>>) -> Self {
+        self.wal = wal;
+        self
     }
 
     /// Builds the tonic server for this handler with the request size limit applied.
@@ -113,6 +123,12 @@ impl v1::ingest_server::Ingest for GrpcIngest {
         }
 
         let now_ms = self.clock.now_ms();
+        if let Some(wal) = &self.wal {
+            // Acknowledged only once on disk; a failed append is UNAVAILABLE, which clients retry.
+            wal.append(&batch, now_ms)
+                .await
+                .map_err(|error| Status::unavailable(error.to_string()))?;
+        }
         let folded = self
             .engine
             .ingest(&batch, now_ms)

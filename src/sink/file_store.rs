@@ -24,6 +24,8 @@ pub struct FileStore {
     segment_override_ms: Option<u64>,
     /// Last time retention was enforced; it runs at most once per minute.
     last_retention_ms: i64,
+    /// fsync every write (and new files' directories) before it returns.
+    sync: bool,
 }
 
 impl FileStore {
@@ -33,7 +35,20 @@ impl FileStore {
             root: root.into(),
             segment_override_ms,
             last_retention_ms: i64::MIN,
+            sync: false,
         }
+    }
+
+    /// With `sync`, a write returns only once its records are on disk (the
+    /// write-ahead log's checkpoint relies on it).
+    pub fn with_sync(mut self, sync: bool) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// The root folder (`<data_dir>/store`).
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     fn segment_ms(&self, policy: &StoragePolicy) -> u64 {
@@ -49,7 +64,7 @@ impl FileStore {
     }
 
     /// Start of the segment that holds a window of `policy` starting at `window_start_ms`.
-    fn segment_start(&self, policy: &StoragePolicy, window_start_ms: i64) -> i64 {
+    pub fn segment_start(&self, policy: &StoragePolicy, window_start_ms: i64) -> i64 {
         let segment = self.segment_ms(policy) as i64;
         window_start_ms.div_euclid(segment) * segment
     }
@@ -100,6 +115,7 @@ impl SinkWriter for FileStore {
         }
         for ((policy, start), records) in by_segment {
             let path = self.segment_path(&policy, start);
+            let created = self.sync && !path.exists();
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
             }
@@ -117,6 +133,19 @@ impl SinkWriter for FileStore {
                 out.write_all(b"\n").map_err(|source| io_error(&path, source))?;
             }
             out.flush().map_err(|source| io_error(&path, source))?;
+            if self.sync {
+                out.get_ref().sync_data().map_err(|source| io_error(&path, source))?;
+                if created {
+                    for dir in [path.parent(), path.parent().and_then(Path::parent)]
+                        .into_iter()
+                        .flatten()
+                    {
+                        fs::File::open(dir)
+                            .and_then(|handle| handle.sync_all())
+                            .map_err(|source| io_error(dir, source))?;
+                    }
+                }
+            }
         }
         if now_ms.saturating_sub(self.last_retention_ms) >= 60_000 {
             self.last_retention_ms = now_ms;

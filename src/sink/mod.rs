@@ -148,6 +148,23 @@ impl SinkSet {
         }
     }
 
+    /// Returns once every sink named `name` has processed everything delivered
+    /// before the call (the others may still be working, e.g. retrying a send).
+    pub fn barrier_of(&self, name: &str) {
+        let waits: Vec<_> = self
+            .sinks
+            .iter()
+            .filter(|sink| sink.name == name)
+            .filter_map(|sink| {
+                let (done, wait) = sync_channel(1);
+                sink.sender.send(SinkMessage::Barrier(done)).ok().map(|_| wait)
+            })
+            .collect();
+        for wait in waits {
+            let _ = wait.recv();
+        }
+    }
+
     /// Stops every sink after it has processed what it was given.
     pub fn close(self) {
         for sink in self.sinks {

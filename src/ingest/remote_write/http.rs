@@ -18,6 +18,7 @@ use crate::engine::Engine;
 use crate::ingest::validate::check_tenant;
 use crate::model::{DropReason, Outcome};
 use crate::telemetry::Telemetry;
+use crate::wal::Wal;
 
 use super::decode::{decode_request, decompress, parse, points_in, RemoteWriteError};
 
@@ -37,6 +38,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     telemetry: Arc<Telemetry>,
     ready: AtomicBool,
+    /// When on, a batch is logged (and on disk) before the engine folds it.
+    wal: Option<Arc<Wal>>,
 }
 
 impl HttpState {
@@ -48,7 +51,17 @@ impl HttpState {
             clock,
             telemetry,
             ready: AtomicBool::new(true),
+            wal: None,
         }))
+    }
+
+    /// Logs every batch in `wal` before folding it (call before the state is cloned).
+    pub fn with_wal(mut self, wal: Option<Arc<Wal>>) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(shared) => shared.wal = wal,
+            None => tracing::error!("HttpState::with_wal after the state was shared; writes are not logged"),
+        }
+        self
     }
 
     /// Sets what `/-/ready` answers; the server clears it when shutdown begins.
@@ -173,9 +186,15 @@ impl Shared {
                 format!("every series in the request was refused: {}", decoded.error_text()),
             ));
         }
+        let now_ms = self.clock.now_ms();
+        if let Some(wal) = &self.wal {
+            // Acknowledged only once on disk; a failed append is a 503 the sender retries.
+            wal.append_blocking(&decoded.batch, now_ms)
+                .map_err(|error| (StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
+        }
         let folded = self
             .engine
-            .ingest(&decoded.batch, self.clock.now_ms())
+            .ingest(&decoded.batch, now_ms)
             .map_err(|closed| (StatusCode::SERVICE_UNAVAILABLE, closed.to_string()))?;
         let mut outcome = decoded.outcome.clone();
         outcome.merge(&folded);
