@@ -277,9 +277,8 @@ impl Wal {
         let mut segments = self.segments.lock();
         let active = segments.list.len().saturating_sub(1);
         let mut removed = 0;
-        let mut index = 0;
         let mut kept = Vec::with_capacity(segments.list.len());
-        for segment in segments.list.drain(..) {
+        for (index, segment) in segments.list.drain(..).enumerate() {
             let flushed = everything || segment.latest_ms.saturating_add(horizon_ms) <= flushed_at_ms;
             if index < active && flushed {
                 fs::remove_file(&segment.path).map_err(|source| WalError::io(&segment.path, source))?;
@@ -291,7 +290,6 @@ impl Wal {
                 }
                 kept.push(segment);
             }
-            index += 1;
         }
         segments.list = kept;
         Ok(removed)
