@@ -68,6 +68,8 @@ pub mod defaults {
     pub const REMOTE_WRITE_MAX_BACKOFF_MS: u64 = 10_000;
     /// Remote write: series buffered per shard before the oldest are dropped.
     pub const REMOTE_WRITE_MAX_BUFFERED_SERIES: usize = 500_000;
+    /// Remote write: bytes of each shard's spill file before the oldest requests are dropped.
+    pub const REMOTE_WRITE_MAX_SPILL_BYTES: u64 = 1024 * 1024 * 1024;
     /// Grace period to flush and drain on shutdown.
     pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
     /// Write-ahead log: size past which a new segment is started.

@@ -1,6 +1,8 @@
 //! The `remote_write` section: one entry per sink, checked into the sink's
 //! runtime settings (policies parsed, several policies need a policy label).
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::{PolicyError, StoragePolicy};
@@ -38,6 +40,11 @@ pub struct RemoteWriteConfig {
     pub max_backoff_ms: Option<u64>,
     /// Series buffered per shard during an outage before the oldest are dropped (counted as `buffer_full`). Default 500000.
     pub max_buffered_series: Option<usize>,
+    /// Directory to spill requests to once `max_buffered_series` is reached (instead of dropping the
+    /// oldest); what is left at shutdown stays there and is sent first by the next run. Default: none (memory only).
+    pub spill_dir: Option<PathBuf>,
+    /// Bytes each shard's spill file may hold before its oldest requests are dropped (`buffer_full`). Default 1073741824.
+    pub max_spill_bytes: Option<u64>,
 }
 
 /// Checks one remote-write sink.
@@ -118,5 +125,10 @@ pub(super) fn check_remote_write(
                 .unwrap_or(defaults::REMOTE_WRITE_MAX_BUFFERED_SERIES),
         )?,
         idle_series_ms: idle_series_ms.unwrap_or(defaults::IDLE_SERIES_MS),
+        spill_dir: config.spill_dir.clone(),
+        max_spill_bytes: positive(
+            "max_spill_bytes",
+            config.max_spill_bytes.unwrap_or(defaults::REMOTE_WRITE_MAX_SPILL_BYTES) as usize,
+        )? as u64,
     })
 }

@@ -6,8 +6,10 @@
 //! reason.
 
 mod encode;
+mod spill;
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ use crate::telemetry::Telemetry;
 use super::{SinkError, SinkWriter};
 
 pub use encode::{native_histogram, Encoder, Unencodable};
+use spill::Spill;
 
 /// Checked settings of one remote-write sink (see `config::RemoteWriteConfig`).
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +54,11 @@ pub struct RemoteWriteSettings {
     pub max_buffered_series: usize,
     /// Running histograms idle this long are forgotten.
     pub idle_series_ms: u64,
+    /// When set, requests past `max_buffered_series` spill to `<dir>/<name>-<shard>.spill`
+    /// instead of being dropped, and what is left at shutdown is kept there for the next run.
+    pub spill_dir: Option<PathBuf>,
+    /// Bytes the spill of one shard may hold before its oldest requests are dropped (`buffer_full`).
+    pub max_spill_bytes: u64,
 }
 
 /// A request ready to send: encoded and compressed once, when queued, so a
@@ -101,8 +109,11 @@ pub struct RemoteWriteShard {
     /// Built on the sink thread at first use: a blocking client must not be
     /// created or dropped inside the async runtime.
     client: Option<reqwest::blocking::Client>,
+    /// The newest queued requests; older ones are in `spill` when it is on.
     pending: VecDeque<Batch>,
     pending_series: usize,
+    /// The oldest queued requests, on disk (`spill_dir` set).
+    spill: Option<Spill>,
     next_attempt_ms: i64,
     backoff_ms: u64,
     telemetry: Arc<Telemetry>,
@@ -111,7 +122,23 @@ pub struct RemoteWriteShard {
 impl RemoteWriteShard {
     /// Shard `shard` of `settings.shards`.
     pub fn new(settings: RemoteWriteSettings, shard: usize, telemetry: Arc<Telemetry>) -> Self {
+        let spill = settings.spill_dir.as_ref().and_then(|dir| {
+            let path = dir.join(format!("{}-{shard}.spill", settings.name));
+            match Spill::open(&path) {
+                Ok(spill) => {
+                    if !spill.is_empty() {
+                        tracing::info!(sink = %settings.name, shard, requests = spill.len(), file = %path.display(), "remote-write backlog left by the last run is sent first");
+                    }
+                    Some(spill)
+                }
+                Err(error) => {
+                    tracing::error!(sink = %settings.name, %error, file = %path.display(), "cannot open the spill file; the buffer stays in memory only");
+                    None
+                }
+            }
+        });
         RemoteWriteShard {
+            spill,
             encoder: Encoder::new(settings.policy_label.clone(), settings.native_histograms),
             backoff_ms: settings.min_backoff_ms,
             settings,
@@ -184,15 +211,82 @@ impl RemoteWriteShard {
                 }
             }
         }
-        // Bounded buffer: the oldest data goes first, and is counted.
+        // Bounded buffer: the oldest data spills to disk when configured, else
+        // goes first; what is finally dropped is counted.
         while self.pending_series > self.settings.max_buffered_series {
             let Some(oldest) = self.pending.pop_front() else { break };
             self.pending_series -= oldest.series;
-            self.drop_samples("buffer_full", oldest.samples);
-            tracing::warn!(sink = %self.settings.name, series = oldest.series, "remote write buffer full: oldest batch dropped");
+            self.spill_or_drop(oldest);
         }
+        self.report_backlog();
+    }
+
+    /// Moves `batch` (older than anything in memory) to the back of the spill;
+    /// drops it, counted, without one. Keeps the spill within its bound.
+    fn spill_or_drop(&mut self, batch: Batch) {
+        let Some(spill) = &mut self.spill else {
+            self.drop_samples("buffer_full", batch.samples);
+            tracing::warn!(sink = %self.settings.name, series = batch.series, "remote write buffer full: oldest batch dropped");
+            return;
+        };
+        if let Err(error) = spill.push(&batch) {
+            tracing::error!(sink = %self.settings.name, %error, file = %spill.path().display(), "cannot spill a batch; dropped");
+            self.drop_samples("spill_failed", batch.samples);
+            return;
+        }
+        let mut dropped = 0;
+        while spill.queued_bytes() > self.settings.max_spill_bytes {
+            match spill.pop_front() {
+                Ok(Some((_, samples))) => dropped += samples,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::error!(sink = %self.settings.name, %error, "cannot trim the spill file");
+                    break;
+                }
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(sink = %self.settings.name, samples = dropped, "remote write spill full: oldest batches dropped");
+            self.drop_samples("buffer_full", dropped);
+        }
+    }
+
+    fn report_backlog(&self) {
+        let spilled = self.spill.as_ref().map_or(0, Spill::series);
         self.telemetry
-            .sink_backlog(&self.settings.name, self.shard, self.pending_series as u64);
+            .sink_backlog(&self.settings.name, self.shard, (self.pending_series + spilled) as u64);
+    }
+
+    /// The oldest queued request: the spill's front when it has any, else memory's.
+    fn front(&mut self) -> Option<(Batch, bool)> {
+        if let Some(spill) = &mut self.spill {
+            match spill.front() {
+                Ok(Some(batch)) => return Some((batch, true)),
+                Ok(None) => {}
+                Err(error) => {
+                    // Unreadable: counted as dropped, so the queue moves on.
+                    tracing::error!(sink = %self.settings.name, %error, "cannot read the spill file; front batch dropped");
+                    if let Ok(Some((_, samples))) = spill.pop_front() {
+                        self.drop_samples("spill_failed", samples);
+                    }
+                    return self.front();
+                }
+            }
+        }
+        self.pending.pop_front().map(|batch| (batch, false))
+    }
+
+    /// Removes the front request after it was sent or refused.
+    fn pop_sent(&mut self, batch: &Batch, from_spill: bool) {
+        if from_spill {
+            if let Some(spill) = &mut self.spill {
+                if let Err(error) = spill.pop_front() {
+                    tracing::error!(sink = %self.settings.name, %error, "cannot advance the spill file");
+                }
+            }
+        } else {
+            self.pending_series -= batch.series;
+        }
     }
 
     fn send(&mut self, batch: &Batch) -> Sent {
@@ -231,7 +325,7 @@ impl RemoteWriteShard {
     /// (then waits out the backoff; the next write or tick tries again).
     fn drain(&mut self, now_ms: i64) {
         while now_ms >= self.next_attempt_ms {
-            let Some(batch) = self.pending.pop_front() else { break };
+            let Some((batch, from_spill)) = self.front() else { break };
             match self.send(&batch) {
                 Sent::Ok => {
                     self.telemetry.sink_sent(&self.settings.name, batch.samples);
@@ -246,14 +340,15 @@ impl RemoteWriteShard {
                     tracing::warn!(sink = %self.settings.name, %message, backoff_ms = self.backoff_ms, "remote write failed; will retry");
                     self.next_attempt_ms = now_ms + self.backoff_ms as i64;
                     self.backoff_ms = (self.backoff_ms * 2).min(self.settings.max_backoff_ms);
-                    self.pending.push_front(batch);
+                    if !from_spill {
+                        self.pending.push_front(batch);
+                    }
                     break;
                 }
             }
-            self.pending_series -= batch.series;
+            self.pop_sent(&batch, from_spill);
         }
-        self.telemetry
-            .sink_backlog(&self.settings.name, self.shard, self.pending_series as u64);
+        self.report_backlog();
     }
 }
 
@@ -270,9 +365,27 @@ impl SinkWriter for RemoteWriteShard {
     }
 
     fn close(&mut self, now_ms: i64) {
-        // One last try at shutdown; what cannot be sent is counted.
+        // One last try at shutdown; what cannot be sent is kept in the spill
+        // for the next run when there is one, else counted as dropped.
         self.next_attempt_ms = i64::MIN;
         self.drain(now_ms);
+        if self.spill.is_some() {
+            while let Some(batch) = self.pending.pop_front() {
+                self.pending_series -= batch.series;
+                self.spill_or_drop(batch);
+            }
+            if let Some(spill) = &mut self.spill {
+                match spill.persist() {
+                    Ok(()) if !spill.is_empty() => {
+                        tracing::info!(sink = %self.settings.name, shard = self.shard, samples = spill.samples(), "remote-write backlog kept on disk for the next run");
+                    }
+                    Ok(()) => {}
+                    Err(error) => tracing::error!(sink = %self.settings.name, %error, "cannot persist the spill file"),
+                }
+            }
+            self.report_backlog();
+            return;
+        }
         let left: u64 = self.pending.iter().map(|batch| batch.samples).sum();
         self.drop_samples("shutdown", left);
     }
