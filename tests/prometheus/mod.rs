@@ -16,6 +16,7 @@ use serde_json::Value;
 pub struct Prometheus {
     /// Base URL, e.g. `http://127.0.0.1:40123`.
     pub url: String,
+    port: u16,
     child: Child,
     dir: tempfile::TempDir,
     client: reqwest::blocking::Client,
@@ -48,10 +49,51 @@ impl Prometheus {
     /// Same, on a given loopback port.
     pub fn start_on(config: &str, port: u16) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let child = Self::spawn(&dir, port);
+        let prometheus = Prometheus {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            child,
+            dir,
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        prometheus.wait_ready();
+        prometheus
+    }
+
+    /// Stops it gracefully (SIGTERM) and waits for the exit; its data stays.
+    pub fn stop(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success() || status.code().is_none(),
+            "prometheus exit {status:?}: {}",
+            self.log()
+        );
+    }
+
+    /// Starts it again on the same port and data directory and waits until ready.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.dir, self.port);
+        self.wait_ready();
+    }
+
+    fn spawn(dir: &tempfile::TempDir, port: u16) -> Child {
         let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new(binary())
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("prometheus.log"))
+            .unwrap();
+        Command::new(binary())
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
@@ -61,23 +103,17 @@ impl Prometheus {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start prometheus");
-        let prometheus = Prometheus {
-            url: format!("http://127.0.0.1:{port}"),
-            child,
-            dir,
-            client: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        };
+            .expect("start prometheus")
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ready = prometheus.client.get(format!("{}/-/ready", prometheus.url)).send();
+            let ready = self.client.get(format!("{}/-/ready", self.url)).send();
             if ready.is_ok_and(|r| r.status().is_success()) {
-                return prometheus;
+                return;
             }
-            assert!(Instant::now() < deadline, "prometheus not ready: {}", prometheus.log());
+            assert!(Instant::now() < deadline, "prometheus not ready: {}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
