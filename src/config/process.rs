@@ -179,7 +179,8 @@ pub struct FlushConfig {
     pub interval_ms: Option<u64>,
     /// Random delay up to this much added to each tick. Default 100.
     pub jitter_ms: Option<u64>,
-    /// On shutdown, time allowed to flush every open window and drain sinks. Default 10000.
+    /// On shutdown, time allowed to flush every open window and drain sinks; remote-write sinks keep
+    /// retrying for up to half of it before what is left is spilled (with `spill_dir`) or counted as dropped. Default 10000.
     pub shutdown_grace_ms: Option<u64>,
     /// Interval of the progress line (received, accepted, rejected, flushed) in the log; 0 turns it off. Default 10000.
     pub progress_interval_ms: Option<u64>,
@@ -423,7 +424,9 @@ impl ServiceSettings {
         };
         let mut remote_write = Vec::new();
         for (index, sink) in config.remote_write.iter().enumerate() {
-            let checked = check_remote_write(index, sink, config.engine.idle_series_ms, &invalid)?;
+            let mut checked = check_remote_write(index, sink, config.engine.idle_series_ms, &invalid)?;
+            // Half the grace period for retrying at shutdown; the flush and the rest need the other half.
+            checked.shutdown_drain_ms = config.flush.shutdown_grace_ms.unwrap_or(defaults::SHUTDOWN_GRACE_MS) / 2;
             if remote_write
                 .iter()
                 .any(|other: &RemoteWriteSettings| other.name == checked.name)

@@ -126,6 +126,7 @@ pub(super) fn check_remote_write(
         )?,
         idle_series_ms: idle_series_ms.unwrap_or(defaults::IDLE_SERIES_MS),
         spill_dir: config.spill_dir.clone(),
+        shutdown_drain_ms: defaults::SHUTDOWN_GRACE_MS / 2,
         max_spill_bytes: positive(
             "max_spill_bytes",
             config.max_spill_bytes.unwrap_or(defaults::REMOTE_WRITE_MAX_SPILL_BYTES) as usize,

@@ -166,11 +166,19 @@ impl SinkSet {
     }
 
     /// Stops every sink after it has processed what it was given.
+    /// All are told at once, so their final drains (retries) overlap.
     pub fn close(self) {
-        for sink in self.sinks {
-            drop(sink.sender);
-            if sink.thread.join().is_err() {
-                tracing::error!(sink = sink.name, "sink thread panicked");
+        let threads: Vec<_> = self
+            .sinks
+            .into_iter()
+            .map(|sink| {
+                drop(sink.sender);
+                (sink.name, sink.thread)
+            })
+            .collect();
+        for (name, thread) in threads {
+            if thread.join().is_err() {
+                tracing::error!(sink = name, "sink thread panicked");
             }
         }
     }

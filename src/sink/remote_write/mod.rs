@@ -59,6 +59,8 @@ pub struct RemoteWriteSettings {
     pub spill_dir: Option<PathBuf>,
     /// Bytes the spill of one shard may hold before its oldest requests are dropped (`buffer_full`).
     pub max_spill_bytes: u64,
+    /// At shutdown, how long to keep retrying (with backoff) what is still queued.
+    pub shutdown_drain_ms: u64,
 }
 
 /// A request ready to send: encoded and compressed once, when queued, so a
@@ -365,10 +367,22 @@ impl SinkWriter for RemoteWriteShard {
     }
 
     fn close(&mut self, now_ms: i64) {
-        // One last try at shutdown; what cannot be sent is kept in the spill
-        // for the next run when there is one, else counted as dropped.
+        // Retry with backoff for the drain period; what cannot be sent is kept
+        // in the spill for the next run when there is one, else counted as dropped.
         self.next_attempt_ms = i64::MIN;
-        self.drain(now_ms);
+        let started = std::time::Instant::now();
+        let budget = Duration::from_millis(self.settings.shutdown_drain_ms);
+        loop {
+            let elapsed = started.elapsed();
+            let clock_ms = now_ms.saturating_add(elapsed.as_millis() as i64);
+            self.drain(clock_ms);
+            let queued = !self.pending.is_empty() || self.spill.as_ref().is_some_and(|spill| !spill.is_empty());
+            let wait_ms = self.next_attempt_ms.saturating_sub(clock_ms).max(1) as u64;
+            if !queued || elapsed + Duration::from_millis(wait_ms) > budget {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(wait_ms));
+        }
         if self.spill.is_some() {
             while let Some(batch) = self.pending.pop_front() {
                 self.pending_series -= batch.series;
