@@ -43,7 +43,8 @@ pub struct RemoteWriteConfig {
     /// Directory to spill requests to once `max_buffered_series` is reached (instead of dropping the
     /// oldest); what is left at shutdown stays there and is sent first by the next run. Default: none (memory only).
     pub spill_dir: Option<PathBuf>,
-    /// Bytes each shard's spill file may hold before its oldest requests are dropped (`buffer_full`). Default 1073741824.
+    /// Bytes of requests each shard may keep spilled before its oldest are dropped (`buffer_full`); the file itself
+    /// may reach twice this between compactions. Default 1073741824.
     pub max_spill_bytes: Option<u64>,
 }
 

@@ -158,9 +158,11 @@ impl Spill {
             self.file.set_len(0)?;
             self.end = 0;
         } else {
-            // Frames before the new front are dead; rewrite the file when they are most of it.
-            let head = self.entries.front().map_or(0, |front| front.body_offset);
-            if head > 64 * 1024 * 1024 && head > 2 * self.queued_bytes {
+            // Frames before the new front are dead. Rewriting once they outweigh the
+            // live ones keeps the file under twice what is queued, at amortized
+            // constant cost per byte.
+            let head = self.end - self.queued_bytes;
+            if head > self.queued_bytes {
                 self.compact()?;
             }
         }
@@ -277,5 +279,82 @@ mod tests {
         );
         spill.push(&batch("t", b"next", 1)).unwrap();
         assert_eq!(&spill.front().unwrap().unwrap().body[..], b"next");
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use std::sync::Arc;
+
+    use crate::aggregate::Aggregation;
+    use crate::engine::{AggregateRecord, RecordValue, Statistic};
+    use crate::model::{Kind, Labels};
+    use crate::sink::remote_write::{RemoteWriteSettings, RemoteWriteShard};
+    use crate::sink::SinkWriter;
+    use crate::telemetry::Telemetry;
+
+    fn record(end_ms: i64) -> AggregateRecord {
+        AggregateRecord {
+            tenant: Arc::from("t"),
+            series: Arc::new(Labels::from_pairs([("__name__", "spilled")])),
+            kind: Kind::Counter,
+            policy: "1s:1h".parse().unwrap(),
+            window_start_ms: end_ms - 1_000,
+            window_end_ms: end_ms,
+            aggregation: Aggregation::Sum,
+            statistic: Statistic::Sum,
+            value: RecordValue::Scalar(1.0),
+            exemplar: None,
+            partial: false,
+        }
+    }
+
+    #[test]
+    fn a_full_memory_buffer_spills_a_full_spill_drops_the_oldest_counted_and_shutdown_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        // Port 1 on loopback: nobody listens, every send is a retryable connection error.
+        let settings = RemoteWriteSettings {
+            name: "down".to_string(),
+            url: "http://127.0.0.1:1/api/v1/write".to_string(),
+            storage_policies: vec!["1s:1h".parse().unwrap()],
+            policy_label: None,
+            native_histograms: false,
+            tenant_header: None,
+            max_series_per_request: 1,
+            shards: 1,
+            timeout_ms: 1_000,
+            min_backoff_ms: 60_000,
+            max_backoff_ms: 60_000,
+            max_buffered_series: 2,
+            idle_series_ms: 3_600_000,
+            spill_dir: Some(dir.path().to_path_buf()),
+            max_spill_bytes: 10_000,
+            shutdown_drain_ms: 0,
+        };
+        let telemetry = Arc::new(Telemetry::default());
+        let mut shard = RemoteWriteShard::new(settings.clone(), 0, Arc::clone(&telemetry));
+        for second in 1..=200 {
+            shard.write(&[record(second * 1_000)], second * 1_000).unwrap();
+        }
+        let spill_bytes = std::fs::metadata(dir.path().join("down-0.spill")).unwrap().len();
+        assert!(spill_bytes > 0 && spill_bytes <= 2 * 10_000, "{spill_bytes}");
+        let sinks = telemetry.snapshot().sinks;
+        let dropped = sinks.dropped[&("down".to_string(), "buffer_full".to_string())];
+        let backlog = sinks.backlog[&("down".to_string(), 0)];
+        assert!(dropped > 0, "{sinks:?}");
+        assert_eq!(dropped + backlog, 200, "every sample is queued or counted: {sinks:?}");
+
+        // Shutdown with the downstream still down: memory goes to the spill (within its bound).
+        shard.close(201_000);
+        let sinks = telemetry.snapshot().sinks;
+        assert_eq!(sinks.dropped.len(), 1, "only buffer_full, never shutdown: {sinks:?}");
+        let dropped_at_close = sinks.dropped[&("down".to_string(), "buffer_full".to_string())] - dropped;
+        let reopened = super::Spill::open(&dir.path().join("down-0.spill")).unwrap();
+        assert_eq!(
+            reopened.samples() + dropped_at_close,
+            backlog,
+            "the next run finds the backlog, less what the bound counted as dropped"
+        );
+        assert!(reopened.queued_bytes() <= 10_000 + 200, "{}", reopened.queued_bytes());
     }
 }
