@@ -117,3 +117,28 @@ fn wal_is_off_by_default_and_checked_when_on() {
         .to_string();
     assert!(error.contains("fsync"), "{error}");
 }
+
+#[test]
+fn remote_write_spill_and_shutdown_drain_are_checked() {
+    let path = Path::new("conf/t.yaml");
+    let sink = "remote_write: [{name: p, url: \"http://p:9090/api/v1/write\", storage_policies: [\"1m:1d\"]";
+    let settings = ServiceSettings::parse(
+        &format!("flush: {{shutdown_grace_ms: 8000}}\n{sink}, spill_dir: /var/spill, max_spill_bytes: 4096}}]"),
+        path,
+    )
+    .unwrap();
+    let checked = &settings.remote_write[0];
+    assert_eq!(checked.spill_dir.as_deref(), Some(Path::new("/var/spill")));
+    assert_eq!(checked.max_spill_bytes, 4096);
+    assert_eq!(checked.shutdown_drain_ms, 4000);
+    let defaults_only = ServiceSettings::parse(&format!("{sink}}}]"), path).unwrap();
+    assert_eq!(defaults_only.remote_write[0].spill_dir, None);
+    assert_eq!(
+        defaults_only.remote_write[0].max_spill_bytes,
+        defaults::REMOTE_WRITE_MAX_SPILL_BYTES
+    );
+    let error = ServiceSettings::parse(&format!("{sink}, max_spill_bytes: 0}}]"), path)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("remote_write[0].max_spill_bytes"), "{error}");
+}

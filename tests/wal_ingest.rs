@@ -1,0 +1,129 @@
+//! With the write-ahead log on, both acknowledged ingest paths (gRPC `Write`
+//! and Prometheus remote write) are in the log before they are answered, as
+//! the validated batches the engine folded; a clean shutdown deletes the log.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use prost::Message;
+use tailfold::api::prometheus as wire;
+use tailfold::api::v1::Kind;
+use tailfold::wal::decode;
+
+const RULES: &str = "defaults:\n  storage_policies: [\"10s:1h\"]\n  gauge: { aggregations: [last] }\n";
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn grpc_and_remote_write_batches_are_logged_before_the_answer() {
+    let mut service = start_service_with(RULES, 5_000, "wal: {enabled: true}\n").await;
+    let response = service
+        .write(vec![series(
+            &[("__name__", "temperature"), ("room", "a")],
+            Kind::Gauge,
+            vec![point(21.5, 1_000), point(22.0, 2_000), point(22.5, 3_000)],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(response.accepted, 3);
+
+    let request = wire::WriteRequest {
+        timeseries: vec![wire::TimeSeries {
+            labels: vec![
+                wire::Label {
+                    name: "__name__".to_string(),
+                    value: "humidity".to_string(),
+                },
+                wire::Label {
+                    name: "room".to_string(),
+                    value: "b".to_string(),
+                },
+            ],
+            samples: vec![wire::Sample {
+                value: 0.4,
+                timestamp: 4_000,
+            }],
+            ..wire::TimeSeries::default()
+        }],
+        metadata: vec![],
+    };
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&request.encode_to_vec())
+        .unwrap();
+    let url = format!("http://{}/api/v1/write", service.handle().http_addr());
+    let status = tokio::task::spawn_blocking(move || {
+        reqwest::blocking::Client::new()
+            .post(url)
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .header("X-Scope-OrgID", "team-b")
+            .body(body)
+            .send()
+            .unwrap()
+            .status()
+    })
+    .await
+    .unwrap();
+    assert!(status.is_success(), "{status}");
+
+    // Both answers came after their batch was on disk: the log holds both, in order.
+    let wal_dir = service.data_dir.path().join("wal");
+    let mut frames = Vec::new();
+    for segment in segments(&wal_dir) {
+        let bytes = std::fs::read(&segment).unwrap();
+        let mut offset = 0;
+        while offset < bytes.len() {
+            let frame = decode(&bytes[offset..]).expect("whole frames only");
+            offset += frame.frame_bytes;
+            frames.push(frame);
+        }
+    }
+    assert_eq!(frames.len(), 2);
+    assert_eq!(&*frames[0].batch.tenant, "default");
+    assert_eq!(frames[0].batch.series[0].points.len(), 3);
+    assert_eq!(frames[0].latest_ms, 3_000);
+    assert_eq!(&*frames[1].batch.tenant, "team-b");
+    assert_eq!(frames[1].batch.series[0].labels.get("room"), Some("b"));
+    assert_eq!(frames[1].now_ms, 5_000);
+
+    service.shutdown().await;
+    assert!(
+        segments(&wal_dir).is_empty(),
+        "a committed shutdown flush deletes the log"
+    );
+    assert!(wal_dir.join("checkpoint.json").exists());
+    let records = service.records();
+    assert_eq!(value(one(&records, &[("room", "a")], 0)), 22.5);
+    assert_eq!(value(one(&records, &[("room", "b")], 0)), 0.4);
+}
+
+#[tokio::test]
+async fn a_broken_checkpoint_stops_the_start_with_a_clear_error() {
+    let data_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data_dir.path().join("wal")).unwrap();
+    std::fs::write(data_dir.path().join("wal/checkpoint.json"), "{\"committed\": 7}").unwrap();
+    let config = format!(
+        "grpc: {{listen: \"127.0.0.1:0\"}}\nhttp: {{listen: \"127.0.0.1:0\"}}\ndata_dir: {}\nwal: {{enabled: true}}\n",
+        data_dir.path().display()
+    );
+    let settings = tailfold::config::ServiceSettings::parse(&config, Path::new("t.yaml")).unwrap();
+    let rules = tailfold::rules::RuleSet::parse(RULES, "rules.yaml").unwrap();
+    let clock = std::sync::Arc::new(tailfold::clock::ManualClock::new(0));
+    let error = match tailfold::server::start(settings, rules, clock).await {
+        Ok(_) => panic!("started on a broken checkpoint"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("checkpoint.json"), "{error}");
+}
