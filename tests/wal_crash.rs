@@ -65,6 +65,34 @@ fn start(dir: &Path, run: usize) -> (Running, String) {
     (Running { child, _stdout: stdout }, grpc)
 }
 
+/// True once a store segment file has bytes (read without parsing: it may be mid-append).
+fn store_has_data(store: &Path) -> bool {
+    let Ok(files) = std::fs::read_dir(store.join("1s_1h")) else {
+        return false;
+    };
+    files
+        .flatten()
+        .any(|file| file.metadata().is_ok_and(|meta| meta.len() > 0))
+}
+
+/// The log line without terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
@@ -148,7 +176,18 @@ async fn sigkill_mid_load_loses_no_acknowledged_point_and_emits_no_window_twice(
             ))
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    // Kill once some windows have flushed (so watermarks and the checkpoint are in play).
+    let store = dir.join("store");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !store_has_data(&store) {
+        assert!(
+            Instant::now() < deadline,
+            "no window flushed; see {}/run-1.log",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
     first.child.kill().expect("SIGKILL");
     first.child.wait().unwrap();
     for task in tasks {
@@ -156,7 +195,6 @@ async fn sigkill_mid_load_loses_no_acknowledged_point_and_emits_no_window_twice(
     }
     let before_kill = ledger.lock().acknowledged.len();
     assert!(before_kill > 20, "the load ran: {before_kill} requests acknowledged");
-    let store = dir.join("store");
     let flushed_before_kill = common::read_json_lines::<JsonRecord>(&store).len();
     assert!(flushed_before_kill > 0, "some windows flushed before the kill");
 
@@ -177,8 +215,19 @@ async fn sigkill_mid_load_loses_no_acknowledged_point_and_emits_no_window_twice(
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "exit {exit:?}; see {}/run-2.log", dir.display());
-    let replay_line = std::fs::read_to_string(dir.join("run-2.log")).unwrap();
-    assert!(replay_line.contains("write-ahead log replayed"), "{replay_line}");
+    // The restart replayed acknowledged points into windows open at the kill.
+    let log = std::fs::read_to_string(dir.join("run-2.log")).unwrap();
+    let replay = log
+        .lines()
+        .find(|line| line.contains("write-ahead log replayed"))
+        .unwrap_or_else(|| panic!("no replay line: {log}"));
+    let replay = strip_ansi(replay);
+    let replayed: u64 = replay
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("accepted="))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("{replay}"));
+    assert!(replayed > 0, "{replay}");
 
     // Every (series, window) once; per window, the points of acknowledged requests exactly.
     let records: Vec<JsonRecord> = common::read_json_lines(&store);
