@@ -127,3 +127,27 @@ async fn a_broken_checkpoint_stops_the_start_with_a_clear_error() {
     };
     assert!(error.contains("checkpoint.json"), "{error}");
 }
+
+#[tokio::test]
+async fn a_flush_interrupted_before_its_checkpoint_is_cut_back_at_start() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let segment = data_dir.path().join("store/10s_1h/19700101T000000Z.jsonl");
+    std::fs::create_dir_all(segment.parent().unwrap()).unwrap();
+    std::fs::write(&segment, "{\"committed\": true}\n{\"half\": \"written").unwrap();
+    std::fs::create_dir_all(data_dir.path().join("wal")).unwrap();
+    let checkpoint = serde_json::json!({"committed": [], "pending_store_files": [[segment, 20]]});
+    std::fs::write(data_dir.path().join("wal/checkpoint.json"), checkpoint.to_string()).unwrap();
+    let config = format!(
+        "grpc: {{listen: \"127.0.0.1:0\"}}\nhttp: {{listen: \"127.0.0.1:0\"}}\ndata_dir: {}\nwal: {{enabled: true}}\n",
+        data_dir.path().display()
+    );
+    let settings = tailfold::config::ServiceSettings::parse(&config, Path::new("t.yaml")).unwrap();
+    let rules = tailfold::rules::RuleSet::parse(RULES, "rules.yaml").unwrap();
+    let clock = std::sync::Arc::new(tailfold::clock::ManualClock::new(0));
+    let handle = tailfold::server::start(settings, rules, clock).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&segment).unwrap(), "{\"committed\": true}\n");
+    let after: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data_dir.path().join("wal/checkpoint.json")).unwrap()).unwrap();
+    assert!(after.get("pending_store_files").is_none(), "{after}");
+    handle.shutdown().await.unwrap();
+}

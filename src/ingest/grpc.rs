@@ -125,6 +125,7 @@ impl v1::ingest_server::Ingest for GrpcIngest {
         let now_ms = self.clock.now_ms();
         if let (Some(wal), false) = (&self.wal, batch.series.is_empty()) {
             // Acknowledged only once on disk; a failed append is UNAVAILABLE, which clients retry.
+            // Log only what passed every admission check: replay folds it without checking again.
             wal.append(&batch, now_ms)
                 .await
                 .map_err(|error| Status::unavailable(error.to_string()))?;

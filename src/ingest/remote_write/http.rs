@@ -189,6 +189,7 @@ impl Shared {
         let now_ms = self.clock.now_ms();
         if let Some(wal) = &self.wal {
             // Acknowledged only once on disk; a failed append is a 503 the sender retries.
+            // Log only what passed every admission check: replay folds it without checking again.
             wal.append_blocking(&decoded.batch, now_ms)
                 .map_err(|error| (StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
         }
