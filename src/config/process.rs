@@ -92,7 +92,8 @@ pub struct ProcessConfig {
     pub http: HttpConfig,
     /// Rules file (mapping, drop and rollup rules), relative to this config file. Default `rules.yaml`.
     pub rules_file: Option<PathBuf>,
-    /// Directory of the embedded store, selection files and write-ahead log, relative to the working directory. Default `data`.
+    /// Directory of the embedded store, selection files and write-ahead log, relative to the working
+    /// directory. Default `data`.
     pub data_dir: Option<PathBuf>,
     /// Window engine.
     pub engine: EngineConfig,
