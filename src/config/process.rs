@@ -14,6 +14,7 @@ use crate::model::parse_duration_ms;
 use crate::sink::remote_write::RemoteWriteSettings;
 
 use super::error::ConfigError;
+use super::otlp::{check_otlp, OtlpConfig, OtlpSettings};
 use super::remote_write::{check_remote_write, RemoteWriteConfig};
 use super::statsd::{check_statsd, StatsdConfig, StatsdSettings};
 
@@ -75,6 +76,12 @@ pub mod defaults {
     pub const STATSD_TENANT: &str = "default";
     /// Largest statsd datagram read whole; the most a UDP datagram can carry.
     pub const STATSD_MAX_PACKET_BYTES: usize = 65_535;
+    /// Metric name of OTLP span durations (seconds).
+    pub const OTLP_SPAN_METRIC: &str = "span_duration_seconds";
+    /// Attribute-to-label mappings allowed for spans (bounds cardinality).
+    pub const OTLP_MAX_SPAN_ATTRIBUTES: usize = 16;
+    /// Exemplars kept per `above(threshold)` output and window: the slowest traces beyond it.
+    pub const ABOVE_MAX_TRACES: usize = 10;
 }
 
 /// The whole process config.
@@ -103,6 +110,8 @@ pub struct ProcessConfig {
     pub remote_write: Vec<RemoteWriteConfig>,
     /// statsd / DogStatsD ingest over UDP; off unless `statsd.listen` is set.
     pub statsd: StatsdConfig,
+    /// OpenTelemetry (OTLP/gRPC and OTLP/HTTP) ingest of spans and metrics; off unless a listen address is set.
+    pub otlp: OtlpConfig,
     /// Logs.
     pub log: LogConfig,
 }
@@ -204,6 +213,8 @@ pub struct SelectionsConfig {
     pub file: Option<bool>,
     /// Selections buffered per stream subscriber. Default 65536.
     pub stream_buffer: Option<usize>,
+    /// Traces selected per `above(threshold)` output and window, slowest first (one per histogram bucket). Default 10.
+    pub above_max_traces: Option<usize>,
 }
 
 /// Log settings (the level comes from `RUST_LOG`, default `info`).
@@ -251,6 +262,8 @@ pub struct ServiceSettings {
     pub remote_write: Vec<RemoteWriteSettings>,
     /// statsd ingest; `None` when `statsd.listen` is not set.
     pub statsd: Option<StatsdSettings>,
+    /// OTLP ingest (listeners off unless set).
+    pub otlp: OtlpSettings,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -415,6 +428,14 @@ impl ServiceSettings {
             remote_write.push(checked);
         }
         let statsd = check_statsd(&config.statsd, &limits, &invalid)?;
+        let otlp = check_otlp(&config.otlp, &invalid)?;
+        let above_max_traces = config.selections.above_max_traces.unwrap_or(defaults::ABOVE_MAX_TRACES);
+        if above_max_traces == 0 || above_max_traces > 1000 {
+            return Err(invalid(
+                "selections.above_max_traces",
+                format!("{above_max_traces} is outside 1..=1000"),
+            ));
+        }
         let log_json = match config.log.format.as_deref() {
             None | Some("text") => false,
             Some("json") => true,
@@ -455,6 +476,7 @@ impl ServiceSettings {
                 lateness_overrides,
                 histogram,
                 idle_series_ms: config.engine.idle_series_ms.unwrap_or(defaults::IDLE_SERIES_MS),
+                above_max_traces,
             },
             flush_interval_ms,
             flush_jitter_ms: config.flush.jitter_ms.unwrap_or(defaults::FLUSH_JITTER_MS),
@@ -470,6 +492,7 @@ impl ServiceSettings {
             selection_stream_buffer,
             remote_write,
             statsd,
+            otlp,
             log_json,
         })
     }
