@@ -136,8 +136,11 @@ pub fn exponential_histogram(point: &wire::ExponentialHistogramDataPoint) -> Res
 /// approximation. Each bucket's count goes to the exponential bucket of one
 /// representative value: the middle of a finite bucket `(lower, upper]`, the
 /// first bound (or the middle between `min` and it) for `(-inf, first]`, the
-/// last bound (or the middle between it and `max`) for `(last, +inf)`. A
-/// quantile is then exact to the explicit bucket it falls in, not better.
+/// last bound (or the middle between it and `max`) for `(last, +inf)`. An
+/// exemplar is a real observation of its bucket, so it takes one of the
+/// bucket's counts at its own value: the exemplar then lies in a counted
+/// bucket and can be picked for the quantile there. A quantile is exact to the
+/// explicit bucket it falls in, not better.
 pub fn explicit_histogram(point: &wire::HistogramDataPoint, scale: i8) -> Result<NativeHistogram, String> {
     let bounds = &point.explicit_bounds;
     if point.bucket_counts.is_empty() {
@@ -156,6 +159,16 @@ pub fn explicit_histogram(point: &wire::HistogramDataPoint, scale: i8) -> Result
     let mut positive: HashMap<i32, u64> = HashMap::new();
     let mut negative: HashMap<i32, u64> = HashMap::new();
     let mut zero_count = 0u64;
+    let mut place = |value: f64, count: u64| {
+        if value > 0.0 {
+            *positive.entry(bucket_index(scale, value)).or_default() += count;
+        } else if value < 0.0 {
+            *negative.entry(bucket_index(scale, value)).or_default() += count;
+        } else {
+            zero_count += count;
+        }
+    };
+    let traced = exemplars(&point.exemplars);
     let mut in_buckets = 0u128;
     let last = point.bucket_counts.len() - 1;
     for (i, &count) in point.bucket_counts.iter().enumerate() {
@@ -163,6 +176,19 @@ pub fn explicit_histogram(point: &wire::HistogramDataPoint, scale: i8) -> Result
             continue;
         }
         in_buckets += u128::from(count);
+        let lower = if i == 0 { f64::NEG_INFINITY } else { bounds[i - 1] };
+        let upper = if i == last { f64::INFINITY } else { bounds[i] };
+        let mut left = count;
+        for (value, _, _) in traced.iter().filter(|(value, _, _)| *value > lower && *value <= upper) {
+            if left == 0 {
+                break;
+            }
+            place(*value, 1);
+            left -= 1;
+        }
+        if left == 0 {
+            continue;
+        }
         let value = if bounds.is_empty() {
             point.sum.map_or(0.0, |sum| sum / point.count.max(1) as f64)
         } else if i == 0 {
@@ -178,13 +204,7 @@ pub fn explicit_histogram(point: &wire::HistogramDataPoint, scale: i8) -> Result
         } else {
             (bounds[i - 1] + bounds[i]) / 2.0
         };
-        if value > 0.0 {
-            *positive.entry(bucket_index(scale, value)).or_default() += count;
-        } else if value < 0.0 {
-            *negative.entry(bucket_index(scale, value)).or_default() += count;
-        } else {
-            zero_count += count;
-        }
+        place(value, left);
     }
     if u128::from(point.count) < in_buckets {
         return Err(format!(
@@ -206,7 +226,7 @@ pub fn explicit_histogram(point: &wire::HistogramDataPoint, scale: i8) -> Result
         sum: point.sum.unwrap_or(f64::NAN),
         positive: sorted(positive),
         negative: sorted(negative),
-        exemplars: exemplars(&point.exemplars),
+        exemplars: traced,
     })
 }
 
