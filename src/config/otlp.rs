@@ -187,3 +187,85 @@ pub(super) fn check_otlp(
         span_attributes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::ServiceSettings;
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServiceSettings, String> {
+        ServiceSettings::parse(text, Path::new("conf/t.yaml")).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn otlp_is_off_by_default_with_the_four_span_labels() {
+        let settings = parse("").unwrap();
+        assert_eq!(settings.otlp, OtlpSettings::default());
+        assert_eq!(settings.otlp.grpc_listen, None);
+        assert_eq!(settings.otlp.span_metric, "span_duration_seconds");
+        assert_eq!(settings.otlp.span_labels, SpanLabel::ALL.to_vec());
+        assert_eq!(settings.engine.above_max_traces, defaults::ABOVE_MAX_TRACES);
+        let on = parse(
+            "otlp: {grpc_listen: \"127.0.0.1:4317\", http_listen: \"127.0.0.1:4318\", \
+             spans: {metric: rpc_seconds, labels: [service_name, span_name], attributes: {http.route: route}}}\n\
+             selections: {above_max_traces: 3}",
+        )
+        .unwrap();
+        assert_eq!(on.otlp.grpc_listen.unwrap().port(), 4317);
+        assert_eq!(on.otlp.http_listen.unwrap().port(), 4318);
+        assert_eq!(on.otlp.span_metric, "rpc_seconds");
+        assert_eq!(on.otlp.span_labels, vec![SpanLabel::ServiceName, SpanLabel::SpanName]);
+        assert_eq!(
+            on.otlp.span_attributes,
+            vec![("http.route".to_string(), "route".to_string())]
+        );
+        assert_eq!(on.engine.above_max_traces, 3);
+    }
+
+    #[test]
+    fn broken_otlp_sections_name_the_field() {
+        let many: String = (0..17).map(|i| format!("a{i}: l{i}, ")).collect();
+        for (text, needle) in [
+            (
+                "otlp: {grpc_listen: localhost}",
+                "field otlp.grpc_listen: \"localhost\" is not a host:port",
+            ),
+            ("otlp: {http_listen: \":x\"}", "field otlp.http_listen"),
+            (
+                "otlp: {spans: {metric: \"9lives\"}}",
+                "field otlp.spans.metric: \"9lives\" is not a metric name",
+            ),
+            (
+                "otlp: {spans: {labels: [service]}}",
+                "field otlp.spans.labels: \"service\" is none of",
+            ),
+            (
+                "otlp: {spans: {attributes: {http.route: span_name}}}",
+                "field otlp.spans.attributes.http.route: \"span_name\" is not a free label name",
+            ),
+            (
+                "otlp: {spans: {attributes: {k: quantile}}}",
+                "\"quantile\" is not a free label name",
+            ),
+            (
+                "otlp: {spans: {attributes: {k: \"bad-name\"}}}",
+                "\"bad-name\" is not a free label name",
+            ),
+            (
+                &format!("otlp: {{spans: {{attributes: {{{many}}}}}}}"),
+                "17 entries, at most 16",
+            ),
+            ("otlp: {port: 4317}", "unknown field `port`"),
+            (
+                "selections: {above_max_traces: 0}",
+                "field selections.above_max_traces: 0 is outside 1..=1000",
+            ),
+        ] {
+            let error = parse(text).err().unwrap_or_else(|| panic!("{text} was accepted"));
+            assert!(error.contains(needle), "{text}: {error}");
+            assert!(error.contains("conf/t.yaml"), "{error}");
+        }
+    }
+}

@@ -294,10 +294,12 @@ pub fn decode_metrics(request: &ExportMetricsServiceRequest, histogram_scale: i8
         for scope_metrics in &resource_metrics.scope_metrics {
             for metric in &scope_metrics.metrics {
                 let name = sanitize_name(&metric.name, true);
+                // A name can be long: messages quote its start only.
+                let quoted: String = metric.name.chars().take(64).collect();
                 let refuse = |decoded: &mut Decoded, points: usize, problem: String| {
                     decoded.rejected += points as u64;
                     if decoded.errors.len() < MAX_ERRORS_REPORTED {
-                        decoded.errors.push(format!("metric {:?}: {problem}", metric.name));
+                        decoded.errors.push(format!("metric {quoted:?}: {problem}"));
                     }
                 };
                 if name.is_empty() {
@@ -316,7 +318,7 @@ pub fn decode_metrics(request: &ExportMetricsServiceRequest, histogram_scale: i8
                         Err(error) => {
                             decoded.rejected += 1;
                             if decoded.errors.len() < MAX_ERRORS_REPORTED {
-                                decoded.errors.push(format!("metric {:?}: {error}", metric.name));
+                                decoded.errors.push(format!("metric {quoted:?}: {error}"));
                             }
                             return;
                         }
@@ -327,7 +329,7 @@ pub fn decode_metrics(request: &ExportMetricsServiceRequest, histogram_scale: i8
                         if decoded.errors.len() < MAX_ERRORS_REPORTED {
                             decoded
                                 .errors
-                                .push(format!("metric {:?}: sent with two types in one request", metric.name));
+                                .push(format!("metric {quoted:?}: sent with two types in one request"));
                         }
                         return;
                     }
@@ -339,7 +341,7 @@ pub fn decode_metrics(request: &ExportMetricsServiceRequest, histogram_scale: i8
                             if decoded.errors.len() < MAX_ERRORS_REPORTED {
                                 decoded
                                     .errors
-                                    .push(format!("metric {:?}: a data point has no finite value", metric.name));
+                                    .push(format!("metric {quoted:?}: a data point has no finite value"));
                             }
                         }
                         Err(histogram) => pending.histograms.push(histogram),

@@ -79,9 +79,11 @@ pub fn decode_spans(request: &ExportTraceServiceRequest, settings: &OtlpSettings
                 let refuse = |decoded: &mut Decoded, problem: String| {
                     decoded.rejected += 1;
                     if decoded.errors.len() < MAX_ERRORS_REPORTED {
+                        // A name can be long: quote its start only.
+                        let name: String = span.name.chars().take(64).collect();
                         decoded
                             .errors
-                            .push(format!("span {:?} (#{}): {problem}", span.name, index - 1));
+                            .push(format!("span {name:?} (#{}): {problem}", index - 1));
                     }
                 };
                 let (trace, seconds, end_ms) = match check_span(span) {
