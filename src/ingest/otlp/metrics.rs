@@ -37,7 +37,7 @@ pub fn sanitize_name(name: &str, colons: bool) -> String {
 }
 
 fn nanos_to_ms(nanos: u64) -> Option<i64> {
-    (nanos > 0).then(|| (nanos / 1_000_000) as i64)
+    (nanos > 0).then_some((nanos / 1_000_000) as i64)
 }
 
 /// The traced exemplars of a point: `(value, timestamp, trace)`; untraced or broken ones are skipped

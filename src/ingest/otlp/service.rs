@@ -60,7 +60,7 @@ impl MetricsService for OtlpIngest {
 
 fn trace_response(answer: ExportAnswer) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse {
-        partial_success: (answer.rejected > 0).then(|| ExportTracePartialSuccess {
+        partial_success: (answer.rejected > 0).then_some(ExportTracePartialSuccess {
             rejected_spans: answer.rejected as i64,
             error_message: answer.message,
         }),
@@ -69,7 +69,7 @@ fn trace_response(answer: ExportAnswer) -> ExportTraceServiceResponse {
 
 fn metrics_response(answer: ExportAnswer) -> ExportMetricsServiceResponse {
     ExportMetricsServiceResponse {
-        partial_success: (answer.rejected > 0).then(|| ExportMetricsPartialSuccess {
+        partial_success: (answer.rejected > 0).then_some(ExportMetricsPartialSuccess {
             rejected_data_points: answer.rejected as i64,
             error_message: answer.message,
         }),
@@ -175,50 +175,44 @@ fn unavailable(message: String) -> Response {
     refusal(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, message)
 }
 
-async fn traces(State(ingest): State<OtlpIngest>, headers: HeaderMap, body: Body) -> Response {
+/// Reads, decodes (off the async threads) and folds one request with `fold`.
+async fn handle<M, R>(
+    ingest: OtlpIngest,
+    headers: HeaderMap,
+    body: Body,
+    fold: fn(&OtlpIngest, &M, Arc<str>) -> Result<ExportAnswer, crate::engine::EngineClosed>,
+    answer: fn(ExportAnswer) -> R,
+) -> Response
+where
+    M: Message + Default + 'static,
+    R: Message + 'static,
+{
     let (tenant, body) = match read(&ingest, &headers, body).await {
         Ok(read) => read,
         Err(response) => return response,
     };
-    let work = tokio::task::spawn_blocking(move || {
-        let request = ExportTraceServiceRequest::decode(body).map_err(|error| {
-            refusal(
-                StatusCode::BAD_REQUEST,
-                INVALID_ARGUMENT,
-                format!("invalid protobuf ExportTraceServiceRequest: {error}"),
-            )
-        })?;
-        ingest
-            .traces(&request, tenant)
-            .map(|answer| protobuf(trace_response(answer)))
-            .map_err(|closed| unavailable(closed.to_string()))
+    let work = tokio::task::spawn_blocking(move || match M::decode(body) {
+        Err(error) => refusal(
+            StatusCode::BAD_REQUEST,
+            INVALID_ARGUMENT,
+            format!(
+                "invalid protobuf {}: {error}",
+                std::any::type_name::<M>().rsplit("::").next().unwrap_or("")
+            ),
+        ),
+        Ok(request) => match fold(&ingest, &request, tenant) {
+            Ok(folded) => protobuf(answer(folded)),
+            Err(closed) => unavailable(closed.to_string()),
+        },
     });
-    match work.await {
-        Ok(Ok(response) | Err(response)) => response,
-        Err(error) => unavailable(format!("ingest task failed: {error}")),
-    }
+    work.await
+        .unwrap_or_else(|error| unavailable(format!("ingest task failed: {error}")))
+}
+
+async fn traces(State(ingest): State<OtlpIngest>, headers: HeaderMap, body: Body) -> Response {
+    handle::<ExportTraceServiceRequest, _>(ingest, headers, body, OtlpIngest::traces, trace_response).await
 }
 
 async fn metrics(State(ingest): State<OtlpIngest>, headers: HeaderMap, body: Body) -> Response {
-    let (tenant, body) = match read(&ingest, &headers, body).await {
-        Ok(read) => read,
-        Err(response) => return response,
-    };
-    let work = tokio::task::spawn_blocking(move || {
-        let request = ExportMetricsServiceRequest::decode(body).map_err(|error| {
-            refusal(
-                StatusCode::BAD_REQUEST,
-                INVALID_ARGUMENT,
-                format!("invalid protobuf ExportMetricsServiceRequest: {error}"),
-            )
-        })?;
-        ingest
-            .metrics(&request, tenant)
-            .map(|answer| protobuf(metrics_response(answer)))
-            .map_err(|closed| unavailable(closed.to_string()))
-    });
-    match work.await {
-        Ok(Ok(response) | Err(response)) => response,
-        Err(error) => unavailable(format!("ingest task failed: {error}")),
-    }
+    handle::<ExportMetricsServiceRequest, _>(ingest, headers, body, OtlpIngest::metrics, metrics_response).await
 }
