@@ -36,6 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/opentelemetry/proto/collector/metrics/v1/metrics_service.proto",
     ];
     println!("cargo:rerun-if-changed=proto/opentelemetry");
-    tonic_prost_build::configure().compile_fds(protox::compile(otlp, ["proto"])?)?;
+    tonic_prost_build::configure()
+        .codec_path("crate::ingest::otlp::OtlpCodec")
+        .compile_fds(protox::compile(otlp, ["proto"])?)?;
     Ok(())
 }

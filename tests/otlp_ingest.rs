@@ -388,6 +388,41 @@ async fn sdk_histogram_exemplars_come_out_on_the_quantiles() {
     service.shutdown().await;
 }
 
+/// Sends bytes as they are: for payloads no OTLP client would build.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let bytes = bytes::Buf::copy_to_bytes(buf, bytes::Buf::remaining(buf));
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
 fn span(trace: u8, span: u8, start_ms: i64, millis: i64, flags: u32) -> Span {
     Span {
         trace_id: vec![trace; 16],
@@ -452,6 +487,28 @@ async fn malformed_otlp_gets_the_protocol_error_answer_and_serving_goes_on() {
         "{}",
         partial.error_message
     );
+
+    // Bytes that are no protobuf: INVALID_ARGUMENT (not retried), and the server goes on.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", service.handle().otlp_grpc_addr().unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.unwrap();
+    let status = raw
+        .unary(
+            tonic::Request::new(vec![0xff, 0xff, 0xff, 0x0a, 0x99]),
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+                .parse()
+                .unwrap(),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("invalid protobuf"), "{status:?}");
 
     // OTLP/HTTP: garbage, JSON and gzip get 4xx with a google.rpc.Status body.
     let http = format!("http://{}", service.handle().otlp_http_addr().unwrap());

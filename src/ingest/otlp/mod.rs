@@ -4,6 +4,7 @@
 //! model's counters, gauges and native histograms. Refusals are partial
 //! successes with counts and a message, as the OTLP spec asks.
 
+mod codec;
 mod metrics;
 mod service;
 mod spans;
@@ -17,6 +18,7 @@ use crate::engine::{Engine, EngineClosed};
 use crate::model::{DropReason, IngestBatch, Outcome, SeriesBatch};
 use crate::telemetry::Telemetry;
 
+pub use codec::{OtlpCodec, OtlpDecoder};
 pub use metrics::{decode_metrics, explicit_histogram, exponential_histogram, sanitize_name};
 pub use service::{otlp_grpc_router, otlp_http_router};
 pub use spans::decode_spans;
