@@ -15,9 +15,11 @@ use crate::api::otlp::metrics::v1::{
 };
 use crate::config::IngestLimits;
 use crate::ingest::validate::{check_labels, trace_context};
-use crate::model::{Kind, Label, Labels, NativeHistogram, Point, SeriesBatch, TraceContext, METRIC_NAME_LABEL};
+use crate::model::{
+    DropReason, Kind, Label, Labels, NativeHistogram, Point, SeriesBatch, TraceContext, METRIC_NAME_LABEL,
+};
 
-use super::{attribute_text, Decoded, MAX_ERRORS_REPORTED};
+use super::{attribute_text, Decoded};
 
 /// A Prometheus-style name: characters outside `[a-zA-Z0-9_:]` become `_`, and
 /// a leading digit gets a `_` before it (`http.server.duration` -> `http_server_duration`).
@@ -296,14 +298,16 @@ pub fn decode_metrics(request: &ExportMetricsServiceRequest, histogram_scale: i8
                 let name = sanitize_name(&metric.name, true);
                 // A name can be long: messages quote its start only.
                 let quoted: String = metric.name.chars().take(64).collect();
-                let refuse = |decoded: &mut Decoded, points: usize, problem: String| {
-                    decoded.rejected += points as u64;
-                    if decoded.errors.len() < MAX_ERRORS_REPORTED {
-                        decoded.errors.push(format!("metric {quoted:?}: {problem}"));
-                    }
+                let refuse = |decoded: &mut Decoded, reason: DropReason, points: usize, problem: String| {
+                    decoded.refuse(reason, points as u64, || format!("metric {quoted:?}: {problem}"));
                 };
                 if name.is_empty() {
-                    refuse(&mut decoded, data_points(metric), "has no name".to_string());
+                    refuse(
+                        &mut decoded,
+                        DropReason::InvalidSeries,
+                        data_points(metric),
+                        "has no name".to_string(),
+                    );
                     continue;
                 }
                 let mut add = |decoded: &mut Decoded,
@@ -316,39 +320,30 @@ pub fn decode_metrics(request: &ExportMetricsServiceRequest, histogram_scale: i8
                     let labels = match check_labels(index - 1, labels, kind, limits) {
                         Ok(labels) => labels,
                         Err(error) => {
-                            decoded.rejected += 1;
-                            if decoded.errors.len() < MAX_ERRORS_REPORTED {
-                                decoded.errors.push(format!("metric {quoted:?}: {error}"));
-                            }
+                            decoded.refuse(DropReason::InvalidSeries, 1, || format!("metric {quoted:?}: {error}"));
                             return;
                         }
                     };
                     let pending = series.entry(labels).or_default();
                     if pending.kind.is_some_and(|seen| seen != (kind, cumulative)) {
-                        decoded.rejected += 1;
-                        if decoded.errors.len() < MAX_ERRORS_REPORTED {
-                            decoded
-                                .errors
-                                .push(format!("metric {quoted:?}: sent with two types in one request"));
-                        }
+                        decoded.refuse(DropReason::KindConflict, 1, || {
+                            format!("metric {quoted:?}: sent with two types in one request")
+                        });
                         return;
                     }
                     pending.kind = Some((kind, cumulative));
                     match point {
                         Ok(Some(point)) if point.value.is_finite() => pending.points.push(point),
                         Ok(_) => {
-                            decoded.rejected += 1;
-                            if decoded.errors.len() < MAX_ERRORS_REPORTED {
-                                decoded
-                                    .errors
-                                    .push(format!("metric {quoted:?}: a data point has no finite value"));
-                            }
+                            decoded.refuse(DropReason::InvalidValue, 1, || {
+                                format!("metric {quoted:?}: a data point has no finite value")
+                            });
                         }
                         Err(histogram) => pending.histograms.push(histogram),
                     }
                 };
                 match &metric.data {
-                    None => refuse(&mut decoded, 1, "has no data".to_string()),
+                    None => refuse(&mut decoded, DropReason::InvalidSeries, 1, "has no data".to_string()),
                     Some(Data::Gauge(gauge)) => {
                         for point in &gauge.data_points {
                             add(&mut decoded, &point.attributes, Kind::Gauge, false, Ok(number(point)));
@@ -377,7 +372,7 @@ pub fn decode_metrics(request: &ExportMetricsServiceRequest, histogram_scale: i8
                                     cumulative,
                                     Err(native),
                                 ),
-                                Err(problem) => refuse(&mut decoded, 1, problem),
+                                Err(problem) => refuse(&mut decoded, DropReason::InvalidValue, 1, problem),
                             }
                         }
                     }
@@ -392,12 +387,13 @@ pub fn decode_metrics(request: &ExportMetricsServiceRequest, histogram_scale: i8
                                     cumulative,
                                     Err(native),
                                 ),
-                                Err(problem) => refuse(&mut decoded, 1, problem),
+                                Err(problem) => refuse(&mut decoded, DropReason::InvalidValue, 1, problem),
                             }
                         }
                     }
                     Some(Data::Summary(summary)) => refuse(
                         &mut decoded,
+                        DropReason::NoAggregation,
                         summary.data_points.len(),
                         "summaries are not supported (precomputed quantiles cannot be merged); send a histogram"
                             .to_string(),

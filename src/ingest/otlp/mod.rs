@@ -32,10 +32,25 @@ const MAX_ERRORS_REPORTED: usize = 10;
 pub struct Decoded {
     /// Valid series.
     pub series: Vec<SeriesBatch>,
-    /// Spans or data points refused while decoding.
-    pub rejected: u64,
+    /// Spans or data points refused while decoding, by reason.
+    pub outcome: Outcome,
     /// The first few reasons.
     pub errors: Vec<String>,
+}
+
+impl Decoded {
+    /// Refuses `count` items for `reason`; `message` is only built while few are reported.
+    fn refuse(&mut self, reason: DropReason, count: u64, message: impl FnOnce() -> String) {
+        self.outcome.reject(reason, count);
+        if self.errors.len() < MAX_ERRORS_REPORTED {
+            self.errors.push(message());
+        }
+    }
+
+    /// Items refused while decoding.
+    pub fn rejected(&self) -> u64 {
+        self.outcome.rejected_total()
+    }
 }
 
 /// The text of an attribute value usable as a label: strings, booleans and numbers.
@@ -126,9 +141,8 @@ impl OtlpIngest {
             .iter()
             .map(|series| (series.points.len() + series.histograms.len()) as u64)
             .sum();
-        self.0.telemetry.received(points + decoded.rejected);
-        let mut outcome = Outcome::default();
-        outcome.reject(DropReason::InvalidSeries, decoded.rejected);
+        self.0.telemetry.received(points + decoded.rejected());
+        let mut outcome = decoded.outcome;
         let batch = IngestBatch {
             tenant,
             series: decoded.series,

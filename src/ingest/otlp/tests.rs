@@ -9,7 +9,7 @@ use crate::api::otlp::metrics::v1 as wire;
 use crate::api::otlp::resource::v1::Resource;
 use crate::api::otlp::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
 use crate::config::{IngestLimits, OtlpSettings};
-use crate::model::Kind;
+use crate::model::{DropReason, Kind};
 
 use super::*;
 
@@ -61,7 +61,7 @@ fn a_span_becomes_its_duration_with_its_trace_and_bounded_labels() {
     let t = 1_800_000_000_000_000_000u64;
     let request = traces(vec![a_span(1, t, t + 250_000_000), a_span(2, t, t + 1_000)]);
     let decoded = decode_spans(&request, &OtlpSettings::default(), &IngestLimits::default());
-    assert_eq!(decoded.rejected, 0);
+    assert_eq!(decoded.rejected(), 0);
     assert_eq!(decoded.series.len(), 1, "same labels, one series");
     let series = &decoded.series[0];
     assert_eq!(series.kind, Kind::Distribution);
@@ -106,6 +106,28 @@ fn a_span_becomes_its_duration_with_its_trace_and_bounded_labels() {
 }
 
 #[test]
+fn spans_whose_labels_coincide_share_one_series() {
+    let t = 1_800_000_000_000_000_000u64;
+    let mut client = a_span(2, t, t + 2_000);
+    client.kind = span::SpanKind::Client as i32;
+    let request = traces(vec![a_span(1, t, t + 1_000), client, a_span(3, t, t + 3_000)]);
+    let settings = OtlpSettings {
+        span_labels: vec![
+            crate::config::SpanLabel::ServiceName,
+            crate::config::SpanLabel::SpanName,
+        ],
+        ..OtlpSettings::default()
+    };
+    let decoded = decode_spans(&request, &settings, &IngestLimits::default());
+    assert_eq!(decoded.series.len(), 1, "span_kind is not a label here");
+    assert_eq!(decoded.series[0].points.len(), 3);
+    let decoded = decode_spans(&request, &OtlpSettings::default(), &IngestLimits::default());
+    let mut sizes: Vec<usize> = decoded.series.iter().map(|s| s.points.len()).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, vec![1, 2], "server and client apart");
+}
+
+#[test]
 fn broken_spans_are_refused_alone_with_a_reason() {
     let t = 1_800_000_000_000_000_000u64;
     let mut short_trace = a_span(1, t, t + 5);
@@ -133,7 +155,10 @@ fn broken_spans_are_refused_alone_with_a_reason() {
         good,
     ]);
     let decoded = decode_spans(&request, &OtlpSettings::default(), &IngestLimits::default());
-    assert_eq!(decoded.rejected, 6);
+    assert_eq!(decoded.rejected(), 6);
+    assert_eq!(decoded.outcome.rejected_for(DropReason::InvalidTraceId), 3);
+    assert_eq!(decoded.outcome.rejected_for(DropReason::InvalidValue), 2);
+    assert_eq!(decoded.outcome.rejected_for(DropReason::InvalidSeries), 1);
     let text = decoded.errors.join("\n");
     for needle in [
         "trace_id has 3 bytes",
@@ -211,7 +236,7 @@ fn sums_and_gauges_map_to_counters_running_totals_and_gauges() {
     ];
     for (monotonic, temporality, kind, cumulative) in cases {
         let decoded = sum(monotonic, temporality);
-        assert_eq!(decoded.rejected, 0);
+        assert_eq!(decoded.rejected(), 0);
         let series = &decoded.series[0];
         assert_eq!(
             (series.kind, series.cumulative),
@@ -236,7 +261,7 @@ fn sums_and_gauges_map_to_counters_running_totals_and_gauges() {
     ));
     assert_eq!(gauge.series[0].kind, Kind::Gauge);
     assert_eq!(gauge.series[0].points.len(), 1);
-    assert_eq!(gauge.rejected, 1, "NaN refused alone");
+    assert_eq!(gauge.rejected(), 1, "NaN refused alone");
     assert!(gauge.errors[0].contains("no finite value"), "{:?}", gauge.errors);
 }
 
@@ -329,7 +354,7 @@ fn summaries_nameless_and_badly_labelled_metrics_are_refused_and_counted() {
             data_points: vec![wire::SummaryDataPoint::default(), wire::SummaryDataPoint::default()],
         }),
     ));
-    assert_eq!(summary.rejected, 2);
+    assert_eq!(summary.rejected(), 2);
     assert!(summary.errors[0].contains("summaries are not supported"));
     let nameless = decode(metric(
         "",
@@ -337,7 +362,7 @@ fn summaries_nameless_and_badly_labelled_metrics_are_refused_and_counted() {
             data_points: vec![number(1.0, 1)],
         }),
     ));
-    assert_eq!(nameless.rejected, 1);
+    assert_eq!(nameless.rejected(), 1);
     let mut reserved = number(1.0, 1);
     reserved.attributes.push(attribute("quantile", "0.5"));
     let histogram = decode(metric(
@@ -352,7 +377,7 @@ fn summaries_nameless_and_badly_labelled_metrics_are_refused_and_counted() {
             aggregation_temporality: wire::AggregationTemporality::Delta as i32,
         }),
     ));
-    assert_eq!(histogram.rejected, 1);
+    assert_eq!(histogram.rejected(), 1);
     assert!(histogram.errors[0].contains("quantile"), "{:?}", histogram.errors);
     assert_eq!(sanitize_name("http.server.duration", true), "http_server_duration");
     assert_eq!(sanitize_name("2xx", false), "_2xx");
