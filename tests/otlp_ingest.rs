@@ -288,7 +288,19 @@ async fn sdk_spans_over_http_and_the_selection_query_matches_the_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sdk_histogram_exemplars_come_out_on_the_quantiles() {
+async fn sdk_histogram_exemplars_over_http_come_out_on_the_quantiles() {
+    histogram_exemplars_come_out_on_the_quantiles("http").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_histogram_exemplars_over_grpc_come_out_on_the_quantiles() {
+    histogram_exemplars_come_out_on_the_quantiles("grpc").await;
+}
+
+/// A histogram recorded inside sampled spans, exported by the SDK's metric
+/// exporter with delta temporality: quantiles within the error, each carrying
+/// the exemplar (trace and measurement) the SDK sent for that bucket.
+async fn histogram_exemplars_come_out_on_the_quantiles(protocol: &str) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -378,12 +390,22 @@ async fn sdk_histogram_exemplars_come_out_on_the_quantiles() {
             explicit_bucket(exact_quantile(&values, q)),
             "explicit p{label} {reported} is in the exact quantile's explicit bucket"
         );
-        for picked in selections
+        let picked: Vec<&SelectionRecord> = selections
             .iter()
             .filter(|s| s.series.get("__name__").map(String::as_str) == Some("request_latency_explicit"))
-        {
-            assert!(traces.contains_key(&picked.exemplar.trace_id));
-        }
+            .filter(|s| s.quantile == Some(q))
+            .collect();
+        assert_eq!(
+            picked.len(),
+            1,
+            "explicit p{label}: the SDK keeps one exemplar per bucket"
+        );
+        let sent_value = traces[&picked[0].exemplar.trace_id];
+        assert_eq!(
+            explicit_bucket(sent_value),
+            explicit_bucket(reported),
+            "explicit p{label}: exemplar {sent_value} in the quantile's explicit bucket"
+        );
     }
     service.shutdown().await;
 }

@@ -138,11 +138,11 @@ pub fn exponential_histogram(point: &wire::ExponentialHistogramDataPoint) -> Res
 /// approximation. Each bucket's count goes to the exponential bucket of one
 /// representative value: the middle of a finite bucket `(lower, upper]`, the
 /// first bound (or the middle between `min` and it) for `(-inf, first]`, the
-/// last bound (or the middle between it and `max`) for `(last, +inf)`. An
-/// exemplar is a real observation of its bucket, so it takes one of the
-/// bucket's counts at its own value: the exemplar then lies in a counted
-/// bucket and can be picked for the quantile there. A quantile is exact to the
-/// explicit bucket it falls in, not better.
+/// last bound (or the middle between it and `max`) for `(last, +inf)`. A
+/// bucket holding exemplars uses them instead: each is a real observation of
+/// the bucket and takes one count at its own value, the rest go with the
+/// first, so a quantile falling in the bucket links to that exemplar's trace.
+/// A quantile is exact to the explicit bucket it falls in, not better.
 pub fn explicit_histogram(point: &wire::HistogramDataPoint, scale: i8) -> Result<NativeHistogram, String> {
     let bounds = &point.explicit_bounds;
     if point.bucket_counts.is_empty() {
@@ -180,18 +180,25 @@ pub fn explicit_histogram(point: &wire::HistogramDataPoint, scale: i8) -> Result
         in_buckets += u128::from(count);
         let lower = if i == 0 { f64::NEG_INFINITY } else { bounds[i - 1] };
         let upper = if i == last { f64::INFINITY } else { bounds[i] };
+        // Exemplars of this bucket are real observations in it: each takes one
+        // count at its own value, and the rest go with the first of them, so
+        // a quantile in this bucket lands where an exemplar can link it.
         let mut left = count;
+        let mut first_traced = None;
         for (value, _, _) in traced.iter().filter(|(value, _, _)| *value > lower && *value <= upper) {
             if left == 0 {
                 break;
             }
+            first_traced.get_or_insert(*value);
             place(*value, 1);
             left -= 1;
         }
         if left == 0 {
             continue;
         }
-        let value = if bounds.is_empty() {
+        let value = if let Some(traced) = first_traced {
+            traced
+        } else if bounds.is_empty() {
             point.sum.map_or(0.0, |sum| sum / point.count.max(1) as f64)
         } else if i == 0 {
             match point.min {

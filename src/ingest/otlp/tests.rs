@@ -305,7 +305,7 @@ fn exponential_histograms_keep_their_buckets_and_finer_scales_are_downscaled() {
 }
 
 #[test]
-fn explicit_histograms_fold_at_representatives_and_exemplars_at_their_value() {
+fn explicit_histograms_fold_at_representatives_or_at_their_exemplars() {
     let point = wire::HistogramDataPoint {
         count: 6,
         sum: Some(1.0),
@@ -323,8 +323,7 @@ fn explicit_histograms_fold_at_representatives_and_exemplars_at_their_value() {
     let native = explicit_histogram(&point, 6).unwrap();
     let mut expected = vec![
         (bucket_index(6, 0.1), 1),  // (-inf, 0.1]: its bound
-        (bucket_index(6, 0.15), 1), // (0.1, 0.2]: the middle, less the exemplar's count
-        (bucket_index(6, 0.19), 1), // the exemplar's own value
+        (bucket_index(6, 0.19), 2), // (0.1, 0.2]: at its exemplar's value
         (bucket_index(6, 0.3), 3),  // (0.2, inf): between the bound and max
     ];
     expected.sort_unstable();
