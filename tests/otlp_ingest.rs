@@ -306,11 +306,15 @@ async fn histogram_exemplars_come_out_on_the_quantiles(protocol: &str) {
         .unwrap()
         .as_millis() as i64;
     let mut service = start_service_with(RULES, now, OTLP_CONFIG).await;
-    let endpoint = format!("http://{}", service.handle().otlp_http_addr().unwrap());
+    let addr = match protocol {
+        "grpc" => service.handle().otlp_grpc_addr(),
+        _ => service.handle().otlp_http_addr(),
+    };
+    let endpoint = format!("http://{}", addr.unwrap());
     let args = [
         "metrics",
         "--protocol",
-        "http",
+        protocol,
         "--endpoint",
         &endpoint,
         "--seed",
