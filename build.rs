@@ -27,5 +27,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .build_server(false)
         .compile_fds(protox::compile(prometheus, ["proto"])?)?;
+
+    // OTLP (the official OpenTelemetry .proto files, vendored): messages plus the
+    // trace and metrics collector services; a client too, for tests that send
+    // hand-made (and broken) requests.
+    let otlp = [
+        "proto/opentelemetry/proto/collector/trace/v1/trace_service.proto",
+        "proto/opentelemetry/proto/collector/metrics/v1/metrics_service.proto",
+    ];
+    println!("cargo:rerun-if-changed=proto/opentelemetry");
+    tonic_prost_build::configure()
+        .codec_path("crate::ingest::otlp::OtlpCodec")
+        .compile_fds(protox::compile(otlp, ["proto"])?)?;
     Ok(())
 }

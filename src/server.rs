@@ -20,11 +20,13 @@ use crate::clock::Clock;
 use crate::config::ServiceSettings;
 use crate::engine::{AggregateRecord, Engine, FlushStats};
 use crate::ingest::grpc::GrpcIngest;
+use crate::ingest::otlp::{otlp_grpc_router, otlp_http_router, OtlpIngest};
 use crate::ingest::remote_write::{http_router, HttpState};
 use crate::ingest::statsd::serve_statsd;
 use crate::rules::RuleSet;
 use crate::sink::file_store::FileStore;
 use crate::sink::remote_write::RemoteWriteShard;
+use crate::sink::selection_query::{selection_router, SelectionQuery};
 use crate::sink::selections::{selection_dir, GrpcSelections, SelectionHub, SelectionWriter};
 use crate::sink::SinkSet;
 use crate::telemetry::Telemetry;
@@ -75,6 +77,8 @@ pub struct ServiceHandle {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     statsd_addr: Option<SocketAddr>,
+    otlp_grpc_addr: Option<SocketAddr>,
+    otlp_http_addr: Option<SocketAddr>,
     engine: Arc<Engine>,
     telemetry: Arc<Telemetry>,
     hub: SelectionHub,
@@ -169,7 +173,7 @@ pub async fn start(
     sinks
         .spawn(
             "selections",
-            SelectionWriter::new(hub.clone(), selection_files, Arc::clone(&telemetry)),
+            SelectionWriter::new(hub.clone(), selection_files.clone(), Arc::clone(&telemetry)),
             move |records, result| {
                 if let Err(error) = result {
                     counters.sink_error();
@@ -211,6 +215,7 @@ pub async fn start(
             closing_receiver.clone(),
         )));
     }
+    let otlp = start_otlp(&settings, &engine, &clock, &telemetry, &closing_receiver).await?;
     let router = grpc_router(
         Arc::clone(&engine),
         &settings,
@@ -244,10 +249,14 @@ pub async fn start(
         Servers {
             grpc: router,
             grpc_listener: listener,
-            http: http_router(http_state.clone()),
+            http: http_router(http_state.clone()).merge(selection_router(SelectionQuery::new(
+                selection_files.clone(),
+                settings.ingest.tenant_header.clone(),
+            ))),
             http_listener,
             http_state,
             statsd: statsd_task,
+            otlp: otlp.tasks,
         },
         FlushLoop {
             engine: Arc::clone(&engine),
@@ -265,11 +274,13 @@ pub async fn start(
         stop_receiver,
         closing,
     ));
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, statsd = ?statsd_addr, data_dir = %settings.data_dir.display(), "tailfold started");
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, statsd = ?statsd_addr, otlp_grpc = ?otlp.grpc_addr, otlp_http = ?otlp.http_addr, data_dir = %settings.data_dir.display(), "tailfold started");
     Ok(ServiceHandle {
         grpc_addr,
         http_addr,
         statsd_addr,
+        otlp_grpc_addr: otlp.grpc_addr,
+        otlp_http_addr: otlp.http_addr,
         engine,
         telemetry,
         hub,
@@ -290,6 +301,73 @@ struct Servers {
     http_state: HttpState,
     /// The statsd listener task, when statsd is on.
     statsd: Option<JoinHandle<()>>,
+    /// The OTLP servers, when on; they stop once `closing` turns true.
+    otlp: Vec<JoinHandle<()>>,
+}
+
+/// The started OTLP listeners.
+struct OtlpServers {
+    grpc_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServiceError> {
+    let bind_error = |source| ServiceError::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
+/// Binds and serves OTLP/gRPC and OTLP/HTTP where configured. They serve until
+/// `closing` turns true (after the final flush; the engine refuses writes
+/// with UNAVAILABLE / 503 from the moment shutdown begins).
+async fn start_otlp(
+    settings: &ServiceSettings,
+    engine: &Arc<Engine>,
+    clock: &Arc<dyn Clock>,
+    telemetry: &Arc<Telemetry>,
+    closing: &watch::Receiver<bool>,
+) -> Result<OtlpServers, ServiceError> {
+    let ingest = OtlpIngest::new(
+        Arc::clone(engine),
+        settings.ingest.clone(),
+        settings.otlp.clone(),
+        Arc::clone(clock),
+        Arc::clone(telemetry),
+    );
+    let mut servers = OtlpServers {
+        grpc_addr: None,
+        http_addr: None,
+        tasks: Vec::new(),
+    };
+    let closed = |mut closing: watch::Receiver<bool>| async move {
+        let _ = closing.wait_for(|closed| *closed).await;
+    };
+    if let Some(addr) = settings.otlp.grpc_listen {
+        let (listener, local) = bind(addr).await?;
+        servers.grpc_addr = Some(local);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let router = otlp_grpc_router(ingest.clone());
+        let stop = closed(closing.clone());
+        servers.tasks.push(tokio::spawn(async move {
+            if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                tracing::error!(%error, "otlp grpc server failed");
+            }
+        }));
+    }
+    if let Some(addr) = settings.otlp.http_listen {
+        let (listener, local) = bind(addr).await?;
+        servers.http_addr = Some(local);
+        let router = otlp_http_router(ingest);
+        let stop = closed(closing.clone());
+        servers.tasks.push(tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                tracing::error!(%error, "otlp http server failed");
+            }
+        }));
+    }
+    Ok(servers)
 }
 
 struct FlushLoop {
@@ -482,6 +560,9 @@ async fn run(
         // Already stopped if a datagram met the closed engine; else `closing` stops it.
         let _ = task.await;
     }
+    for task in servers.otlp {
+        let _ = task.await;
+    }
     let _ = server_stop.send(());
     let _ = http_stop.send(());
     let served = server.await;
@@ -521,6 +602,16 @@ impl ServiceHandle {
     /// Address the statsd UDP listener is bound to, when statsd is on.
     pub fn statsd_addr(&self) -> Option<SocketAddr> {
         self.statsd_addr
+    }
+
+    /// Address the OTLP/gRPC server listens on, when on.
+    pub fn otlp_grpc_addr(&self) -> Option<SocketAddr> {
+        self.otlp_grpc_addr
+    }
+
+    /// Address the OTLP/HTTP server listens on, when on.
+    pub fn otlp_http_addr(&self) -> Option<SocketAddr> {
+        self.otlp_http_addr
     }
 
     /// Address the HTTP server (Prometheus remote write) listens on.

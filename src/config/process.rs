@@ -15,6 +15,7 @@ use crate::sink::remote_write::RemoteWriteSettings;
 use crate::wal::WalSettings;
 
 use super::error::ConfigError;
+use super::otlp::{check_otlp, OtlpConfig, OtlpSettings};
 use super::remote_write::{check_remote_write, RemoteWriteConfig};
 use super::statsd::{check_statsd, StatsdConfig, StatsdSettings};
 
@@ -80,6 +81,12 @@ pub mod defaults {
     pub const STATSD_TENANT: &str = "default";
     /// Largest statsd datagram read whole; the most a UDP datagram can carry.
     pub const STATSD_MAX_PACKET_BYTES: usize = 65_535;
+    /// Metric name of OTLP span durations (seconds).
+    pub const OTLP_SPAN_METRIC: &str = "span_duration_seconds";
+    /// Attribute-to-label mappings allowed for spans (bounds cardinality).
+    pub const OTLP_MAX_SPAN_ATTRIBUTES: usize = 16;
+    /// Exemplars kept per `above(threshold)` output and window: the slowest traces beyond it.
+    pub const ABOVE_MAX_TRACES: usize = 10;
 }
 
 /// The whole process config.
@@ -111,6 +118,8 @@ pub struct ProcessConfig {
     pub statsd: StatsdConfig,
     /// Write-ahead log: acknowledge a write only once it is on disk, replay it after a crash. Off by default.
     pub wal: WalConfig,
+    /// OpenTelemetry (OTLP/gRPC and OTLP/HTTP) ingest of spans and metrics; off unless a listen address is set.
+    pub otlp: OtlpConfig,
     /// Logs.
     pub log: LogConfig,
 }
@@ -225,6 +234,8 @@ pub struct SelectionsConfig {
     pub file: Option<bool>,
     /// Selections buffered per stream subscriber. Default 65536.
     pub stream_buffer: Option<usize>,
+    /// Traces selected per `above(threshold)` output and window, slowest first (one per histogram bucket). Default 10.
+    pub above_max_traces: Option<usize>,
 }
 
 /// Log settings (the level comes from `RUST_LOG`, default `info`).
@@ -274,6 +285,8 @@ pub struct ServiceSettings {
     pub statsd: Option<StatsdSettings>,
     /// Write-ahead log; `None` when `wal.enabled` is not true.
     pub wal: Option<WalSettings>,
+    /// OTLP ingest (listeners off unless set).
+    pub otlp: OtlpSettings,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -440,6 +453,14 @@ impl ServiceSettings {
             remote_write.push(checked);
         }
         let statsd = check_statsd(&config.statsd, &limits, &invalid)?;
+        let otlp = check_otlp(&config.otlp, &invalid)?;
+        let above_max_traces = config.selections.above_max_traces.unwrap_or(defaults::ABOVE_MAX_TRACES);
+        if above_max_traces == 0 || above_max_traces > 1000 {
+            return Err(invalid(
+                "selections.above_max_traces",
+                format!("{above_max_traces} is outside 1..=1000"),
+            ));
+        }
         let log_json = match config.log.format.as_deref() {
             None | Some("text") => false,
             Some("json") => true,
@@ -494,6 +515,7 @@ impl ServiceSettings {
                 lateness_overrides,
                 histogram,
                 idle_series_ms: config.engine.idle_series_ms.unwrap_or(defaults::IDLE_SERIES_MS),
+                above_max_traces,
             },
             flush_interval_ms,
             flush_jitter_ms: config.flush.jitter_ms.unwrap_or(defaults::FLUSH_JITTER_MS),
@@ -510,6 +532,7 @@ impl ServiceSettings {
             remote_write,
             statsd,
             wal,
+            otlp,
             log_json,
         })
     }

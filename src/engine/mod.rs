@@ -307,7 +307,7 @@ impl Engine {
             stats.windows += closed.len();
             let mut records = Vec::with_capacity(closed.len() * 4);
             for window in closed.drain(..) {
-                record::window_records(window, &mut records);
+                record::window_records(window, self.settings.above_max_traces, &mut records);
             }
             stats.records += records.len();
             emit(records);

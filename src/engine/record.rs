@@ -102,6 +102,10 @@ pub struct AggregateRecord {
     /// For quantiles, the exemplar of the bucket holding the quantile; for
     /// `above`, a traced sample above the threshold.
     pub exemplar: Option<Exemplar>,
+    /// For `above` counts: the slowest traces beyond the threshold, slowest
+    /// first, one per histogram bucket, at most `engine.above_max_traces`
+    /// (the first is `exemplar`). Empty for every other statistic.
+    pub slowest: Vec<Exemplar>,
     /// Flushed before the window ended (at shutdown).
     pub partial: bool,
 }
@@ -127,11 +131,12 @@ impl AggregateRecord {
     }
 }
 
-/// Turns a closed window into its records, appending to `out`.
-pub fn window_records(window: ClosedWindow, out: &mut Vec<AggregateRecord>) {
+/// Turns a closed window into its records, appending to `out`; an `above`
+/// count carries up to `above_max_traces` of the slowest traces beyond it.
+pub fn window_records(window: ClosedWindow, above_max_traces: usize, out: &mut Vec<AggregateRecord>) {
     let slot = &window.target.slots[window.slot as usize];
     let window_end_ms = window.start_ms + slot.policy.resolution_ms as i64;
-    let mut emit = |aggregation: Aggregation, statistic, value, exemplar| {
+    let mut emit = |aggregation: Aggregation, statistic, value, exemplar, slowest| {
         out.push(AggregateRecord {
             tenant: Arc::clone(&window.target.tenant),
             series: Arc::clone(&window.target.labels),
@@ -143,6 +148,7 @@ pub fn window_records(window: ClosedWindow, out: &mut Vec<AggregateRecord>) {
             statistic,
             value,
             exemplar,
+            slowest,
             partial: window.partial,
         })
     };
@@ -160,7 +166,7 @@ pub fn window_records(window: ClosedWindow, out: &mut Vec<AggregateRecord>) {
                     },
                     _ => continue,
                 };
-                emit(aggregation, statistic, scalar(value), None);
+                emit(aggregation, statistic, scalar(value), None, Vec::new());
             }
         }
         WindowState::Gauge(state) => {
@@ -174,7 +180,7 @@ pub fn window_records(window: ClosedWindow, out: &mut Vec<AggregateRecord>) {
                     Aggregation::Mean => (Statistic::Mean, state.mean()),
                     _ => continue,
                 };
-                emit(aggregation, statistic, scalar(value), None);
+                emit(aggregation, statistic, scalar(value), None, Vec::new());
             }
         }
         WindowState::Distribution(histogram) => {
@@ -182,8 +188,14 @@ pub fn window_records(window: ClosedWindow, out: &mut Vec<AggregateRecord>) {
             for &aggregation in slot.aggregations.iter() {
                 let h = &histogram;
                 match aggregation {
-                    Aggregation::Count => emit(aggregation, Statistic::Count, scalar(h.count() as f64), None),
-                    Aggregation::Sum => emit(aggregation, Statistic::Sum, scalar(h.sum()), None),
+                    Aggregation::Count => emit(
+                        aggregation,
+                        Statistic::Count,
+                        scalar(h.count() as f64),
+                        None,
+                        Vec::new(),
+                    ),
+                    Aggregation::Sum => emit(aggregation, Statistic::Sum, scalar(h.sum()), None, Vec::new()),
                     Aggregation::Min | Aggregation::Max | Aggregation::Mean | Aggregation::Stdev => {
                         let (statistic, value) = match aggregation {
                             Aggregation::Min => (Statistic::Min, h.min()),
@@ -192,7 +204,7 @@ pub fn window_records(window: ClosedWindow, out: &mut Vec<AggregateRecord>) {
                             _ => (Statistic::Stdev, h.stdev()),
                         };
                         if let Some(value) = value {
-                            emit(aggregation, statistic, scalar(value), None);
+                            emit(aggregation, statistic, scalar(value), None, Vec::new());
                         }
                     }
                     Aggregation::Quantile(q) => {
@@ -202,26 +214,33 @@ pub fn window_records(window: ClosedWindow, out: &mut Vec<AggregateRecord>) {
                                 Statistic::Quantile(q),
                                 scalar(estimate.value),
                                 estimate.exemplar,
+                                Vec::new(),
                             );
                         }
                     }
                     Aggregation::Above(t) | Aggregation::Below(t) => {
                         let total = h.count() as f64;
                         let above = h.count_above(t) as f64;
-                        let (count_stat, ratio_stat, count, exemplar) = if let Aggregation::Above(_) = aggregation {
+                        let (count_stat, ratio_stat, count, slowest) = if let Aggregation::Above(_) = aggregation {
                             (
                                 Statistic::AboveCount(t),
                                 Statistic::AboveRatio(t),
                                 above,
-                                h.exemplar_above(t),
+                                h.exemplars_above(t, above_max_traces.max(1)),
                             )
                         } else {
-                            (Statistic::BelowCount(t), Statistic::BelowRatio(t), total - above, None)
+                            (
+                                Statistic::BelowCount(t),
+                                Statistic::BelowRatio(t),
+                                total - above,
+                                Vec::new(),
+                            )
                         };
-                        emit(aggregation, count_stat, scalar(count), exemplar);
+                        let exemplar = slowest.first().copied();
+                        emit(aggregation, count_stat, scalar(count), exemplar, slowest);
                         // A native histogram's baseline leaves a window empty: 0/0 is no ratio.
                         if total > 0.0 {
-                            emit(aggregation, ratio_stat, scalar(count / total), None);
+                            emit(aggregation, ratio_stat, scalar(count / total), None, Vec::new());
                         }
                     }
                     Aggregation::Histogram => wants_histogram = true,
@@ -234,6 +253,7 @@ pub fn window_records(window: ClosedWindow, out: &mut Vec<AggregateRecord>) {
                     Statistic::Histogram,
                     RecordValue::Histogram(Arc::from(histogram)),
                     None,
+                    Vec::new(),
                 );
             }
         }

@@ -25,6 +25,9 @@ pub struct EngineSettings {
     /// Per-series state kept between windows (running totals of cumulative
     /// counters, `total` outputs) is forgotten after this long without data.
     pub idle_series_ms: u64,
+    /// Exemplars an `above(threshold)` output keeps per window: the kept
+    /// exemplars of the highest buckets beyond the threshold, slowest first.
+    pub above_max_traces: usize,
 }
 
 impl EngineSettings {
@@ -46,6 +49,7 @@ impl Default for EngineSettings {
             lateness_overrides: Vec::new(),
             histogram: HistogramConfig::default(),
             idle_series_ms: 3_600_000,
+            above_max_traces: 10,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! validate it, hand the engine plain `IngestBatch`es. They never aggregate.
 
 pub mod grpc;
+pub mod otlp;
 pub mod remote_write;
 pub mod statsd;
 pub mod validate;

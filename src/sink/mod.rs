@@ -5,6 +5,7 @@
 pub mod file_store;
 mod json;
 pub mod remote_write;
+pub mod selection_query;
 pub mod selections;
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};

@@ -46,9 +46,33 @@ pub struct SelectionRecord {
     pub reported_value: f64,
     /// The traced sample.
     pub exemplar: JsonExemplar,
+    /// For `above` outputs: 0 for the slowest selected trace, 1 for the next, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
 }
 
 impl SelectionRecord {
+    /// Every selection of a record: the quantile's exemplar, or for an `above`
+    /// count each of the slowest traces beyond the threshold, ranked.
+    pub fn all_of(record: &AggregateRecord) -> Vec<SelectionRecord> {
+        let Some(first) = SelectionRecord::of(record) else {
+            return Vec::new();
+        };
+        if !matches!(record.statistic, Statistic::AboveCount(_)) || record.slowest.is_empty() {
+            return vec![first];
+        }
+        record
+            .slowest
+            .iter()
+            .enumerate()
+            .map(|(rank, exemplar)| SelectionRecord {
+                exemplar: JsonExemplar::from(exemplar),
+                rank: Some(rank as u32),
+                ..first.clone()
+            })
+            .collect()
+    }
+
     /// The selection a record stands for, if it carries an exemplar.
     pub fn of(record: &AggregateRecord) -> Option<SelectionRecord> {
         let exemplar = record.exemplar.as_ref()?;
@@ -70,6 +94,7 @@ impl SelectionRecord {
             quantile,
             reported_value,
             exemplar: JsonExemplar::from(exemplar),
+            rank: None,
         })
     }
 
@@ -100,6 +125,7 @@ impl SelectionRecord {
                 .unwrap_or_default(),
             exemplar_value: self.exemplar.value,
             exemplar_timestamp_ms: self.exemplar.timestamp_ms,
+            rank: self.rank.unwrap_or(0),
         }
     }
 }
@@ -132,7 +158,7 @@ pub struct SelectionWriter {
 }
 
 /// Selection files hold one hour each.
-const SELECTION_SEGMENT_MS: i64 = 3_600_000;
+pub(crate) const SELECTION_SEGMENT_MS: i64 = 3_600_000;
 
 impl SelectionWriter {
     /// Publishes to `hub` and, when `dir` is set, appends JSON lines there.
@@ -143,7 +169,7 @@ impl SelectionWriter {
 
 impl SinkWriter for SelectionWriter {
     fn write(&mut self, records: &[AggregateRecord], _now_ms: i64) -> Result<(), SinkError> {
-        let selections: Vec<SelectionRecord> = records.iter().filter_map(SelectionRecord::of).collect();
+        let selections: Vec<SelectionRecord> = records.iter().flat_map(SelectionRecord::all_of).collect();
         if selections.is_empty() {
             return Ok(());
         }

@@ -484,6 +484,23 @@ impl ExpHistogram {
             .find(|e| e.value > threshold)
     }
 
+    /// Kept exemplars whose value is `> threshold`, slowest bucket first, at
+    /// most `limit`: the slowest traced samples beyond an SLO, one per bucket
+    /// (a bucket keeps one exemplar, so two slow traces in one bucket yield one).
+    pub fn exemplars_above(&self, threshold: f64, limit: usize) -> Vec<Exemplar> {
+        let positive = self.positive.slots();
+        let negative = self.negative.slots();
+        positive
+            .iter()
+            .rev()
+            .chain(self.zero_exemplar.iter())
+            .chain(negative.iter())
+            .map(|s| s.exemplar)
+            .filter(|e| e.value > threshold)
+            .take(limit)
+            .collect()
+    }
+
     /// Non-empty positive buckets as `(index, count)`, ascending index.
     pub fn positive_buckets(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
         self.positive.buckets()

@@ -229,6 +229,7 @@ mod tests {
             statistic: Statistic::Histogram,
             value: RecordValue::Histogram(Arc::new(histogram)),
             exemplar: None,
+            slowest: Vec::new(),
             partial: false,
         };
         let one = encoder.encode(&record(first, 60_000)).unwrap().unwrap();

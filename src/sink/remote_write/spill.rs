@@ -305,6 +305,7 @@ mod shard_tests {
             statistic: Statistic::Sum,
             value: RecordValue::Scalar(1.0),
             exemplar: None,
+            slowest: Vec::new(),
             partial: false,
         }
     }

@@ -215,3 +215,26 @@ fn exemplar_above_picks_highest_matching_bucket() {
             .has_span_id()
     );
 }
+
+#[test]
+fn exemplars_above_are_the_slowest_buckets_first_and_bounded() {
+    let mut h = ExpHistogram::default();
+    let mut r = rng(5);
+    // Tags 1..=9 at 0.1 .. 0.9 s, each in its own bucket at scale 6.
+    for tag in 1..=9u8 {
+        h.record(f64::from(tag) / 10.0, Some(ex(tag)), &mut r);
+    }
+    h.record(0.95, None, &mut r); // untraced: counted, never selected
+    let tags = |list: Vec<Exemplar>| list.iter().map(|e| e.trace_id[0]).collect::<Vec<_>>();
+    assert_eq!(
+        tags(h.exemplars_above(0.5, 10)),
+        vec![9, 8, 7, 6],
+        "beyond 0.5, slowest first"
+    );
+    assert_eq!(tags(h.exemplars_above(0.5, 2)), vec![9, 8], "at most the limit");
+    assert_eq!(tags(h.exemplars_above(0.95, 10)), Vec::<u8>::new());
+    assert_eq!(h.exemplars_above(0.5, 1).first(), h.exemplar_above(0.5).as_ref());
+    for e in h.exemplars_above(0.0, 10) {
+        assert_eq!(e.value, f64::from(e.trace_id[0]) / 10.0, "each keeps its own value");
+    }
+}

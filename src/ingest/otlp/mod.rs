@@ -1,0 +1,183 @@
+//! OTLP ingest: `TraceService.Export` and `MetricsService.Export` over gRPC,
+//! and `POST /v1/traces`, `/v1/metrics` over HTTP (binary protobuf). Spans
+//! become distribution samples tagged with their trace; metrics map onto the
+//! model's counters, gauges and native histograms. Refusals are partial
+//! successes with counts and a message, as the OTLP spec asks.
+
+mod codec;
+mod metrics;
+mod service;
+mod spans;
+
+use std::sync::Arc;
+
+use crate::api::otlp::common::v1::{any_value, KeyValue};
+use crate::clock::Clock;
+use crate::config::{IngestLimits, OtlpSettings};
+use crate::engine::{Engine, EngineClosed};
+use crate::model::{DropReason, IngestBatch, Outcome, SeriesBatch};
+use crate::telemetry::Telemetry;
+
+pub use codec::{OtlpCodec, OtlpDecoder};
+pub use metrics::{decode_metrics, explicit_histogram, exponential_histogram, sanitize_name};
+pub use service::{otlp_grpc_router, otlp_http_router};
+pub use spans::decode_spans;
+
+/// Problems quoted in a partial-success message; the rest are only counted.
+const MAX_ERRORS_REPORTED: usize = 10;
+
+/// What decoding one export request yields: the valid series, and the items
+/// (spans or data points) refused with the first few reasons.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Valid series.
+    pub series: Vec<SeriesBatch>,
+    /// Spans or data points refused while decoding, by reason.
+    pub outcome: Outcome,
+    /// The first few reasons.
+    pub errors: Vec<String>,
+}
+
+impl Decoded {
+    /// Refuses `count` items for `reason`; `message` is only built while few are reported.
+    fn refuse(&mut self, reason: DropReason, count: u64, message: impl FnOnce() -> String) {
+        self.outcome.reject(reason, count);
+        if self.errors.len() < MAX_ERRORS_REPORTED {
+            self.errors.push(message());
+        }
+    }
+
+    /// Items refused while decoding.
+    pub fn rejected(&self) -> u64 {
+        self.outcome.rejected_total()
+    }
+}
+
+/// The text of an attribute value usable as a label: strings, booleans and numbers.
+fn attribute_text(attribute: &KeyValue) -> Option<String> {
+    match attribute.value.as_ref()?.value.as_ref()? {
+        any_value::Value::StringValue(text) => Some(text.clone()),
+        any_value::Value::BoolValue(value) => Some(value.to_string()),
+        any_value::Value::IntValue(value) => Some(value.to_string()),
+        any_value::Value::DoubleValue(value) => Some(value.to_string()),
+        _ => None,
+    }
+}
+
+/// `service.name` of a resource; `unknown_service` (the SDK default) when unset.
+fn service_name(resource: &[KeyValue]) -> String {
+    resource
+        .iter()
+        .find(|attribute| attribute.key == "service.name")
+        .and_then(attribute_text)
+        .unwrap_or_else(|| "unknown_service".to_string())
+}
+
+/// The outcome of one export: items refused (decoding plus engine) and why.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ExportAnswer {
+    /// Spans or data points not folded in.
+    pub rejected: u64,
+    /// Empty when nothing was refused.
+    pub message: String,
+}
+
+/// What both OTLP transports share: decode, fold, tally.
+#[derive(Clone)]
+pub struct OtlpIngest(Arc<Shared>);
+
+struct Shared {
+    engine: Arc<Engine>,
+    limits: IngestLimits,
+    settings: OtlpSettings,
+    histogram_scale: i8,
+    clock: Arc<dyn Clock>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl OtlpIngest {
+    /// Feeds `engine`; explicit-bucket histograms are laid out at the engine's histogram scale.
+    pub fn new(
+        engine: Arc<Engine>,
+        limits: IngestLimits,
+        settings: OtlpSettings,
+        clock: Arc<dyn Clock>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        let histogram_scale = engine.settings().histogram.scale;
+        OtlpIngest(Arc::new(Shared {
+            engine,
+            limits,
+            settings,
+            histogram_scale,
+            clock,
+            telemetry,
+        }))
+    }
+
+    /// Folds the spans of an export request.
+    pub fn traces(
+        &self,
+        request: &crate::api::otlp::collector::trace::v1::ExportTraceServiceRequest,
+        tenant: Arc<str>,
+    ) -> Result<ExportAnswer, EngineClosed> {
+        let decoded = decode_spans(request, &self.0.settings, &self.0.limits);
+        self.fold(decoded, tenant)
+    }
+
+    /// Folds the data points of an export request.
+    pub fn metrics(
+        &self,
+        request: &crate::api::otlp::collector::metrics::v1::ExportMetricsServiceRequest,
+        tenant: Arc<str>,
+    ) -> Result<ExportAnswer, EngineClosed> {
+        let decoded = decode_metrics(request, self.0.histogram_scale, &self.0.limits);
+        self.fold(decoded, tenant)
+    }
+
+    fn fold(&self, decoded: Decoded, tenant: Arc<str>) -> Result<ExportAnswer, EngineClosed> {
+        let points: u64 = decoded
+            .series
+            .iter()
+            .map(|series| (series.points.len() + series.histograms.len()) as u64)
+            .sum();
+        self.0.telemetry.received(points + decoded.rejected());
+        let mut outcome = decoded.outcome;
+        let batch = IngestBatch {
+            tenant,
+            series: decoded.series,
+        };
+        let folded = match self.0.engine.ingest(&batch, self.0.clock.now_ms()) {
+            Ok(folded) => folded,
+            Err(closed) => {
+                self.0.telemetry.ingested(&outcome);
+                return Err(closed);
+            }
+        };
+        outcome.merge(&folded);
+        self.0.telemetry.ingested(&outcome);
+        let mut errors = decoded.errors;
+        for reason in DropReason::ALL {
+            let count = folded.rejected_for(reason);
+            if count > 0 && reason != DropReason::DroppedByRule {
+                errors.push(format!("{count} refused: {}", reason.as_str()));
+            }
+        }
+        let rejected = outcome.rejected_total();
+        Ok(ExportAnswer {
+            rejected,
+            message: if rejected == 0 {
+                String::new()
+            } else {
+                errors.join("; ")
+            },
+        })
+    }
+
+    fn limits(&self) -> &IngestLimits {
+        &self.0.limits
+    }
+}
+
+#[cfg(test)]
+mod tests;

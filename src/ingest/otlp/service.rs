@@ -1,0 +1,218 @@
+//! The OTLP transports. gRPC: `TraceService` and `MetricsService` (port 4317
+//! by convention). HTTP: `POST /v1/traces` and `/v1/metrics` with binary
+//! protobuf (4318), answering `200` with a partial success, `400` with a
+//! `google.rpc.Status` body for what can never succeed, `415` for JSON or
+//! compressed bodies, `503` while shutting down (the sender retries).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use prost::Message;
+use tonic::{Request, Status};
+
+use crate::api::otlp::collector::metrics::v1::{
+    metrics_service_server::{MetricsService, MetricsServiceServer},
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use crate::api::otlp::collector::trace::v1::{
+    trace_service_server::{TraceService, TraceServiceServer},
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use crate::ingest::grpc::tenant_from_metadata;
+use crate::ingest::validate::check_tenant;
+
+use super::{ExportAnswer, OtlpIngest};
+
+#[tonic::async_trait]
+impl TraceService for OtlpIngest {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
+        let limits = self.limits();
+        let tenant = tenant_from_metadata(request.metadata(), &limits.tenant_header, &limits.default_tenant)?;
+        let answer = self
+            .traces(request.get_ref(), tenant)
+            .map_err(|closed| Status::unavailable(closed.to_string()))?;
+        Ok(tonic::Response::new(trace_response(answer)))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for OtlpIngest {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, Status> {
+        let limits = self.limits();
+        let tenant = tenant_from_metadata(request.metadata(), &limits.tenant_header, &limits.default_tenant)?;
+        let answer = self
+            .metrics(request.get_ref(), tenant)
+            .map_err(|closed| Status::unavailable(closed.to_string()))?;
+        Ok(tonic::Response::new(metrics_response(answer)))
+    }
+}
+
+fn trace_response(answer: ExportAnswer) -> ExportTraceServiceResponse {
+    ExportTraceServiceResponse {
+        partial_success: (answer.rejected > 0).then_some(ExportTracePartialSuccess {
+            rejected_spans: answer.rejected as i64,
+            error_message: answer.message,
+        }),
+    }
+}
+
+fn metrics_response(answer: ExportAnswer) -> ExportMetricsServiceResponse {
+    ExportMetricsServiceResponse {
+        partial_success: (answer.rejected > 0).then_some(ExportMetricsPartialSuccess {
+            rejected_data_points: answer.rejected as i64,
+            error_message: answer.message,
+        }),
+    }
+}
+
+/// The OTLP/gRPC server: both services, with the request size limit applied.
+pub fn otlp_grpc_router(ingest: OtlpIngest) -> tonic::transport::server::Router {
+    let limit = ingest.limits().max_request_bytes;
+    tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(ingest.clone()).max_decoding_message_size(limit))
+        .add_service(MetricsServiceServer::new(ingest).max_decoding_message_size(limit))
+}
+
+/// The OTLP/HTTP routes.
+pub fn otlp_http_router(ingest: OtlpIngest) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/metrics", post(metrics))
+        .with_state(ingest)
+}
+
+/// `google.rpc.Status`, the body of an OTLP/HTTP error answer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcStatus {
+    /// A `google.rpc.Code`.
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    /// What went wrong.
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+/// `google.rpc.Code.INVALID_ARGUMENT`.
+const INVALID_ARGUMENT: i32 = 3;
+/// `google.rpc.Code.UNAVAILABLE`.
+const UNAVAILABLE: i32 = 14;
+
+fn refusal(status: StatusCode, code: i32, message: String) -> Response {
+    let body = RpcStatus { code, message }.encode_to_vec();
+    (status, [(header::CONTENT_TYPE, "application/x-protobuf")], body).into_response()
+}
+
+fn protobuf(message: impl Message) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        message.encode_to_vec(),
+    )
+        .into_response()
+}
+
+/// Reads the tenant and the body of an OTLP/HTTP request.
+async fn read(ingest: &OtlpIngest, headers: &HeaderMap, body: Body) -> Result<(Arc<str>, bytes::Bytes), Response> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/x-protobuf") {
+        return Err(refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            INVALID_ARGUMENT,
+            format!("content-type {content_type:?} is not supported: send application/x-protobuf"),
+        ));
+    }
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes()).trim().to_ascii_lowercase();
+        if !encoding.is_empty() && encoding != "identity" {
+            return Err(refusal(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                INVALID_ARGUMENT,
+                format!("content-encoding {encoding:?} is not supported: send uncompressed (compression: none)"),
+            ));
+        }
+    }
+    let limits = ingest.limits();
+    let tenant = match headers.get(limits.tenant_header.as_str()) {
+        None => Arc::from(limits.default_tenant.as_str()),
+        Some(value) => check_tenant(value.as_bytes()).map_err(|error| {
+            refusal(
+                StatusCode::BAD_REQUEST,
+                INVALID_ARGUMENT,
+                format!("header {}: {error}", limits.tenant_header),
+            )
+        })?,
+    };
+    let body = axum::body::to_bytes(body, limits.max_request_bytes)
+        .await
+        .map_err(|error| {
+            refusal(
+                StatusCode::BAD_REQUEST,
+                INVALID_ARGUMENT,
+                format!(
+                    "cannot read the request body (at most {} bytes, ingest.max_request_bytes): {error}",
+                    limits.max_request_bytes
+                ),
+            )
+        })?;
+    Ok((tenant, body))
+}
+
+fn unavailable(message: String) -> Response {
+    refusal(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, message)
+}
+
+/// Reads, decodes (off the async threads) and folds one request with `fold`.
+async fn handle<M, R>(
+    ingest: OtlpIngest,
+    headers: HeaderMap,
+    body: Body,
+    fold: fn(&OtlpIngest, &M, Arc<str>) -> Result<ExportAnswer, crate::engine::EngineClosed>,
+    answer: fn(ExportAnswer) -> R,
+) -> Response
+where
+    M: Message + Default + 'static,
+    R: Message + 'static,
+{
+    let (tenant, body) = match read(&ingest, &headers, body).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let work = tokio::task::spawn_blocking(move || match M::decode(body) {
+        Err(error) => refusal(
+            StatusCode::BAD_REQUEST,
+            INVALID_ARGUMENT,
+            format!(
+                "invalid protobuf {}: {error}",
+                std::any::type_name::<M>().rsplit("::").next().unwrap_or("")
+            ),
+        ),
+        Ok(request) => match fold(&ingest, &request, tenant) {
+            Ok(folded) => protobuf(answer(folded)),
+            Err(closed) => unavailable(closed.to_string()),
+        },
+    });
+    work.await
+        .unwrap_or_else(|error| unavailable(format!("ingest task failed: {error}")))
+}
+
+async fn traces(State(ingest): State<OtlpIngest>, headers: HeaderMap, body: Body) -> Response {
+    handle::<ExportTraceServiceRequest, _>(ingest, headers, body, OtlpIngest::traces, trace_response).await
+}
+
+async fn metrics(State(ingest): State<OtlpIngest>, headers: HeaderMap, body: Body) -> Response {
+    handle::<ExportMetricsServiceRequest, _>(ingest, headers, body, OtlpIngest::metrics, metrics_response).await
+}
