@@ -14,6 +14,7 @@ use crate::model::parse_duration_ms;
 use crate::sink::remote_write::RemoteWriteSettings;
 
 use super::error::ConfigError;
+use super::limits::{check_limits, LimitSettings, LimitsConfig};
 use super::remote_write::{check_remote_write, RemoteWriteConfig};
 use super::statsd::{check_statsd, StatsdConfig, StatsdSettings};
 
@@ -75,6 +76,8 @@ pub mod defaults {
     pub const STATSD_TENANT: &str = "default";
     /// Largest statsd datagram read whole; the most a UDP datagram can carry.
     pub const STATSD_MAX_PACKET_BYTES: usize = 65_535;
+    /// Ingest requests decoded and folded at once, over gRPC, remote write and statsd.
+    pub const MAX_INFLIGHT_REQUESTS: usize = 64;
 }
 
 /// The whole process config.
@@ -105,6 +108,8 @@ pub struct ProcessConfig {
     pub statsd: StatsdConfig,
     /// Logs.
     pub log: LogConfig,
+    /// Per-tenant rate and active-series limits, drop priority, requests in flight.
+    pub limits: LimitsConfig,
 }
 
 /// gRPC server settings.
@@ -253,6 +258,8 @@ pub struct ServiceSettings {
     pub statsd: Option<StatsdSettings>,
     /// JSON logs.
     pub log_json: bool,
+    /// Tenant limits, drop priority and ingest backpressure.
+    pub limits: LimitSettings,
 }
 
 /// Checked ingest limits.
@@ -440,6 +447,9 @@ impl ServiceSettings {
             ));
         }
 
+        let idle_series_ms = config.engine.idle_series_ms.unwrap_or(defaults::IDLE_SERIES_MS);
+        let limit_settings = check_limits(&config.limits, idle_series_ms, &invalid)?;
+
         Ok(ServiceSettings {
             source: path.to_path_buf(),
             grpc_listen,
@@ -471,6 +481,7 @@ impl ServiceSettings {
             remote_write,
             statsd,
             log_json,
+            limits: limit_settings,
         })
     }
 }

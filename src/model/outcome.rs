@@ -24,11 +24,18 @@ pub enum DropReason {
     KindConflict,
     /// A running total not newer than the last one of its series.
     OutOfOrder,
+    /// The tenant was over its samples-per-second limit (nice-to-have series first).
+    RateLimited,
+    /// A new series of a tenant at its active-series limit, or a nice-to-have
+    /// series evicted to make room for a more important one.
+    SeriesLimited,
+    /// Ingest was saturated (requests in flight at the limit); statsd has no way to push back.
+    Overloaded,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::InvalidSeries,
         DropReason::InvalidValue,
         DropReason::InvalidTraceId,
@@ -38,6 +45,9 @@ impl DropReason {
         DropReason::NoAggregation,
         DropReason::KindConflict,
         DropReason::OutOfOrder,
+        DropReason::RateLimited,
+        DropReason::SeriesLimited,
+        DropReason::Overloaded,
     ];
 
     /// The `reason` label value.
@@ -52,6 +62,9 @@ impl DropReason {
             DropReason::NoAggregation => "no_aggregation",
             DropReason::KindConflict => "kind_conflict",
             DropReason::OutOfOrder => "out_of_order",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::SeriesLimited => "series_limited",
+            DropReason::Overloaded => "overloaded",
         }
     }
 }
