@@ -91,14 +91,22 @@ impl Limits {
         if !limit.is_limited() || batch.series.is_empty() {
             return Cow::Borrowed(batch);
         }
+        // Hashed before the tenant's lock is taken, so concurrent requests of one tenant wait less.
+        let mut plans: Vec<Plan> = batch
+            .series
+            .iter()
+            .map(|series| Plan {
+                key: series_key(&batch.tenant, &series.labels).hash,
+                ..Plan::default()
+            })
+            .collect();
         let state = self.tenant(&batch.tenant, limit, now_ms);
         let mut state = state.lock();
         state.last_seen_ms = now_ms;
         let classes = self.settings.drop_priority.len() + 1;
-        let mut plans = Vec::with_capacity(batch.series.len());
         let mut demand = vec![0u64; classes];
-        for series in &batch.series {
-            let key = series_key(&batch.tenant, &series.labels).hash;
+        for (series, plan) in batch.series.iter().zip(&mut plans) {
+            let key = plan.key;
             let (class, known) = match state.series.get_mut(&key) {
                 Some(tracked) => {
                     tracked.last_seen_ms = now_ms;
@@ -108,14 +116,14 @@ impl Limits {
             };
             let points = points_of(series);
             demand[class as usize] += points;
-            plans.push(Plan {
+            *plan = Plan {
                 key,
                 class,
                 known,
                 demand: points,
                 admitted: points,
                 series_refused: false,
-            });
+            };
         }
 
         // Rate: the bucket is split into `classes` bands; a class may only take
