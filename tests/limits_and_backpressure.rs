@@ -74,6 +74,10 @@ async fn a_flooding_tenant_loses_its_nice_to_have_series_first_and_no_one_elses_
             match client.write(request_for("flood", series)).await {
                 Ok(response) => {
                     let response = response.into_inner();
+                    for rejection in &response.rejections {
+                        // The response names the drop-priority entry behind each drop.
+                        assert_eq!(rejection.rule, "debug", "{rejection:?}");
+                    }
                     assert_eq!(
                         response.accepted + response.rejected,
                         points as u64,

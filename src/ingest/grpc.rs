@@ -140,9 +140,15 @@ pub fn rate_limited_message(tenant: &str, folded: &Outcome) -> Option<String> {
 
 /// The wire form of a tally.
 pub fn response_of(outcome: &Outcome, errors: Vec<String>) -> v1::WriteResponse {
+    // Reasons with a per-rule breakdown are listed by rule below.
     let mut rejections: Vec<v1::ReasonCount> = DropReason::ALL
         .iter()
-        .filter(|reason| **reason != DropReason::DroppedByRule)
+        .filter(|reason| {
+            !matches!(
+                reason,
+                DropReason::DroppedByRule | DropReason::RateLimited | DropReason::SeriesLimited
+            )
+        })
         .filter_map(|reason| {
             let count = outcome.rejected_for(*reason);
             (count > 0).then(|| v1::ReasonCount {
@@ -154,6 +160,11 @@ pub fn response_of(outcome: &Outcome, errors: Vec<String>) -> v1::WriteResponse 
         .collect();
     rejections.extend(outcome.by_rule.iter().map(|(rule, count)| v1::ReasonCount {
         reason: DropReason::DroppedByRule.as_str().to_string(),
+        rule: rule.to_string(),
+        count: *count,
+    }));
+    rejections.extend(outcome.by_limit.iter().map(|(reason, rule, count)| v1::ReasonCount {
+        reason: reason.as_str().to_string(),
         rule: rule.to_string(),
         count: *count,
     }));

@@ -30,6 +30,8 @@ pub struct Limits {
     tenants: RwLock<HashMap<Arc<str>, Arc<Mutex<TenantState>>>>,
     gate: InflightGate,
     telemetry: Arc<Telemetry>,
+    /// The `rule` of drops of series no drop-priority entry names.
+    unnamed: Arc<str>,
 }
 
 /// What the limits stage decided for one series of a batch.
@@ -54,6 +56,7 @@ impl Limits {
             settings,
             tenants: RwLock::new(HashMap::new()),
             telemetry,
+            unnamed: Arc::from(""),
         }
     }
 
@@ -184,13 +187,17 @@ impl Limits {
             }
         }
         for class in 0..classes {
-            let rule = self.settings.drop_priority.get(class).map_or("", |entry| &*entry.name);
+            let rule = self
+                .settings
+                .drop_priority
+                .get(class)
+                .map_or(&self.unnamed, |entry| &entry.name);
             for (reason, count) in [
                 (DropReason::RateLimited, rate[class]),
                 (DropReason::SeriesLimited, series[class]),
             ] {
                 if count > 0 {
-                    outcome.reject(reason, count);
+                    outcome.reject_by_limit(reason, rule, count);
                     self.telemetry.limit_dropped(tenant, reason, rule, count);
                 }
             }

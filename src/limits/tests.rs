@@ -139,6 +139,13 @@ fn only_when_nothing_droppable_is_left_are_other_samples_refused() {
     assert_eq!(admitted_by_name(&admitted), BTreeMap::from([("keep".to_string(), 100)]));
     assert_eq!(outcome.rejected_for(DropReason::RateLimited), 60);
     assert_eq!(
+        outcome.by_limit,
+        vec![
+            (DropReason::RateLimited, Arc::from("debug"), 10),
+            (DropReason::RateLimited, Arc::from(""), 50),
+        ]
+    );
+    assert_eq!(
         drops(&telemetry),
         BTreeMap::from([
             (("a".into(), "rate_limited", "debug".into()), 10),

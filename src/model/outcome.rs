@@ -78,6 +78,9 @@ pub struct Outcome {
     pub rejected: [u64; DropReason::ALL.len()],
     /// Points dropped by each drop rule (a subset of `DroppedByRule`).
     pub by_rule: Vec<(Arc<str>, u64)>,
+    /// Points dropped by a tenant limit, by reason (`RateLimited`, `SeriesLimited`)
+    /// and `limits.drop_priority` entry (empty for series no entry names).
+    pub by_limit: Vec<(DropReason, Arc<str>, u64)>,
 }
 
 impl Outcome {
@@ -92,6 +95,19 @@ impl Outcome {
         match self.by_rule.iter_mut().find(|(name, _)| name == rule) {
             Some((_, count)) => *count += points,
             None => self.by_rule.push((Arc::clone(rule), points)),
+        }
+    }
+
+    /// Counts `points` dropped by a tenant limit for `reason`, under drop-priority entry `rule`.
+    pub fn reject_by_limit(&mut self, reason: DropReason, rule: &Arc<str>, points: u64) {
+        self.reject(reason, points);
+        match self
+            .by_limit
+            .iter_mut()
+            .find(|(why, name, _)| *why == reason && name == rule)
+        {
+            Some((_, _, count)) => *count += points,
+            None => self.by_limit.push((reason, Arc::clone(rule), points)),
         }
     }
 
@@ -115,6 +131,16 @@ impl Outcome {
             match self.by_rule.iter_mut().find(|(name, _)| name == rule) {
                 Some((_, mine)) => *mine += count,
                 None => self.by_rule.push((Arc::clone(rule), *count)),
+            }
+        }
+        for (reason, rule, count) in &other.by_limit {
+            match self
+                .by_limit
+                .iter_mut()
+                .find(|(why, name, _)| why == reason && name == rule)
+            {
+                Some((_, _, mine)) => *mine += count,
+                None => self.by_limit.push((*reason, Arc::clone(rule), *count)),
             }
         }
     }
@@ -141,5 +167,28 @@ mod tests {
         assert_eq!(b.rejected_for(DropReason::DroppedByRule), 5);
         assert_eq!(b.by_rule, vec![(rule, 5)]);
         assert_eq!(b.rejected_total(), 7);
+    }
+
+    #[test]
+    fn limit_drops_merge_by_reason_and_rule() {
+        let debug: Arc<str> = Arc::from("debug");
+        let none: Arc<str> = Arc::from("");
+        let mut a = Outcome::default();
+        a.reject_by_limit(DropReason::RateLimited, &debug, 3);
+        a.reject_by_limit(DropReason::SeriesLimited, &debug, 1);
+        let mut b = Outcome::default();
+        b.reject_by_limit(DropReason::RateLimited, &debug, 2);
+        b.reject_by_limit(DropReason::RateLimited, &none, 4);
+        b.merge(&a);
+        assert_eq!(b.rejected_for(DropReason::RateLimited), 9);
+        assert_eq!(b.rejected_for(DropReason::SeriesLimited), 1);
+        assert_eq!(
+            b.by_limit,
+            vec![
+                (DropReason::RateLimited, debug.clone(), 5),
+                (DropReason::RateLimited, none, 4),
+                (DropReason::SeriesLimited, debug, 1),
+            ]
+        );
     }
 }
