@@ -83,6 +83,11 @@ impl Limits {
             .map_or(0, |state| state.lock().series.len())
     }
 
+    /// Tenants whose limit state is kept (tenants with a limit, seen within `idle_series_ms`).
+    pub fn tracked_tenants(&self) -> usize {
+        self.tenants.read().len()
+    }
+
     /// Applies `batch.tenant`'s limits at `now_ms`: returns the batch itself
     /// when all of it is admitted, else a copy of what is admitted. What is not
     /// is counted in `outcome` and in telemetry by tenant, reason and rule.
@@ -232,11 +237,31 @@ impl Limits {
             return;
         }
         let idle_ms = self.settings.idle_series_ms as i64;
-        self.tenants.write().retain(|_, state| {
+        let gone = |state: &TenantState| state.series.is_empty() && now_ms.saturating_sub(state.last_seen_ms) > idle_ms;
+        // Each tenant is swept under its own lock, so ingest of the others goes on;
+        // the map is write-locked only to remove tenants found idle.
+        let tenants: Vec<_> = self
+            .tenants
+            .read()
+            .iter()
+            .map(|(name, state)| (Arc::clone(name), Arc::clone(state)))
+            .collect();
+        let mut idle = Vec::new();
+        for (name, state) in tenants {
             let mut state = state.lock();
             state.evict_idle(now_ms, idle_ms);
-            !state.series.is_empty() || now_ms.saturating_sub(state.last_seen_ms) <= idle_ms
-        });
+            if gone(&state) {
+                idle.push(name);
+            }
+        }
+        if !idle.is_empty() {
+            let mut map = self.tenants.write();
+            for name in idle {
+                if map.get(&name).is_some_and(|state| gone(&state.lock())) {
+                    map.remove(&name);
+                }
+            }
+        }
     }
 }
 

@@ -210,8 +210,12 @@ fn series_cap_refuses_new_series_and_evicts_nice_to_have_ones_first() {
     ));
 
     // Series idle past engine.idle_series_ms stop counting.
+    assert_eq!(limits.tracked_tenants(), 2);
+    limits.evict_idle(2 + 3_600_000);
+    assert_eq!(limits.active_series("a"), 1, "keep 1 was seen at 2, keep 0 and 2 at 1");
     limits.evict_idle(2 + 3_600_001);
     assert_eq!(limits.active_series("a"), 0);
+    assert_eq!(limits.tracked_tenants(), 0, "idle tenants are forgotten too");
     let fourth = batch("a", vec![series("keep", 3, 1)]);
     assert!(matches!(
         limits.admit(&fourth, 3_600_010, &mut Outcome::default()),
