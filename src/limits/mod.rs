@@ -112,7 +112,6 @@ impl Limits {
         let mut state = state.lock();
         state.last_seen_ms = now_ms;
         let classes = self.settings.drop_priority.len() + 1;
-        let mut demand = vec![0u64; classes];
         for (series, plan) in batch.series.iter().zip(&mut plans) {
             let key = plan.key;
             let (class, known) = match state.series.get_mut(&key) {
@@ -123,7 +122,6 @@ impl Limits {
                 None => (self.class_of(&series.labels), false),
             };
             let points = points_of(series);
-            demand[class as usize] += points;
             *plan = Plan {
                 key,
                 class,
@@ -134,30 +132,17 @@ impl Limits {
             };
         }
 
-        // Rate: the bucket is split into `classes` bands; a class may only take
-        // tokens above its band's floor, so under sustained overload the bucket
-        // drains to where nice-to-have series stop while the rest still flows.
         let mut rate_limited = false;
         if let Some(bucket) = state.bucket.as_mut() {
             bucket.refill(now_ms);
-            let mut budget = vec![0u64; classes];
-            for class in (0..classes).rev() {
-                let floor = bucket.burst() * (classes - 1 - class) as f64 / classes as f64;
-                let granted = demand[class].min(bucket.available_above(floor));
-                bucket.take(granted);
-                budget[class] = granted;
-                rate_limited |= granted < demand[class];
+            for plan in &mut plans {
+                plan.admitted = 0;
             }
-            if rate_limited {
-                for plan in &mut plans {
-                    let left = &mut budget[plan.class as usize];
-                    plan.admitted = plan.demand.min(*left);
-                    *left -= plan.admitted;
-                }
-            }
+            rate_limited = grant(bucket, &mut plans, classes, |_| true);
         }
 
         // Active series: a new series with something admitted needs a slot.
+        let mut given_back = false;
         let mut series_refused = false;
         for plan in &mut plans {
             if plan.known || plan.admitted == 0 {
@@ -168,7 +153,16 @@ impl Limits {
                 series_refused = true;
                 if let Some(bucket) = state.bucket.as_mut() {
                     bucket.give_back(plan.admitted);
+                    given_back |= plan.admitted > 0;
                 }
+            }
+        }
+        // Tokens held for refused new series go to the series that keep flowing.
+        if rate_limited && given_back {
+            if let Some(bucket) = state.bucket.as_mut() {
+                rate_limited = grant(bucket, &mut plans, classes, |plan| {
+                    !plan.series_refused && (plan.known || plan.admitted > 0)
+                });
             }
         }
         drop(state);
@@ -263,6 +257,36 @@ impl Limits {
             }
         }
     }
+}
+
+/// Grants tokens to the points of `eligible` plans not yet admitted. The bucket
+/// is split into `classes` bands; a class may only take tokens above its band's
+/// floor, so under sustained overload the bucket drains to where nice-to-have
+/// series stop while the rest still flows. Classes are served most important
+/// first, each class's series in batch order. Returns whether any plan is left
+/// short (rate limited).
+fn grant(bucket: &mut TokenBucket, plans: &mut [Plan], classes: usize, eligible: impl Fn(&Plan) -> bool) -> bool {
+    let mut budget = vec![0u64; classes];
+    for plan in plans.iter().filter(|plan| eligible(plan)) {
+        budget[plan.class as usize] += plan.demand - plan.admitted;
+    }
+    for class in (0..classes).rev() {
+        let floor = bucket.burst() * (classes - 1 - class) as f64 / classes as f64;
+        let granted = budget[class].min(bucket.available_above(floor));
+        bucket.take(granted);
+        budget[class] = granted;
+    }
+    let mut short = false;
+    for plan in plans.iter_mut() {
+        if eligible(plan) {
+            let left = &mut budget[plan.class as usize];
+            let more = (plan.demand - plan.admitted).min(*left);
+            plan.admitted += more;
+            *left -= more;
+        }
+        short |= !plan.series_refused && plan.admitted < plan.demand;
+    }
+    short
 }
 
 /// Points a series asks for: scalar points plus native histograms (one each, as the engine counts them).

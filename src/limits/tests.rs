@@ -296,3 +296,31 @@ fn tenant_entries_inherit_unset_fields_from_default() {
     let other = settings.for_tenant("zzz");
     assert_eq!((other.samples_per_second, other.burst_samples), (Some(50), 50));
 }
+
+#[test]
+fn tokens_of_new_series_refused_by_the_cap_go_to_the_series_that_keep_flowing() {
+    let (limits, telemetry) = limits("limits:\n  default: {samples_per_second: 10, max_active_series: 1}\n");
+    let first = batch("a", vec![series("m", 0, 1)]);
+    assert!(matches!(
+        limits.admit(&first, 0, &mut Outcome::default()),
+        Cow::Borrowed(_)
+    ));
+    // At the cap: a new series comes first in the batch and asks for every
+    // token; once it is refused, the existing series gets them.
+    let input = batch("a", vec![series("m", 1, 9), series("m", 0, 9)]);
+    let mut outcome = Outcome::default();
+    let admitted = limits.admit(&input, 0, &mut outcome);
+    assert_eq!(admitted.series.len(), 1);
+    assert_eq!(admitted.series[0].labels.get("id"), Some("0"));
+    assert_eq!(
+        admitted.series[0].points.len(),
+        9,
+        "9 tokens were left after the first point"
+    );
+    assert_eq!(outcome.rejected_for(DropReason::SeriesLimited), 9);
+    assert_eq!(outcome.rejected_for(DropReason::RateLimited), 0);
+    assert_eq!(
+        drops(&telemetry),
+        BTreeMap::from([(("a".into(), "series_limited", String::new()), 9)])
+    );
+}
