@@ -112,32 +112,23 @@ impl Limits {
         let mut state = state.lock();
         state.last_seen_ms = now_ms;
         let classes = self.settings.drop_priority.len() + 1;
+        let rated = state.bucket.is_some();
         for (series, plan) in batch.series.iter().zip(&mut plans) {
-            let key = plan.key;
-            let (class, known) = match state.series.get_mut(&key) {
+            (plan.class, plan.known) = match state.series.get_mut(&plan.key) {
                 Some(tracked) => {
                     tracked.last_seen_ms = now_ms;
                     (tracked.class, true)
                 }
                 None => (self.class_of(&series.labels), false),
             };
-            let points = points_of(series);
-            *plan = Plan {
-                key,
-                class,
-                known,
-                demand: points,
-                admitted: points,
-                series_refused: false,
-            };
+            plan.demand = points_of(series);
+            // Without a rate limit everything passes it; with one, `grant` decides.
+            plan.admitted = if rated { 0 } else { plan.demand };
         }
 
         let mut rate_limited = false;
         if let Some(bucket) = state.bucket.as_mut() {
             bucket.refill(now_ms);
-            for plan in &mut plans {
-                plan.admitted = 0;
-            }
             rate_limited = grant(bucket, &mut plans, classes, |_| true);
         }
 
