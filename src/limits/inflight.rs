@@ -16,7 +16,9 @@ pub struct InflightGate {
 
 /// Held while one request is being handled.
 #[derive(Debug)]
-pub struct InflightPermit(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct InflightPermit {
+    _permit: OwnedSemaphorePermit,
+}
 
 impl InflightGate {
     /// A gate letting `capacity` requests in at once.
@@ -29,7 +31,10 @@ impl InflightGate {
 
     /// A permit, or `None` when `capacity` requests are in flight.
     pub fn try_enter(&self) -> Option<InflightPermit> {
-        Arc::clone(&self.permits).try_acquire_owned().ok().map(InflightPermit)
+        Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| InflightPermit { _permit: permit })
     }
 
     /// Requests in flight now.
