@@ -350,3 +350,34 @@ async fn saturated_ingest_answers_resource_exhausted_and_429_and_statsd_counts_t
     assert!(snapshot.progress_line().contains("overloaded_requests[grpc]=1"));
     service.shutdown().await;
 }
+
+#[tokio::test]
+async fn statsd_samples_meet_the_limits_of_the_statsd_tenant() {
+    let config = "statsd: {listen: \"127.0.0.1:0\", tenant: team-s}
+limits:
+  tenants: {team-s: {samples_per_second: 6}}
+  drop_priority: [{name: debug, filter: '__name__:debug_*'}]";
+    let mut service = start_service_with(RULES, T0 + 1_000, config).await;
+    let statsd = service.handle().statsd_addr().expect("statsd on");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+    // 6 tokens in two bands: debug only takes the top 3 of them, after logins took 4.
+    socket
+        .send_to(
+            b"debug_cache:1|c\ndebug_cache:1|c\nlogins:1|c\nlogins:1|c\nlogins:1|c\nlogins:1|c",
+            statsd,
+        )
+        .await
+        .expect("send");
+    let telemetry = service.handle().telemetry().clone();
+    wait_for("the datagram to be counted", || {
+        telemetry.snapshot().received_points == 6
+    })
+    .await;
+    let snapshot = telemetry.snapshot();
+    assert_eq!(snapshot.ingest.accepted, 4, "{}", snapshot.progress_line());
+    assert_eq!(
+        limit_drops(&snapshot),
+        BTreeMap::from([(("team-s".to_string(), "rate_limited", "debug".to_string()), 2)])
+    );
+    service.shutdown().await;
+}
