@@ -314,6 +314,21 @@ async fn saturated_ingest_answers_resource_exhausted_and_429_and_statsd_counts_t
     );
     let (status, reason) = post_remote_write(http, &remote_write_body(3)).await;
     assert_eq!(status, 429, "{reason}");
+    // Uploads past the limit are answered before their body arrives: the
+    // service holds no more bodies than it has permits, however many senders.
+    for _ in 0..20 {
+        let mut refused = stalled_upload(http).await;
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 512];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let read = refused.read(&mut buffer).await.expect("read answer");
+            assert!(read > 0, "closed without an answer");
+            head.extend_from_slice(&buffer[..read]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    }
+    assert_eq!(gate.in_flight(), 1);
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp");
     socket.send_to(b"hits:1|c\nhits:2|c", statsd).await.expect("send");
     let telemetry = service.handle().telemetry().clone();
@@ -343,7 +358,7 @@ async fn saturated_ingest_answers_resource_exhausted_and_429_and_statsd_counts_t
         snapshot.overloaded_requests,
         BTreeMap::from([
             ("grpc".to_string(), 1),
-            ("remote_write".to_string(), 1),
+            ("remote_write".to_string(), 21),
             ("statsd".to_string(), 1)
         ])
     );
