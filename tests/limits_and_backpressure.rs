@@ -363,6 +363,11 @@ async fn saturated_ingest_answers_resource_exhausted_and_429_and_statsd_counts_t
         ])
     );
     assert!(snapshot.progress_line().contains("overloaded_requests[grpc]=1"));
+    assert_eq!(
+        limit_drops(&snapshot),
+        BTreeMap::from([(("default".to_string(), "overloaded", String::new()), 2)]),
+        "statsd samples dropped under saturation are counted by tenant"
+    );
     service.shutdown().await;
 }
 

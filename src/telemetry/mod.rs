@@ -32,7 +32,7 @@ pub struct Telemetry {
 pub struct LimitDropKey {
     /// The tenant over its limit.
     pub tenant: String,
-    /// `RateLimited` or `SeriesLimited`.
+    /// `RateLimited`, `SeriesLimited`, or `Overloaded` (statsd samples dropped while ingest was saturated).
     pub reason: DropReason,
     /// The `limits.drop_priority` entry naming the series; empty for series no entry names.
     pub rule: String,
@@ -77,7 +77,8 @@ pub struct TelemetrySnapshot {
     /// statsd lines refused as malformed or unsupported (also in `ingest` as `invalid_series`).
     pub statsd_malformed_lines: u64,
     /// Samples dropped or refused by tenant limits, by tenant, reason and drop-priority rule
-    /// (also in `ingest` as `rate_limited` / `series_limited`).
+    /// (also in `ingest` as `rate_limited` / `series_limited`), and statsd samples
+    /// dropped while ingest was saturated (`overloaded`).
     pub limit_drops: BTreeMap<LimitDropKey, u64>,
     /// Requests refused because ingest was saturated (RESOURCE_EXHAUSTED / 429 / statsd
     /// datagram dropped), by protocol (`grpc`, `remote_write`, `statsd`).

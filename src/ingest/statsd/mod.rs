@@ -64,6 +64,7 @@ pub async fn serve_statsd(
             Outcome::default()
         } else if permit.is_none() {
             telemetry.overloaded("statsd");
+            telemetry.limit_dropped(&decoder.batch.tenant, DropReason::Overloaded, "", tally.points);
             let mut outcome = Outcome::default();
             outcome.reject(DropReason::Overloaded, tally.points);
             outcome
