@@ -1,6 +1,7 @@
 //! The engine: folds validated samples into per-(output, storage policy)
 //! windows, sharded by output key, and closes windows when due. It never reads
-//! a clock (time is passed in) and never does I/O.
+//! a clock (time is passed in) and never does I/O. Every batch first passes
+//! the tenant limits ([`crate::limits`]), so no ingest path can skip them.
 //!
 //! ```
 //! use std::sync::Arc;
