@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod ingest;
+pub mod limits;
 pub mod loadgen;
 pub mod model;
 pub mod rules;

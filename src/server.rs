@@ -19,10 +19,12 @@ use crate::api::{self, v1};
 use crate::clock::Clock;
 use crate::config::ServiceSettings;
 use crate::engine::{AggregateRecord, Engine, FlushStats};
+use crate::ingest::backpressure::Backpressure;
 use crate::ingest::grpc::GrpcIngest;
 use crate::ingest::otlp::{otlp_grpc_router, otlp_http_router, OtlpIngest};
 use crate::ingest::remote_write::{http_router, HttpState};
 use crate::ingest::statsd::serve_statsd;
+use crate::limits::Limits;
 use crate::rules::RuleSet;
 use crate::sink::file_store::FileStore;
 use crate::sink::remote_write::RemoteWriteShard;
@@ -103,10 +105,12 @@ pub fn grpc_router(
         .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|error| ServiceError::Reflection(error.to_string()))?;
+    let gate = engine.limits().gate().clone();
     let ingest = GrpcIngest::new(engine, settings.ingest.clone(), clock, Arc::clone(&telemetry)).with_wal(wal);
+    let ingest = Backpressure::new(ingest.into_server(), gate, Arc::clone(&telemetry));
     let selections = GrpcSelections::new(hub, settings.ingest.tenant_header.clone(), telemetry, closing);
     Ok(tonic::transport::Server::builder()
-        .add_service(ingest.into_server())
+        .add_service(ingest)
         .add_service(v1::selections_server::SelectionsServer::new(selections))
         .add_service(reflection))
 }
@@ -118,7 +122,8 @@ pub async fn start(
     clock: Arc<dyn Clock>,
 ) -> Result<ServiceHandle, ServiceError> {
     let telemetry = Arc::new(Telemetry::default());
-    let engine = Arc::new(Engine::new(settings.engine.clone(), rules));
+    let limits = Limits::new(settings.limits.clone(), Arc::clone(&telemetry));
+    let engine = Arc::new(Engine::new(settings.engine.clone(), rules).with_limits(limits));
     let hub = SelectionHub::new(settings.selection_stream_buffer);
     let store_root = settings.data_dir.join("store");
     let wal = match &settings.wal {

@@ -21,6 +21,7 @@ use tailfold::api::otlp::common::v1::{any_value, AnyValue, KeyValue};
 use tailfold::api::otlp::resource::v1::Resource;
 use tailfold::api::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use tailfold::api::v1;
+use tailfold::model::DropReason;
 use tailfold::sink::selections::SelectionRecord;
 
 const T0: i64 = 1_800_000_000_000; // a 1m window boundary
@@ -199,7 +200,7 @@ async fn sdk_spans_over_grpc_give_quantiles_whose_traces_sit_in_their_bucket() {
     service.flush_at(T0 + 600_000).await;
     check_spans(&service, &sent);
     let snapshot = service.handle().telemetry().snapshot();
-    assert_eq!(snapshot.ingest.rejected, [0; 9], "{snapshot:?}");
+    assert_eq!(snapshot.ingest.rejected, [0; DropReason::ALL.len()], "{snapshot:?}");
     service.shutdown().await;
 }
 
@@ -336,7 +337,7 @@ async fn histogram_exemplars_come_out_on_the_quantiles(protocol: &str) {
     values.sort_by(f64::total_cmp);
     service.flush_at(now + 3 * 3_600_000).await;
     let snapshot = service.handle().telemetry().snapshot();
-    assert_eq!(snapshot.ingest.rejected, [0; 9], "{snapshot:?}");
+    assert_eq!(snapshot.ingest.rejected, [0; DropReason::ALL.len()], "{snapshot:?}");
     let records = service.records();
     let selections = service.selections();
 

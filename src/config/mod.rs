@@ -2,6 +2,7 @@
 //! (`rules.yaml`), as serde types separate from the checked runtime types.
 
 mod error;
+mod limits;
 mod otlp;
 mod process;
 mod remote_write;
@@ -9,6 +10,7 @@ pub mod rules;
 mod statsd;
 
 pub use error::ConfigError;
+pub use limits::{DropPriority, DropPriorityConfig, LimitSettings, LimitsConfig, TenantLimit, TenantLimitsConfig};
 pub use otlp::{OtlpConfig, OtlpSettings, SpanConfig, SpanLabel};
 pub use process::{
     defaults, EngineConfig, FlushConfig, GrpcConfig, HistogramSettings, HttpConfig, IngestConfig, IngestLimits,

@@ -15,6 +15,7 @@ use crate::sink::remote_write::RemoteWriteSettings;
 use crate::wal::WalSettings;
 
 use super::error::ConfigError;
+use super::limits::{check_limits, LimitSettings, LimitsConfig};
 use super::otlp::{check_otlp, OtlpConfig, OtlpSettings};
 use super::remote_write::{check_remote_write, RemoteWriteConfig};
 use super::statsd::{check_statsd, StatsdConfig, StatsdSettings};
@@ -87,6 +88,8 @@ pub mod defaults {
     pub const OTLP_MAX_SPAN_ATTRIBUTES: usize = 16;
     /// Exemplars kept per `above(threshold)` output and window: the slowest traces beyond it.
     pub const ABOVE_MAX_TRACES: usize = 10;
+    /// Ingest requests decoded and folded at once, over gRPC, remote write and statsd.
+    pub const MAX_INFLIGHT_REQUESTS: usize = 64;
 }
 
 /// The whole process config.
@@ -122,6 +125,8 @@ pub struct ProcessConfig {
     pub otlp: OtlpConfig,
     /// Logs.
     pub log: LogConfig,
+    /// Per-tenant rate and active-series limits, drop priority, requests in flight.
+    pub limits: LimitsConfig,
 }
 
 /// Write-ahead log settings.
@@ -289,6 +294,8 @@ pub struct ServiceSettings {
     pub otlp: OtlpSettings,
     /// JSON logs.
     pub log_json: bool,
+    /// Tenant limits, drop priority and ingest backpressure.
+    pub limits: LimitSettings,
 }
 
 /// Checked ingest limits.
@@ -499,6 +506,8 @@ impl ServiceSettings {
             }
             _ => None,
         };
+        let idle_series_ms = config.engine.idle_series_ms.unwrap_or(defaults::IDLE_SERIES_MS);
+        let limit_settings = check_limits(&config.limits, idle_series_ms, &invalid)?;
 
         Ok(ServiceSettings {
             source: path.to_path_buf(),
@@ -534,6 +543,7 @@ impl ServiceSettings {
             wal,
             otlp,
             log_json,
+            limits: limit_settings,
         })
     }
 }

@@ -12,6 +12,9 @@ fn empty_config_gives_documented_defaults() {
     assert_eq!(settings.engine.histogram.scale, 6);
     assert!(settings.store_enabled && settings.selections_file);
     assert_eq!(settings.statsd, None);
+    assert!(!settings.limits.any_limit(), "no tenant limit unless configured");
+    assert_eq!(settings.limits.max_inflight_requests, defaults::MAX_INFLIGHT_REQUESTS);
+    assert_eq!(settings.limits.idle_series_ms, defaults::IDLE_SERIES_MS);
 }
 
 #[test]

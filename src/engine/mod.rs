@@ -1,6 +1,7 @@
 //! The engine: folds validated samples into per-(output, storage policy)
 //! windows, sharded by output key, and closes windows when due. It never reads
-//! a clock (time is passed in) and never does I/O.
+//! a clock (time is passed in) and never does I/O. Every batch first passes
+//! the tenant limits ([`crate::limits`]), so no ingest path can skip them.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -40,6 +41,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::limits::Limits;
 use crate::model::{series_key, DropReason, IngestBatch, Kind, NativeHistogram, Outcome, Point, StoragePolicy};
 use crate::rules::{MatchCache, RuleSet};
 
@@ -86,6 +88,8 @@ pub struct Engine {
     /// When idle per-series state was last evicted (see `evict_idle_series`).
     last_idle_eviction_ms: AtomicI64,
     cumulative_histograms: CumulativeHistograms,
+    /// The limits stage every batch passes before its rules are applied.
+    limits: Limits,
 }
 
 /// Ingest after [`Engine::close`]: the service is shutting down.
@@ -114,7 +118,19 @@ impl Engine {
             cumulative: CumulativeCounters::default(),
             last_idle_eviction_ms: AtomicI64::new(i64::MIN),
             cumulative_histograms: CumulativeHistograms::default(),
+            limits: Limits::unlimited(),
         }
+    }
+
+    /// The same engine with tenant limits applied to every batch before its rules.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits stage (tenant limits and the ingest in-flight gate).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The settings in force.
@@ -133,15 +149,18 @@ impl Engine {
         Arc::clone(&self.rules.read())
     }
 
-    /// Folds a validated batch in at wall-clock time `now_ms` (the arrival time
-    /// of points without a timestamp). Returns what was accepted and refused,
-    /// or [`EngineClosed`] once [`Engine::close`] has run.
+    /// Passes a validated batch through the tenant limits, then folds what they
+    /// admit in at wall-clock time `now_ms` (the arrival time of points without
+    /// a timestamp). Returns what was accepted and refused, or [`EngineClosed`]
+    /// once [`Engine::close`] has run.
     pub fn ingest(&self, batch: &IngestBatch, now_ms: i64) -> Result<Outcome, EngineClosed> {
         let open = self.open.read();
         if !*open {
             return Err(EngineClosed);
         }
-        Ok(SCRATCH.with(|scratch| self.ingest_with(batch, now_ms, &mut scratch.borrow_mut())))
+        let mut outcome = Outcome::default();
+        let admitted = self.limits.admit(batch, now_ms, &mut outcome);
+        Ok(SCRATCH.with(|scratch| self.ingest_with(&admitted, now_ms, outcome, &mut scratch.borrow_mut())))
     }
 
     /// Refuses all further ingest. Returns once no ingest call is in flight, so
@@ -150,8 +169,7 @@ impl Engine {
         *self.open.write() = false;
     }
 
-    fn ingest_with(&self, batch: &IngestBatch, now_ms: i64, scratch: &mut Scratch) -> Outcome {
-        let mut outcome = Outcome::default();
+    fn ingest_with(&self, batch: &IngestBatch, now_ms: i64, mut outcome: Outcome, scratch: &mut Scratch) -> Outcome {
         let rules = self.rules();
         let shard_count = self.shards.len();
         scratch.per_shard.resize_with(shard_count, Vec::new);
@@ -293,6 +311,7 @@ impl Engine {
         self.routes.retain(|route| !route.is_idle(now_ms, idle_ms));
         self.cumulative.evict_idle(now_ms, idle_ms);
         self.cumulative_histograms.evict_idle(now_ms, idle_ms);
+        self.limits.evict_idle(now_ms);
     }
 
     fn flush(&self, now_ms: i64, everything: bool, mut emit: impl FnMut(Vec<AggregateRecord>)) -> FlushStats {

@@ -136,15 +136,36 @@ impl v1::ingest_server::Ingest for GrpcIngest {
             .map_err(|closed| Status::unavailable(closed.to_string()))?;
         outcome.merge(&folded);
         self.telemetry.ingested(&outcome);
+        if let Some(message) = rate_limited_message(&batch.tenant, &folded) {
+            return Err(Status::resource_exhausted(message));
+        }
         Ok(Response::new(response_of(&outcome, errors)))
     }
 }
 
+/// When the tenant's rate limit left nothing of a request, the sender should
+/// back off and retry it whole (nothing of it was folded in, so a retry
+/// double-counts nothing): RESOURCE_EXHAUSTED / HTTP 429 with this message.
+pub fn rate_limited_message(tenant: &str, folded: &Outcome) -> Option<String> {
+    let limited = folded.rejected_for(DropReason::RateLimited);
+    (folded.accepted == 0 && limited > 0).then(|| {
+        format!(
+            "tenant {tenant:?} is over its samples_per_second limit: {limited} points dropped, none accepted; retry with backoff"
+        )
+    })
+}
+
 /// The wire form of a tally.
 pub fn response_of(outcome: &Outcome, errors: Vec<String>) -> v1::WriteResponse {
+    // Reasons with a per-rule breakdown are listed by rule below.
     let mut rejections: Vec<v1::ReasonCount> = DropReason::ALL
         .iter()
-        .filter(|reason| **reason != DropReason::DroppedByRule)
+        .filter(|reason| {
+            !matches!(
+                reason,
+                DropReason::DroppedByRule | DropReason::RateLimited | DropReason::SeriesLimited
+            )
+        })
         .filter_map(|reason| {
             let count = outcome.rejected_for(*reason);
             (count > 0).then(|| v1::ReasonCount {
@@ -156,6 +177,11 @@ pub fn response_of(outcome: &Outcome, errors: Vec<String>) -> v1::WriteResponse 
         .collect();
     rejections.extend(outcome.by_rule.iter().map(|(rule, count)| v1::ReasonCount {
         reason: DropReason::DroppedByRule.as_str().to_string(),
+        rule: rule.to_string(),
+        count: *count,
+    }));
+    rejections.extend(outcome.by_limit.iter().map(|(reason, rule, count)| v1::ReasonCount {
+        reason: reason.as_str().to_string(),
         rule: rule.to_string(),
         count: *count,
     }));

@@ -24,11 +24,18 @@ pub enum DropReason {
     KindConflict,
     /// A running total not newer than the last one of its series.
     OutOfOrder,
+    /// The tenant was over its samples-per-second limit (nice-to-have series first).
+    RateLimited,
+    /// A new series of a tenant at its active-series limit, or a nice-to-have
+    /// series evicted to make room for a more important one.
+    SeriesLimited,
+    /// Ingest was saturated (requests in flight at the limit); statsd has no way to push back.
+    Overloaded,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::InvalidSeries,
         DropReason::InvalidValue,
         DropReason::InvalidTraceId,
@@ -38,6 +45,9 @@ impl DropReason {
         DropReason::NoAggregation,
         DropReason::KindConflict,
         DropReason::OutOfOrder,
+        DropReason::RateLimited,
+        DropReason::SeriesLimited,
+        DropReason::Overloaded,
     ];
 
     /// The `reason` label value.
@@ -52,6 +62,9 @@ impl DropReason {
             DropReason::NoAggregation => "no_aggregation",
             DropReason::KindConflict => "kind_conflict",
             DropReason::OutOfOrder => "out_of_order",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::SeriesLimited => "series_limited",
+            DropReason::Overloaded => "overloaded",
         }
     }
 }
@@ -65,6 +78,9 @@ pub struct Outcome {
     pub rejected: [u64; DropReason::ALL.len()],
     /// Points dropped by each drop rule (a subset of `DroppedByRule`).
     pub by_rule: Vec<(Arc<str>, u64)>,
+    /// Points dropped by a tenant limit, by reason (`RateLimited`, `SeriesLimited`)
+    /// and `limits.drop_priority` entry (empty for series no entry names).
+    pub by_limit: Vec<(DropReason, Arc<str>, u64)>,
 }
 
 impl Outcome {
@@ -79,6 +95,19 @@ impl Outcome {
         match self.by_rule.iter_mut().find(|(name, _)| name == rule) {
             Some((_, count)) => *count += points,
             None => self.by_rule.push((Arc::clone(rule), points)),
+        }
+    }
+
+    /// Counts `points` dropped by a tenant limit for `reason`, under drop-priority entry `rule`.
+    pub fn reject_by_limit(&mut self, reason: DropReason, rule: &Arc<str>, points: u64) {
+        self.reject(reason, points);
+        match self
+            .by_limit
+            .iter_mut()
+            .find(|(why, name, _)| *why == reason && name == rule)
+        {
+            Some((_, _, count)) => *count += points,
+            None => self.by_limit.push((reason, Arc::clone(rule), points)),
         }
     }
 
@@ -102,6 +131,16 @@ impl Outcome {
             match self.by_rule.iter_mut().find(|(name, _)| name == rule) {
                 Some((_, mine)) => *mine += count,
                 None => self.by_rule.push((Arc::clone(rule), *count)),
+            }
+        }
+        for (reason, rule, count) in &other.by_limit {
+            match self
+                .by_limit
+                .iter_mut()
+                .find(|(why, name, _)| why == reason && name == rule)
+            {
+                Some((_, _, mine)) => *mine += count,
+                None => self.by_limit.push((*reason, Arc::clone(rule), *count)),
             }
         }
     }
@@ -128,5 +167,28 @@ mod tests {
         assert_eq!(b.rejected_for(DropReason::DroppedByRule), 5);
         assert_eq!(b.by_rule, vec![(rule, 5)]);
         assert_eq!(b.rejected_total(), 7);
+    }
+
+    #[test]
+    fn limit_drops_merge_by_reason_and_rule() {
+        let debug: Arc<str> = Arc::from("debug");
+        let none: Arc<str> = Arc::from("");
+        let mut a = Outcome::default();
+        a.reject_by_limit(DropReason::RateLimited, &debug, 3);
+        a.reject_by_limit(DropReason::SeriesLimited, &debug, 1);
+        let mut b = Outcome::default();
+        b.reject_by_limit(DropReason::RateLimited, &debug, 2);
+        b.reject_by_limit(DropReason::RateLimited, &none, 4);
+        b.merge(&a);
+        assert_eq!(b.rejected_for(DropReason::RateLimited), 9);
+        assert_eq!(b.rejected_for(DropReason::SeriesLimited), 1);
+        assert_eq!(
+            b.by_limit,
+            vec![
+                (DropReason::RateLimited, debug.clone(), 5),
+                (DropReason::RateLimited, none, 4),
+                (DropReason::SeriesLimited, debug, 1),
+            ]
+        );
     }
 }

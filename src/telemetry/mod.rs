@@ -23,6 +23,19 @@ pub struct Telemetry {
     selections_emitted: AtomicU64,
     selections_lagged: AtomicU64,
     statsd_malformed_lines: AtomicU64,
+    limit_drops: Mutex<BTreeMap<LimitDropKey, u64>>,
+    overloaded_requests: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Who lost samples to a tenant limit, why, and under which drop-priority entry.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LimitDropKey {
+    /// The tenant over its limit.
+    pub tenant: String,
+    /// `RateLimited`, `SeriesLimited`, or `Overloaded` (statsd samples dropped while ingest was saturated).
+    pub reason: DropReason,
+    /// The `limits.drop_priority` entry naming the series; empty for series no entry names.
+    pub rule: String,
 }
 
 /// Per remote sink: samples sent, dropped by reason, retries, backlog per shard.
@@ -63,6 +76,13 @@ pub struct TelemetrySnapshot {
     pub selections_lagged: u64,
     /// statsd lines refused as malformed or unsupported (also in `ingest` as `invalid_series`).
     pub statsd_malformed_lines: u64,
+    /// Samples dropped or refused by tenant limits, by tenant, reason and drop-priority rule
+    /// (also in `ingest` as `rate_limited` / `series_limited`), and statsd samples
+    /// dropped while ingest was saturated (`overloaded`).
+    pub limit_drops: BTreeMap<LimitDropKey, u64>,
+    /// Requests refused because ingest was saturated (RESOURCE_EXHAUSTED / 429 / statsd
+    /// datagram dropped), by protocol (`grpc`, `remote_write`, `statsd`).
+    pub overloaded_requests: BTreeMap<String, u64>,
 }
 
 impl Telemetry {
@@ -137,6 +157,24 @@ impl Telemetry {
         self.statsd_malformed_lines.fetch_add(lines, Ordering::Relaxed);
     }
 
+    /// Counts samples of `tenant` a limit dropped (`reason`), under drop-priority entry `rule` ("" for none).
+    pub fn limit_dropped(&self, tenant: &str, reason: DropReason, rule: &str, samples: u64) {
+        if samples == 0 {
+            return;
+        }
+        let key = LimitDropKey {
+            tenant: tenant.to_string(),
+            reason,
+            rule: rule.to_string(),
+        };
+        *self.limit_drops.lock().entry(key).or_default() += samples;
+    }
+
+    /// Counts one request refused because ingest was saturated.
+    pub fn overloaded(&self, protocol: &str) {
+        *self.overloaded_requests.lock().entry(protocol.to_string()).or_default() += 1;
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> TelemetrySnapshot {
         TelemetrySnapshot {
@@ -151,6 +189,8 @@ impl Telemetry {
             selections_emitted: self.selections_emitted.load(Ordering::Relaxed),
             selections_lagged: self.selections_lagged.load(Ordering::Relaxed),
             statsd_malformed_lines: self.statsd_malformed_lines.load(Ordering::Relaxed),
+            limit_drops: self.limit_drops.lock().clone(),
+            overloaded_requests: self.overloaded_requests.lock().clone(),
         }
     }
 }
@@ -180,6 +220,17 @@ impl TelemetrySnapshot {
         }
         if self.statsd_malformed_lines > 0 {
             line.push_str(&format!(" statsd_malformed_lines={}", self.statsd_malformed_lines));
+        }
+        for (protocol, requests) in &self.overloaded_requests {
+            line.push_str(&format!(" overloaded_requests[{protocol}]={requests}"));
+        }
+        for (key, samples) in &self.limit_drops {
+            line.push_str(&format!(
+                " {}[{},{}]={samples}",
+                key.reason.as_str(),
+                key.tenant,
+                if key.rule.is_empty() { "-" } else { &key.rule }
+            ));
         }
         for (sink, sent) in &self.sinks.sent {
             line.push_str(&format!(" sent[{sink}]={sent}"));

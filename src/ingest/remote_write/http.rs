@@ -15,6 +15,7 @@ use axum::Router;
 use crate::clock::Clock;
 use crate::config::IngestLimits;
 use crate::engine::Engine;
+use crate::ingest::grpc::rate_limited_message;
 use crate::ingest::validate::check_tenant;
 use crate::model::{DropReason, Outcome};
 use crate::telemetry::Telemetry;
@@ -110,6 +111,18 @@ async fn receive(state: HttpState, headers: &HeaderMap, body: Body) -> Result<()
             })
         })?,
     };
+    // Taken before the body is read, so a flood cannot hold more than
+    // `limits.max_inflight_requests` bodies in memory; 429 tells the sender to back off.
+    let Some(permit) = state.0.engine.limits().gate().try_enter() else {
+        state.0.telemetry.overloaded("remote_write");
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "ingest is saturated: {} requests in flight (limits.max_inflight_requests); retry with backoff",
+                state.0.engine.limits().gate().capacity()
+            ),
+        ));
+    };
     // Bounds the compressed body; the decompressed size is bounded in `decompress`.
     let limit = limits.max_request_bytes;
     let body = axum::body::to_bytes(body, limit).await.map_err(|error| {
@@ -121,14 +134,18 @@ async fn receive(state: HttpState, headers: &HeaderMap, body: Body) -> Result<()
     // Decompressing, decoding and folding a large request is CPU work: keep it
     // off the async worker threads.
     let shared = Arc::clone(&state.0);
-    tokio::task::spawn_blocking(move || shared.ingest(&body, tenant))
-        .await
-        .map_err(|error| {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("ingest task failed: {error}"),
-            )
-        })?
+    tokio::task::spawn_blocking(move || {
+        let result = shared.ingest(&body, tenant);
+        drop(permit);
+        result
+    })
+    .await
+    .map_err(|error| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("ingest task failed: {error}"),
+        )
+    })?
 }
 
 /// Accepts a missing or `snappy` `Content-Encoding`, and any `Content-Type`
@@ -201,6 +218,9 @@ impl Shared {
         outcome.merge(&folded);
         self.telemetry.ingested(&outcome);
         self.telemetry.stale_markers(decoded.stale_markers);
+        if let Some(message) = rate_limited_message(&decoded.batch.tenant, &folded) {
+            return Err((StatusCode::TOO_MANY_REQUESTS, message));
+        }
         if decoded.error_count > 0 {
             return Err((
                 StatusCode::BAD_REQUEST,

@@ -58,8 +58,16 @@ pub async fn serve_statsd(
             },
         };
         let tally = decoder.decode(&buffer[..length]);
+        // statsd cannot push back: while ingest is saturated the datagram is dropped and counted.
+        let permit = engine.limits().gate().try_enter();
         let mut outcome = if decoder.batch.series.is_empty() {
             Outcome::default()
+        } else if permit.is_none() {
+            telemetry.overloaded("statsd");
+            telemetry.limit_dropped(&decoder.batch.tenant, DropReason::Overloaded, "", tally.points);
+            let mut outcome = Outcome::default();
+            outcome.reject(DropReason::Overloaded, tally.points);
+            outcome
         } else {
             match engine.ingest(&decoder.batch, clock.now_ms()) {
                 Ok(outcome) => outcome,
@@ -69,6 +77,7 @@ pub async fn serve_statsd(
                 }
             }
         };
+        drop(permit);
         outcome.reject(DropReason::InvalidSeries, tally.malformed_lines);
         // `received` last: whoever sees it can rely on the outcome being counted.
         telemetry.ingested(&outcome);
