@@ -220,7 +220,7 @@ pub async fn start(
             closing_receiver.clone(),
         )));
     }
-    let otlp = start_otlp(&settings, &engine, &clock, &telemetry, &closing_receiver).await?;
+    let otlp = start_otlp(&settings, &engine, &clock, &telemetry, wal.as_ref(), &closing_receiver).await?;
     let router = grpc_router(
         Arc::clone(&engine),
         &settings,
@@ -332,6 +332,7 @@ async fn start_otlp(
     engine: &Arc<Engine>,
     clock: &Arc<dyn Clock>,
     telemetry: &Arc<Telemetry>,
+    wal: Option<&Arc<Wal>>,
     closing: &watch::Receiver<bool>,
 ) -> Result<OtlpServers, ServiceError> {
     let ingest = OtlpIngest::new(
@@ -340,6 +341,7 @@ async fn start_otlp(
         settings.otlp.clone(),
         Arc::clone(clock),
         Arc::clone(telemetry),
+        wal.cloned(),
     );
     let mut servers = OtlpServers {
         grpc_addr: None,

@@ -151,3 +151,76 @@ async fn a_flush_interrupted_before_its_checkpoint_is_cut_back_at_start() {
     assert!(after.get("pending_store_files").is_none(), "{after}");
     handle.shutdown().await.unwrap();
 }
+
+/// OTLP is logged like the other paths, and only what the tenant limits
+/// admitted is logged: replay folds the log without meeting the limits again,
+/// so a sample refused as `rate_limited` must never be in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_batches_are_logged_and_only_what_the_limits_admitted() {
+    use tailfold::api::otlp::collector::trace::v1::ExportTraceServiceRequest;
+    use tailfold::api::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    const T0: i64 = 1_800_000_000_000;
+    let extra = "wal: {enabled: true}\notlp: {http_listen: \"127.0.0.1:0\"}\n\
+                 limits: {default: {samples_per_second: 1, burst_samples: 2}}\n";
+    let mut service = start_service_with(RULES, T0 + 5_000, extra).await;
+    let spans = (0..5u8)
+        .map(|n| Span {
+            trace_id: vec![n + 1; 16],
+            span_id: vec![n + 1; 8],
+            name: "op".into(),
+            start_time_unix_nano: (T0 as u64 + u64::from(n)) * 1_000_000,
+            end_time_unix_nano: (T0 as u64 + u64::from(n) + 10) * 1_000_000,
+            ..Span::default()
+        })
+        .collect();
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        }],
+    };
+    let url = format!("http://{}/v1/traces", service.handle().otlp_http_addr().unwrap());
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        let response = reqwest::blocking::Client::new()
+            .post(url)
+            .header("content-type", "application/x-protobuf")
+            .body(request.encode_to_vec())
+            .send()
+            .unwrap();
+        (response.status().as_u16(), response.bytes().unwrap().to_vec())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let answer =
+        tailfold::api::otlp::collector::trace::v1::ExportTraceServiceResponse::decode(body.as_slice()).unwrap();
+    let partial = answer.partial_success.expect("three spans over the burst");
+    assert_eq!(partial.rejected_spans, 3, "{partial:?}");
+    assert!(partial.error_message.contains("rate_limited"), "{partial:?}");
+
+    let wal_dir = service.data_dir.path().join("wal");
+    let mut logged_points = 0;
+    for segment in segments(&wal_dir) {
+        let bytes = std::fs::read(&segment).unwrap();
+        let mut offset = 0;
+        while offset < bytes.len() {
+            let frame = decode(&bytes[offset..]).expect("whole frames only");
+            offset += frame.frame_bytes;
+            logged_points += frame
+                .batch
+                .series
+                .iter()
+                .map(|series| series.points.len())
+                .sum::<usize>();
+        }
+    }
+    assert_eq!(
+        logged_points, 2,
+        "the log holds the two admitted spans, not the refused three"
+    );
+    service.shutdown().await;
+}

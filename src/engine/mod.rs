@@ -35,6 +35,7 @@ mod settings;
 mod shard;
 mod window;
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -154,13 +155,28 @@ impl Engine {
     /// a timestamp). Returns what was accepted and refused, or [`EngineClosed`]
     /// once [`Engine::close`] has run.
     pub fn ingest(&self, batch: &IngestBatch, now_ms: i64) -> Result<Outcome, EngineClosed> {
+        let (admitted, limited) = self.admit(batch, now_ms);
+        self.fold_admitted(&admitted, now_ms, limited)
+    }
+
+    /// The tenant limits alone: the part of `batch` they admit, and the tally of
+    /// what they refused. A caller that logs batches (the write-ahead log) logs
+    /// only the admitted part, then folds it with [`Engine::fold_admitted`], so a
+    /// replay folds exactly what was acknowledged and never meets the limits twice.
+    pub fn admit<'a>(&self, batch: &'a IngestBatch, now_ms: i64) -> (Cow<'a, IngestBatch>, Outcome) {
+        let mut outcome = Outcome::default();
+        let admitted = self.limits.admit(batch, now_ms, &mut outcome);
+        (admitted, outcome)
+    }
+
+    /// Folds a batch the limits already admitted (or one replayed from the
+    /// write-ahead log) into its windows, adding to the limits' tally `limited`.
+    pub fn fold_admitted(&self, batch: &IngestBatch, now_ms: i64, limited: Outcome) -> Result<Outcome, EngineClosed> {
         let open = self.open.read();
         if !*open {
             return Err(EngineClosed);
         }
-        let mut outcome = Outcome::default();
-        let admitted = self.limits.admit(batch, now_ms, &mut outcome);
-        Ok(SCRATCH.with(|scratch| self.ingest_with(&admitted, now_ms, outcome, &mut scratch.borrow_mut())))
+        Ok(SCRATCH.with(|scratch| self.ingest_with(batch, now_ms, limited, &mut scratch.borrow_mut())))
     }
 
     /// Refuses all further ingest. Returns once no ingest call is in flight, so

@@ -18,12 +18,24 @@ pub struct Backpressure<S> {
     inner: S,
     gate: InflightGate,
     telemetry: Arc<Telemetry>,
+    protocol: &'static str,
 }
 
 impl<S> Backpressure<S> {
     /// Wraps `inner`; refusals are counted as `overloaded_requests[grpc]`.
     pub fn new(inner: S, gate: InflightGate, telemetry: Arc<Telemetry>) -> Self {
-        Backpressure { inner, gate, telemetry }
+        Backpressure {
+            inner,
+            gate,
+            telemetry,
+            protocol: "grpc",
+        }
+    }
+
+    /// The same, counting refusals as `overloaded_requests[protocol]`.
+    pub fn counted_as(mut self, protocol: &'static str) -> Self {
+        self.protocol = protocol;
+        self
     }
 }
 
@@ -46,7 +58,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let Some(permit) = self.gate.try_enter() else {
-            self.telemetry.overloaded("grpc");
+            self.telemetry.overloaded(self.protocol);
             let status = tonic::Status::resource_exhausted(format!(
                 "ingest is saturated: {} requests in flight (limits.max_inflight_requests); retry with backoff",
                 self.gate.capacity()

@@ -123,16 +123,17 @@ impl v1::ingest_server::Ingest for GrpcIngest {
         }
 
         let now_ms = self.clock.now_ms();
-        if let (Some(wal), false) = (&self.wal, batch.series.is_empty()) {
+        let (admitted, limited) = self.engine.admit(&batch, now_ms);
+        if let (Some(wal), false) = (&self.wal, admitted.series.is_empty()) {
             // Acknowledged only once on disk; a failed append is UNAVAILABLE, which clients retry.
-            // Log only what passed every admission check: replay folds it without checking again.
-            wal.append(&batch, now_ms)
+            // Log only what passed every admission check, limits included: replay folds it without checking again.
+            wal.append(&admitted, now_ms)
                 .await
                 .map_err(|error| Status::unavailable(error.to_string()))?;
         }
         let folded = self
             .engine
-            .ingest(&batch, now_ms)
+            .fold_admitted(&admitted, now_ms, limited)
             .map_err(|closed| Status::unavailable(closed.to_string()))?;
         outcome.merge(&folded);
         self.telemetry.ingested(&outcome);

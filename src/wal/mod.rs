@@ -32,7 +32,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 use crate::engine::{Engine, Watermarks};
-use crate::model::IngestBatch;
+use crate::model::{IngestBatch, Outcome};
 
 pub use checkpoint::sync_dir;
 use checkpoint::Checkpoint;
@@ -169,7 +169,8 @@ impl Wal {
                         latest_ms = latest_ms.max(frame.latest_ms);
                         stats.batches += 1;
                         // The arrival time it was first folded at: the same windows accept it.
-                        if let Ok(outcome) = engine.ingest(&frame.batch, frame.now_ms) {
+                        // Logged batches were admitted by the limits already; they are not met twice.
+                        if let Ok(outcome) = engine.fold_admitted(&frame.batch, frame.now_ms, Outcome::default()) {
                             stats.accepted += outcome.accepted;
                             stats.refused += outcome.rejected_total();
                         }

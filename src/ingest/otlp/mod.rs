@@ -11,12 +11,15 @@ mod spans;
 
 use std::sync::Arc;
 
+use thiserror::Error;
+
 use crate::api::otlp::common::v1::{any_value, KeyValue};
 use crate::clock::Clock;
 use crate::config::{IngestLimits, OtlpSettings};
 use crate::engine::{Engine, EngineClosed};
 use crate::model::{DropReason, IngestBatch, Outcome, SeriesBatch};
 use crate::telemetry::Telemetry;
+use crate::wal::{Wal, WalError};
 
 pub use codec::{OtlpCodec, OtlpDecoder};
 pub use metrics::{decode_metrics, explicit_histogram, exponential_histogram, sanitize_name};
@@ -82,6 +85,17 @@ pub struct ExportAnswer {
     pub message: String,
 }
 
+/// Why an export could not be folded at all; both are answered UNAVAILABLE / 503, which senders retry.
+#[derive(Debug, Error)]
+pub enum FoldError {
+    /// The service is shutting down.
+    #[error(transparent)]
+    Closed(#[from] EngineClosed),
+    /// The write-ahead log did not take the batch, so it is not acknowledged.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
 /// What both OTLP transports share: decode, fold, tally.
 #[derive(Clone)]
 pub struct OtlpIngest(Arc<Shared>);
@@ -93,16 +107,19 @@ struct Shared {
     histogram_scale: i8,
     clock: Arc<dyn Clock>,
     telemetry: Arc<Telemetry>,
+    wal: Option<Arc<Wal>>,
 }
 
 impl OtlpIngest {
-    /// Feeds `engine`; explicit-bucket histograms are laid out at the engine's histogram scale.
+    /// Feeds `engine`, logging every admitted batch in `wal` first when it is on;
+    /// explicit-bucket histograms are laid out at the engine's histogram scale.
     pub fn new(
         engine: Arc<Engine>,
         limits: IngestLimits,
         settings: OtlpSettings,
         clock: Arc<dyn Clock>,
         telemetry: Arc<Telemetry>,
+        wal: Option<Arc<Wal>>,
     ) -> Self {
         let histogram_scale = engine.settings().histogram.scale;
         OtlpIngest(Arc::new(Shared {
@@ -112,30 +129,33 @@ impl OtlpIngest {
             histogram_scale,
             clock,
             telemetry,
+            wal,
         }))
     }
 
-    /// Folds the spans of an export request.
+    /// Folds the spans of an export request. Blocks while the write-ahead log
+    /// syncs: call it off the async threads.
     pub fn traces(
         &self,
         request: &crate::api::otlp::collector::trace::v1::ExportTraceServiceRequest,
         tenant: Arc<str>,
-    ) -> Result<ExportAnswer, EngineClosed> {
+    ) -> Result<ExportAnswer, FoldError> {
         let decoded = decode_spans(request, &self.0.settings, &self.0.limits);
         self.fold(decoded, tenant)
     }
 
-    /// Folds the data points of an export request.
+    /// Folds the data points of an export request. Blocks while the write-ahead
+    /// log syncs: call it off the async threads.
     pub fn metrics(
         &self,
         request: &crate::api::otlp::collector::metrics::v1::ExportMetricsServiceRequest,
         tenant: Arc<str>,
-    ) -> Result<ExportAnswer, EngineClosed> {
+    ) -> Result<ExportAnswer, FoldError> {
         let decoded = decode_metrics(request, self.0.histogram_scale, &self.0.limits);
         self.fold(decoded, tenant)
     }
 
-    fn fold(&self, decoded: Decoded, tenant: Arc<str>) -> Result<ExportAnswer, EngineClosed> {
+    fn fold(&self, decoded: Decoded, tenant: Arc<str>) -> Result<ExportAnswer, FoldError> {
         let points: u64 = decoded
             .series
             .iter()
@@ -147,11 +167,18 @@ impl OtlpIngest {
             tenant,
             series: decoded.series,
         };
-        let folded = match self.0.engine.ingest(&batch, self.0.clock.now_ms()) {
+        let now_ms = self.0.clock.now_ms();
+        let (admitted, limited) = self.0.engine.admit(&batch, now_ms);
+        let logged = match (&self.0.wal, admitted.series.is_empty()) {
+            // Acknowledged only once on disk; only what the limits admitted is logged (replay folds it unchecked).
+            (Some(wal), false) => wal.append_blocking(&admitted, now_ms).map_err(FoldError::from),
+            _ => Ok(()),
+        };
+        let folded = match logged.and_then(|()| Ok(self.0.engine.fold_admitted(&admitted, now_ms, limited)?)) {
             Ok(folded) => folded,
-            Err(closed) => {
+            Err(error) => {
                 self.0.telemetry.ingested(&outcome);
-                return Err(closed);
+                return Err(error);
             }
         };
         outcome.merge(&folded);
@@ -176,6 +203,14 @@ impl OtlpIngest {
 
     fn limits(&self) -> &IngestLimits {
         &self.0.limits
+    }
+
+    fn engine(&self) -> &Arc<Engine> {
+        &self.0.engine
+    }
+
+    fn telemetry(&self) -> Arc<Telemetry> {
+        Arc::clone(&self.0.telemetry)
     }
 }
 

@@ -23,6 +23,7 @@ use crate::api::otlp::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use crate::ingest::backpressure::Backpressure;
 use crate::ingest::grpc::tenant_from_metadata;
 use crate::ingest::validate::check_tenant;
 
@@ -36,9 +37,13 @@ impl TraceService for OtlpIngest {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
         let limits = self.limits();
         let tenant = tenant_from_metadata(request.metadata(), &limits.tenant_header, &limits.default_tenant)?;
-        let answer = self
-            .traces(request.get_ref(), tenant)
-            .map_err(|closed| Status::unavailable(closed.to_string()))?;
+        let ingest = self.clone();
+        let request = request.into_inner();
+        // Folding may wait for the write-ahead log's fsync: off the async threads.
+        let answer = tokio::task::spawn_blocking(move || ingest.traces(&request, tenant))
+            .await
+            .map_err(|error| Status::unavailable(format!("ingest task failed: {error}")))?
+            .map_err(|error| Status::unavailable(error.to_string()))?;
         Ok(tonic::Response::new(trace_response(answer)))
     }
 }
@@ -51,9 +56,13 @@ impl MetricsService for OtlpIngest {
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, Status> {
         let limits = self.limits();
         let tenant = tenant_from_metadata(request.metadata(), &limits.tenant_header, &limits.default_tenant)?;
-        let answer = self
-            .metrics(request.get_ref(), tenant)
-            .map_err(|closed| Status::unavailable(closed.to_string()))?;
+        let ingest = self.clone();
+        let request = request.into_inner();
+        // Folding may wait for the write-ahead log's fsync: off the async threads.
+        let answer = tokio::task::spawn_blocking(move || ingest.metrics(&request, tenant))
+            .await
+            .map_err(|error| Status::unavailable(format!("ingest task failed: {error}")))?
+            .map_err(|error| Status::unavailable(error.to_string()))?;
         Ok(tonic::Response::new(metrics_response(answer)))
     }
 }
@@ -76,12 +85,17 @@ fn metrics_response(answer: ExportAnswer) -> ExportMetricsServiceResponse {
     }
 }
 
-/// The OTLP/gRPC server: both services, with the request size limit applied.
+/// The OTLP/gRPC server: both services, with the request size limit applied,
+/// behind the ingest in-flight gate (RESOURCE_EXHAUSTED when saturated).
 pub fn otlp_grpc_router(ingest: OtlpIngest) -> tonic::transport::server::Router {
     let limit = ingest.limits().max_request_bytes;
+    let gate = ingest.engine().limits().gate().clone();
+    let telemetry = ingest.telemetry();
+    let traces = TraceServiceServer::new(ingest.clone()).max_decoding_message_size(limit);
+    let metrics = MetricsServiceServer::new(ingest).max_decoding_message_size(limit);
     tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(ingest.clone()).max_decoding_message_size(limit))
-        .add_service(MetricsServiceServer::new(ingest).max_decoding_message_size(limit))
+        .add_service(Backpressure::new(traces, gate.clone(), Arc::clone(&telemetry)).counted_as("otlp_grpc"))
+        .add_service(Backpressure::new(metrics, gate, telemetry).counted_as("otlp_grpc"))
 }
 
 /// The OTLP/HTTP routes.
@@ -105,6 +119,8 @@ pub struct RpcStatus {
 
 /// `google.rpc.Code.INVALID_ARGUMENT`.
 const INVALID_ARGUMENT: i32 = 3;
+/// `google.rpc.Code.RESOURCE_EXHAUSTED`.
+const RESOURCE_EXHAUSTED: i32 = 8;
 /// `google.rpc.Code.UNAVAILABLE`.
 const UNAVAILABLE: i32 = 14;
 
@@ -180,13 +196,27 @@ async fn handle<M, R>(
     ingest: OtlpIngest,
     headers: HeaderMap,
     body: Body,
-    fold: fn(&OtlpIngest, &M, Arc<str>) -> Result<ExportAnswer, crate::engine::EngineClosed>,
+    fold: fn(&OtlpIngest, &M, Arc<str>) -> Result<ExportAnswer, super::FoldError>,
     answer: fn(ExportAnswer) -> R,
 ) -> Response
 where
     M: Message + Default + 'static,
     R: Message + 'static,
 {
+    // Taken before the body is read, as for remote write: a flood holds at most
+    // `limits.max_inflight_requests` bodies; 429 tells the sender to back off.
+    let gate = ingest.engine().limits().gate().clone();
+    let Some(_permit) = gate.try_enter() else {
+        ingest.telemetry().overloaded("otlp_http");
+        return refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            RESOURCE_EXHAUSTED,
+            format!(
+                "ingest is saturated: {} requests in flight (limits.max_inflight_requests); retry with backoff",
+                gate.capacity()
+            ),
+        );
+    };
     let (tenant, body) = match read(&ingest, &headers, body).await {
         Ok(read) => read,
         Err(response) => return response,

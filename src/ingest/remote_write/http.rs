@@ -204,15 +204,16 @@ impl Shared {
             ));
         }
         let now_ms = self.clock.now_ms();
-        if let Some(wal) = &self.wal {
+        let (admitted, limited) = self.engine.admit(&decoded.batch, now_ms);
+        if let (Some(wal), false) = (&self.wal, admitted.series.is_empty()) {
             // Acknowledged only once on disk; a failed append is a 503 the sender retries.
-            // Log only what passed every admission check: replay folds it without checking again.
-            wal.append_blocking(&decoded.batch, now_ms)
+            // Log only what passed every admission check, limits included: replay folds it without checking again.
+            wal.append_blocking(&admitted, now_ms)
                 .map_err(|error| (StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
         }
         let folded = self
             .engine
-            .ingest(&decoded.batch, now_ms)
+            .fold_admitted(&admitted, now_ms, limited)
             .map_err(|closed| (StatusCode::SERVICE_UNAVAILABLE, closed.to_string()))?;
         let mut outcome = decoded.outcome.clone();
         outcome.merge(&folded);
