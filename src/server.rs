@@ -12,6 +12,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::admin::{admin_router, AdminState};
 use crate::api::{self, v1};
 use crate::clock::Clock;
 use crate::config::ServiceSettings;
@@ -19,6 +20,8 @@ use crate::engine::{Engine, FlushStats};
 use crate::ingest::grpc::GrpcIngest;
 use crate::ingest::remote_write::{http_router, HttpState};
 use crate::ingest::statsd::serve_statsd;
+use crate::profile::Profiler;
+use crate::reload::RulesReloader;
 use crate::rules::RuleSet;
 use crate::sink::file_store::FileStore;
 use crate::sink::remote_write::RemoteWriteShard;
@@ -70,6 +73,7 @@ pub struct ServiceHandle {
     statsd_addr: Option<SocketAddr>,
     engine: Arc<Engine>,
     telemetry: Arc<Telemetry>,
+    reloader: Arc<RulesReloader>,
     hub: SelectionHub,
     commands: mpsc::Sender<Command>,
     stop: oneshot::Sender<()>,
@@ -105,7 +109,17 @@ pub async fn start(
     clock: Arc<dyn Clock>,
 ) -> Result<ServiceHandle, ServiceError> {
     let telemetry = Arc::new(Telemetry::default());
-    let engine = Arc::new(Engine::new(settings.engine.clone(), rules));
+    let mut engine = Engine::new(settings.engine.clone(), rules);
+    if let Some(profile) = settings.profile.clone() {
+        engine = engine.with_profiler(Arc::new(Profiler::new(profile, clock.now_ms())));
+    }
+    let engine = Arc::new(engine);
+    let reloader = Arc::new(RulesReloader::new(
+        &settings.rules_file,
+        Arc::clone(&engine),
+        Arc::clone(&clock),
+        Arc::clone(&telemetry),
+    ));
     let hub = SelectionHub::new(settings.selection_stream_buffer);
 
     let mut sinks = SinkSet::default();
@@ -180,6 +194,11 @@ pub async fn start(
             closing_receiver.clone(),
         )));
     }
+    let rules_watch = tokio::spawn(watch_rules(
+        Arc::clone(&reloader),
+        settings.reload_watch_interval_ms,
+        closing_receiver.clone(),
+    ));
     let router = grpc_router(
         Arc::clone(&engine),
         &settings,
@@ -211,10 +230,16 @@ pub async fn start(
         Servers {
             grpc: router,
             grpc_listener: listener,
-            http: http_router(http_state.clone()),
+            http: http_router(http_state.clone()).merge(admin_router(AdminState {
+                engine: Arc::clone(&engine),
+                telemetry: Arc::clone(&telemetry),
+                reloader: Arc::clone(&reloader),
+                clock: Arc::clone(&clock),
+            })),
             http_listener,
             http_state,
             statsd: statsd_task,
+            rules_watch,
         },
         FlushLoop {
             engine: Arc::clone(&engine),
@@ -234,6 +259,7 @@ pub async fn start(
         statsd_addr,
         engine,
         telemetry,
+        reloader,
         hub,
         commands,
         stop,
@@ -251,6 +277,44 @@ struct Servers {
     http_state: HttpState,
     /// The statsd listener task, when statsd is on.
     statsd: Option<JoinHandle<()>>,
+    /// The rules file watcher (and SIGHUP listener).
+    rules_watch: JoinHandle<()>,
+}
+
+/// Reloads the rules when the file changes (checked every `interval_ms`; 0 =
+/// not watched) and on SIGHUP, until `closing`.
+async fn watch_rules(reloader: Arc<RulesReloader>, interval_ms: u64, mut closing: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reload with POST /-/reload");
+            None
+        }
+    };
+    let mut ticks = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let signal = async {
+            match hangup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signal = std::future::pending::<Option<()>>();
+        let reloader = Arc::clone(&reloader);
+        tokio::select! {
+            _ = closing.changed() => break,
+            _ = ticks.tick(), if interval_ms > 0 => {
+                let _ = tokio::task::spawn_blocking(move || reloader.poll()).await;
+            }
+            Some(()) = signal => {
+                let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
+            }
+        }
+    }
 }
 
 struct FlushLoop {
@@ -268,6 +332,10 @@ impl FlushLoop {
         let now_ms = self.clock.now_ms();
         let telemetry = Arc::clone(&self.telemetry);
         let work = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            if let Some(profiler) = engine.profiler() {
+                profiler.roll(now_ms);
+            }
             let deliver = |records| sinks.deliver(records, now_ms);
             let stats = if everything {
                 engine.flush_all(now_ms, deliver)
@@ -279,6 +347,8 @@ impl FlushLoop {
             if settle {
                 sinks.barrier();
             }
+            telemetry.flush_completed(now_ms, started.elapsed());
+            telemetry.exporter().upkeep();
             stats
         });
         work.await.unwrap_or_else(|error| {
@@ -362,6 +432,7 @@ async fn run(
     // Selection streams deliver what that flush published, then end; only then
     // can the server's graceful shutdown finish.
     let _ = closing.send(true);
+    let _ = servers.rules_watch.await;
     if let Some(task) = servers.statsd {
         // Already stopped if a datagram met the closed engine; else `closing` stops it.
         let _ = task.await;
@@ -413,6 +484,11 @@ impl ServiceHandle {
     /// The service counters.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
+    }
+
+    /// The rules reloader (what `POST /-/reload` and SIGHUP call).
+    pub fn reloader(&self) -> &Arc<RulesReloader> {
+        &self.reloader
     }
 
     /// The selection hub (subscribe in-process).

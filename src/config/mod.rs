@@ -2,12 +2,14 @@
 //! (`rules.yaml`), as serde types separate from the checked runtime types.
 
 mod error;
+mod operations;
 mod process;
 mod remote_write;
 pub mod rules;
 mod statsd;
 
 pub use error::ConfigError;
+pub use operations::{ProfileConfig, ReloadConfig};
 pub use process::{
     defaults, EngineConfig, FlushConfig, GrpcConfig, HistogramSettings, HttpConfig, IngestConfig, IngestLimits,
     LogConfig, ProcessConfig, SelectionsConfig, ServiceSettings, StoreConfig,

@@ -14,8 +14,10 @@ use crate::model::parse_duration_ms;
 use crate::sink::remote_write::RemoteWriteSettings;
 
 use super::error::ConfigError;
+use super::operations::{check_profile, ProfileConfig, ReloadConfig};
 use super::remote_write::{check_remote_write, RemoteWriteConfig};
 use super::statsd::{check_statsd, StatsdConfig, StatsdSettings};
+use crate::profile::ProfileSettings;
 
 /// Defaults of every process setting, in one place.
 pub mod defaults {
@@ -75,6 +77,12 @@ pub mod defaults {
     pub const STATSD_TENANT: &str = "default";
     /// Largest statsd datagram read whole; the most a UDP datagram can carry.
     pub const STATSD_MAX_PACKET_BYTES: usize = 65_535;
+    /// Profiler accounting period.
+    pub const PROFILE_PERIOD_MS: u64 = 60_000;
+    /// Metric names the profiler tracks.
+    pub const PROFILE_MAX_METRICS: usize = 10_000;
+    /// How often the rules file is checked for changes.
+    pub const RELOAD_WATCH_INTERVAL_MS: u64 = 1_000;
 }
 
 /// The whole process config.
@@ -105,6 +113,10 @@ pub struct ProcessConfig {
     pub statsd: StatsdConfig,
     /// Logs.
     pub log: LogConfig,
+    /// The metrics profiler (`GET /api/v1/profile`, `tailfold top`).
+    pub profile: ProfileConfig,
+    /// Rules hot reload.
+    pub reload: ReloadConfig,
 }
 
 /// gRPC server settings.
@@ -253,6 +265,10 @@ pub struct ServiceSettings {
     pub statsd: Option<StatsdSettings>,
     /// JSON logs.
     pub log_json: bool,
+    /// The profiler; `None` when `profile.enabled` is false.
+    pub profile: Option<ProfileSettings>,
+    /// Rules file check interval (0 = not watched).
+    pub reload_watch_interval_ms: u64,
 }
 
 /// Checked ingest limits.
@@ -440,6 +456,12 @@ impl ServiceSettings {
             ));
         }
 
+        let profile = check_profile(&config.profile, &invalid)?;
+        let reload_watch_interval_ms = config
+            .reload
+            .watch_interval_ms
+            .unwrap_or(defaults::RELOAD_WATCH_INTERVAL_MS);
+
         Ok(ServiceSettings {
             source: path.to_path_buf(),
             grpc_listen,
@@ -471,6 +493,8 @@ impl ServiceSettings {
             remote_write,
             statsd,
             log_json,
+            profile,
+            reload_watch_interval_ms,
         })
     }
 }
