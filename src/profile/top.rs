@@ -4,7 +4,37 @@
 
 use std::fmt::Write;
 
-use super::ProfileReport;
+use super::{ProfileQuery, ProfileReport};
+
+/// Fetches the profile from a running service's HTTP endpoint (`http://host:port`).
+pub fn fetch(target: &str, query: &ProfileQuery) -> Result<ProfileReport, String> {
+    let url = format!("{}/api/v1/profile", target.trim_end_matches('/'));
+    let mut params: Vec<(&str, String)> = Vec::new();
+    if let Some(tenant) = &query.tenant {
+        params.push(("tenant", tenant.clone()));
+    }
+    if let Some(metric) = &query.metric {
+        params.push(("metric", metric.clone()));
+    }
+    if let Some(limit) = query.limit {
+        params.push(("limit", limit.to_string()));
+    }
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|error| format!("http client: {error}"))?;
+    let response = client
+        .get(&url)
+        .query(&params)
+        .send()
+        .map_err(|error| format!("GET {url}: {error}"))?;
+    let status = response.status();
+    let body = response.text().map_err(|error| format!("GET {url}: {error}"))?;
+    if !status.is_success() {
+        return Err(format!("GET {url}: {status}: {}", body.trim()));
+    }
+    serde_json::from_str(&body).map_err(|error| format!("GET {url}: not a profile: {error}"))
+}
 
 /// Labels shown per metric in the series table.
 const LABELS_SHOWN: usize = 3;
