@@ -1,0 +1,128 @@
+//! Self-metrics: `GET /metrics` during a run shows what was sent, accepted and
+//! dropped by protocol, tenant, reason and rule, the open windows per tenant
+//! and policy, and flush activity, with the values that were sent. Two
+//! services in one process keep their own counts.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use tailfold::api::v1;
+
+const T0: i64 = 1_800_000_000_000;
+
+const RULES: &str = r#"
+defaults:
+  storage_policies: ["10s:1d"]
+mapping_rules:
+  - name: drop-debug
+    filter: '__name__:debug_*'
+    drop: true
+  - name: long-term
+    filter: '__name__:requests'
+    aggregations: [sum]
+    storage_policies: ["10s:1d", "1m:30d"]
+"#;
+
+/// Every sample of the exposition, by its full series text (`name{labels}`).
+async fn scrape(service: &TestService) -> BTreeMap<String, f64> {
+    let url = format!("http://{}/metrics", service.handle().http_addr());
+    let text = tokio::task::spawn_blocking(move || {
+        let response = reqwest::blocking::get(&url).expect("scrape");
+        assert_eq!(response.status().as_u16(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        response.text().unwrap()
+    })
+    .await
+    .unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            (series.to_string(), value.parse::<f64>().expect(line))
+        })
+        .collect()
+}
+
+fn get(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("{series} not exported; have {:#?}", samples.keys().collect::<Vec<_>>()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_what_was_sent_and_dropped() {
+    let mut service = start_service(RULES, T0 + 2_000).await;
+    let mut other = start_service(RULES, T0 + 2_000).await;
+    // Accepted: 3 series x 4 points (one with two policies: still one point accepted each).
+    let accepted = (0..3)
+        .map(|pod| {
+            let pod = pod.to_string();
+            series(
+                &[("__name__", "requests"), ("pod", &pod)],
+                v1::Kind::Counter,
+                (0..4).map(|i| point(1.0, T0 + i)).collect(),
+            )
+        })
+        .collect();
+    service.write(accepted).await.unwrap();
+    // Dropped by rule: 5 points.
+    let debug = vec![series(&[("__name__", "debug_x")], v1::Kind::Gauge, (0..5).map(|i| point(1.0, T0 + i)).collect())];
+    service.write(debug).await.unwrap();
+    // Too far in the future (tolerance 60 s): 2 points, from tenant "acme".
+    let mut request = tonic::Request::new(v1::WriteRequest {
+        series: vec![series(
+            &[("__name__", "requests"), ("pod", "9")],
+            v1::Kind::Counter,
+            vec![point(1.0, T0 + 600_000), point(1.0, T0 + 700_000)],
+        )],
+    });
+    request.metadata_mut().insert("x-scope-orgid", "acme".parse().unwrap());
+    service.client.write(request).await.unwrap();
+
+    let samples = scrape(&service).await;
+    let grpc = r#"protocol="grpc",tenant="default""#;
+    assert_eq!(get(&samples, &format!("tailfold_samples_received_total{{{grpc}}}")), 17.0);
+    assert_eq!(get(&samples, &format!("tailfold_samples_accepted_total{{{grpc}}}")), 12.0);
+    assert_eq!(
+        get(
+            &samples,
+            &format!(r#"tailfold_samples_dropped_total{{{grpc},reason="dropped_by_rule",rule="drop-debug"}}"#)
+        ),
+        5.0
+    );
+    let acme = r#"protocol="grpc",tenant="acme""#;
+    assert_eq!(get(&samples, &format!("tailfold_samples_received_total{{{acme}}}")), 2.0);
+    assert_eq!(
+        get(&samples, &format!(r#"tailfold_samples_dropped_total{{{acme},reason="too_far_in_future"}}"#)),
+        2.0
+    );
+    // 3 outputs, each with one window under each of its two policies.
+    assert_eq!(get(&samples, r#"tailfold_active_series{tenant="default",policy="10s:1d"}"#), 3.0);
+    assert_eq!(get(&samples, r#"tailfold_active_series{tenant="default",policy="1m:30d"}"#), 3.0);
+    assert_eq!(get(&samples, r#"tailfold_open_windows{tenant="default",policy="10s:1d"}"#), 3.0);
+    assert_eq!(get(&samples, "tailfold_rules_reloads_total{result=\"failure\"}"), 0.0);
+    assert!(samples.keys().all(|series| !series.starts_with("tailfold_wal_size_bytes")));
+
+    // The other service in this process saw nothing.
+    let untouched = scrape(&other).await;
+    assert!(untouched.keys().all(|series| !series.starts_with("tailfold_samples_received_total")), "{untouched:?}");
+
+    // After a flush of the 10 s windows: counts, a flush duration, and the gauges follow.
+    service.flush_at(T0 + 20_000).await;
+    let samples = scrape(&service).await;
+    assert_eq!(get(&samples, "tailfold_windows_flushed_total"), 3.0);
+    assert_eq!(get(&samples, "tailfold_records_emitted_total"), 3.0);
+    assert_eq!(get(&samples, "tailfold_records_written_total"), 3.0);
+    assert!(get(&samples, "tailfold_flush_duration_seconds_count") >= 1.0);
+    assert_eq!(get(&samples, "tailfold_flush_lag_seconds"), 0.0);
+    assert_eq!(get(&samples, r#"tailfold_active_series{tenant="default",policy="10s:1d"}"#), 0.0);
+    assert_eq!(get(&samples, r#"tailfold_active_series{tenant="default",policy="1m:30d"}"#), 3.0);
+    // The flush loop's lag behind the clock grows when it does not run.
+    service.clock.set(T0 + 25_000);
+    assert_eq!(get(&scrape(&service).await, "tailfold_flush_lag_seconds"), 5.0);
+    other.shutdown().await;
+    service.shutdown().await;
+}
