@@ -67,8 +67,11 @@ struct Loaded {
 }
 
 struct State {
-    /// Modification time and size at the last look, to skip hashing unchanged files.
+    /// Modification time and size of the file last read, to skip reading unchanged files.
     stamp: Option<(SystemTime, u64)>,
+    /// A changed stamp seen at the last look: read once it holds for a whole
+    /// interval, so a file still being written is not read half-way.
+    settling: Option<(SystemTime, u64)>,
     loaded: Vec<Loaded>,
     last_error: Option<String>,
 }
@@ -98,6 +101,7 @@ impl RulesReloader {
             path: path.to_path_buf(),
             state: Mutex::new(State {
                 stamp: stamp(path),
+                settling: None,
                 loaded: vec![loaded],
                 last_error: None,
             }),
@@ -107,15 +111,22 @@ impl RulesReloader {
         }
     }
 
-    /// Reloads when the file's modification time or size changed since the last look.
+    /// Reloads when the file's modification time or size changed since it
+    /// was last read and has stayed the same since the previous look.
     pub fn poll(&self) -> Option<Result<ReloadOutcome, RulesError>> {
         let now = stamp(&self.path);
         {
             let mut state = self.state.lock();
             if now == state.stamp || now.is_none() {
+                state.settling = None;
+                return None;
+            }
+            if now != state.settling {
+                state.settling = now;
                 return None;
             }
             state.stamp = now;
+            state.settling = None;
         }
         Some(self.reload("file change"))
     }

@@ -194,9 +194,21 @@ pub async fn start(
             closing_receiver.clone(),
         )));
     }
+    // Listening for SIGHUP from here on (not from whenever the task first
+    // runs), so a SIGHUP after `start` returns never meets the default action.
+    #[cfg(unix)]
+    let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reload with POST /-/reload");
+            None
+        }
+    };
     let rules_watch = tokio::spawn(watch_rules(
         Arc::clone(&reloader),
         settings.reload_watch_interval_ms,
+        #[cfg(unix)]
+        hangup,
         closing_receiver.clone(),
     ));
     let router = grpc_router(
@@ -283,15 +295,12 @@ struct Servers {
 
 /// Reloads the rules when the file changes (checked every `interval_ms`; 0 =
 /// not watched) and on SIGHUP, until `closing`.
-async fn watch_rules(reloader: Arc<RulesReloader>, interval_ms: u64, mut closing: watch::Receiver<bool>) {
-    #[cfg(unix)]
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; reload with POST /-/reload");
-            None
-        }
-    };
+async fn watch_rules(
+    reloader: Arc<RulesReloader>,
+    interval_ms: u64,
+    #[cfg(unix)] mut hangup: Option<tokio::signal::unix::Signal>,
+    mut closing: watch::Receiver<bool>,
+) {
     let mut ticks = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

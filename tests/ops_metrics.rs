@@ -69,7 +69,11 @@ async fn metrics_match_what_was_sent_and_dropped() {
         .collect();
     service.write(accepted).await.unwrap();
     // Dropped by rule: 5 points.
-    let debug = vec![series(&[("__name__", "debug_x")], v1::Kind::Gauge, (0..5).map(|i| point(1.0, T0 + i)).collect())];
+    let debug = vec![series(
+        &[("__name__", "debug_x")],
+        v1::Kind::Gauge,
+        (0..5).map(|i| point(1.0, T0 + i)).collect(),
+    )];
     service.write(debug).await.unwrap();
     // Too far in the future (tolerance 60 s): 2 points, from tenant "acme".
     let mut request = tonic::Request::new(v1::WriteRequest {
@@ -84,8 +88,14 @@ async fn metrics_match_what_was_sent_and_dropped() {
 
     let samples = scrape(&service).await;
     let grpc = r#"protocol="grpc",tenant="default""#;
-    assert_eq!(get(&samples, &format!("tailfold_samples_received_total{{{grpc}}}")), 17.0);
-    assert_eq!(get(&samples, &format!("tailfold_samples_accepted_total{{{grpc}}}")), 12.0);
+    assert_eq!(
+        get(&samples, &format!("tailfold_samples_received_total{{{grpc}}}")),
+        17.0
+    );
+    assert_eq!(
+        get(&samples, &format!("tailfold_samples_accepted_total{{{grpc}}}")),
+        12.0
+    );
     assert_eq!(
         get(
             &samples,
@@ -94,21 +104,43 @@ async fn metrics_match_what_was_sent_and_dropped() {
         5.0
     );
     let acme = r#"protocol="grpc",tenant="acme""#;
-    assert_eq!(get(&samples, &format!("tailfold_samples_received_total{{{acme}}}")), 2.0);
     assert_eq!(
-        get(&samples, &format!(r#"tailfold_samples_dropped_total{{{acme},reason="too_far_in_future"}}"#)),
+        get(&samples, &format!("tailfold_samples_received_total{{{acme}}}")),
+        2.0
+    );
+    assert_eq!(
+        get(
+            &samples,
+            &format!(r#"tailfold_samples_dropped_total{{{acme},reason="too_far_in_future"}}"#)
+        ),
         2.0
     );
     // 3 outputs, each with one window under each of its two policies.
-    assert_eq!(get(&samples, r#"tailfold_active_series{tenant="default",policy="10s:1d"}"#), 3.0);
-    assert_eq!(get(&samples, r#"tailfold_active_series{tenant="default",policy="1m:30d"}"#), 3.0);
-    assert_eq!(get(&samples, r#"tailfold_open_windows{tenant="default",policy="10s:1d"}"#), 3.0);
+    assert_eq!(
+        get(&samples, r#"tailfold_active_series{tenant="default",policy="10s:1d"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(&samples, r#"tailfold_active_series{tenant="default",policy="1m:30d"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(&samples, r#"tailfold_open_windows{tenant="default",policy="10s:1d"}"#),
+        3.0
+    );
     assert_eq!(get(&samples, "tailfold_rules_reloads_total{result=\"failure\"}"), 0.0);
-    assert!(samples.keys().all(|series| !series.starts_with("tailfold_wal_size_bytes")));
+    assert!(samples
+        .keys()
+        .all(|series| !series.starts_with("tailfold_wal_size_bytes")));
 
     // The other service in this process saw nothing.
     let untouched = scrape(&other).await;
-    assert!(untouched.keys().all(|series| !series.starts_with("tailfold_samples_received_total")), "{untouched:?}");
+    assert!(
+        untouched
+            .keys()
+            .all(|series| !series.starts_with("tailfold_samples_received_total")),
+        "{untouched:?}"
+    );
 
     // After a flush of the 10 s windows: counts, a flush duration, and the gauges follow.
     service.flush_at(T0 + 20_000).await;
@@ -118,8 +150,14 @@ async fn metrics_match_what_was_sent_and_dropped() {
     assert_eq!(get(&samples, "tailfold_records_written_total"), 3.0);
     assert!(get(&samples, "tailfold_flush_duration_seconds_count") >= 1.0);
     assert_eq!(get(&samples, "tailfold_flush_lag_seconds"), 0.0);
-    assert_eq!(get(&samples, r#"tailfold_active_series{tenant="default",policy="10s:1d"}"#), 0.0);
-    assert_eq!(get(&samples, r#"tailfold_active_series{tenant="default",policy="1m:30d"}"#), 3.0);
+    assert_eq!(
+        get(&samples, r#"tailfold_active_series{tenant="default",policy="10s:1d"}"#),
+        0.0
+    );
+    assert_eq!(
+        get(&samples, r#"tailfold_active_series{tenant="default",policy="1m:30d"}"#),
+        3.0
+    );
     // The flush loop's lag behind the clock grows when it does not run.
     service.clock.set(T0 + 25_000);
     assert_eq!(get(&scrape(&service).await, "tailfold_flush_lag_seconds"), 5.0);

@@ -40,7 +40,12 @@ async fn cardinality_bomb_is_named_with_its_label() {
             .map(|user| {
                 let user = format!("user-{user}");
                 series(
-                    &[("__name__", "api_requests_total"), ("user_id", &user), ("route", "/cart"), ("team", "checkout")],
+                    &[
+                        ("__name__", "api_requests_total"),
+                        ("user_id", &user),
+                        ("route", "/cart"),
+                        ("team", "checkout"),
+                    ],
                     v1::Kind::Counter,
                     vec![point(1.0, T0 + 1_000)],
                 )
@@ -53,7 +58,11 @@ async fn cardinality_bomb_is_named_with_its_label() {
         .map(|pod| {
             let pod = format!("pod-{pod}");
             let points = (0..300).map(|i| point(0.5, T0 + i)).collect();
-            series(&[("__name__", "cpu_seconds"), ("pod", &pod), ("team", "infra")], v1::Kind::Gauge, points)
+            series(
+                &[("__name__", "cpu_seconds"), ("pod", &pod), ("team", "infra")],
+                v1::Kind::Gauge,
+                points,
+            )
         })
         .collect();
     service.write(tame).await.expect("write tame");
@@ -61,7 +70,11 @@ async fn cardinality_bomb_is_named_with_its_label() {
     let debug = (0..30)
         .map(|i| {
             let id = i.to_string();
-            series(&[("__name__", "debug_queue"), ("id", &id)], v1::Kind::Gauge, vec![point(1.0, T0), point(2.0, T0 + 1)])
+            series(
+                &[("__name__", "debug_queue"), ("id", &id)],
+                v1::Kind::Gauge,
+                vec![point(1.0, T0), point(2.0, T0 + 1)],
+            )
         })
         .collect();
     service.write(debug).await.expect("write debug");
@@ -76,14 +89,22 @@ async fn cardinality_bomb_is_named_with_its_label() {
     assert_eq!(top.metric, "api_requests_total", "{body}");
     assert_eq!(top.tenant, "default");
     let estimate = top.active_series as f64;
-    assert!((estimate - BOMB as f64).abs() / (BOMB as f64) < 0.05, "series estimate {estimate}");
+    assert!(
+        (estimate - BOMB as f64).abs() / (BOMB as f64) < 0.05,
+        "series estimate {estimate}"
+    );
     assert_eq!(top.samples, BOMB as u64);
     let label = &top.labels[0];
     assert_eq!(label.label, "user_id", "{:?}", top.labels);
     assert!(!label.exact);
     let distinct = label.distinct_values as f64;
-    assert!((distinct - BOMB as f64).abs() / (BOMB as f64) < 0.05, "user_id estimate {distinct}");
-    assert!(top.labels[1..].iter().all(|other| other.distinct_values == 1 && other.exact));
+    assert!(
+        (distinct - BOMB as f64).abs() / (BOMB as f64) < 0.05,
+        "user_id estimate {distinct}"
+    );
+    assert!(top.labels[1..]
+        .iter()
+        .all(|other| other.distinct_values == 1 && other.exact));
 
     // By samples the tame metric leads: 200 series x 300 samples.
     assert_eq!(report.top_by_samples[0].metric, "cpu_seconds");
@@ -97,7 +118,12 @@ async fn cardinality_bomb_is_named_with_its_label() {
 
     let rule = &report.rules[0];
     assert_eq!(
-        (rule.rule.as_str(), rule.kind.as_str(), rule.series_removed, rule.samples_removed),
+        (
+            rule.rule.as_str(),
+            rule.kind.as_str(),
+            rule.series_removed,
+            rule.samples_removed
+        ),
         ("drop-debug", "drop", 30, 60)
     );
 
@@ -119,7 +145,10 @@ async fn cardinality_bomb_is_named_with_its_label() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    let header = lines.iter().position(|line| line.starts_with("TOP METRICS BY ACTIVE SERIES")).expect(&text);
+    let header = lines
+        .iter()
+        .position(|line| line.starts_with("TOP METRICS BY ACTIVE SERIES"))
+        .expect(&text);
     let first_row: Vec<&str> = lines[header + 2].split_whitespace().collect();
     assert_eq!(first_row[..2], ["default", "api_requests_total"], "{text}");
     assert!(first_row[4].starts_with("user_id=~"), "{text}");
@@ -127,7 +156,10 @@ async fn cardinality_bomb_is_named_with_its_label() {
     assert_eq!(shown, distinct);
     assert!(text.contains("USAGE BY TEAM"), "{text}");
     let rule_row = lines.iter().find(|line| line.starts_with("drop-debug")).expect(&text);
-    assert_eq!(rule_row.split_whitespace().collect::<Vec<_>>(), ["drop-debug", "drop", "30", "0", "30", "60"]);
+    assert_eq!(
+        rule_row.split_whitespace().collect::<Vec<_>>(),
+        ["drop-debug", "drop", "30", "0", "30", "60"]
+    );
 
     // An unreachable service is a clear error, not a hang or a panic.
     let output = Command::new(env!("CARGO_BIN_EXE_tailfold"))
