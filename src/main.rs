@@ -41,6 +41,12 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Exit 0 when a running service answers `GET /-/healthy` (the container health check).
+    Health {
+        /// HTTP endpoint of tailfold.
+        #[arg(long, default_value = "http://127.0.0.1:4771")]
+        target: String,
+    },
     /// Show who is costing what: top metrics by series and samples, label cardinality, owners, rule effect.
     Top {
         /// HTTP endpoint of tailfold.
@@ -106,6 +112,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Health { target } => {
+            let url = format!("{}/-/healthy", target.trim_end_matches('/'));
+            let client = match reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+            {
+                Ok(client) => client,
+                Err(error) => return fail(&format!("http client: {error}")),
+            };
+            match client.get(&url).send() {
+                Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
+                Ok(response) => fail(&format!("GET {url}: {}", response.status())),
+                Err(error) => fail(&format!("GET {url}: {error}")),
+            }
+        }
         Command::Top {
             target,
             tenant,
