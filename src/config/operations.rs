@@ -52,3 +52,46 @@ pub(super) fn check_profile(
         max_metrics,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::ServiceSettings;
+
+    fn parse(text: &str) -> Result<ServiceSettings, String> {
+        ServiceSettings::parse(text, Path::new("conf/tailfold.yaml")).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn profile_and_reload_defaults_and_values() {
+        let settings = parse("").unwrap();
+        let profile = settings.profile.unwrap();
+        assert_eq!(
+            (profile.period_ms, profile.max_metrics, profile.owner_label),
+            (60_000, 10_000, None)
+        );
+        assert_eq!(settings.reload_watch_interval_ms, 1_000);
+        let settings = parse("profile: {owner_label: team, period_ms: 5000}\nreload: {watch_interval_ms: 0}").unwrap();
+        assert_eq!(settings.profile.unwrap().owner_label.as_deref(), Some("team"));
+        assert_eq!(settings.reload_watch_interval_ms, 0);
+        assert!(parse("profile: {enabled: false}").unwrap().profile.is_none());
+    }
+
+    #[test]
+    fn bad_profile_and_reload_values_name_file_and_field() {
+        let error = parse("profile: {period_ms: 10}").unwrap_err();
+        assert_eq!(error, "conf/tailfold.yaml: field profile.period_ms: 10 is below 1000");
+        let error = parse("profile: {max_metrics: 0}").unwrap_err();
+        assert!(error.contains("profile.max_metrics"), "{error}");
+        let error = parse("profile: {owner_label: \"\"}").unwrap_err();
+        assert!(error.contains("profile.owner_label"), "{error}");
+        let error = parse("profile: {owner: team}").unwrap_err();
+        assert!(
+            error.contains("unknown field `owner`") && error.contains("line 1"),
+            "{error}"
+        );
+        let error = parse("reload: {watch_interval_ms: soon}").unwrap_err();
+        assert!(error.contains("watch_interval_ms"), "{error}");
+    }
+}

@@ -505,4 +505,6 @@ pub struct FlushStats {
 #[cfg(test)]
 mod histogram_tests;
 #[cfg(test)]
+mod reload_tests;
+#[cfg(test)]
 mod tests;
