@@ -26,7 +26,14 @@ fn bench(c: &mut Criterion) {
     let plain = common::engine();
     let profiled = common::engine().with_profiler(Arc::new(Profiler::new(settings, NOW_MS)));
     for engine in [&plain, &profiled] {
-        common::load_series(engine, &labels, Kind::Counter, Points::CounterDeltas, WINDOW_START_MS, NOW_MS);
+        common::load_series(
+            engine,
+            &labels,
+            Kind::Counter,
+            Points::CounterDeltas,
+            WINDOW_START_MS,
+            NOW_MS,
+        );
     }
     let batches = common::batches(
         &labels,

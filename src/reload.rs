@@ -139,20 +139,19 @@ impl RulesReloader {
         let result = text.and_then(|text| {
             let hash = xxh3_64(text.as_bytes());
             if state.loaded.last().is_some_and(|loaded| loaded.hash == hash) {
-                return Ok((ReloadOutcome::Unchanged, None));
+                return Ok(None);
             }
             let rules = RuleSet::parse(&text, &file)?;
-            Ok((
-                ReloadOutcome::Staged { effective_from_ms: 0 },
-                Some((rules, text, hash)),
-            ))
+            Ok(Some((rules, text, hash)))
         });
         match result {
-            Ok((outcome, None)) => {
+            Ok(None) => {
+                // The file holds the rules in force again (e.g. a bad edit was undone).
                 state.last_error = None;
-                Ok(outcome)
+                self.telemetry.rules_in_sync();
+                Ok(ReloadOutcome::Unchanged)
             }
-            Ok((_, Some((rules, source, hash)))) => {
+            Ok(Some((rules, source, hash))) => {
                 let now_ms = self.clock.now_ms();
                 let rule_count = rules.rule_count();
                 let from_ms = self.engine.stage_rules(rules, now_ms);
@@ -172,7 +171,8 @@ impl RulesReloader {
             Err(error) => {
                 state.last_error = Some(error.to_string());
                 self.telemetry.rules_reloaded(false);
-                tracing::error!(%file, trigger, %error, "rules reload refused; the previous rules stay in force");
+                let rule = error.location().map(ToString::to_string);
+                tracing::error!(%file, trigger, rule, field = error.field(), %error, "rules reload refused; the previous rules stay in force");
                 Err(error)
             }
         }

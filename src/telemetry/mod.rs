@@ -181,6 +181,12 @@ impl Telemetry {
         self.last_reload_ok.store(u64::from(ok), Ordering::Relaxed);
     }
 
+    /// Notes that the rules file holds the rules in force (a reload found it
+    /// unchanged), so an earlier refused reload no longer stands.
+    pub fn rules_in_sync(&self) {
+        self.last_reload_ok.store(1, Ordering::Relaxed);
+    }
+
     /// The hook for a write-ahead log: reports its size on disk, exported as
     /// `tailfold_wal_size_bytes` from the first call on (absent without a log).
     pub fn wal_size(&self, bytes: u64) {
