@@ -161,6 +161,30 @@ async fn cardinality_bomb_is_named_with_its_label() {
         ["drop-debug", "drop", "30", "0", "30", "60"]
     );
 
+    // One metric: every label with its distinct values.
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tailfold"))
+            .args(["top", "--once", "--metric", "api_requests_total", "--target"])
+            .arg(format!("http://{http}"))
+            .output()
+            .expect("run tailfold top")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines
+        .iter()
+        .position(|line| line.starts_with("LABELS OF api_requests_total"))
+        .expect(&text);
+    let rows: Vec<Vec<&str>> = lines[header + 2..header + 5]
+        .iter()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["user_id", &distinct.to_string(), "estimate"], "{text}");
+    assert_eq!(rows[1..], [["route", "1", "yes"], ["team", "1", "yes"]], "{text}");
+    assert!(!text.contains("cpu_seconds"), "{text}");
+
     // An unreachable service is a clear error, not a hang or a panic.
     let output = Command::new(env!("CARGO_BIN_EXE_tailfold"))
         .args(["top", "--once", "--target", "http://127.0.0.1:1"])

@@ -76,6 +76,16 @@ pub fn render(report: &ProfileReport, width: usize) -> String {
             usage.tenant, usage.metric, usage.active_series, usage.samples_per_second
         );
     }
+    if let [only] = &report.top_by_series[..] {
+        // One metric (`--metric`): every label, most distinct values first.
+        let _ = writeln!(out);
+        let _ = writeln!(out, "LABELS OF {}", only.metric);
+        let _ = writeln!(out, "{:<40} {:>15}  EXACT", "LABEL", "DISTINCT VALUES");
+        for label in &only.labels {
+            let exact = if label.exact { "yes" } else { "estimate" };
+            let _ = writeln!(out, "{:<40} {:>15}  {exact}", label.label, label.distinct_values);
+        }
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "TOP METRICS BY SAMPLES/S");
     let _ = writeln!(
