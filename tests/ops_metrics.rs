@@ -1,9 +1,11 @@
 //! Self-metrics: `GET /metrics` during a run shows what was sent, accepted and
 //! dropped by protocol, tenant, reason and rule, the open windows per tenant
 //! and policy, and flush activity, with the values that were sent. Two
-//! services in one process keep their own counts.
+//! services in one process keep their own counts. A real Prometheus scrapes
+//! the endpoint and reads the same values (the exposition parses).
 
 mod common;
+mod prometheus;
 
 use std::collections::BTreeMap;
 
@@ -162,5 +164,56 @@ async fn metrics_match_what_was_sent_and_dropped() {
     service.clock.set(T0 + 25_000);
     assert_eq!(get(&scrape(&service).await, "tailfold_flush_lag_seconds"), 5.0);
     other.shutdown().await;
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_self_metrics() {
+    let mut service = start_service(RULES, T0 + 2_000).await;
+    let accepted = vec![series(
+        &[("__name__", "requests"), ("pod", "a")],
+        v1::Kind::Counter,
+        vec![point(1.0, T0), point(1.0, T0 + 1)],
+    )];
+    service.write(accepted).await.unwrap();
+    let debug = vec![series(
+        &[("__name__", "debug_x")],
+        v1::Kind::Gauge,
+        vec![point(1.0, T0)],
+    )];
+    service.write(debug).await.unwrap();
+    service.flush_at(T0 + 20_000).await;
+
+    let target = service.handle().http_addr();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tailfold\n    static_configs:\n      - targets: [\"{target}\"]\n"
+    );
+    let values = tokio::task::spawn_blocking(move || {
+        let prometheus = prometheus::Prometheus::start(&config);
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+        };
+        prometheus.wait_for(std::time::Duration::from_secs(20), |p| {
+            p.query_value(r#"up{job="tailfold"}"#, now()).filter(|up| *up == 1.0)
+        });
+        let query = |promql: &str| prometheus.query_value(promql, now());
+        (
+            query(r#"tailfold_samples_accepted_total{protocol="grpc",tenant="default"}"#),
+            query(r#"tailfold_samples_dropped_total{reason="dropped_by_rule",rule="drop-debug"}"#),
+            query("tailfold_flush_duration_seconds_count"),
+            query(r#"tailfold_flush_duration_seconds_bucket{le="+Inf"}"#),
+            query(r#"tailfold_active_series{policy="1m:30d"}"#),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(values.0, Some(2.0));
+    assert_eq!(values.1, Some(1.0));
+    assert_eq!(values.2, values.3);
+    assert!(values.2.is_some_and(|count| count >= 1.0), "{values:?}");
+    assert_eq!(values.4, Some(1.0));
     service.shutdown().await;
 }
