@@ -217,3 +217,49 @@ async fn a_real_prometheus_scrapes_the_self_metrics() {
     assert_eq!(values.4, Some(1.0));
     service.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_latency_backlog_and_failures_are_exported() {
+    let prometheus = tokio::task::spawn_blocking(|| prometheus::Prometheus::start("global: {scrape_interval: 1m}\n"))
+        .await
+        .unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t0 = (now_ms - 120_000) / 10_000 * 10_000;
+    let dead = prometheus::free_port();
+    let config = format!(
+        "remote_write:\n  - {{name: prom, url: \"{}\", storage_policies: [\"10s:1d\"], shards: 1}}\n  - {{name: dead, url: \"http://127.0.0.1:{dead}/api/v1/write\", storage_policies: [\"10s:1d\"], shards: 1, min_backoff_ms: 60000, max_backoff_ms: 60000}}\n",
+        prometheus.remote_write_url()
+    );
+    let mut service = start_service_with(RULES, t0 + 1_000, &config).await;
+    let pods = (0..4)
+        .map(|pod| {
+            let pod = pod.to_string();
+            series(
+                &[("__name__", "requests"), ("pod", &pod)],
+                v1::Kind::Counter,
+                vec![point(1.0, t0)],
+            )
+        })
+        .collect();
+    service.write(pods).await.unwrap();
+    service.flush_at(t0 + 20_000).await;
+
+    let samples = scrape(&service).await;
+    // Four `requests_sum` series of one 10 s window reach the live sink ...
+    assert_eq!(get(&samples, r#"tailfold_sink_samples_sent_total{sink="prom"}"#), 4.0);
+    assert!(get(&samples, r#"tailfold_sink_send_duration_seconds_count{sink="prom"}"#) >= 1.0);
+    assert_eq!(get(&samples, r#"tailfold_sink_backlog_series{sink="prom"}"#), 0.0);
+    // ... and wait for the dead one, which failed, will retry and holds them.
+    assert!(get(&samples, r#"tailfold_sink_retries_total{sink="dead"}"#) >= 1.0);
+    assert_eq!(get(&samples, r#"tailfold_sink_backlog_series{sink="dead"}"#), 4.0);
+    assert!(get(&samples, r#"tailfold_sink_send_duration_seconds_count{sink="dead"}"#) >= 1.0);
+    assert!(samples
+        .keys()
+        .all(|series| !series.starts_with("tailfold_sink_samples_sent_total{sink=\"dead\"")));
+    // No graceful shutdown: draining the dead sink would take the whole grace period.
+    drop(service.handle.take());
+    tokio::task::spawn_blocking(move || drop(prometheus)).await.unwrap();
+}
