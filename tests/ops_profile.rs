@@ -185,6 +185,42 @@ async fn cardinality_bomb_is_named_with_its_label() {
     assert_eq!(rows[1..], [["route", "1", "yes"], ["team", "1", "yes"]], "{text}");
     assert!(!text.contains("cpu_seconds"), "{text}");
 
+    // Without --once it redraws the screen on every interval until stopped.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tailfold"))
+        .args(["top", "--interval", "100ms", "--limit", "2", "--target"])
+        .arg(format!("http://{http}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tailfold top");
+    let mut stdout = child.stdout.take().unwrap();
+    let frames = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // Generous: a slow machine still draws three frames well within this.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while seen.windows(4).filter(|w| *w == b"\x1b[2J").count() < 3 && std::time::Instant::now() < deadline {
+            let read = std::io::Read::read(&mut stdout, &mut buffer).unwrap();
+            if read == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buffer[..read]);
+        }
+        String::from_utf8(seen).unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let drawn: Vec<&str> = frames
+        .split("\x1b[2J\x1b[H")
+        .filter(|frame| !frame.is_empty())
+        .collect();
+    assert!(drawn.len() >= 3, "{frames:?}");
+    assert!(
+        drawn.iter().all(|frame| frame.contains("api_requests_total")),
+        "{frames:?}"
+    );
+
     // An unreachable service is a clear error, not a hang or a panic.
     let output = Command::new(env!("CARGO_BIN_EXE_tailfold"))
         .args(["top", "--once", "--target", "http://127.0.0.1:1"])
