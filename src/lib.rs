@@ -5,6 +5,7 @@
 //! flushed as aggregate records to sinks ([`sink`]): the embedded file store
 //! and the trace selection stream. See DESIGN.md for the data path.
 
+pub mod admin;
 pub mod aggregate;
 pub mod api;
 pub mod clock;
@@ -14,6 +15,8 @@ pub mod ingest;
 pub mod limits;
 pub mod loadgen;
 pub mod model;
+pub mod profile;
+pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod sink;

@@ -37,9 +37,40 @@ enum Command {
     /// Validate a process config (and the rules file it names) or a rules file; non-zero exit on error.
     Check {
         /// The file to check. A file with any process setting (grpc, http, rules_file, data_dir, engine, flush,
-        /// ingest, store, selections, statsd, log, wal) is a process config; otherwise it is read as a rules file.
+        /// ingest, store, selections, statsd, otlp, limits, log, wal, profile, reload) is a process config;
+        /// otherwise it is read as a rules file.
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Exit 0 when a running service answers `GET /-/healthy` (the container health check).
+    Health {
+        /// HTTP endpoint of tailfold.
+        #[arg(long, default_value = "http://127.0.0.1:4771")]
+        target: String,
+    },
+    /// Show who is costing what: top metrics by series and samples, label cardinality, owners, rule effect.
+    Top {
+        /// HTTP endpoint of tailfold.
+        #[arg(long, default_value = "http://127.0.0.1:4771")]
+        target: String,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this metric name (all its labels are listed).
+        #[arg(long)]
+        metric: Option<String>,
+        /// Rows per table.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Refresh interval, e.g. 2s.
+        #[arg(long, default_value = "2s")]
+        interval: String,
+        /// Print the tables once and exit (no screen clearing), for scripts.
+        #[arg(long)]
+        once: bool,
+        /// Line width; default the terminal's `COLUMNS`, else 160.
+        #[arg(long)]
+        width: Option<usize>,
     },
     /// Send realistic traffic over gRPC and account for every point.
     Loadgen {
@@ -82,6 +113,60 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Health { target } => {
+            let url = format!("{}/-/healthy", target.trim_end_matches('/'));
+            let client = match reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+            {
+                Ok(client) => client,
+                Err(error) => return fail(&format!("http client: {error}")),
+            };
+            match client.get(&url).send() {
+                Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
+                Ok(response) => fail(&format!("GET {url}: {}", response.status())),
+                Err(error) => fail(&format!("GET {url}: {error}")),
+            }
+        }
+        Command::Top {
+            target,
+            tenant,
+            metric,
+            limit,
+            interval,
+            once,
+            width,
+        } => {
+            let interval = match parse_duration_ms(&interval) {
+                Ok(ms) => Duration::from_millis(ms.max(100)),
+                Err(error) => return fail(&format!("--interval: {error}")),
+            };
+            let width = width
+                .or_else(|| std::env::var("COLUMNS").ok().and_then(|columns| columns.parse().ok()))
+                .unwrap_or(160);
+            let query = tailfold::profile::ProfileQuery {
+                tenant,
+                metric,
+                limit: Some(limit),
+            };
+            loop {
+                let report = match tailfold::profile::top::fetch(&target, &query) {
+                    Ok(report) => report,
+                    Err(error) => return fail(&error),
+                };
+                let text = tailfold::profile::top::render(&report, width);
+                let mut stdout = std::io::stdout().lock();
+                if once {
+                    let _ = stdout.write_all(text.as_bytes());
+                    return ExitCode::SUCCESS;
+                }
+                // Clear the screen and home the cursor, then draw.
+                let _ = write!(stdout, "\x1b[2J\x1b[H{text}");
+                let _ = stdout.flush();
+                drop(stdout);
+                std::thread::sleep(interval);
+            }
+        }
         Command::Loadgen {
             target,
             series,
@@ -185,7 +270,7 @@ fn init_logs(json: bool) {
     }
 }
 
-const PROCESS_KEYS: [&str; 12] = [
+const PROCESS_KEYS: [&str; 16] = [
     "grpc",
     "http",
     "rules_file",
@@ -196,8 +281,12 @@ const PROCESS_KEYS: [&str; 12] = [
     "store",
     "selections",
     "statsd",
+    "otlp",
+    "limits",
     "log",
     "wal",
+    "profile",
+    "reload",
 ];
 
 fn is_process_config(path: &Path) -> bool {

@@ -15,6 +15,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::admin::{admin_router, AdminState};
 use crate::api::{self, v1};
 use crate::clock::Clock;
 use crate::config::ServiceSettings;
@@ -25,6 +26,8 @@ use crate::ingest::otlp::{otlp_grpc_router, otlp_http_router, OtlpIngest};
 use crate::ingest::remote_write::{http_router, HttpState};
 use crate::ingest::statsd::serve_statsd;
 use crate::limits::Limits;
+use crate::profile::Profiler;
+use crate::reload::RulesReloader;
 use crate::rules::RuleSet;
 use crate::sink::file_store::FileStore;
 use crate::sink::remote_write::RemoteWriteShard;
@@ -83,6 +86,7 @@ pub struct ServiceHandle {
     otlp_http_addr: Option<SocketAddr>,
     engine: Arc<Engine>,
     telemetry: Arc<Telemetry>,
+    reloader: Arc<RulesReloader>,
     hub: SelectionHub,
     commands: mpsc::Sender<Command>,
     stop: oneshot::Sender<()>,
@@ -123,7 +127,17 @@ pub async fn start(
 ) -> Result<ServiceHandle, ServiceError> {
     let telemetry = Arc::new(Telemetry::default());
     let limits = Limits::new(settings.limits.clone(), Arc::clone(&telemetry));
-    let engine = Arc::new(Engine::new(settings.engine.clone(), rules).with_limits(limits));
+    let mut engine = Engine::new(settings.engine.clone(), rules).with_limits(limits);
+    if let Some(profile) = settings.profile.clone() {
+        engine = engine.with_profiler(Arc::new(Profiler::new(profile, clock.now_ms())));
+    }
+    let engine = Arc::new(engine);
+    let reloader = Arc::new(RulesReloader::new(
+        &settings.rules_file,
+        Arc::clone(&engine),
+        Arc::clone(&clock),
+        Arc::clone(&telemetry),
+    ));
     let hub = SelectionHub::new(settings.selection_stream_buffer);
     let store_root = settings.data_dir.join("store");
     let wal = match &settings.wal {
@@ -221,6 +235,23 @@ pub async fn start(
         )));
     }
     let otlp = start_otlp(&settings, &engine, &clock, &telemetry, wal.as_ref(), &closing_receiver).await?;
+    // Listening for SIGHUP from here on (not from whenever the task first
+    // runs), so a SIGHUP after `start` returns never meets the default action.
+    #[cfg(unix)]
+    let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reload with POST /-/reload");
+            None
+        }
+    };
+    let rules_watch = tokio::spawn(watch_rules(
+        Arc::clone(&reloader),
+        settings.reload_watch_interval_ms,
+        #[cfg(unix)]
+        hangup,
+        closing_receiver.clone(),
+    ));
     let router = grpc_router(
         Arc::clone(&engine),
         &settings,
@@ -254,14 +285,22 @@ pub async fn start(
         Servers {
             grpc: router,
             grpc_listener: listener,
-            http: http_router(http_state.clone()).merge(selection_router(SelectionQuery::new(
-                selection_files.clone(),
-                settings.ingest.tenant_header.clone(),
-            ))),
+            http: http_router(http_state.clone())
+                .merge(selection_router(SelectionQuery::new(
+                    selection_files.clone(),
+                    settings.ingest.tenant_header.clone(),
+                )))
+                .merge(admin_router(AdminState {
+                    engine: Arc::clone(&engine),
+                    telemetry: Arc::clone(&telemetry),
+                    reloader: Arc::clone(&reloader),
+                    clock: Arc::clone(&clock),
+                })),
             http_listener,
             http_state,
             statsd: statsd_task,
             otlp: otlp.tasks,
+            rules_watch,
         },
         FlushLoop {
             engine: Arc::clone(&engine),
@@ -288,6 +327,7 @@ pub async fn start(
         otlp_http_addr: otlp.http_addr,
         engine,
         telemetry,
+        reloader,
         hub,
         commands,
         stop,
@@ -308,6 +348,8 @@ struct Servers {
     statsd: Option<JoinHandle<()>>,
     /// The OTLP servers, when on; they stop once `closing` turns true.
     otlp: Vec<JoinHandle<()>>,
+    /// The rules file watcher (and SIGHUP listener).
+    rules_watch: JoinHandle<()>,
 }
 
 /// The started OTLP listeners.
@@ -375,6 +417,39 @@ async fn start_otlp(
         }));
     }
     Ok(servers)
+}
+
+/// Reloads the rules when the file changes (checked every `interval_ms`; 0 =
+/// not watched) and on SIGHUP, until `closing`.
+async fn watch_rules(
+    reloader: Arc<RulesReloader>,
+    interval_ms: u64,
+    #[cfg(unix)] mut hangup: Option<tokio::signal::unix::Signal>,
+    mut closing: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let signal = async {
+            match hangup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signal = std::future::pending::<Option<()>>();
+        let reloader = Arc::clone(&reloader);
+        tokio::select! {
+            _ = closing.changed() => break,
+            _ = ticks.tick(), if interval_ms > 0 => {
+                let _ = tokio::task::spawn_blocking(move || reloader.poll()).await;
+            }
+            Some(()) = signal => {
+                let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
+            }
+        }
+    }
 }
 
 struct FlushLoop {
@@ -465,20 +540,33 @@ impl FlushLoop {
         let telemetry = Arc::clone(&self.telemetry);
         let this = Arc::clone(self);
         let work = tokio::task::spawn_blocking(move || {
-            if let Some(wal) = &this.wal {
-                return this.flush_logged(wal, now_ms, everything, settle);
+            let started = std::time::Instant::now();
+            if let Some(profiler) = engine.profiler() {
+                profiler.roll(now_ms);
             }
-            let deliver = |records| sinks.deliver(records, now_ms);
-            let stats = if everything {
-                engine.flush_all(now_ms, deliver)
-            } else {
-                engine.flush_due(now_ms, deliver)
+            let stats = match &this.wal {
+                Some(wal) => {
+                    let stats = this.flush_logged(wal, now_ms, everything, settle);
+                    telemetry.wal_size(wal.size_bytes());
+                    stats
+                }
+                None => {
+                    let deliver = |records| sinks.deliver(records, now_ms);
+                    let stats = if everything {
+                        engine.flush_all(now_ms, deliver)
+                    } else {
+                        engine.flush_due(now_ms, deliver)
+                    };
+                    telemetry.flushed(stats.windows as u64, stats.records as u64);
+                    sinks.tick(now_ms);
+                    if settle {
+                        sinks.barrier();
+                    }
+                    stats
+                }
             };
-            telemetry.flushed(stats.windows as u64, stats.records as u64);
-            sinks.tick(now_ms);
-            if settle {
-                sinks.barrier();
-            }
+            telemetry.flush_completed(now_ms, started.elapsed());
+            telemetry.exporter().upkeep();
             stats
         });
         work.await.unwrap_or_else(|error| {
@@ -563,6 +651,7 @@ async fn run(
     // Selection streams deliver what that flush published, then end; only then
     // can the server's graceful shutdown finish.
     let _ = closing.send(true);
+    let _ = servers.rules_watch.await;
     if let Some(task) = servers.statsd {
         // Already stopped if a datagram met the closed engine; else `closing` stops it.
         let _ = task.await;
@@ -639,6 +728,11 @@ impl ServiceHandle {
     /// The write-ahead log, when on.
     pub fn wal(&self) -> Option<&Arc<Wal>> {
         self.wal.as_ref()
+    }
+
+    /// The rules reloader (what `POST /-/reload` and SIGHUP call).
+    pub fn reloader(&self) -> &Arc<RulesReloader> {
+        &self.reloader
     }
 
     /// The selection hub (subscribe in-process).

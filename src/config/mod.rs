@@ -3,6 +3,7 @@
 
 mod error;
 mod limits;
+mod operations;
 mod otlp;
 mod process;
 mod remote_write;
@@ -11,6 +12,7 @@ mod statsd;
 
 pub use error::ConfigError;
 pub use limits::{DropPriority, DropPriorityConfig, LimitSettings, LimitsConfig, TenantLimit, TenantLimitsConfig};
+pub use operations::{ProfileConfig, ReloadConfig};
 pub use otlp::{OtlpConfig, OtlpSettings, SpanConfig, SpanLabel};
 pub use process::{
     defaults, EngineConfig, FlushConfig, GrpcConfig, HistogramSettings, HttpConfig, IngestConfig, IngestLimits,

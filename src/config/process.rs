@@ -16,9 +16,11 @@ use crate::wal::WalSettings;
 
 use super::error::ConfigError;
 use super::limits::{check_limits, LimitSettings, LimitsConfig};
+use super::operations::{check_profile, ProfileConfig, ReloadConfig};
 use super::otlp::{check_otlp, OtlpConfig, OtlpSettings};
 use super::remote_write::{check_remote_write, RemoteWriteConfig};
 use super::statsd::{check_statsd, StatsdConfig, StatsdSettings};
+use crate::profile::ProfileSettings;
 
 /// Defaults of every process setting, in one place.
 pub mod defaults {
@@ -90,6 +92,12 @@ pub mod defaults {
     pub const ABOVE_MAX_TRACES: usize = 10;
     /// Ingest requests decoded and folded at once, over gRPC, remote write and statsd.
     pub const MAX_INFLIGHT_REQUESTS: usize = 64;
+    /// Profiler accounting period.
+    pub const PROFILE_PERIOD_MS: u64 = 60_000;
+    /// Metric names the profiler tracks.
+    pub const PROFILE_MAX_METRICS: usize = 10_000;
+    /// How often the rules file is checked for changes.
+    pub const RELOAD_WATCH_INTERVAL_MS: u64 = 1_000;
 }
 
 /// The whole process config.
@@ -127,6 +135,10 @@ pub struct ProcessConfig {
     pub log: LogConfig,
     /// Per-tenant rate and active-series limits, drop priority, requests in flight.
     pub limits: LimitsConfig,
+    /// The metrics profiler (`GET /api/v1/profile`, `tailfold top`).
+    pub profile: ProfileConfig,
+    /// Rules hot reload.
+    pub reload: ReloadConfig,
 }
 
 /// Write-ahead log settings.
@@ -296,6 +308,10 @@ pub struct ServiceSettings {
     pub log_json: bool,
     /// Tenant limits, drop priority and ingest backpressure.
     pub limits: LimitSettings,
+    /// The profiler; `None` when `profile.enabled` is false.
+    pub profile: Option<ProfileSettings>,
+    /// Rules file check interval (0 = not watched).
+    pub reload_watch_interval_ms: u64,
 }
 
 /// Checked ingest limits.
@@ -508,6 +524,11 @@ impl ServiceSettings {
         };
         let idle_series_ms = config.engine.idle_series_ms.unwrap_or(defaults::IDLE_SERIES_MS);
         let limit_settings = check_limits(&config.limits, idle_series_ms, &invalid)?;
+        let profile = check_profile(&config.profile, &invalid)?;
+        let reload_watch_interval_ms = config
+            .reload
+            .watch_interval_ms
+            .unwrap_or(defaults::RELOAD_WATCH_INTERVAL_MS);
 
         Ok(ServiceSettings {
             source: path.to_path_buf(),
@@ -544,6 +565,8 @@ impl ServiceSettings {
             otlp,
             log_json,
             limits: limit_settings,
+            profile,
+            reload_watch_interval_ms,
         })
     }
 }

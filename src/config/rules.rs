@@ -2,7 +2,7 @@
 //! structs. Only the shape is checked here; `crate::rules` validates values
 //! and compiles them, so every semantic error can name its rule and field.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::Kind;
 
@@ -25,7 +25,7 @@ pub mod builtin {
 }
 
 /// A whole rules file. Every section is optional; an empty file means "defaults only".
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesFile {
     /// What applies where no rule says otherwise.
@@ -50,7 +50,7 @@ where
 }
 
 /// The `defaults:` section; each field falls back to [`builtin`].
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultsConfig {
     /// Policies (`10s:2d`) used when no mapping rule matches and by rules that name none.
@@ -101,7 +101,7 @@ fn default_distribution() -> KindDefaultsConfig {
 }
 
 /// Default aggregations for one kind of series.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KindDefaultsConfig {
     /// Aggregation names (`sum`, `p99`, `above(1.5)` ...), each applicable to this kind.
@@ -109,7 +109,7 @@ pub struct KindDefaultsConfig {
 }
 
 /// The kind of series a rule is restricted to, as written in YAML.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KindName {
     /// `counter`
@@ -134,7 +134,7 @@ impl From<KindName> for Kind {
 ///
 /// Fields the validator must report by name (rather than as a bare YAML
 /// "missing field") are `Option`s.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MappingRuleConfig {
     /// Unique across all mapping and rollup rules; errors and drop counters name the rule by it.
@@ -153,7 +153,7 @@ pub struct MappingRuleConfig {
 }
 
 /// One entry of `rollup_rules`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollupRuleConfig {
     /// Unique across all mapping and rollup rules.
@@ -169,7 +169,7 @@ pub struct RollupRuleConfig {
 }
 
 /// The `rollup:` block: the produced series' name, labels and aggregations.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollupTargetConfig {
     /// Metric name (`__name__`) of the produced series, `[a-zA-Z_:][a-zA-Z0-9_:]*`.

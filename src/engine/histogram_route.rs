@@ -52,10 +52,14 @@ pub struct RoutedHistogram {
 
 impl Engine {
     /// Routes the native histograms of `batch.series[series_index]` (input
-    /// key `key`), whose route is the last one in `scratch.routes`, into the
-    /// per-shard lists; each takes one slot of the per-point tally. Ones too
+    /// key `key`), whose route is `scratch.routes[route_index]`, into the
+    /// per-shard lists; each takes one slot of the per-point tally. That route
+    /// belongs to the rule set in force over event times `[from_ms, until_ms)`:
+    /// a histogram outside (one batch straddling a rules reload) is refused as
+    /// too late rather than folded under the other rule set. Ones too
     /// far in the future are refused before they can move the series' running
     /// state (a far-future total would make every later one out of order).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn route_histograms(
         &self,
         scratch: &mut Scratch,
@@ -64,6 +68,8 @@ impl Engine {
         series_index: usize,
         key: u64,
         now_ms: i64,
+        route_index: u32,
+        (from_ms, until_ms): (i64, i64),
     ) {
         let series = &batch.series[series_index];
         let future_limit = now_ms.saturating_add(self.settings.future_tolerance_ms as i64);
@@ -71,15 +77,19 @@ impl Engine {
         let too_far = series.histograms.iter().filter(|h| !in_time(h)).count();
         outcome.reject(DropReason::TooFarInFuture, too_far as u64);
 
-        let route_index = scratch.routes.len() - 1;
-        let route = Arc::clone(&scratch.routes[route_index]);
+        let route = Arc::clone(&scratch.routes[route_index as usize]);
         let shard_count = self.shards.len();
         let route_one = |scratch: &mut Scratch, source: HistogramSource, timestamp_ms: i64| {
             let point = scratch.windows_left.len() as u32;
+            if timestamp_ms < from_ms || timestamp_ms >= until_ms {
+                scratch.windows_left.push(0);
+                scratch.last_refusal.push(DropReason::TooLate);
+                return;
+            }
             let per_shard = &mut scratch.per_shard_histograms;
             let routed = route.for_each_window(timestamp_ms, now_ms, shard_count, |shard, target, slot, start| {
                 per_shard[shard].push(RoutedHistogram {
-                    route: route_index as u32,
+                    route: route_index,
                     target,
                     slot,
                     point,

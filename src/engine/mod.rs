@@ -28,6 +28,7 @@
 
 mod cumulative;
 mod cumulative_histograms;
+mod generations;
 mod histogram_route;
 mod record;
 mod route;
@@ -43,8 +44,11 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::limits::Limits;
-use crate::model::{series_key, DropReason, IngestBatch, Kind, NativeHistogram, Outcome, Point, StoragePolicy};
-use crate::rules::{MatchCache, RuleSet};
+use crate::model::{
+    series_key, DropReason, IngestBatch, Kind, NativeHistogram, Outcome, Point, SeriesKey, StoragePolicy,
+};
+use crate::profile::Profiler;
+use crate::rules::RuleSet;
 
 pub use record::{AggregateRecord, RecordValue, Statistic};
 pub use route::{OutputTarget, PolicySlot, SeriesRoute};
@@ -53,6 +57,7 @@ pub use window::WindowState;
 
 use cumulative::CumulativeCounters;
 use cumulative_histograms::CumulativeHistograms;
+use generations::{generation_at, generation_range, next_common_boundary, Generation};
 use histogram_route::RoutedHistogram;
 use shard::{ClosedWindow, RoutedSample, Shard};
 
@@ -71,6 +76,8 @@ struct Scratch {
     per_shard_histograms: Vec<Vec<RoutedHistogram>>,
     /// Deltas of the batch's cumulative native histograms, for the whole batch.
     histogram_deltas: Vec<NativeHistogram>,
+    /// Per rule generation: index in `routes` of the current series' route there.
+    route_of_generation: Vec<Option<u32>>,
 }
 
 thread_local! {
@@ -81,8 +88,10 @@ thread_local! {
 pub struct Engine {
     settings: EngineSettings,
     shards: Box<[Mutex<Shard>]>,
-    rules: RwLock<Arc<RuleSet>>,
-    routes: MatchCache<SeriesRoute>,
+    /// Rule sets by the event time they start at, oldest first (see `generations`).
+    generations: RwLock<Arc<[Arc<Generation>]>>,
+    /// Usage accounting per metric, label, owner and rule, when on.
+    profiler: Option<Arc<Profiler>>,
     /// Ingest holds this for reading; `close` takes it for writing.
     open: RwLock<bool>,
     cumulative: CumulativeCounters,
@@ -110,11 +119,12 @@ impl Engine {
                 ))
             })
             .collect();
+        let first = Arc::new(Generation::new(Arc::new(rules), i64::MIN, &settings));
         Engine {
             settings,
             shards,
-            rules: RwLock::new(Arc::new(rules)),
-            routes: MatchCache::new(),
+            generations: RwLock::new(Arc::from([first])),
+            profiler: None,
             open: RwLock::new(true),
             cumulative: CumulativeCounters::default(),
             last_idle_eviction_ms: AtomicI64::new(i64::MIN),
@@ -139,15 +149,104 @@ impl Engine {
         &self.settings
     }
 
-    /// Swaps in a new rule set; series are matched afresh on their next sample.
-    pub fn replace_rules(&self, rules: RuleSet) {
-        *self.rules.write() = Arc::new(rules);
-        self.routes.clear();
+    /// Accounts every ingested series in `profiler` (see [`crate::profile`]).
+    pub fn with_profiler(mut self, profiler: Arc<Profiler>) -> Self {
+        self.profiler = Some(profiler);
+        self
     }
 
-    /// The rule set in force.
+    /// The profiler, when on.
+    pub fn profiler(&self) -> Option<&Arc<Profiler>> {
+        self.profiler.as_ref()
+    }
+
+    /// Swaps in a new rule set for every event time at once, open windows
+    /// included (tests and tools; a running service uses [`Engine::stage_rules`]).
+    pub fn replace_rules(&self, rules: RuleSet) {
+        let first = Arc::new(Generation::new(Arc::new(rules), i64::MIN, &self.settings));
+        *self.generations.write() = Arc::from([first]);
+    }
+
+    /// Schedules `rules` to take over at the first window boundary after
+    /// `now_ms` (and after any rule set still waiting) that every storage
+    /// policy of the old and new rules shares, so that no window is folded
+    /// under two rule sets. Earlier events keep the rules in force until their
+    /// windows are due. Returns the event time the new rules start at.
+    pub fn stage_rules(&self, rules: RuleSet, now_ms: i64) -> i64 {
+        let mut generations = self.generations.write();
+        let newest = generations.last().expect("at least one generation");
+        let mut policies = newest.rules.storage_policies();
+        policies.extend(rules.storage_policies());
+        let from_ms = next_common_boundary(&policies, now_ms.max(newest.from_ms));
+        let staged = Arc::new(Generation::new(Arc::new(rules), from_ms, &self.settings));
+        let mut next: Vec<Arc<Generation>> = generations.iter().cloned().collect();
+        next.push(staged);
+        *generations = next.into();
+        from_ms
+    }
+
+    /// The rule set in force for events at `timestamp_ms`.
+    pub fn rules_at(&self, timestamp_ms: i64) -> Arc<RuleSet> {
+        let generations = self.generations();
+        let index = generation_at(&generations, timestamp_ms).unwrap_or(0);
+        Arc::clone(&generations[index].rules)
+    }
+
+    /// The newest rule set (in force now, or waiting for its boundary).
     pub fn rules(&self) -> Arc<RuleSet> {
-        Arc::clone(&self.rules.read())
+        Arc::clone(&self.generations().last().expect("at least one generation").rules)
+    }
+
+    /// Every rule set kept, oldest first, with the event time it starts at
+    /// (`i64::MIN` for the first one).
+    pub fn rule_sets(&self) -> Vec<(i64, Arc<RuleSet>)> {
+        self.generations()
+            .iter()
+            .map(|generation| (generation.from_ms, Arc::clone(&generation.rules)))
+            .collect()
+    }
+
+    fn generations(&self) -> Arc<[Arc<Generation>]> {
+        Arc::clone(&self.generations.read())
+    }
+
+    /// The cached route of a series under `generation`'s rules, built on a miss.
+    fn route_in(
+        &self,
+        generation: &Generation,
+        identity: SeriesKey,
+        batch: &IngestBatch,
+        series_index: usize,
+    ) -> Arc<SeriesRoute> {
+        let series = &batch.series[series_index];
+        generation.routes.get_or_insert_with(identity, series.kind, || {
+            let plan = generation.rules.resolve(&series.labels, series.kind);
+            let mut route = SeriesRoute::build(&plan, &batch.tenant, &self.settings, series.kind);
+            if let Some(profiler) = &self.profiler {
+                route.profile = Some(profiler.series(&batch.tenant, &series.labels, identity.hash, &plan));
+            }
+            route
+        })
+    }
+
+    /// Index in `scratch.routes` of the current series' route under generation `index`.
+    fn route_index(
+        &self,
+        scratch: &mut Scratch,
+        generations: &[Arc<Generation>],
+        index: usize,
+        identity: SeriesKey,
+        batch: &IngestBatch,
+        series_index: usize,
+    ) -> u32 {
+        if let Some(route) = scratch.route_of_generation[index] {
+            return route;
+        }
+        let route = self.route_in(&generations[index], identity, batch, series_index);
+        let position = scratch.routes.len() as u32;
+        scratch.routes.push(route);
+        scratch.route_of_generation[index] = Some(position);
+        position
     }
 
     /// Passes a validated batch through the tenant limits, then folds what they
@@ -186,7 +285,16 @@ impl Engine {
     }
 
     fn ingest_with(&self, batch: &IngestBatch, now_ms: i64, mut outcome: Outcome, scratch: &mut Scratch) -> Outcome {
-        let rules = self.rules();
+        let mut generations = self.generations();
+        if generations.len() > 1 {
+            if let Some(kept) = generations::retire(&generations, now_ms) {
+                let mut current = self.generations.write();
+                if Arc::ptr_eq(&current, &generations) {
+                    *current = kept.into();
+                }
+                generations = Arc::clone(&current);
+            }
+        }
         let shard_count = self.shards.len();
         scratch.per_shard.resize_with(shard_count, Vec::new);
         scratch.per_shard_histograms.resize_with(shard_count, Vec::new);
@@ -198,25 +306,32 @@ impl Engine {
         for (series_index, series) in batch.series.iter().enumerate() {
             let identity = series_key(&batch.tenant, &series.labels);
             let key = identity.hash;
-            let route = self.routes.get_or_insert_with(identity, series.kind, || {
-                SeriesRoute::build(
-                    &rules.resolve(&series.labels, series.kind),
-                    &batch.tenant,
-                    &self.settings,
-                    series.kind,
-                )
-            });
+            scratch.route_of_generation.clear();
+            scratch.route_of_generation.resize(generations.len(), None);
+            // The generation of the series' first event routes it when all its events share one (the usual case).
+            let first_ms = series
+                .points
+                .first()
+                .and_then(|point| point.timestamp_ms)
+                .or_else(|| series.histograms.first().and_then(|histogram| histogram.timestamp_ms))
+                .unwrap_or(now_ms);
+            let first_generation = generation_at(&generations, first_ms).unwrap_or(0);
+            let first_route = self.route_index(scratch, &generations, first_generation, identity, batch, series_index);
+            let route = Arc::clone(&scratch.routes[first_route as usize]);
             route.touch(now_ms);
-            if route.targets.is_empty() {
+            if let (Some(profile), Some(profiler)) = (&route.profile, &self.profiler) {
+                profile.observe(profiler, (series.points.len() + series.histograms.len()) as u64);
+            }
+            if route.targets.is_empty() && generations.len() == 1 {
                 // A native histogram counts as one point, as ingest counts it.
                 let points = (series.points.len() + series.histograms.len()) as u64;
                 match &route.dropped_by {
                     Some(rule) => outcome.reject_by_rule(rule, points),
                     None => outcome.reject(DropReason::NoAggregation, points),
                 }
+                scratch.routes.pop();
                 continue;
             }
-            let route_index = scratch.routes.len() as u32;
             let mut deltas = std::mem::take(&mut scratch.deltas);
             let points: &[Point] = if series.cumulative && series.kind == Kind::Counter {
                 self.cumulative
@@ -229,6 +344,20 @@ impl Engine {
                 let timestamp_ms = point.timestamp_ms.unwrap_or(now_ms);
                 if timestamp_ms > future_limit {
                     outcome.reject(DropReason::TooFarInFuture, 1);
+                    continue;
+                }
+                let Some(generation) = generation_at(&generations, timestamp_ms) else {
+                    // Older than every kept rule set: its windows are all due.
+                    outcome.reject(DropReason::TooLate, 1);
+                    continue;
+                };
+                let route_index = self.route_index(scratch, &generations, generation, identity, batch, series_index);
+                let route = &scratch.routes[route_index as usize];
+                if route.targets.is_empty() {
+                    match &route.dropped_by {
+                        Some(rule) => outcome.reject_by_rule(rule, 1),
+                        None => outcome.reject(DropReason::NoAggregation, 1),
+                    }
                     continue;
                 }
                 let point_index = scratch.windows_left.len() as u32;
@@ -251,9 +380,27 @@ impl Engine {
                 scratch.last_refusal.push(DropReason::TooLate);
             }
             scratch.deltas = deltas;
-            scratch.routes.push(route);
             if !series.histograms.is_empty() {
-                self.route_histograms(scratch, &mut outcome, batch, series_index, key, now_ms);
+                let route = &scratch.routes[first_route as usize];
+                if route.targets.is_empty() {
+                    let count = series.histograms.len() as u64;
+                    match &route.dropped_by {
+                        Some(rule) => outcome.reject_by_rule(rule, count),
+                        None => outcome.reject(DropReason::NoAggregation, count),
+                    }
+                } else {
+                    let range = generation_range(&generations, first_generation);
+                    self.route_histograms(
+                        scratch,
+                        &mut outcome,
+                        batch,
+                        series_index,
+                        key,
+                        now_ms,
+                        first_route,
+                        range,
+                    );
+                }
             }
         }
 
@@ -324,7 +471,9 @@ impl Engine {
         }
         self.last_idle_eviction_ms.store(now_ms, Ordering::Relaxed);
         let idle_ms = self.settings.idle_series_ms as i64;
-        self.routes.retain(|route| !route.is_idle(now_ms, idle_ms));
+        for generation in self.generations().iter() {
+            generation.routes.retain(|route| !route.is_idle(now_ms, idle_ms));
+        }
         self.cumulative.evict_idle(now_ms, idle_ms);
         self.cumulative_histograms.evict_idle(now_ms, idle_ms);
         self.limits.evict_idle(now_ms);
@@ -404,6 +553,18 @@ impl Engine {
         self.shards.iter().map(|shard| shard.lock().active_outputs()).sum()
     }
 
+    /// Per (tenant, storage policy): outputs with an open window (active
+    /// series) and open windows. Locks each shard in turn; for scrapes, not ingest.
+    pub fn open_by_tenant_and_policy(
+        &self,
+    ) -> std::collections::BTreeMap<(Arc<str>, crate::model::StoragePolicy), (u64, u64)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for shard in self.shards.iter() {
+            shard.lock().count_open(&mut counts);
+        }
+        counts
+    }
+
     /// Open windows over all shards.
     pub fn open_windows(&self) -> usize {
         self.shards.iter().map(|shard| shard.lock().open_windows()).sum()
@@ -411,7 +572,10 @@ impl Engine {
 
     /// Input series whose route is cached.
     pub fn cached_series(&self) -> usize {
-        self.routes.len()
+        self.generations()
+            .iter()
+            .map(|generation| generation.routes.len())
+            .sum()
     }
 }
 
@@ -429,5 +593,7 @@ pub struct FlushStats {
 
 #[cfg(test)]
 mod histogram_tests;
+#[cfg(test)]
+mod reload_tests;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::aggregate::Aggregation;
 use crate::model::{series_hash, Kind, Labels, StoragePolicy};
+use crate::profile::SeriesProfile;
 use crate::rules::{OutputOrigin, SeriesPlan};
 
 use super::settings::EngineSettings;
@@ -56,6 +57,8 @@ pub struct SeriesRoute {
     pub targets: Vec<Arc<OutputTarget>>,
     /// The drop rule that removed the series' own output, if any.
     pub dropped_by: Option<Arc<str>>,
+    /// The series' usage accounting, when the profiler is on.
+    pub profile: Option<SeriesProfile>,
     /// Wall clock of the last batch that used the route (to second precision),
     /// so routes of series that went away can be evicted.
     last_used_ms: AtomicI64,
@@ -91,6 +94,7 @@ impl SeriesRoute {
         SeriesRoute {
             targets,
             dropped_by: plan.dropped_by.clone(),
+            profile: None,
             last_used_ms: AtomicI64::new(i64::MIN),
         }
     }

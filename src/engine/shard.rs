@@ -44,6 +44,9 @@ pub struct RoutedSample {
 }
 
 struct OpenWindow {
+    /// The target that opened it: after a rules reload, windows of one output
+    /// key may come from two rule sets, each with its own slots.
+    target: Arc<OutputTarget>,
     slot: u16,
     start_ms: i64,
     state: WindowState,
@@ -175,14 +178,15 @@ impl Shard {
         if !Arc::ptr_eq(&entry.target, target) && entry.target.kind != target.kind {
             return Err(DropReason::KindConflict);
         }
-        let window = match entry
-            .windows
-            .iter()
-            .position(|w| w.slot == slot_index && w.start_ms == window_start_ms)
-        {
+        let window = match entry.windows.iter().position(|w| {
+            w.slot == slot_index
+                && w.start_ms == window_start_ms
+                && w.target.slots[w.slot as usize].policy == slot.policy
+        }) {
             Some(index) => &mut entry.windows[index],
             None => {
                 entry.windows.push(OpenWindow {
+                    target: Arc::clone(target),
                     slot: slot_index,
                     start_ms: window_start_ms,
                     state: WindowState::new(target.kind, target.rollup, &self.histogram),
@@ -228,26 +232,27 @@ impl Shard {
             let mut index = 0;
             while index < entry.windows.len() {
                 let window = &entry.windows[index];
-                let slot = &entry.target.slots[window.slot as usize];
+                let slot = &window.target.slots[window.slot as usize];
                 if !(everything || slot.is_due(window.start_ms, now_ms)) {
                     index += 1;
                     continue;
                 }
                 // `remove`, not `swap_remove`: later windows must stay in order for totals.
+                let (policy, keeps_total) = (slot.policy, slot.keeps_total);
                 let window = entry.windows.remove(index);
-                let end_ms = window.start_ms + slot.policy.resolution_ms as i64;
-                match flushed.iter_mut().find(|(policy, _)| *policy == slot.policy) {
+                let end_ms = window.start_ms + policy.resolution_ms as i64;
+                match flushed.iter_mut().find(|(flushed, _)| *flushed == policy) {
                     Some((_, until)) => *until = (*until).max(end_ms),
-                    None => flushed.push((slot.policy, end_ms)),
+                    None => flushed.push((policy, end_ms)),
                 }
                 let running_total = match &window.state {
-                    WindowState::Counter(state) if slot.keeps_total => {
-                        Some(add_to_total(totals, *key, slot.policy, state.sum, end_ms))
+                    WindowState::Counter(state) if keeps_total => {
+                        Some(add_to_total(totals, *key, policy, state.sum, end_ms))
                     }
                     _ => None,
                 };
                 out.push(ClosedWindow {
-                    target: Arc::clone(&entry.target),
+                    target: window.target,
                     slot: window.slot,
                     start_ms: window.start_ms,
                     state: window.state,
@@ -273,6 +278,23 @@ impl Shard {
     /// Outputs with at least one open window.
     pub fn active_outputs(&self) -> usize {
         self.targets.len()
+    }
+
+    /// Adds, per (tenant, policy), the outputs with an open window and the open windows.
+    pub fn count_open(&self, into: &mut std::collections::BTreeMap<(Arc<str>, StoragePolicy), (u64, u64)>) {
+        let mut policies: Vec<StoragePolicy> = Vec::new();
+        for entry in self.targets.values() {
+            policies.clear();
+            for window in &entry.windows {
+                let policy = window.target.slots[window.slot as usize].policy;
+                let counts = into.entry((Arc::clone(&entry.target.tenant), policy)).or_default();
+                counts.1 += 1;
+                if !policies.contains(&policy) {
+                    policies.push(policy);
+                    counts.0 += 1;
+                }
+            }
+        }
     }
 
     /// Open windows across all outputs.

@@ -76,12 +76,13 @@ impl v1::ingest_server::Ingest for GrpcIngest {
             &self.limits.default_tenant,
         )?;
         let request = request.into_inner();
+        let batch_tenant = Arc::clone(&tenant);
         let points: usize = request.series.iter().map(|series| series.points.len()).sum();
-        self.telemetry.received(points as u64);
+        self.telemetry.received_by("grpc", &tenant, points as u64);
         if points > self.limits.max_points_per_request {
             let mut outcome = Outcome::default();
             outcome.reject(DropReason::InvalidSeries, points as u64);
-            self.telemetry.ingested(&outcome);
+            self.telemetry.ingested_by("grpc", &batch_tenant, &outcome);
             return Err(Status::invalid_argument(format!(
                 "request has {points} points, limit is {} (ingest.max_points_per_request)",
                 self.limits.max_points_per_request
@@ -110,7 +111,7 @@ impl v1::ingest_server::Ingest for GrpcIngest {
             }
         }
         if series_count > 0 && invalid_series == series_count {
-            self.telemetry.ingested(&outcome);
+            self.telemetry.ingested_by("grpc", &batch_tenant, &outcome);
             let more = if invalid_series > errors.len() {
                 format!(" (and {} more)", invalid_series - errors.len())
             } else {
@@ -136,7 +137,7 @@ impl v1::ingest_server::Ingest for GrpcIngest {
             .fold_admitted(&admitted, now_ms, limited)
             .map_err(|closed| Status::unavailable(closed.to_string()))?;
         outcome.merge(&folded);
-        self.telemetry.ingested(&outcome);
+        self.telemetry.ingested_by("grpc", &batch_tenant, &outcome);
         if let Some(message) = rate_limited_message(&batch.tenant, &folded) {
             return Err(Status::resource_exhausted(message));
         }

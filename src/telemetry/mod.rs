@@ -1,16 +1,20 @@
 //! Self-accounting of the running service: what ingest received, accepted and
 //! refused (by reason and rule), and what flushes and sinks did. Logged as a
-//! progress line; nothing is dropped without being counted here.
+//! progress line and served on `GET /metrics` (see [`export`]); nothing is
+//! dropped without being counted here.
+
+pub mod export;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::model::{DropReason, Outcome};
 
 /// Counters shared by ingest, the flush loop and sinks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Telemetry {
     sinks: Mutex<SinkCounters>,
     received_points: AtomicU64,
@@ -25,6 +29,18 @@ pub struct Telemetry {
     statsd_malformed_lines: AtomicU64,
     limit_drops: Mutex<BTreeMap<LimitDropKey, u64>>,
     overloaded_requests: Mutex<BTreeMap<String, u64>>,
+    /// Received and ingested points per (protocol, tenant).
+    sources: Mutex<BTreeMap<&'static str, BTreeMap<Arc<str>, SourceCounts>>>,
+    /// Clock time of the last completed flush (`i64::MIN` before the first).
+    last_flush_ms: AtomicI64,
+    reloads_succeeded: AtomicU64,
+    reloads_failed: AtomicU64,
+    /// Whether the last reload attempt succeeded (1) or was refused (0).
+    last_reload_ok: AtomicU64,
+    /// Size of the write-ahead log, once a log reports it (see [`Telemetry::wal_size`]).
+    wal_bytes: Mutex<Option<u64>>,
+    /// Histograms (flush and sink latency) and the Prometheus rendering.
+    exporter: export::Exporter,
 }
 
 /// Who lost samples to a tenant limit, why, and under which drop-priority entry.
@@ -36,6 +52,20 @@ pub struct LimitDropKey {
     pub reason: DropReason,
     /// The `limits.drop_priority` entry naming the series; empty for series no entry names.
     pub rule: String,
+}
+
+/// Tenants counted apart per protocol; more are counted under [`OTHER_TENANTS`].
+pub const MAX_TENANTS: usize = 1_000;
+/// Tenant name of points past [`MAX_TENANTS`], and of callers that name none.
+pub const OTHER_TENANTS: &str = "<other>";
+
+/// Points one protocol received for one tenant, and what became of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceCounts {
+    /// Points received (valid or not).
+    pub received: u64,
+    /// Accepted and rejected points by reason and rule.
+    pub outcome: Outcome,
 }
 
 /// Per remote sink: samples sent, dropped by reason, retries, backlog per shard.
@@ -52,7 +82,7 @@ pub struct SinkCounters {
 }
 
 /// A copy of the counters at one moment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TelemetrySnapshot {
     /// Remote sinks.
     pub sinks: SinkCounters,
@@ -83,12 +113,117 @@ pub struct TelemetrySnapshot {
     /// Requests refused because ingest was saturated (RESOURCE_EXHAUSTED / 429 / statsd
     /// datagram dropped), by protocol (`grpc`, `remote_write`, `statsd`).
     pub overloaded_requests: BTreeMap<String, u64>,
+    /// Received points and their outcome by (protocol, tenant).
+    pub sources: BTreeMap<(&'static str, Arc<str>), SourceCounts>,
+    /// Clock time of the last completed flush, if any.
+    pub last_flush_ms: Option<i64>,
+    /// Rule reloads that swapped in a new rule set.
+    pub reloads_succeeded: u64,
+    /// Rule reloads refused (invalid file); the old rules stayed.
+    pub reloads_failed: u64,
+    /// Whether the last reload attempt succeeded (true before any).
+    pub last_reload_ok: bool,
+    /// Write-ahead log size, when a log reports it.
+    pub wal_bytes: Option<u64>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            sinks: Mutex::default(),
+            received_points: AtomicU64::default(),
+            stale_markers: AtomicU64::default(),
+            ingest: Mutex::default(),
+            windows_flushed: AtomicU64::default(),
+            records_emitted: AtomicU64::default(),
+            records_written: AtomicU64::default(),
+            sink_errors: AtomicU64::default(),
+            selections_emitted: AtomicU64::default(),
+            selections_lagged: AtomicU64::default(),
+            statsd_malformed_lines: AtomicU64::default(),
+            limit_drops: Mutex::default(),
+            overloaded_requests: Mutex::default(),
+            sources: Mutex::default(),
+            last_flush_ms: AtomicI64::new(i64::MIN),
+            reloads_succeeded: AtomicU64::default(),
+            reloads_failed: AtomicU64::default(),
+            last_reload_ok: AtomicU64::new(1),
+            wal_bytes: Mutex::default(),
+            exporter: export::Exporter::default(),
+        }
+    }
 }
 
 impl Telemetry {
-    /// Counts points received in one request.
-    pub fn received(&self, points: u64) {
+    /// Counts points received over `protocol` for `tenant` in one request.
+    pub fn received_by(&self, protocol: &'static str, tenant: &str, points: u64) {
         self.received_points.fetch_add(points, Ordering::Relaxed);
+        self.with_source(protocol, tenant, |counts| counts.received += points);
+    }
+
+    /// Adds one request's tally for `protocol` and `tenant`.
+    pub fn ingested_by(&self, protocol: &'static str, tenant: &str, outcome: &Outcome) {
+        self.ingest.lock().merge(outcome);
+        self.with_source(protocol, tenant, |counts| counts.outcome.merge(outcome));
+    }
+
+    fn with_source(&self, protocol: &'static str, tenant: &str, update: impl FnOnce(&mut SourceCounts)) {
+        let mut sources = self.sources.lock();
+        let tenants = sources.entry(protocol).or_default();
+        if let Some(counts) = tenants.get_mut(tenant) {
+            return update(counts);
+        }
+        let key = if tenants.len() < MAX_TENANTS {
+            tenant
+        } else {
+            OTHER_TENANTS
+        };
+        update(tenants.entry(Arc::from(key)).or_default());
+    }
+
+    /// Notes a completed flush at clock time `now_ms` that took `duration`.
+    pub fn flush_completed(&self, now_ms: i64, duration: std::time::Duration) {
+        self.last_flush_ms.store(now_ms, Ordering::Relaxed);
+        self.exporter.observe_flush(duration);
+    }
+
+    /// Notes how long one send to a remote sink took (successful or not).
+    pub fn sink_send_latency(&self, sink: &str, duration: std::time::Duration) {
+        self.exporter.observe_sink_send(sink, duration);
+    }
+
+    /// Counts a rules reload: `ok` when a new rule set was swapped in, else refused.
+    pub fn rules_reloaded(&self, ok: bool) {
+        let counter = if ok {
+            &self.reloads_succeeded
+        } else {
+            &self.reloads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.last_reload_ok.store(u64::from(ok), Ordering::Relaxed);
+    }
+
+    /// Notes that the rules file holds the rules in force (a reload found it
+    /// unchanged), so an earlier refused reload no longer stands.
+    pub fn rules_in_sync(&self) {
+        self.last_reload_ok.store(1, Ordering::Relaxed);
+    }
+
+    /// The hook for a write-ahead log: reports its size on disk, exported as
+    /// `tailfold_wal_size_bytes` from the first call on (absent without a log).
+    pub fn wal_size(&self, bytes: u64) {
+        *self.wal_bytes.lock() = Some(bytes);
+    }
+
+    /// The Prometheus exporter of these counters.
+    pub fn exporter(&self) -> &export::Exporter {
+        &self.exporter
+    }
+
+    /// Counts points received in one request (protocol and tenant unknown;
+    /// prefer [`Telemetry::received_by`]).
+    pub fn received(&self, points: u64) {
+        self.received_by("unknown", OTHER_TENANTS, points);
     }
 
     /// Counts stale markers skipped in one request.
@@ -96,9 +231,9 @@ impl Telemetry {
         self.stale_markers.fetch_add(count, Ordering::Relaxed);
     }
 
-    /// Adds one request's tally.
+    /// Adds one request's tally (protocol and tenant unknown; prefer [`Telemetry::ingested_by`]).
     pub fn ingested(&self, outcome: &Outcome) {
-        self.ingest.lock().merge(outcome);
+        self.ingested_by("unknown", OTHER_TENANTS, outcome);
     }
 
     /// Counts samples a remote sink delivered.
@@ -191,6 +326,21 @@ impl Telemetry {
             statsd_malformed_lines: self.statsd_malformed_lines.load(Ordering::Relaxed),
             limit_drops: self.limit_drops.lock().clone(),
             overloaded_requests: self.overloaded_requests.lock().clone(),
+            sources: self
+                .sources
+                .lock()
+                .iter()
+                .flat_map(|(protocol, tenants)| {
+                    tenants
+                        .iter()
+                        .map(|(tenant, counts)| ((*protocol, Arc::clone(tenant)), counts.clone()))
+                })
+                .collect(),
+            last_flush_ms: Some(self.last_flush_ms.load(Ordering::Relaxed)).filter(|&ms| ms != i64::MIN),
+            reloads_succeeded: self.reloads_succeeded.load(Ordering::Relaxed),
+            reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
+            last_reload_ok: self.last_reload_ok.load(Ordering::Relaxed) == 1,
+            wal_bytes: *self.wal_bytes.lock(),
         }
     }
 }

@@ -317,6 +317,23 @@ impl Wal {
     pub fn segment_count(&self) -> usize {
         self.segments.lock().list.len()
     }
+
+    /// Bytes on disk of the segments currently kept (a segment that cannot be
+    /// read counts zero; the size is a gauge, not a promise).
+    pub fn size_bytes(&self) -> u64 {
+        let paths: Vec<PathBuf> = self
+            .segments
+            .lock()
+            .list
+            .iter()
+            .map(|segment| segment.path.clone())
+            .collect();
+        paths
+            .iter()
+            .filter_map(|path| fs::metadata(path).ok())
+            .map(|metadata| metadata.len())
+            .sum()
+    }
 }
 
 /// Creates the next segment file and lists it as the one being written.

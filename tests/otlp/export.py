@@ -72,7 +72,11 @@ def send_spans(args):
     for service in services:
         exporter = Checked(span_exporter(args.protocol, args.endpoint))
         provider = TracerProvider(resource=Resource.create({"service.name": service}))
-        provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=256, schedule_delay_millis=200))
+        # A queue larger than everything sent: the SDK drops spans silently when its queue is full
+        # (a slow exporter on a loaded machine), and the test must know exactly what was sent.
+        provider.add_span_processor(
+            BatchSpanProcessor(exporter, max_queue_size=100_000, max_export_batch_size=256, schedule_delay_millis=200)
+        )
         providers[service] = provider
         checked[service] = exporter
     out = []

@@ -161,7 +161,9 @@ impl OtlpIngest {
             .iter()
             .map(|series| (series.points.len() + series.histograms.len()) as u64)
             .sum();
-        self.0.telemetry.received(points + decoded.rejected());
+        self.0
+            .telemetry
+            .received_by("otlp", &tenant, points + decoded.rejected());
         let mut outcome = decoded.outcome;
         let batch = IngestBatch {
             tenant,
@@ -177,12 +179,12 @@ impl OtlpIngest {
         let folded = match logged.and_then(|()| Ok(self.0.engine.fold_admitted(&admitted, now_ms, limited)?)) {
             Ok(folded) => folded,
             Err(error) => {
-                self.0.telemetry.ingested(&outcome);
+                self.0.telemetry.ingested_by("otlp", &batch.tenant, &outcome);
                 return Err(error);
             }
         };
         outcome.merge(&folded);
-        self.0.telemetry.ingested(&outcome);
+        self.0.telemetry.ingested_by("otlp", &batch.tenant, &outcome);
         let mut errors = decoded.errors;
         for reason in DropReason::ALL {
             let count = folded.rejected_for(reason);

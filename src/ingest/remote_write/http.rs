@@ -183,11 +183,12 @@ impl Shared {
         let request = parse(&bytes).map_err(bad_request)?;
         drop(bytes);
         let points = points_in(&request);
-        self.telemetry.received(points);
+        let tenant_name = Arc::clone(&tenant);
+        self.telemetry.received_by("remote_write", &tenant_name, points);
         if points > self.limits.max_points_per_request as u64 {
             let mut outcome = Outcome::default();
             outcome.reject(DropReason::InvalidSeries, points);
-            self.telemetry.ingested(&outcome);
+            self.telemetry.ingested_by("remote_write", &tenant_name, &outcome);
             return Err(bad_request(RemoteWriteError::TooManyPoints {
                 points,
                 limit: self.limits.max_points_per_request,
@@ -196,7 +197,8 @@ impl Shared {
 
         let decoded = decode_request(request, tenant, &self.limits);
         if decoded.nothing_valid() {
-            self.telemetry.ingested(&decoded.outcome);
+            self.telemetry
+                .ingested_by("remote_write", &tenant_name, &decoded.outcome);
             self.telemetry.stale_markers(decoded.stale_markers);
             return Err((
                 StatusCode::BAD_REQUEST,
@@ -217,7 +219,7 @@ impl Shared {
             .map_err(|closed| (StatusCode::SERVICE_UNAVAILABLE, closed.to_string()))?;
         let mut outcome = decoded.outcome.clone();
         outcome.merge(&folded);
-        self.telemetry.ingested(&outcome);
+        self.telemetry.ingested_by("remote_write", &tenant_name, &outcome);
         self.telemetry.stale_markers(decoded.stale_markers);
         if let Some(message) = rate_limited_message(&decoded.batch.tenant, &folded) {
             return Err((StatusCode::TOO_MANY_REQUESTS, message));

@@ -80,9 +80,9 @@ pub async fn serve_statsd(
         drop(permit);
         outcome.reject(DropReason::InvalidSeries, tally.malformed_lines);
         // `received` last: whoever sees it can rely on the outcome being counted.
-        telemetry.ingested(&outcome);
+        telemetry.ingested_by("statsd", &settings.tenant, &outcome);
         telemetry.statsd_malformed(tally.malformed_lines);
-        telemetry.received(tally.points + tally.malformed_lines);
+        telemetry.received_by("statsd", &settings.tenant, tally.points + tally.malformed_lines);
     }
 }
 

@@ -328,7 +328,10 @@ impl RemoteWriteShard {
     fn drain(&mut self, now_ms: i64) {
         while now_ms >= self.next_attempt_ms {
             let Some((batch, from_spill)) = self.front() else { break };
-            match self.send(&batch) {
+            let started = std::time::Instant::now();
+            let sent = self.send(&batch);
+            self.telemetry.sink_send_latency(&self.settings.name, started.elapsed());
+            match sent {
                 Sent::Ok => {
                     self.telemetry.sink_sent(&self.settings.name, batch.samples);
                     self.backoff_ms = self.settings.min_backoff_ms;

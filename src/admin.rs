@@ -1,0 +1,170 @@
+//! The operator's HTTP endpoints, merged into the HTTP server next to ingest:
+//! `GET /metrics` (self-metrics, Prometheus text), `POST /-/reload` and
+//! `GET /-/rules` (hot reload), `GET /api/v1/profile` (the metrics profiler).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::clock::Clock;
+use crate::engine::Engine;
+use crate::profile::ProfileQuery;
+use crate::reload::RulesReloader;
+use crate::telemetry::export::EngineGauges;
+use crate::telemetry::Telemetry;
+
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The engine (open windows, profiler).
+    pub engine: Arc<Engine>,
+    /// The service counters.
+    pub telemetry: Arc<Telemetry>,
+    /// The rules reloader.
+    pub reloader: Arc<RulesReloader>,
+    /// The service clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The routes, ready to merge into the HTTP router.
+pub fn admin_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/-/reload", post(reload))
+        .route("/-/rules", get(rules))
+        .route("/api/v1/profile", get(profile))
+        .with_state(state)
+}
+
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_string_pretty(body) {
+        Ok(text) => (status, [(header::CONTENT_TYPE, "application/json")], text + "\n").into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let work = tokio::task::spawn_blocking(move || {
+        let open = state
+            .engine
+            .open_by_tenant_and_policy()
+            .into_iter()
+            .map(|((tenant, policy), (series, windows))| (tenant.to_string(), policy.to_string(), series, windows))
+            .collect();
+        let gauges = EngineGauges {
+            open,
+            cached_series: state.engine.cached_series() as u64,
+            now_ms: state.clock.now_ms(),
+            rules_loaded_ms: Some(state.reloader.loaded_at_ms()),
+        };
+        state.telemetry.exporter().render(&state.telemetry.snapshot(), &gauges)
+    });
+    match work.await {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
+    }
+}
+
+async fn reload(State(state): State<AdminState>) -> Response {
+    let reloader = Arc::clone(&state.reloader);
+    match tokio::task::spawn_blocking(move || reloader.reload("POST /-/reload")).await {
+        Ok(Ok(outcome)) => json(StatusCode::OK, &outcome),
+        Ok(Err(error)) => (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
+    }
+}
+
+async fn rules(State(state): State<AdminState>) -> Response {
+    json(StatusCode::OK, &state.reloader.status())
+}
+
+async fn profile(State(state): State<AdminState>, uri: Uri) -> Response {
+    let Some(profiler) = state.engine.profiler() else {
+        return (StatusCode::NOT_FOUND, "the profiler is off (profile.enabled: false)\n").into_response();
+    };
+    let query = match parse_query(uri.query().unwrap_or("")) {
+        Ok(query) => query,
+        Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+    };
+    let profiler = Arc::clone(profiler);
+    let now_ms = state.clock.now_ms();
+    match tokio::task::spawn_blocking(move || profiler.report(now_ms, &query)).await {
+        Ok(report) => json(StatusCode::OK, &report),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
+    }
+}
+
+/// `tenant=..&metric=..&limit=..`, percent-decoded.
+fn parse_query(text: &str) -> Result<ProfileQuery, String> {
+    let mut query = ProfileQuery::default();
+    for pair in text.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| format!("query parameter {name}: bad percent-encoding"))?;
+        match name {
+            "tenant" => query.tenant = Some(value),
+            "metric" => query.metric = Some(value),
+            "limit" => {
+                query.limit = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("query parameter limit: {value:?} is not a whole number"))?,
+                )
+            }
+            other => {
+                return Err(format!(
+                    "unknown query parameter {other:?} (expected tenant, metric, limit)"
+                ))
+            }
+        }
+    }
+    Ok(query)
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(index + 1..index + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                index += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                index += 1;
+            }
+            byte => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_is_parsed_and_bad_input_named() {
+        let query = parse_query("tenant=team%20a&metric=http_requests_total&limit=5").unwrap();
+        assert_eq!(query.tenant.as_deref(), Some("team a"));
+        assert_eq!(query.metric.as_deref(), Some("http_requests_total"));
+        assert_eq!(query.limit, Some(5));
+        assert!(parse_query("limit=many").unwrap_err().contains("\"many\""));
+        assert!(parse_query("colour=red").unwrap_err().contains("colour"));
+        assert!(parse_query("tenant=%zz").is_err());
+    }
+}
