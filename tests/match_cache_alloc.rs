@@ -1,47 +1,13 @@
 //! The match cache's hit path allocates nothing: checked with a counting
 //! global allocator, which is why this is its own test binary.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+#[path = "alloc/counting.rs"]
+mod counting;
+
+use counting::allocations;
 
 use tailfold::model::{series_key, Kind, Labels};
 use tailfold::rules::{MatchCache, RuleSet};
-
-/// Counts allocations of the current thread only, so the test harness's own
-/// threads cannot disturb the count.
-struct CountingAllocator;
-
-thread_local! {
-    // `const` and `Copy`: no destructor to register, so reading it never allocates.
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count_one() {
-    let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-}
-
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_one();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-fn allocations() -> usize {
-    ALLOCATIONS.with(Cell::get)
-}
 
 #[test]
 fn hits_allocate_nothing_and_misses_do() {

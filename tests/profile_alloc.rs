@@ -3,47 +3,17 @@
 //! much as through one with it off (nothing). Counted with a counting global
 //! allocator, which is why this is its own test binary.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+#[path = "alloc/counting.rs"]
+mod counting;
+
+use counting::allocations;
+
 use std::sync::Arc;
 
 use tailfold::engine::{Engine, EngineSettings};
 use tailfold::model::{IngestBatch, Kind, Labels, Point, SeriesBatch};
 use tailfold::profile::{ProfileSettings, Profiler};
 use tailfold::rules::RuleSet;
-
-struct CountingAllocator;
-
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count_one() {
-    let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-}
-
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_one();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-fn allocations() -> usize {
-    ALLOCATIONS.with(Cell::get)
-}
 
 const NOW_MS: i64 = 1_800_000_001_000;
 

@@ -136,26 +136,22 @@ impl SinkSet {
 
     /// Returns once every sink has processed everything delivered before the call.
     pub fn barrier(&self) {
-        let waits: Vec<_> = self
-            .sinks
-            .iter()
-            .filter_map(|sink| {
-                let (done, wait) = sync_channel(1);
-                sink.sender.send(SinkMessage::Barrier(done)).ok().map(|_| wait)
-            })
-            .collect();
-        for wait in waits {
-            let _ = wait.recv();
-        }
+        self.barrier_where(|_| true);
     }
 
     /// Returns once every sink named `name` has processed everything delivered
     /// before the call (the others may still be working, e.g. retrying a send).
     pub fn barrier_of(&self, name: &str) {
+        self.barrier_where(|sink| sink.name == name);
+    }
+
+    /// Sends a barrier to every sink `chosen` picks (all at once, so they
+    /// work in parallel), then waits for each to answer.
+    fn barrier_where(&self, chosen: impl Fn(&RunningSink) -> bool) {
         let waits: Vec<_> = self
             .sinks
             .iter()
-            .filter(|sink| sink.name == name)
+            .filter(|sink| chosen(sink))
             .filter_map(|sink| {
                 let (done, wait) = sync_channel(1);
                 sink.sender.send(SinkMessage::Barrier(done)).ok().map(|_| wait)

@@ -473,15 +473,7 @@ impl ExpHistogram {
     /// Exemplar of the highest bucket whose kept exemplar's value is
     /// `> threshold`: links a "slow" output to one concrete trace.
     pub fn exemplar_above(&self, threshold: f64) -> Option<Exemplar> {
-        let positive = self.positive.slots();
-        let negative = self.negative.slots();
-        positive
-            .iter()
-            .rev()
-            .chain(self.zero_exemplar.iter())
-            .chain(negative.iter())
-            .map(|s| s.exemplar)
-            .find(|e| e.value > threshold)
+        self.exemplars_above(threshold, 1).into_iter().next()
     }
 
     /// Kept exemplars whose value is `> threshold`, slowest bucket first, at
