@@ -17,3 +17,4 @@ pub mod rules;
 pub mod server;
 pub mod sink;
 pub mod telemetry;
+pub mod tls;

@@ -2,6 +2,7 @@
 //! ticks, flush work off the async threads), feeds the sinks, logs progress,
 //! and on shutdown stops ingest, flushes every open window and drains sinks.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +17,9 @@ use crate::api::{self, v1};
 use crate::clock::Clock;
 use crate::config::ServiceSettings;
 use crate::engine::{Engine, FlushStats};
+use crate::ingest::auth::Auth;
 use crate::ingest::grpc::GrpcIngest;
-use crate::ingest::remote_write::{http_router, HttpState};
+use crate::ingest::remote_write::{ingest_router, probe_router, HttpState};
 use crate::ingest::statsd::serve_statsd;
 use crate::rules::RuleSet;
 use crate::sink::file_store::FileStore;
@@ -25,6 +27,7 @@ use crate::sink::remote_write::RemoteWriteShard;
 use crate::sink::selections::{selection_dir, GrpcSelections, SelectionHub, SelectionWriter};
 use crate::sink::SinkSet;
 use crate::telemetry::Telemetry;
+use crate::tls::TlsListener;
 
 /// Why the service could not start or stopped badly.
 #[derive(Debug, Error)]
@@ -54,6 +57,14 @@ pub enum ServiceError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Http(std::io::Error),
+    /// A TLS certificate or key cannot be used.
+    #[error("tls of the {listener} listener: {problem}")]
+    Tls {
+        /// `grpc` or `http`.
+        listener: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
     /// Shutdown did not finish within the grace period.
     #[error("shutdown took longer than the {0} ms grace period; windows still open were lost")]
     ShutdownTimeout(u64),
@@ -77,7 +88,8 @@ pub struct ServiceHandle {
     grace_ms: u64,
 }
 
-/// Builds the gRPC router: ingest, the selection stream and reflection.
+/// Builds the gRPC router: ingest and the selection stream (behind bearer-token
+/// auth when `auth.tokens` are set), reflection, and TLS when `grpc.tls` is set.
 pub fn grpc_router(
     engine: Arc<Engine>,
     settings: &ServiceSettings,
@@ -92,9 +104,19 @@ pub fn grpc_router(
         .map_err(|error| ServiceError::Reflection(error.to_string()))?;
     let ingest = GrpcIngest::new(engine, settings.ingest.clone(), clock, Arc::clone(&telemetry));
     let selections = GrpcSelections::new(hub, settings.ingest.tenant_header.clone(), telemetry, closing);
-    Ok(tonic::transport::Server::builder()
-        .add_service(ingest.into_server())
-        .add_service(v1::selections_server::SelectionsServer::new(selections))
+    let auth = Auth::new(settings.auth.as_ref(), &settings.ingest.tenant_header);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &settings.grpc_tls {
+        builder = builder
+            .tls_config(crate::tls::grpc_tls_config(tls))
+            .map_err(|error| ServiceError::Tls {
+                listener: "grpc",
+                problem: error.to_string(),
+            })?;
+    }
+    Ok(builder
+        .add_service(auth.grpc(ingest.into_server()))
+        .add_service(auth.grpc(v1::selections_server::SelectionsServer::new(selections)))
         .add_service(reflection))
 }
 
@@ -198,6 +220,15 @@ pub async fn start(
         addr: settings.http_listen,
         source,
     })?;
+    let http_tls = match &settings.http_tls {
+        Some(tls) => Some(Arc::new(
+            crate::tls::server_config(tls, &[b"h2", b"http/1.1"]).map_err(|problem| ServiceError::Tls {
+                listener: "http",
+                problem,
+            })?,
+        )),
+        None => None,
+    };
     let http_state = HttpState::new(
         Arc::clone(&engine),
         settings.ingest.clone(),
@@ -211,8 +242,11 @@ pub async fn start(
         Servers {
             grpc: router,
             grpc_listener: listener,
-            http: http_router(http_state.clone()),
+            http: Auth::new(settings.auth.as_ref(), &settings.ingest.tenant_header)
+                .protect(ingest_router(http_state.clone()))
+                .merge(probe_router(http_state.clone())),
             http_listener,
+            http_tls,
             http_state,
             statsd: statsd_task,
         },
@@ -248,6 +282,8 @@ struct Servers {
     grpc_listener: tokio::net::TcpListener,
     http: axum::Router,
     http_listener: tokio::net::TcpListener,
+    /// TLS of the HTTP listener, when `http.tls` is set.
+    http_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     http_state: HttpState,
     /// The statsd listener task, when statsd is on.
     statsd: Option<JoinHandle<()>>,
@@ -311,17 +347,30 @@ async fn run(
         let _ = server_stop_receiver.await;
     }));
     let (http_stop, http_stop_receiver) = oneshot::channel::<()>();
-    // Same for HTTP: axum leaves TCP_NODELAY to the listener.
-    let http_listener = servers.http_listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    let http_server = tokio::spawn(async move {
-        axum::serve(http_listener, servers.http)
-            .with_graceful_shutdown(async {
-                let _ = http_stop_receiver.await;
-            })
-            .await
-    });
+    let http_stopped = async {
+        let _ = http_stop_receiver.await;
+    };
+    let http_server = match servers.http_tls {
+        Some(config) => {
+            let listener = TlsListener::new(servers.http_listener, config).map_err(ServiceError::Http)?;
+            tokio::spawn(
+                axum::serve(listener, servers.http)
+                    .with_graceful_shutdown(http_stopped)
+                    .into_future(),
+            )
+        }
+        None => {
+            // Same for HTTP: axum leaves TCP_NODELAY to the listener.
+            let listener = servers.http_listener.tap_io(|stream| {
+                let _ = stream.set_nodelay(true);
+            });
+            tokio::spawn(
+                axum::serve(listener, servers.http)
+                    .with_graceful_shutdown(http_stopped)
+                    .into_future(),
+            )
+        }
+    };
 
     let progress_every = Duration::from_millis(settings.progress_interval_ms.max(1));
     let mut next_progress = tokio::time::Instant::now() + progress_every;

@@ -5,6 +5,7 @@ mod error;
 mod process;
 mod remote_write;
 pub mod rules;
+mod security;
 mod statsd;
 
 pub use error::ConfigError;
@@ -13,4 +14,5 @@ pub use process::{
     LogConfig, ProcessConfig, SelectionsConfig, ServiceSettings, StoreConfig,
 };
 pub use remote_write::RemoteWriteConfig;
+pub use security::{AuthConfig, AuthSettings, TlsConfig, TlsSettings, TokenConfig, MIN_TOKEN_BYTES};
 pub use statsd::{StatsdConfig, StatsdSettings};
