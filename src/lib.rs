@@ -10,6 +10,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod fuzzing;
 pub mod ingest;
 pub mod loadgen;
 pub mod model;
