@@ -501,3 +501,33 @@ fn broken_auth_and_tls_config_is_refused_with_the_field() {
         assert!(!error.contains("aaaaaaaaaaaaaaaa"), "a token leaked: {error}");
     }
 }
+
+#[test]
+fn tokens_are_read_from_files_the_environment_or_inline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.token"), "  token-from-a-file-0001\n").unwrap();
+    // A variable only this test sets.
+    std::env::set_var("TAILFOLD_TEST_TOKEN_FROM_ENV", "token-from-the-env-0001");
+    let config = "auth:\n  tokens:\n    - {tenant: a, token_file: a.token}\n    - {tenant: b, token_env: TAILFOLD_TEST_TOKEN_FROM_ENV}\n    - {tenant: b, token: token-inline-00000001}\n";
+    let settings = ServiceSettings::parse(config, &dir.path().join("tailfold.yaml")).expect("config");
+    let tokens: Vec<(String, String)> = settings
+        .auth
+        .expect("auth on")
+        .tokens
+        .iter()
+        .map(|(token, tenant)| (String::from_utf8(token.clone()).unwrap(), tenant.to_string()))
+        .collect();
+    assert_eq!(
+        tokens,
+        [
+            ("token-from-a-file-0001", "a"),
+            ("token-from-the-env-0001", "b"),
+            ("token-inline-00000001", "b")
+        ]
+        .map(|(token, tenant)| (token.to_string(), tenant.to_string()))
+    );
+    assert!(ServiceSettings::parse("", &dir.path().join("tailfold.yaml"))
+        .unwrap()
+        .auth
+        .is_none());
+}
