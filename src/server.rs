@@ -220,14 +220,21 @@ pub async fn start(
         addr: settings.http_listen,
         source,
     })?;
-    let http_tls = match &settings.http_tls {
-        Some(tls) => Some(Arc::new(
-            crate::tls::server_config(tls, &[b"h2", b"http/1.1"]).map_err(|problem| ServiceError::Tls {
-                listener: "http",
-                problem,
-            })?,
-        )),
-        None => None,
+    let http_listener = match &settings.http_tls {
+        Some(tls) => {
+            let config =
+                crate::tls::server_config(tls, &[b"h2", b"http/1.1"]).map_err(|problem| ServiceError::Tls {
+                    listener: "http",
+                    problem,
+                })?;
+            HttpListener::Tls(TlsListener::new(http_listener, Arc::new(config)).map_err(|source| {
+                ServiceError::Bind {
+                    addr: settings.http_listen,
+                    source,
+                }
+            })?)
+        }
+        None => HttpListener::Plain(http_listener),
     };
     let http_state = HttpState::new(
         Arc::clone(&engine),
@@ -246,7 +253,6 @@ pub async fn start(
                 .protect(ingest_router(http_state.clone()))
                 .merge(probe_router(http_state.clone())),
             http_listener,
-            http_tls,
             http_state,
             statsd: statsd_task,
         },
@@ -281,12 +287,16 @@ struct Servers {
     grpc: tonic::transport::server::Router,
     grpc_listener: tokio::net::TcpListener,
     http: axum::Router,
-    http_listener: tokio::net::TcpListener,
-    /// TLS of the HTTP listener, when `http.tls` is set.
-    http_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    http_listener: HttpListener,
     http_state: HttpState,
     /// The statsd listener task, when statsd is on.
     statsd: Option<JoinHandle<()>>,
+}
+
+/// The HTTP listener: plaintext, or TLS when `http.tls` is set.
+enum HttpListener {
+    Plain(tokio::net::TcpListener),
+    Tls(TlsListener),
 }
 
 struct FlushLoop {
@@ -350,18 +360,15 @@ async fn run(
     let http_stopped = async {
         let _ = http_stop_receiver.await;
     };
-    let http_server = match servers.http_tls {
-        Some(config) => {
-            let listener = TlsListener::new(servers.http_listener, config).map_err(ServiceError::Http)?;
-            tokio::spawn(
-                axum::serve(listener, servers.http)
-                    .with_graceful_shutdown(http_stopped)
-                    .into_future(),
-            )
-        }
-        None => {
+    let http_server = match servers.http_listener {
+        HttpListener::Tls(listener) => tokio::spawn(
+            axum::serve(listener, servers.http)
+                .with_graceful_shutdown(http_stopped)
+                .into_future(),
+        ),
+        HttpListener::Plain(listener) => {
             // Same for HTTP: axum leaves TCP_NODELAY to the listener.
-            let listener = servers.http_listener.tap_io(|stream| {
+            let listener = listener.tap_io(|stream| {
                 let _ = stream.set_nodelay(true);
             });
             tokio::spawn(
