@@ -314,6 +314,7 @@ async fn with_tls_both_listeners_serve_tls_clients_and_refuse_plaintext() {
         data_dir.path().display()
     );
     let settings = ServiceSettings::parse(&config, Path::new("test/tailfold.yaml")).expect("config");
+    assert!(!format!("{settings:?}").contains("key_pem"), "the key shows in Debug");
     let rules = RuleSet::parse(RULES, "rules.yaml").expect("rules");
     let handle = tailfold::server::start(settings, rules, Arc::new(ManualClock::new(T0)))
         .await
@@ -512,6 +513,7 @@ fn tokens_are_read_from_files_the_environment_or_inline() {
     let settings = ServiceSettings::parse(config, &dir.path().join("tailfold.yaml")).expect("config");
     let tokens: Vec<(String, String)> = settings
         .auth
+        .as_ref()
         .expect("auth on")
         .tokens
         .iter()
@@ -526,6 +528,10 @@ fn tokens_are_read_from_files_the_environment_or_inline() {
         ]
         .map(|(token, tenant)| (token.to_string(), tenant.to_string()))
     );
+    // Settings may be logged: their Debug form shows tenants, not tokens.
+    let debug = format!("{settings:?}");
+    assert!(debug.contains("tokens_of_tenants: [\"a\", \"b\", \"b\"]"), "{debug}");
+    assert!(!debug.contains("token-from"), "{debug}");
     assert!(ServiceSettings::parse("", &dir.path().join("tailfold.yaml"))
         .unwrap()
         .auth

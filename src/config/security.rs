@@ -47,15 +47,15 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
 }
 
-/// Checked tokens: each token with its tenant.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Checked tokens: each token with its tenant. `Debug` shows tenants, never tokens.
+#[derive(Clone, PartialEq, Eq)]
 pub struct AuthSettings {
     /// `(token, tenant)` pairs; tokens are unique.
     pub tokens: Vec<(Vec<u8>, Arc<str>)>,
 }
 
-/// A checked TLS identity, read and parsed at load time.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A checked TLS identity, read and parsed at load time. `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     /// Where the chain came from (for messages).
     pub cert_file: PathBuf,
@@ -63,6 +63,25 @@ pub struct TlsSettings {
     pub cert_pem: Vec<u8>,
     /// The PEM private key.
     pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tenants: Vec<&str> = self.tokens.iter().map(|(_, tenant)| &**tenant).collect();
+        formatter
+            .debug_struct("AuthSettings")
+            .field("tokens_of_tenants", &tenants)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("TlsSettings")
+            .field("cert_file", &self.cert_file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Reads every token; `None` when no token is configured (auth off).
