@@ -37,7 +37,7 @@ enum Command {
     /// Validate a process config (and the rules file it names) or a rules file; non-zero exit on error.
     Check {
         /// The file to check. A file with any process setting (grpc, http, rules_file, data_dir, engine, flush,
-        /// ingest, store, selections, statsd, otlp, limits, log, wal, profile, reload) is a process config;
+        /// ingest, store, selections, statsd, otlp, limits, auth, log, wal, profile, reload) is a process config;
         /// otherwise it is read as a rules file.
         #[arg(short, long)]
         config: PathBuf,
@@ -270,7 +270,7 @@ fn init_logs(json: bool) {
     }
 }
 
-const PROCESS_KEYS: [&str; 16] = [
+const PROCESS_KEYS: [&str; 17] = [
     "grpc",
     "http",
     "rules_file",
@@ -283,6 +283,7 @@ const PROCESS_KEYS: [&str; 16] = [
     "statsd",
     "otlp",
     "limits",
+    "auth",
     "log",
     "wal",
     "profile",

@@ -3,6 +3,7 @@
 //! and on shutdown stops ingest, flushes every open window and drains sinks.
 
 use std::collections::BTreeSet;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,10 +21,11 @@ use crate::api::{self, v1};
 use crate::clock::Clock;
 use crate::config::ServiceSettings;
 use crate::engine::{AggregateRecord, Engine, FlushStats};
+use crate::ingest::auth::Auth;
 use crate::ingest::backpressure::Backpressure;
 use crate::ingest::grpc::GrpcIngest;
 use crate::ingest::otlp::{otlp_grpc_router, otlp_http_router, OtlpIngest};
-use crate::ingest::remote_write::{http_router, HttpState};
+use crate::ingest::remote_write::{ingest_router, probe_router, HttpState};
 use crate::ingest::statsd::serve_statsd;
 use crate::limits::Limits;
 use crate::profile::Profiler;
@@ -35,6 +37,7 @@ use crate::sink::selection_query::{selection_router, SelectionQuery};
 use crate::sink::selections::{selection_dir, GrpcSelections, SelectionHub, SelectionWriter};
 use crate::sink::SinkSet;
 use crate::telemetry::Telemetry;
+use crate::tls::TlsListener;
 use crate::wal::{Wal, WalError};
 
 /// Why the service could not start or stopped badly.
@@ -68,6 +71,14 @@ pub enum ServiceError {
     /// The write-ahead log cannot be opened or replayed.
     #[error("{0}")]
     Wal(#[from] WalError),
+    /// A TLS certificate or key cannot be used.
+    #[error("tls of the {listener} listener: {problem}")]
+    Tls {
+        /// `grpc` or `http`.
+        listener: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
     /// Shutdown did not finish within the grace period.
     #[error("shutdown took longer than the {0} ms grace period; windows still open were lost")]
     ShutdownTimeout(u64),
@@ -95,7 +106,8 @@ pub struct ServiceHandle {
     wal: Option<Arc<Wal>>,
 }
 
-/// Builds the gRPC router: ingest, the selection stream and reflection.
+/// Builds the gRPC router: ingest and the selection stream (behind bearer-token
+/// auth when `auth.tokens` are set), reflection, and TLS when `grpc.tls` is set.
 pub fn grpc_router(
     engine: Arc<Engine>,
     settings: &ServiceSettings,
@@ -113,9 +125,20 @@ pub fn grpc_router(
     let ingest = GrpcIngest::new(engine, settings.ingest.clone(), clock, Arc::clone(&telemetry)).with_wal(wal);
     let ingest = Backpressure::new(ingest.into_server(), gate, Arc::clone(&telemetry));
     let selections = GrpcSelections::new(hub, settings.ingest.tenant_header.clone(), telemetry, closing);
-    Ok(tonic::transport::Server::builder()
-        .add_service(ingest)
-        .add_service(v1::selections_server::SelectionsServer::new(selections))
+    let auth = Auth::new(settings.auth.as_ref(), &settings.ingest.tenant_header);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &settings.grpc_tls {
+        builder = builder
+            .tls_config(crate::tls::grpc_tls_config(tls))
+            .map_err(|error| ServiceError::Tls {
+                listener: "grpc",
+                problem: error.to_string(),
+            })?;
+    }
+    // The token is checked first, so a caller without one never takes an in-flight permit.
+    Ok(builder
+        .add_service(auth.grpc(ingest))
+        .add_service(auth.grpc(v1::selections_server::SelectionsServer::new(selections)))
         .add_service(reflection))
 }
 
@@ -234,7 +257,17 @@ pub async fn start(
             closing_receiver.clone(),
         )));
     }
-    let otlp = start_otlp(&settings, &engine, &clock, &telemetry, wal.as_ref(), &closing_receiver).await?;
+    let auth = Auth::new(settings.auth.as_ref(), &settings.ingest.tenant_header);
+    let otlp = start_otlp(
+        &settings,
+        &engine,
+        &clock,
+        &telemetry,
+        wal.as_ref(),
+        &auth,
+        &closing_receiver,
+    )
+    .await?;
     // Listening for SIGHUP from here on (not from whenever the task first
     // runs), so a SIGHUP after `start` returns never meets the default action.
     #[cfg(unix)]
@@ -271,6 +304,22 @@ pub async fn start(
         addr: settings.http_listen,
         source,
     })?;
+    let http_listener = match &settings.http_tls {
+        Some(tls) => {
+            let config =
+                crate::tls::server_config(tls, &[b"h2", b"http/1.1"]).map_err(|problem| ServiceError::Tls {
+                    listener: "http",
+                    problem,
+                })?;
+            HttpListener::Tls(TlsListener::new(http_listener, Arc::new(config)).map_err(|source| {
+                ServiceError::Bind {
+                    addr: settings.http_listen,
+                    source,
+                }
+            })?)
+        }
+        None => HttpListener::Plain(http_listener),
+    };
     let http_state = HttpState::new(
         Arc::clone(&engine),
         settings.ingest.clone(),
@@ -285,11 +334,16 @@ pub async fn start(
         Servers {
             grpc: router,
             grpc_listener: listener,
-            http: http_router(http_state.clone())
-                .merge(selection_router(SelectionQuery::new(
-                    selection_files.clone(),
-                    settings.ingest.tenant_header.clone(),
-                )))
+            // Ingest and the selection query sit behind the tokens (the token's tenant becomes the
+            // tenant header, so a query sees its own tenant only); probes and admin stay open.
+            http: auth
+                .protect(
+                    ingest_router(http_state.clone()).merge(selection_router(SelectionQuery::new(
+                        selection_files.clone(),
+                        settings.ingest.tenant_header.clone(),
+                    ))),
+                )
+                .merge(probe_router(http_state.clone()))
                 .merge(admin_router(AdminState {
                     engine: Arc::clone(&engine),
                     telemetry: Arc::clone(&telemetry),
@@ -342,7 +396,7 @@ struct Servers {
     grpc: tonic::transport::server::Router,
     grpc_listener: tokio::net::TcpListener,
     http: axum::Router,
-    http_listener: tokio::net::TcpListener,
+    http_listener: HttpListener,
     http_state: HttpState,
     /// The statsd listener task, when statsd is on.
     statsd: Option<JoinHandle<()>>,
@@ -375,6 +429,7 @@ async fn start_otlp(
     clock: &Arc<dyn Clock>,
     telemetry: &Arc<Telemetry>,
     wal: Option<&Arc<Wal>>,
+    auth: &Auth,
     closing: &watch::Receiver<bool>,
 ) -> Result<OtlpServers, ServiceError> {
     let ingest = OtlpIngest::new(
@@ -397,7 +452,7 @@ async fn start_otlp(
         let (listener, local) = bind(addr).await?;
         servers.grpc_addr = Some(local);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let router = otlp_grpc_router(ingest.clone());
+        let router = otlp_grpc_router(ingest.clone(), auth);
         let stop = closed(closing.clone());
         servers.tasks.push(tokio::spawn(async move {
             if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop).await {
@@ -408,7 +463,7 @@ async fn start_otlp(
     if let Some(addr) = settings.otlp.http_listen {
         let (listener, local) = bind(addr).await?;
         servers.http_addr = Some(local);
-        let router = otlp_http_router(ingest);
+        let router = auth.protect(otlp_http_router(ingest));
         let stop = closed(closing.clone());
         servers.tasks.push(tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
@@ -450,6 +505,12 @@ async fn watch_rules(
             }
         }
     }
+}
+
+/// The HTTP listener: plaintext, or TLS when `http.tls` is set.
+enum HttpListener {
+    Plain(tokio::net::TcpListener),
+    Tls(TlsListener),
 }
 
 struct FlushLoop {
@@ -599,17 +660,27 @@ async fn run(
         let _ = server_stop_receiver.await;
     }));
     let (http_stop, http_stop_receiver) = oneshot::channel::<()>();
-    // Same for HTTP: axum leaves TCP_NODELAY to the listener.
-    let http_listener = servers.http_listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    let http_server = tokio::spawn(async move {
-        axum::serve(http_listener, servers.http)
-            .with_graceful_shutdown(async {
-                let _ = http_stop_receiver.await;
-            })
-            .await
-    });
+    let http_stopped = async {
+        let _ = http_stop_receiver.await;
+    };
+    let http_server = match servers.http_listener {
+        HttpListener::Tls(listener) => tokio::spawn(
+            axum::serve(listener, servers.http)
+                .with_graceful_shutdown(http_stopped)
+                .into_future(),
+        ),
+        HttpListener::Plain(listener) => {
+            // Same for HTTP: axum leaves TCP_NODELAY to the listener.
+            let listener = listener.tap_io(|stream| {
+                let _ = stream.set_nodelay(true);
+            });
+            tokio::spawn(
+                axum::serve(listener, servers.http)
+                    .with_graceful_shutdown(http_stopped)
+                    .into_future(),
+            )
+        }
+    };
 
     let flusher = Arc::new(flusher);
     let progress_every = Duration::from_millis(settings.progress_interval_ms.max(1));

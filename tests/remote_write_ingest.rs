@@ -235,7 +235,12 @@ type Case = (
 
 #[tokio::test]
 async fn malformed_requests_get_a_4xx_with_a_reason_and_the_service_keeps_serving() {
-    let mut service = start_service_with(RULES, T0, "ingest: {max_request_bytes: 65536}").await;
+    let mut service = start_service_with(
+        RULES,
+        T0,
+        "ingest: {max_request_bytes: 65536, max_decompressed_bytes: 65536}",
+    )
+    .await;
     let addr = service.handle().http_addr();
     let one_series = |pairs: &[(&str, &str)]| compress(&request(vec![series(pairs, &[(1.0, T0)])]).encode_to_vec());
     // A 6-byte snappy block whose header claims 1 GiB: refused before any allocation.

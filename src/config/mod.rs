@@ -8,6 +8,7 @@ mod otlp;
 mod process;
 mod remote_write;
 pub mod rules;
+mod security;
 mod statsd;
 
 pub use error::ConfigError;
@@ -19,4 +20,5 @@ pub use process::{
     LogConfig, ProcessConfig, SelectionsConfig, ServiceSettings, StoreConfig,
 };
 pub use remote_write::RemoteWriteConfig;
+pub use security::{AuthConfig, AuthSettings, TlsConfig, TlsSettings, TokenConfig, MIN_TOKEN_BYTES};
 pub use statsd::{StatsdConfig, StatsdSettings};

@@ -19,6 +19,7 @@ use super::limits::{check_limits, LimitSettings, LimitsConfig};
 use super::operations::{check_profile, ProfileConfig, ReloadConfig};
 use super::otlp::{check_otlp, OtlpConfig, OtlpSettings};
 use super::remote_write::{check_remote_write, RemoteWriteConfig};
+use super::security::{check_auth, check_tls, AuthConfig, AuthSettings, TlsConfig, TlsSettings};
 use super::statsd::{check_statsd, StatsdConfig, StatsdSettings};
 use crate::profile::ProfileSettings;
 
@@ -58,6 +59,8 @@ pub mod defaults {
     pub const MAX_POINTS_PER_REQUEST: usize = 1_000_000;
     /// Encoded request size.
     pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+    /// Decompressed size of a compressed request body (remote write's snappy block).
+    pub const MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
     /// Selections buffered per stream subscriber before it is told it lagged.
     pub const SELECTION_STREAM_BUFFER: usize = 65_536;
     /// Remote write: series per request.
@@ -139,6 +142,8 @@ pub struct ProcessConfig {
     pub profile: ProfileConfig,
     /// Rules hot reload.
     pub reload: ReloadConfig,
+    /// Per-tenant bearer tokens on ingest and the selection stream; off unless tokens are listed.
+    pub auth: AuthConfig,
 }
 
 /// Write-ahead log settings.
@@ -159,6 +164,8 @@ pub struct WalConfig {
 pub struct GrpcConfig {
     /// Listen address, `host:port`. Default `127.0.0.1:4770`; port 0 picks a free port.
     pub listen: Option<String>,
+    /// Serve gRPC over TLS (rustls) with this certificate; plaintext is then refused. Default: plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 /// HTTP server settings.
@@ -167,6 +174,8 @@ pub struct GrpcConfig {
 pub struct HttpConfig {
     /// Listen address, `host:port`. Default `127.0.0.1:4771`; port 0 picks a free port.
     pub listen: Option<String>,
+    /// Serve HTTP over TLS (rustls) with this certificate; plaintext is then refused. Default: plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Engine settings.
@@ -231,6 +240,8 @@ pub struct IngestConfig {
     pub max_points_per_request: Option<usize>,
     /// Encoded request size in bytes. Default 67108864.
     pub max_request_bytes: Option<usize>,
+    /// Decompressed size in bytes of a compressed body (remote write snappy), checked before decompressing. Default 67108864.
+    pub max_decompressed_bytes: Option<usize>,
 }
 
 /// Embedded file store settings.
@@ -312,6 +323,12 @@ pub struct ServiceSettings {
     pub profile: Option<ProfileSettings>,
     /// Rules file check interval (0 = not watched).
     pub reload_watch_interval_ms: u64,
+    /// Bearer tokens; `None` when auth is off.
+    pub auth: Option<AuthSettings>,
+    /// TLS of the gRPC listener; `None` for plaintext.
+    pub grpc_tls: Option<TlsSettings>,
+    /// TLS of the HTTP listener; `None` for plaintext.
+    pub http_tls: Option<TlsSettings>,
 }
 
 /// Checked ingest limits.
@@ -331,6 +348,8 @@ pub struct IngestLimits {
     pub max_points_per_request: usize,
     /// Encoded request bytes.
     pub max_request_bytes: usize,
+    /// Decompressed request bytes.
+    pub max_decompressed_bytes: usize,
 }
 
 impl Default for IngestLimits {
@@ -343,6 +362,7 @@ impl Default for IngestLimits {
             max_label_value_bytes: defaults::MAX_LABEL_VALUE_BYTES,
             max_points_per_request: defaults::MAX_POINTS_PER_REQUEST,
             max_request_bytes: defaults::MAX_REQUEST_BYTES,
+            max_decompressed_bytes: defaults::MAX_DECOMPRESSED_BYTES,
         }
     }
 }
@@ -438,7 +458,16 @@ impl ServiceSettings {
                 .max_points_per_request
                 .unwrap_or(defaults::MAX_POINTS_PER_REQUEST),
             max_request_bytes: ingest.max_request_bytes.unwrap_or(defaults::MAX_REQUEST_BYTES),
+            max_decompressed_bytes: ingest
+                .max_decompressed_bytes
+                .unwrap_or(defaults::MAX_DECOMPRESSED_BYTES),
         };
+        if axum::http::HeaderName::from_bytes(limits.tenant_header.as_bytes()).is_err() {
+            return Err(invalid(
+                "ingest.tenant_header",
+                format!("{:?} is not an HTTP header name", limits.tenant_header),
+            ));
+        }
         if limits.default_tenant.is_empty() {
             return Err(invalid("ingest.default_tenant", "must not be empty".to_string()));
         }
@@ -448,6 +477,7 @@ impl ServiceSettings {
             ("ingest.max_label_value_bytes", limits.max_label_value_bytes),
             ("ingest.max_points_per_request", limits.max_points_per_request),
             ("ingest.max_request_bytes", limits.max_request_bytes),
+            ("ingest.max_decompressed_bytes", limits.max_decompressed_bytes),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be greater than zero".to_string()));
@@ -484,6 +514,9 @@ impl ServiceSettings {
                 format!("{above_max_traces} is outside 1..=1000"),
             ));
         }
+        let auth = check_auth(&config.auth, base, &invalid)?;
+        let grpc_tls = check_tls(config.grpc.tls.as_ref(), "grpc", base, &invalid)?;
+        let http_tls = check_tls(config.http.tls.as_ref(), "http", base, &invalid)?;
         let log_json = match config.log.format.as_deref() {
             None | Some("text") => false,
             Some("json") => true,
@@ -567,6 +600,9 @@ impl ServiceSettings {
             limits: limit_settings,
             profile,
             reload_watch_interval_ms,
+            auth,
+            grpc_tls,
+            http_tls,
         })
     }
 }

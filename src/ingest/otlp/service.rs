@@ -23,6 +23,7 @@ use crate::api::otlp::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use crate::ingest::auth::Auth;
 use crate::ingest::backpressure::Backpressure;
 use crate::ingest::grpc::tenant_from_metadata;
 use crate::ingest::validate::check_tenant;
@@ -86,16 +87,17 @@ fn metrics_response(answer: ExportAnswer) -> ExportMetricsServiceResponse {
 }
 
 /// The OTLP/gRPC server: both services, with the request size limit applied,
-/// behind the ingest in-flight gate (RESOURCE_EXHAUSTED when saturated).
-pub fn otlp_grpc_router(ingest: OtlpIngest) -> tonic::transport::server::Router {
+/// behind the bearer tokens when auth is on and the ingest in-flight gate
+/// (RESOURCE_EXHAUSTED when saturated).
+pub fn otlp_grpc_router(ingest: OtlpIngest, auth: &Auth) -> tonic::transport::server::Router {
     let limit = ingest.limits().max_request_bytes;
     let gate = ingest.engine().limits().gate().clone();
     let telemetry = ingest.telemetry();
     let traces = TraceServiceServer::new(ingest.clone()).max_decoding_message_size(limit);
     let metrics = MetricsServiceServer::new(ingest).max_decoding_message_size(limit);
     tonic::transport::Server::builder()
-        .add_service(Backpressure::new(traces, gate.clone(), Arc::clone(&telemetry)).counted_as("otlp_grpc"))
-        .add_service(Backpressure::new(metrics, gate, telemetry).counted_as("otlp_grpc"))
+        .add_service(auth.grpc(Backpressure::new(traces, gate.clone(), Arc::clone(&telemetry)).counted_as("otlp_grpc")))
+        .add_service(auth.grpc(Backpressure::new(metrics, gate, telemetry).counted_as("otlp_grpc")))
 }
 
 /// The OTLP/HTTP routes.

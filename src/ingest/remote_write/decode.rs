@@ -58,7 +58,7 @@ pub enum RemoteWriteError {
     #[error("invalid snappy block: {0}")]
     Snappy(String),
     /// The block declares a decompressed length over the limit.
-    #[error("snappy block decompresses to {length} bytes, limit is {limit} (ingest.max_request_bytes)")]
+    #[error("snappy block decompresses to {length} bytes, limit is {limit} (ingest.max_decompressed_bytes)")]
     TooLarge {
         /// Length declared by the block header.
         length: usize,

@@ -71,10 +71,20 @@ impl HttpState {
     }
 }
 
-/// The HTTP routes: remote write, health and readiness.
+/// The HTTP routes: remote write, health and readiness (no auth; the server
+/// wraps [`ingest_router`] in `Auth::protect` instead).
 pub fn http_router(state: HttpState) -> Router {
+    ingest_router(state.clone()).merge(probe_router(state))
+}
+
+/// The ingest routes (`POST /api/v1/write`): what bearer-token auth guards.
+pub fn ingest_router(state: HttpState) -> Router {
+    Router::new().route("/api/v1/write", post(write)).with_state(state)
+}
+
+/// The probes (`/-/healthy`, `/-/ready`): open even with auth on.
+pub fn probe_router(state: HttpState) -> Router {
     Router::new()
-        .route("/api/v1/write", post(write))
         .route("/-/healthy", get(|| async { "ok\n" }))
         .route("/-/ready", get(ready))
         .with_state(state)
@@ -179,7 +189,7 @@ impl Shared {
     /// succeed, or that held anything invalid (the valid rest is kept, as the
     /// spec allows), gets 400; a closing engine gets 503 so the sender retries.
     fn ingest(&self, body: &[u8], tenant: Arc<str>) -> Result<(), Refusal> {
-        let bytes = decompress(body, self.limits.max_request_bytes).map_err(bad_request)?;
+        let bytes = decompress(body, self.limits.max_decompressed_bytes).map_err(bad_request)?;
         let request = parse(&bytes).map_err(bad_request)?;
         drop(bytes);
         let points = points_in(&request);

@@ -25,7 +25,7 @@ mod http;
 
 pub use decode::{RemoteWriteError, STALE_NAN_BITS};
 pub use histogram::HistogramError;
-pub use http::{http_router, HttpState};
+pub use http::{http_router, ingest_router, probe_router, HttpState};
 
 #[cfg(test)]
 mod tests;
