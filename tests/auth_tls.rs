@@ -537,3 +537,84 @@ fn tokens_are_read_from_files_the_environment_or_inline() {
         .auth
         .is_none());
 }
+
+/// OTLP sits behind the same tokens: without one, OTLP/HTTP gets 401 and
+/// OTLP/gRPC UNAUTHENTICATED, nothing is counted; with one, the spans land
+/// under the token's tenant. The selection query answers only that tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_and_the_selection_query_need_a_token_too() {
+    use tailfold::api::otlp::collector::trace::v1::{
+        trace_service_client::TraceServiceClient, ExportTraceServiceRequest,
+    };
+    use tailfold::api::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let extra = format!(
+        "{}otlp: {{grpc_listen: \"127.0.0.1:0\", http_listen: \"127.0.0.1:0\"}}\n",
+        auth_config(secrets.path())
+    );
+    let mut service = start_service_with(RULES, T0 + 5_000, &extra).await;
+    let spans = |trace: u8| ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: vec![trace; 16],
+                    span_id: vec![trace; 8],
+                    name: "op".into(),
+                    start_time_unix_nano: T0 as u64 * 1_000_000,
+                    end_time_unix_nano: (T0 as u64 + 20) * 1_000_000,
+                    ..Span::default()
+                }],
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        }],
+    };
+    let otlp_http = service.handle().otlp_http_addr().unwrap();
+    let protobuf = ("Content-Type", "application/x-protobuf");
+    let body = spans(1).encode_to_vec();
+    let (code, reason) = http(otlp_http, "POST", "/v1/traces", &[protobuf], &body).await;
+    assert_eq!(code, 401, "{reason}");
+    let mut grpc = TraceServiceClient::connect(format!("http://{}", service.handle().otlp_grpc_addr().unwrap()))
+        .await
+        .unwrap();
+    let status = grpc.export(spans(2)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let snapshot = service.handle().telemetry().snapshot();
+    assert_eq!(snapshot.received_points, 0, "a refused export is not even received");
+
+    let bearer_a = format!("Bearer {TOKEN_A}");
+    let (code, reason) = http(
+        otlp_http,
+        "POST",
+        "/v1/traces",
+        &[protobuf, ("Authorization", bearer_a.as_str())],
+        &body,
+    )
+    .await;
+    assert_eq!(code, 200, "{reason}");
+    let mut request = tonic::Request::new(spans(3));
+    let bearer_b = format!("Bearer {TOKEN_B}");
+    request
+        .metadata_mut()
+        .insert("authorization", bearer_b.parse().unwrap());
+    grpc.export(request).await.expect("token b");
+    service.flush_at(T0 + 60_000).await;
+    let records = service.records();
+    let tenants: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r.labels["__name__"].starts_with("span_duration_seconds"))
+        .map(|r| r.tenant.as_str())
+        .collect();
+    assert_eq!(tenants, ["a", "b"].into_iter().collect());
+
+    // The selection query: no token, 401; token a sees tenant a only.
+    let http_addr = service.handle().http_addr();
+    let query = format!("/api/v1/selections?start_ms={T0}&end_ms={}", T0 + 60_000);
+    assert_eq!(http(http_addr, "GET", &query, &[], b"").await.0, 401);
+    let (code, lines) = http(http_addr, "GET", &query, &[("Authorization", bearer_a.as_str())], b"").await;
+    assert_eq!(code, 200, "{lines}");
+    assert!(lines.contains("\"tenant\":\"a\""), "{lines}");
+    assert!(!lines.contains("\"tenant\":\"b\""), "{lines}");
+    service.shutdown().await;
+}
