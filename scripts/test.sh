@@ -18,8 +18,10 @@ if ! python3 -c "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grp
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -qq --no-install-recommends python3-pip >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-pip; }
   fi
-  python3 -m pip install -q opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc opentelemetry-exporter-otlp-proto-http \
-    || python3 -m pip install -q --break-system-packages opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc opentelemetry-exporter-otlp-proto-http
+  # Pinned: the versions the tests were written against.
+  otel="opentelemetry-sdk==1.45.2 opentelemetry-exporter-otlp-proto-grpc==1.45.2 opentelemetry-exporter-otlp-proto-http==1.45.2"
+  # shellcheck disable=SC2086
+  python3 -m pip install -q $otel || python3 -m pip install -q --break-system-packages $otel
 fi
 
 echo "== cargo fmt --check"
