@@ -537,9 +537,19 @@ async fn malformed_otlp_gets_the_protocol_error_answer_and_serving_goes_on() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("invalid protobuf"), "{status:?}");
 
-    // OTLP/HTTP: garbage, JSON and gzip get 4xx with a google.rpc.Status body.
+    // OTLP/HTTP: garbage, JSON, broken gzip, a gzip bomb and brotli get 4xx with a
+    // google.rpc.Status body; good gzip is taken as the Collector sends it.
     let http = format!("http://{}", service.handle().otlp_http_addr().unwrap());
-    let (garbage, json, gzip, ok) = tokio::task::spawn_blocking(move || {
+    let gzip = |bytes: &[u8]| {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    };
+    // 65 MiB of zeros inflate past the 64 MiB default of ingest.max_decompressed_bytes.
+    let bomb = gzip(&vec![0u8; 65 << 20]);
+    let gzipped_span = gzip(&request(vec![span(8, 8, T0 + 4, 50, 1)]).encode_to_vec());
+    let (garbage, json, broken_gzip, bomb, brotli, gzipped, ok) = tokio::task::spawn_blocking(move || {
         let client = reqwest::blocking::Client::new();
         let post = |path: &str, content_type: &str, encoding: Option<&str>, body: Vec<u8>| {
             let mut request = client
@@ -559,14 +569,17 @@ async fn malformed_otlp_gets_the_protocol_error_answer_and_serving_goes_on() {
             vec![0xff, 0xff, 0xff, 0x0a, 0x99],
         );
         let json = post("/v1/metrics", "application/json", None, b"{}".to_vec());
-        let gzip = post("/v1/traces", "application/x-protobuf", Some("gzip"), vec![1, 2, 3]);
+        let broken_gzip = post("/v1/traces", "application/x-protobuf", Some("gzip"), vec![1, 2, 3]);
+        let bomb = post("/v1/traces", "application/x-protobuf", Some("gzip"), bomb);
+        let brotli = post("/v1/traces", "application/x-protobuf", Some("br"), vec![1, 2, 3]);
+        let gzipped = post("/v1/traces", "application/x-protobuf", Some("gzip"), gzipped_span);
         let ok = post(
             "/v1/traces",
             "application/x-protobuf",
             None,
             request(vec![span(7, 7, T0 + 3, 40, 1)]).encode_to_vec(),
         );
-        (garbage, json, gzip, ok)
+        (garbage, json, broken_gzip, bomb, brotli, gzipped, ok)
     })
     .await
     .unwrap();
@@ -586,10 +599,33 @@ async fn malformed_otlp_gets_the_protocol_error_answer_and_serving_goes_on() {
         .unwrap()
         .message
         .contains("application/json"));
-    assert_eq!(gzip.0, 415);
+    assert_eq!(broken_gzip.0, 400);
+    assert!(RpcStatus::decode(broken_gzip.1.as_slice())
+        .unwrap()
+        .message
+        .contains("invalid gzip"));
+    assert_eq!(bomb.0, 400);
+    assert!(RpcStatus::decode(bomb.1.as_slice())
+        .unwrap()
+        .message
+        .contains("max_decompressed_bytes"));
+    assert_eq!(brotli.0, 415);
+    assert_eq!(gzipped.0, 200, "gzip taken");
     assert_eq!(ok.0, 200, "still serving");
     let answer = ExportTraceServiceResponse::decode(ok.1.as_slice()).unwrap();
     assert_eq!(answer.partial_success, None, "nothing refused");
+
+    // OTLP/gRPC with gzip, as the Collector's exporter sends by default.
+    let mut compressed = TraceServiceClient::connect(format!("http://{}", service.handle().otlp_grpc_addr().unwrap()))
+        .await
+        .unwrap()
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let answer = compressed
+        .export(request(vec![span(9, 9, T0 + 5, 60, 1)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.partial_success, None, "gzip over gRPC taken");
 
     service.flush_at(T0 + 600_000).await;
     let records = service.records();
@@ -598,6 +634,9 @@ async fn malformed_otlp_gets_the_protocol_error_answer_and_serving_goes_on() {
         &[("__name__", "span_duration_seconds_count"), ("service_name", "svc")],
         T0,
     ));
-    assert_eq!(count, 4.0, "three good gRPC spans, sampled or not, and the HTTP one");
+    assert_eq!(
+        count, 6.0,
+        "three good gRPC spans, sampled or not, the plain and the gzip HTTP ones, the gzip gRPC one"
+    );
     service.shutdown().await;
 }

@@ -2,7 +2,7 @@
 //! by convention). HTTP: `POST /v1/traces` and `/v1/metrics` with binary
 //! protobuf (4318), answering `200` with a partial success, `400` with a
 //! `google.rpc.Status` body for what can never succeed, `415` for JSON or
-//! compressed bodies, `503` while shutting down (the sender retries).
+//! an encoding other than gzip, `503` while shutting down (the sender retries).
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use prost::Message;
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Status};
 
 use crate::api::otlp::collector::metrics::v1::{
@@ -93,8 +94,13 @@ pub fn otlp_grpc_router(ingest: OtlpIngest, auth: &Auth) -> tonic::transport::se
     let limit = ingest.limits().max_request_bytes;
     let gate = ingest.engine().limits().gate().clone();
     let telemetry = ingest.telemetry();
-    let traces = TraceServiceServer::new(ingest.clone()).max_decoding_message_size(limit);
-    let metrics = MetricsServiceServer::new(ingest).max_decoding_message_size(limit);
+    // gzip is what the Collector's OTLP exporter sends by default.
+    let traces = TraceServiceServer::new(ingest.clone())
+        .max_decoding_message_size(limit)
+        .accept_compressed(CompressionEncoding::Gzip);
+    let metrics = MetricsServiceServer::new(ingest)
+        .max_decoding_message_size(limit)
+        .accept_compressed(CompressionEncoding::Gzip);
     tonic::transport::Server::builder()
         .add_service(auth.grpc(Backpressure::new(traces, gate.clone(), Arc::clone(&telemetry)).counted_as("otlp_grpc")))
         .add_service(auth.grpc(Backpressure::new(metrics, gate, telemetry).counted_as("otlp_grpc")))
@@ -153,16 +159,22 @@ async fn read(ingest: &OtlpIngest, headers: &HeaderMap, body: Body) -> Result<(A
             format!("content-type {content_type:?} is not supported: send application/x-protobuf"),
         ));
     }
-    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
-        let encoding = String::from_utf8_lossy(encoding.as_bytes()).trim().to_ascii_lowercase();
-        if !encoding.is_empty() && encoding != "identity" {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|encoding| String::from_utf8_lossy(encoding.as_bytes()).trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let gzipped = match encoding.as_str() {
+        "" | "identity" => false,
+        // What the OpenTelemetry Collector's exporters send by default.
+        "gzip" => true,
+        _ => {
             return Err(refusal(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 INVALID_ARGUMENT,
-                format!("content-encoding {encoding:?} is not supported: send uncompressed (compression: none)"),
-            ));
+                format!("content-encoding {encoding:?} is not supported: send gzip or uncompressed"),
+            ))
         }
-    }
+    };
     let limits = ingest.limits();
     let tenant = match headers.get(limits.tenant_header.as_str()) {
         None => Arc::from(limits.default_tenant.as_str()),
@@ -186,7 +198,29 @@ async fn read(ingest: &OtlpIngest, headers: &HeaderMap, body: Body) -> Result<(A
                 ),
             )
         })?;
-    Ok((tenant, body))
+    if !gzipped {
+        return Ok((tenant, body));
+    }
+    let unzipped = gunzip(&body, limits.max_decompressed_bytes)
+        .map_err(|problem| refusal(StatusCode::BAD_REQUEST, INVALID_ARGUMENT, problem))?;
+    Ok((tenant, unzipped))
+}
+
+/// The gzip body inflated, refused once it passes `limit` bytes (a zip bomb
+/// stops there, never in memory).
+fn gunzip(body: &[u8], limit: usize) -> Result<bytes::Bytes, String> {
+    use std::io::Read;
+    let mut inflated = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    let read = flate2::read::GzDecoder::new(body)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|error| format!("invalid gzip body: {error}"))?;
+    if read > limit {
+        return Err(format!(
+            "gzip body inflates past {limit} bytes (ingest.max_decompressed_bytes)"
+        ));
+    }
+    Ok(bytes::Bytes::from(inflated))
 }
 
 fn unavailable(message: String) -> Response {

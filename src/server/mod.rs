@@ -2,10 +2,11 @@
 //! ticks, flush work off the async threads), feeds the sinks, logs progress,
 //! and on shutdown stops ingest, flushes every open window and drains sinks.
 
-use std::collections::BTreeSet;
+mod flush_loop;
+mod listeners;
+
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +21,10 @@ use crate::admin::{admin_router, AdminState};
 use crate::api::{self, v1};
 use crate::clock::Clock;
 use crate::config::ServiceSettings;
-use crate::engine::{AggregateRecord, Engine, FlushStats};
+use crate::engine::{Engine, FlushStats};
 use crate::ingest::auth::Auth;
 use crate::ingest::backpressure::Backpressure;
 use crate::ingest::grpc::GrpcIngest;
-use crate::ingest::otlp::{otlp_grpc_router, otlp_http_router, OtlpIngest};
 use crate::ingest::remote_write::{ingest_router, probe_router, HttpState};
 use crate::ingest::statsd::serve_statsd;
 use crate::limits::Limits;
@@ -39,6 +39,9 @@ use crate::sink::SinkSet;
 use crate::telemetry::Telemetry;
 use crate::tls::TlsListener;
 use crate::wal::{Wal, WalError};
+
+use flush_loop::FlushLoop;
+use listeners::{start_otlp, watch_rules, HttpListener};
 
 /// Why the service could not start or stopped badly.
 #[derive(Debug, Error)]
@@ -404,237 +407,6 @@ struct Servers {
     otlp: Vec<JoinHandle<()>>,
     /// The rules file watcher (and SIGHUP listener).
     rules_watch: JoinHandle<()>,
-}
-
-/// The started OTLP listeners.
-struct OtlpServers {
-    grpc_addr: Option<SocketAddr>,
-    http_addr: Option<SocketAddr>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServiceError> {
-    let bind_error = |source| ServiceError::Bind { addr, source };
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind_error)?;
-    let local = listener.local_addr().map_err(bind_error)?;
-    Ok((listener, local))
-}
-
-/// Binds and serves OTLP/gRPC and OTLP/HTTP where configured. They serve until
-/// `closing` turns true (after the final flush; the engine refuses writes
-/// with UNAVAILABLE / 503 from the moment shutdown begins).
-async fn start_otlp(
-    settings: &ServiceSettings,
-    engine: &Arc<Engine>,
-    clock: &Arc<dyn Clock>,
-    telemetry: &Arc<Telemetry>,
-    wal: Option<&Arc<Wal>>,
-    auth: &Auth,
-    closing: &watch::Receiver<bool>,
-) -> Result<OtlpServers, ServiceError> {
-    let ingest = OtlpIngest::new(
-        Arc::clone(engine),
-        settings.ingest.clone(),
-        settings.otlp.clone(),
-        Arc::clone(clock),
-        Arc::clone(telemetry),
-        wal.cloned(),
-    );
-    let mut servers = OtlpServers {
-        grpc_addr: None,
-        http_addr: None,
-        tasks: Vec::new(),
-    };
-    let closed = |mut closing: watch::Receiver<bool>| async move {
-        let _ = closing.wait_for(|closed| *closed).await;
-    };
-    if let Some(addr) = settings.otlp.grpc_listen {
-        let (listener, local) = bind(addr).await?;
-        servers.grpc_addr = Some(local);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let router = otlp_grpc_router(ingest.clone(), auth);
-        let stop = closed(closing.clone());
-        servers.tasks.push(tokio::spawn(async move {
-            if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop).await {
-                tracing::error!(%error, "otlp grpc server failed");
-            }
-        }));
-    }
-    if let Some(addr) = settings.otlp.http_listen {
-        let (listener, local) = bind(addr).await?;
-        servers.http_addr = Some(local);
-        let router = auth.protect(otlp_http_router(ingest));
-        let stop = closed(closing.clone());
-        servers.tasks.push(tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
-                tracing::error!(%error, "otlp http server failed");
-            }
-        }));
-    }
-    Ok(servers)
-}
-
-/// Reloads the rules when the file changes (checked every `interval_ms`; 0 =
-/// not watched) and on SIGHUP, until `closing`.
-async fn watch_rules(
-    reloader: Arc<RulesReloader>,
-    interval_ms: u64,
-    #[cfg(unix)] mut hangup: Option<tokio::signal::unix::Signal>,
-    mut closing: watch::Receiver<bool>,
-) {
-    let mut ticks = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        #[cfg(unix)]
-        let signal = async {
-            match hangup.as_mut() {
-                Some(signal) => signal.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let signal = std::future::pending::<Option<()>>();
-        let reloader = Arc::clone(&reloader);
-        tokio::select! {
-            _ = closing.changed() => break,
-            _ = ticks.tick(), if interval_ms > 0 => {
-                let _ = tokio::task::spawn_blocking(move || reloader.poll()).await;
-            }
-            Some(()) = signal => {
-                let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
-            }
-        }
-    }
-}
-
-/// The HTTP listener: plaintext, or TLS when `http.tls` is set.
-enum HttpListener {
-    Plain(tokio::net::TcpListener),
-    Tls(TlsListener),
-}
-
-struct FlushLoop {
-    engine: Arc<Engine>,
-    sinks: Arc<SinkSet>,
-    clock: Arc<dyn Clock>,
-    telemetry: Arc<Telemetry>,
-    /// The write-ahead log, when on: each flush is checkpointed in it.
-    wal: Option<Arc<Wal>>,
-    /// Paths of the store's segment files (the store itself runs on its sink thread).
-    store_paths: Option<FileStore>,
-    /// Store writes that failed; a flush during which one failed is not committed.
-    store_failures: Arc<AtomicU64>,
-}
-
-/// Every store file the records will be appended to, with its length now.
-fn store_files_touched(store: &FileStore, chunks: &[Vec<AggregateRecord>]) -> Vec<(PathBuf, u64)> {
-    let segments: BTreeSet<_> = chunks
-        .iter()
-        .flatten()
-        .map(|record| {
-            (
-                record.policy,
-                store.segment_start(&record.policy, record.window_start_ms),
-            )
-        })
-        .collect();
-    segments
-        .into_iter()
-        .map(|(policy, start)| {
-            let path = store.segment_path(&policy, start);
-            let length = std::fs::metadata(&path).map(|meta| meta.len()).unwrap_or(0);
-            (path, length)
-        })
-        .collect()
-}
-
-impl FlushLoop {
-    /// One flush with the write-ahead log on: intent in the checkpoint, records
-    /// to the sinks, the store's fsync awaited, then the watermarks committed and
-    /// the log segments every window of which has flushed deleted (see `wal`).
-    fn flush_logged(&self, wal: &Wal, now_ms: i64, everything: bool, settle: bool) -> FlushStats {
-        let mut chunks = Vec::new();
-        let stats = if everything {
-            self.engine.flush_all(now_ms, |records| chunks.push(records))
-        } else {
-            self.engine.flush_due(now_ms, |records| chunks.push(records))
-        };
-        self.telemetry.flushed(stats.windows as u64, stats.records as u64);
-        let watermarks = self.engine.watermarks();
-        let failures_before = self.store_failures.load(Ordering::Relaxed);
-        let mut intent_recorded = true;
-        if let Some(store) = &self.store_paths {
-            let files = store_files_touched(store, &chunks);
-            if !files.is_empty() {
-                if let Err(error) = wal.begin_flush(files) {
-                    // Deliver anyway (losing nothing); without a commit replay may emit these windows again.
-                    tracing::error!(%error, "cannot record the flush in the checkpoint");
-                    intent_recorded = false;
-                }
-            }
-        }
-        for chunk in chunks {
-            self.sinks.deliver(chunk, now_ms);
-        }
-        self.sinks.tick(now_ms);
-        self.sinks.barrier_of("store");
-        if settle {
-            self.sinks.barrier();
-        }
-        if !intent_recorded || self.store_failures.load(Ordering::Relaxed) != failures_before {
-            tracing::error!("flush not committed: a store write failed; the log keeps its windows");
-            return stats;
-        }
-        match wal.commit_flush(watermarks, now_ms, self.engine.flush_horizon_ms(), everything) {
-            Ok(removed) if removed > 0 => tracing::debug!(removed, "write-ahead log segments deleted"),
-            Ok(_) => {}
-            Err(error) => tracing::error!(%error, "cannot commit the flush checkpoint"),
-        }
-        stats
-    }
-
-    /// Flushes due (or all) windows on a blocking thread; waits for sinks when `settle`.
-    async fn flush(self: &Arc<Self>, everything: bool, settle: bool) -> FlushStats {
-        let engine = Arc::clone(&self.engine);
-        let sinks = Arc::clone(&self.sinks);
-        let now_ms = self.clock.now_ms();
-        let telemetry = Arc::clone(&self.telemetry);
-        let this = Arc::clone(self);
-        let work = tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            if let Some(profiler) = engine.profiler() {
-                profiler.roll(now_ms);
-            }
-            let stats = match &this.wal {
-                Some(wal) => {
-                    let stats = this.flush_logged(wal, now_ms, everything, settle);
-                    telemetry.wal_size(wal.size_bytes());
-                    stats
-                }
-                None => {
-                    let deliver = |records| sinks.deliver(records, now_ms);
-                    let stats = if everything {
-                        engine.flush_all(now_ms, deliver)
-                    } else {
-                        engine.flush_due(now_ms, deliver)
-                    };
-                    telemetry.flushed(stats.windows as u64, stats.records as u64);
-                    sinks.tick(now_ms);
-                    if settle {
-                        sinks.barrier();
-                    }
-                    stats
-                }
-            };
-            telemetry.flush_completed(now_ms, started.elapsed());
-            telemetry.exporter().upkeep();
-            stats
-        });
-        work.await.unwrap_or_else(|error| {
-            tracing::error!(%error, "flush task failed");
-            FlushStats::default()
-        })
-    }
 }
 
 async fn run(
