@@ -2,6 +2,7 @@
 //! slow tail, a trace ID on every observation, counters and gauges beside),
 //! with progress once a second and a closing account of every point sent.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -192,12 +193,52 @@ fn remote_write_body(request: v1::WriteRequest) -> Vec<u8> {
     snap::raw::Encoder::new().compress_vec(&encoded).unwrap_or_default()
 }
 
+/// What the service counted for remote write, summed over tenants.
+#[derive(Debug, Default, PartialEq)]
+struct ServiceCounts {
+    accepted: u64,
+    rejected: BTreeMap<String, u64>,
+}
+
+/// Reads `tailfold_samples_accepted_total` and `tailfold_samples_dropped_total`
+/// of `protocol="remote_write"` from the service's `/metrics`.
+async fn remote_write_counts(http: &reqwest::Client, url: &str) -> Result<ServiceCounts, String> {
+    let response = http.get(url).send().await.map_err(|error| error.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()));
+    }
+    let text = response.text().await.map_err(|error| error.to_string())?;
+    Ok(parse_remote_write_counts(&text))
+}
+
+fn parse_remote_write_counts(text: &str) -> ServiceCounts {
+    let mut counts = ServiceCounts::default();
+    for line in text.lines().filter(|line| line.contains("protocol=\"remote_write\"")) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        if series.starts_with("tailfold_samples_accepted_total{") {
+            counts.accepted += value as u64;
+        } else if series.starts_with("tailfold_samples_dropped_total{") {
+            let reason = series
+                .split("reason=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("unknown");
+            *counts.rejected.entry(reason.to_string()).or_default() += value as u64;
+        }
+    }
+    counts
+}
+
 /// The account of a run.
 #[derive(Clone, Debug, Default)]
 pub struct LoadgenReport {
     /// Points sent in requests that got an answer.
     pub sent: u64,
-    /// Points the service said it accepted.
+    /// Points the service said it accepted (gRPC: in its answers; remote write:
+    /// by its own `/metrics` counters, so run against a service no one else feeds).
     pub accepted: u64,
     /// Points the service said it rejected, by reason.
     pub rejected: Vec<(String, u64)>,
@@ -384,6 +425,17 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
         latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
         ..Shared::default()
     }));
+    // A 2xx remote-write answer does not say which samples the engine then refused
+    // (a kind conflict, say): the account comes from the service's own counters.
+    let metrics_url = format!("{}/metrics", options.target.trim_end_matches('/'));
+    let counted_before = match options.protocol {
+        Protocol::RemoteWrite => Some(
+            remote_write_counts(&http, &metrics_url)
+                .await
+                .map_err(|message| connect_error(format!("{metrics_url}: {message}")))?,
+        ),
+        Protocol::Grpc => None,
+    };
     let started = Instant::now();
     let deadline = started + options.duration;
     let per_worker_rate = options.rate as f64 / concurrency as f64;
@@ -471,6 +523,23 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
     }
     let mut shared = Arc::try_unwrap(shared).map(Mutex::into_inner).unwrap_or_default();
     shared.report.elapsed = started.elapsed();
+    if let Some(before) = counted_before {
+        let after = remote_write_counts(&http, &metrics_url)
+            .await
+            .map_err(|message| connect_error(format!("{metrics_url}: {message}")))?;
+        shared.report.accepted = after.accepted.saturating_sub(before.accepted);
+        shared.report.rejected = after
+            .rejected
+            .iter()
+            .map(|(reason, count)| {
+                (
+                    reason.clone(),
+                    count.saturating_sub(before.rejected.get(reason).copied().unwrap_or(0)),
+                )
+            })
+            .filter(|(_, count)| *count > 0)
+            .collect();
+    }
     if let Some(latency) = &shared.latency {
         shared.report.latency_us = [
             latency.value_at_quantile(0.5),
@@ -485,6 +554,25 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_write_counts_sum_tenants_and_reasons_of_remote_write_only() {
+        let text = r#"# TYPE tailfold_samples_accepted_total counter
+tailfold_samples_accepted_total{protocol="remote_write",tenant="default"} 1200
+tailfold_samples_accepted_total{protocol="remote_write",tenant="b"} 34
+tailfold_samples_accepted_total{protocol="grpc",tenant="default"} 999
+tailfold_samples_dropped_total{protocol="remote_write",tenant="default",reason="kind_conflict"} 7
+tailfold_samples_dropped_total{protocol="remote_write",tenant="b",reason="kind_conflict",rule=""} 3
+tailfold_samples_dropped_total{protocol="remote_write",tenant="b",reason="too_late"} 2
+tailfold_samples_dropped_total{protocol="grpc",tenant="b",reason="too_late"} 50
+"#;
+        let counts = parse_remote_write_counts(text);
+        assert_eq!(counts.accepted, 1234);
+        assert_eq!(
+            counts.rejected,
+            BTreeMap::from([("kind_conflict".to_string(), 10), ("too_late".to_string(), 2)])
+        );
+    }
 
     #[test]
     fn requests_hold_the_batch_and_trace_every_observation() {
