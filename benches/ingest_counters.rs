@@ -14,7 +14,7 @@ mod common;
 use std::hint::black_box;
 use std::time::Instant;
 
-use common::{Points, BATCH, NOW_MS, WINDOW_START_MS};
+use common::{Points, BATCH, NOW_MS};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tailfold::model::Kind;
 
@@ -23,32 +23,14 @@ const SERIES: usize = 1_000_000;
 const BATCHES: usize = 256;
 
 fn bench(c: &mut Criterion) {
-    let labels = common::label_table(SERIES, common::counter_labels);
-    let engine = common::engine();
-    common::load_series(
-        &engine,
-        &labels,
+    let common::Loaded { engine, zipf, uniform } = common::loaded(
+        SERIES,
+        common::counter_labels,
         Kind::Counter,
         Points::CounterDeltas,
-        WINDOW_START_MS,
-        NOW_MS,
+        BATCHES,
+        1,
     );
-    assert_eq!(engine.active_outputs(), SERIES);
-    let zipf = common::batches(
-        &labels,
-        &common::zipf_indices(SERIES, BATCHES * BATCH, 1),
-        Kind::Counter,
-        Points::CounterDeltas,
-        2,
-    );
-    let uniform = common::batches(
-        &labels,
-        &common::uniform_indices(SERIES, BATCHES * BATCH, 3),
-        Kind::Counter,
-        Points::CounterDeltas,
-        4,
-    );
-    drop(labels);
     eprintln!(
         "ingest_counters: {SERIES} series loaded; zipf batches: {:.0} series/batch, uniform: {:.0} series/batch",
         common::series_per_batch(&zipf),

@@ -10,7 +10,7 @@ mod common;
 
 use std::hint::black_box;
 
-use common::{Points, BATCH, NOW_MS, WINDOW_START_MS};
+use common::{Points, BATCH, NOW_MS};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tailfold::model::Kind;
 
@@ -19,32 +19,14 @@ const SERIES: usize = 100_000;
 const BATCHES: usize = 256;
 
 fn bench(c: &mut Criterion) {
-    let labels = common::label_table(SERIES, common::distribution_labels);
-    let engine = common::engine();
-    common::load_series(
-        &engine,
-        &labels,
+    let common::Loaded { engine, zipf, uniform } = common::loaded(
+        SERIES,
+        common::distribution_labels,
         Kind::Distribution,
         Points::TracedLatencies,
-        WINDOW_START_MS,
-        NOW_MS,
+        BATCHES,
+        5,
     );
-    assert_eq!(engine.active_outputs(), SERIES);
-    let zipf = common::batches(
-        &labels,
-        &common::zipf_indices(SERIES, BATCHES * BATCH, 5),
-        Kind::Distribution,
-        Points::TracedLatencies,
-        6,
-    );
-    let uniform = common::batches(
-        &labels,
-        &common::uniform_indices(SERIES, BATCHES * BATCH, 7),
-        Kind::Distribution,
-        Points::TracedLatencies,
-        8,
-    );
-    drop(labels);
     // Prefill: one pass over every batch, so timed calls meet mature windows
     // (every bucket they touch exists) and the figure does not drift with the
     // number of iterations; `zipf_window_cycle` covers windows filled from empty.

@@ -6,9 +6,10 @@ use std::path::Path;
 
 use tailfold::fuzzing;
 
-fn replay(target: &str, run: fn(&[u8])) {
+/// Feeds every corpus file of `target` to `run`; the files that ran without a crash.
+fn replay(target: &str, run: fn(&[u8])) -> Vec<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
-    let mut inputs = 0;
+    let mut survived = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display())) {
         let path = entry.expect("corpus entry").path();
         if path
@@ -18,35 +19,36 @@ fn replay(target: &str, run: fn(&[u8])) {
             continue;
         }
         let data = std::fs::read(&path).expect("read corpus file");
-        if std::panic::catch_unwind(|| run(&data)).is_err() {
-            panic!("{target}: {} crashed", path.display());
-        }
-        inputs += 1;
+        let outcome = std::panic::catch_unwind(|| run(&data));
+        assert!(outcome.is_ok(), "{target}: {} crashed", path.display());
+        survived.push(path.display().to_string());
     }
-    // An emptied or misplaced corpus would make this test pass vacuously.
-    assert!(
-        inputs >= 10,
-        "{target}: only {inputs} corpus files in {}",
-        dir.display()
-    );
+    survived
 }
+
+/// An emptied or misplaced corpus would make a replay pass vacuously.
+const MIN_CORPUS_FILES: usize = 10;
 
 #[test]
 fn remote_write_corpus_replays_without_a_crash() {
-    replay("remote_write", fuzzing::remote_write);
+    let survived = replay("remote_write", fuzzing::remote_write);
+    assert!(survived.len() >= MIN_CORPUS_FILES, "remote_write: only {survived:?}");
 }
 
 #[test]
 fn statsd_corpus_replays_without_a_crash() {
-    replay("statsd", fuzzing::statsd);
+    let survived = replay("statsd", fuzzing::statsd);
+    assert!(survived.len() >= MIN_CORPUS_FILES, "statsd: only {survived:?}");
 }
 
 #[test]
 fn grpc_batch_corpus_replays_without_a_crash() {
-    replay("grpc_batch", fuzzing::grpc_batch);
+    let survived = replay("grpc_batch", fuzzing::grpc_batch);
+    assert!(survived.len() >= MIN_CORPUS_FILES, "grpc_batch: only {survived:?}");
 }
 
 #[test]
 fn rules_corpus_replays_without_a_crash() {
-    replay("rules", fuzzing::rules);
+    let survived = replay("rules", fuzzing::rules);
+    assert!(survived.len() >= MIN_CORPUS_FILES, "rules: only {survived:?}");
 }

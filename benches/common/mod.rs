@@ -220,6 +220,48 @@ pub fn load_series(engine: &Engine, labels: &[Labels], kind: Kind, points: Point
     }
 }
 
+/// An engine with every one of `series` series loaded (one window open each),
+/// and `batches` pre-built Zipf-skewed and uniform batches over them; `seed`
+/// makes both pick sequences (and their points) repeatable.
+pub struct Loaded {
+    /// The engine, every series loaded.
+    pub engine: Engine,
+    /// Batches with Zipf-skewed series picks.
+    pub zipf: Vec<IngestBatch>,
+    /// Batches with uniform series picks.
+    pub uniform: Vec<IngestBatch>,
+}
+
+/// Builds a [`Loaded`] engine and its batches (see there).
+pub fn loaded(
+    series: usize,
+    make: fn(usize) -> Labels,
+    kind: Kind,
+    points: Points,
+    batches: usize,
+    seed: u64,
+) -> Loaded {
+    let labels = label_table(series, make);
+    let engine = engine();
+    load_series(&engine, &labels, kind, points, WINDOW_START_MS, NOW_MS);
+    assert_eq!(engine.active_outputs(), series);
+    let zipf = self::batches(
+        &labels,
+        &zipf_indices(series, batches * BATCH, seed),
+        kind,
+        points,
+        seed + 1,
+    );
+    let uniform = self::batches(
+        &labels,
+        &uniform_indices(series, batches * BATCH, seed + 2),
+        kind,
+        points,
+        seed + 3,
+    );
+    Loaded { engine, zipf, uniform }
+}
+
 /// Copies of `batches` whose points carry no timestamp (arrival time = `now_ms` of the call).
 pub fn without_timestamps(batches: &[IngestBatch]) -> Vec<IngestBatch> {
     let mut batches = batches.to_vec();
