@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use crate::model::StoragePolicy;
-use crate::rules::{MatchCache, RuleSet};
+use crate::rules::RuleSet;
 
-use super::route::SeriesRoute;
+use super::route_cache::RouteCache;
 use super::settings::EngineSettings;
 
 /// One rule set and the routes built from it, in force for events at or after `from_ms`.
@@ -16,7 +16,7 @@ pub struct Generation {
     /// The rules.
     pub rules: Arc<RuleSet>,
     /// Routes of series under these rules.
-    pub routes: MatchCache<SeriesRoute>,
+    pub routes: RouteCache,
     /// First event time this rule set applies to (`i64::MIN` for the first set).
     pub from_ms: i64,
     /// Latest window end plus lateness of any policy the set uses: once a later
@@ -35,7 +35,7 @@ impl Generation {
             .unwrap_or(0);
         Generation {
             rules,
-            routes: MatchCache::new(),
+            routes: RouteCache::default(),
             from_ms,
             max_lateness_ms,
         }

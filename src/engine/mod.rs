@@ -30,14 +30,17 @@ mod cumulative;
 mod cumulative_histograms;
 mod generations;
 mod histogram_route;
+mod prefetch;
 mod record;
 mod route;
+mod route_cache;
 mod settings;
 mod shard;
 mod window;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -59,6 +62,8 @@ use cumulative::CumulativeCounters;
 use cumulative_histograms::CumulativeHistograms;
 use generations::{generation_at, generation_range, next_common_boundary, Generation};
 use histogram_route::RoutedHistogram;
+use prefetch::prefetch;
+use route_cache::RouteReader;
 use shard::{ClosedWindow, RoutedSample, Shard};
 
 /// Per-thread buffers reused across batches so ingest allocates nothing per sample.
@@ -78,6 +83,15 @@ struct Scratch {
     histogram_deltas: Vec<NativeHistogram>,
     /// Per rule generation: index in `routes` of the current series' route there.
     route_of_generation: Vec<Option<u32>>,
+    /// Identity of each series of the batch, hashed once.
+    keys: Vec<SeriesKey>,
+    /// Routes built during the batch for series the cache did not know, with
+    /// their generation, identity and kind: cached once the batch lets go of
+    /// its read locks.
+    built: Vec<(usize, SeriesKey, Kind, Arc<SeriesRoute>)>,
+    /// Index in `built` by (generation, fingerprint, kind), so a new series
+    /// met twice in one batch is resolved once.
+    built_index: HashMap<(usize, u128, Kind), usize>,
 }
 
 thread_local! {
@@ -210,29 +224,39 @@ impl Engine {
         Arc::clone(&self.generations.read())
     }
 
-    /// The cached route of a series under `generation`'s rules, built on a miss.
-    fn route_in(
+    /// Builds the route of a series the cache of generation `index` does not
+    /// know (once per batch), to be cached after the batch.
+    fn build_route(
         &self,
+        scratch: &mut Scratch,
         generation: &Generation,
+        index: usize,
         identity: SeriesKey,
         batch: &IngestBatch,
         series_index: usize,
     ) -> Arc<SeriesRoute> {
         let series = &batch.series[series_index];
-        generation.routes.get_or_insert_with(identity, series.kind, || {
-            let plan = generation.rules.resolve(&series.labels, series.kind);
-            let mut route = SeriesRoute::build(&plan, &batch.tenant, &self.settings, series.kind);
-            if let Some(profiler) = &self.profiler {
-                route.profile = Some(profiler.series(&batch.tenant, &series.labels, identity.hash, &plan));
-            }
-            route
-        })
+        let built_key = (index, identity.fingerprint, series.kind);
+        if let Some(&built) = scratch.built_index.get(&built_key) {
+            return Arc::clone(&scratch.built[built].3);
+        }
+        let plan = generation.rules.resolve(&series.labels, series.kind);
+        let mut route = SeriesRoute::build(&plan, &batch.tenant, &self.settings, series.kind);
+        if let Some(profiler) = &self.profiler {
+            route.profile = Some(profiler.series(&batch.tenant, &series.labels, identity.hash, &plan));
+        }
+        let route = Arc::new(route);
+        scratch.built_index.insert(built_key, scratch.built.len());
+        scratch.built.push((index, identity, series.kind, Arc::clone(&route)));
+        route
     }
 
     /// Index in `scratch.routes` of the current series' route under generation `index`.
+    #[allow(clippy::too_many_arguments)]
     fn route_index(
         &self,
         scratch: &mut Scratch,
+        readers: &[RouteReader<'_>],
         generations: &[Arc<Generation>],
         index: usize,
         identity: SeriesKey,
@@ -242,11 +266,45 @@ impl Engine {
         if let Some(route) = scratch.route_of_generation[index] {
             return route;
         }
-        let route = self.route_in(&generations[index], identity, batch, series_index);
+        let route = match readers[index].get(identity, batch.series[series_index].kind) {
+            Some(route) => Arc::clone(route),
+            None => self.build_route(scratch, &generations[index], index, identity, batch, series_index),
+        };
         let position = scratch.routes.len() as u32;
         scratch.routes.push(route);
         scratch.route_of_generation[index] = Some(position);
         position
+    }
+
+    /// Looks every series of the batch up once before any is folded, asking
+    /// for each route's memory and, a few series later, for its first
+    /// target's: the lookups of independent series then overlap their misses.
+    /// Computes nothing the fold relies on.
+    fn prefetch_routes(
+        readers: &[RouteReader<'_>],
+        generations: &[Arc<Generation>],
+        batch: &IngestBatch,
+        keys: &[SeriesKey],
+        now_ms: i64,
+    ) {
+        const AHEAD: usize = 8;
+        let prefetch_target = |route: &Arc<SeriesRoute>| {
+            if let Some(target) = route.targets.first() {
+                prefetch(Arc::as_ptr(target));
+            }
+        };
+        let mut ring: [Option<&Arc<SeriesRoute>>; AHEAD] = [None; AHEAD];
+        for (index, (series, key)) in batch.series.iter().zip(keys).enumerate() {
+            let generation = generation_at(generations, first_event_ms(series, now_ms)).unwrap_or(0);
+            let found = readers[generation].get(*key, series.kind);
+            if let Some(route) = found {
+                prefetch(Arc::as_ptr(route));
+            }
+            if let Some(earlier) = std::mem::replace(&mut ring[index % AHEAD], found) {
+                prefetch_target(earlier);
+            }
+        }
+        ring.into_iter().flatten().for_each(prefetch_target);
     }
 
     /// Passes a validated batch through the tenant limits, then folds what they
@@ -303,21 +361,38 @@ impl Engine {
         scratch.last_refusal.clear();
         let future_limit = now_ms.saturating_add(self.settings.future_tolerance_ms as i64);
 
+        scratch.keys.clear();
+        scratch.keys.extend(
+            batch
+                .series
+                .iter()
+                .map(|series| series_key(&batch.tenant, &series.labels)),
+        );
+        // Read locks on every route cache for the routing part of the batch;
+        // routes built meanwhile are cached once they are let go.
+        let readers: smallvec::SmallVec<[RouteReader<'_>; 2]> = generations
+            .iter()
+            .map(|generation| generation.routes.reader())
+            .collect();
+        Self::prefetch_routes(&readers, &generations, batch, &scratch.keys, now_ms);
+
         for (series_index, series) in batch.series.iter().enumerate() {
-            let identity = series_key(&batch.tenant, &series.labels);
+            let identity = scratch.keys[series_index];
             let key = identity.hash;
             scratch.route_of_generation.clear();
             scratch.route_of_generation.resize(generations.len(), None);
             // The generation of the series' first event routes it when all its events share one (the usual case).
-            let first_ms = series
-                .points
-                .first()
-                .and_then(|point| point.timestamp_ms)
-                .or_else(|| series.histograms.first().and_then(|histogram| histogram.timestamp_ms))
-                .unwrap_or(now_ms);
-            let first_generation = generation_at(&generations, first_ms).unwrap_or(0);
-            let first_route = self.route_index(scratch, &generations, first_generation, identity, batch, series_index);
-            let route = Arc::clone(&scratch.routes[first_route as usize]);
+            let first_generation = generation_at(&generations, first_event_ms(series, now_ms)).unwrap_or(0);
+            let first_route = self.route_index(
+                scratch,
+                &readers,
+                &generations,
+                first_generation,
+                identity,
+                batch,
+                series_index,
+            );
+            let route = &scratch.routes[first_route as usize];
             route.touch(now_ms);
             if let (Some(profile), Some(profiler)) = (&route.profile, &self.profiler) {
                 profile.observe(profiler, (series.points.len() + series.histograms.len()) as u64);
@@ -351,7 +426,15 @@ impl Engine {
                     outcome.reject(DropReason::TooLate, 1);
                     continue;
                 };
-                let route_index = self.route_index(scratch, &generations, generation, identity, batch, series_index);
+                let route_index = self.route_index(
+                    scratch,
+                    &readers,
+                    &generations,
+                    generation,
+                    identity,
+                    batch,
+                    series_index,
+                );
                 let route = &scratch.routes[route_index as usize];
                 if route.targets.is_empty() {
                     match &route.dropped_by {
@@ -404,6 +487,12 @@ impl Engine {
             }
         }
 
+        drop(readers);
+        for (generation, identity, kind, route) in scratch.built.drain(..) {
+            generations[generation].routes.insert(identity, kind, route);
+        }
+        scratch.built_index.clear();
+
         for (index, (samples, histograms)) in scratch
             .per_shard
             .iter_mut()
@@ -414,6 +503,10 @@ impl Engine {
                 continue;
             }
             let mut shard = self.shards[index].lock();
+            // Every window is looked up once ahead of the fold, so their misses overlap.
+            for sample in samples.iter() {
+                shard.prefetch_windows(scratch.routes[sample.route as usize].targets[sample.target as usize].key);
+            }
             for sample in samples.iter() {
                 let target = &scratch.routes[sample.route as usize].targets[sample.target as usize];
                 if let Err(reason) = shard.fold(target, sample, now_ms) {
@@ -577,6 +670,17 @@ impl Engine {
             .map(|generation| generation.routes.len())
             .sum()
     }
+}
+
+/// Event time of the series' first point or histogram (`now_ms` without one):
+/// the rule generation of that time routes the series.
+fn first_event_ms(series: &crate::model::SeriesBatch, now_ms: i64) -> i64 {
+    series
+        .points
+        .first()
+        .and_then(|point| point.timestamp_ms)
+        .or_else(|| series.histograms.first().and_then(|histogram| histogram.timestamp_ms))
+        .unwrap_or(now_ms)
 }
 
 /// Per shard, per storage policy: the end up to which windows were flushed.

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::aggregate::Aggregation;
 use crate::model::{series_hash, Kind, Labels, StoragePolicy};
 use crate::profile::SeriesProfile;
@@ -25,8 +27,9 @@ pub struct OutputTarget {
     pub kind: Kind,
     /// True for rollup outputs (gauge `last` then sums the inputs' latest values).
     pub rollup: bool,
-    /// Policies and their aggregations; a window's slot indexes this.
-    pub slots: Vec<PolicySlot>,
+    /// Policies and their aggregations; a window's slot indexes this. Inline
+    /// for the usual single policy: ingest and flush read it for every window.
+    pub slots: SmallVec<[PolicySlot; 1]>,
 }
 
 /// One storage policy of an output.
@@ -53,8 +56,9 @@ impl PolicySlot {
 /// The cached route of one input series.
 #[derive(Debug)]
 pub struct SeriesRoute {
-    /// Outputs to fold each point into.
-    pub targets: Vec<Arc<OutputTarget>>,
+    /// Outputs to fold each point into. Inline for the usual single output,
+    /// so ingest goes from the route straight to its target.
+    pub targets: SmallVec<[Arc<OutputTarget>; 1]>,
     /// The drop rule that removed the series' own output, if any.
     pub dropped_by: Option<Arc<str>>,
     /// The series' usage accounting, when the profiler is on.

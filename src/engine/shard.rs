@@ -127,6 +127,15 @@ impl Shard {
         }
     }
 
+    /// Looks up the windows of output `key` ahead of folding into them and
+    /// asks for their memory, so the misses of a batch's outputs overlap.
+    #[inline]
+    pub fn prefetch_windows(&self, key: u64) {
+        if let Some(entry) = self.targets.get(&key) {
+            super::prefetch::prefetch(entry.windows.as_ptr());
+        }
+    }
+
     /// Folds one routed sample. On refusal returns why; the caller tallies it.
     pub fn fold(&mut self, target: &Arc<OutputTarget>, sample: &RoutedSample, now_ms: i64) -> Result<(), DropReason> {
         let (state, rng) = self.window_mut(target, sample.slot, sample.window_start_ms, now_ms)?;
