@@ -503,9 +503,16 @@ impl Engine {
                 continue;
             }
             let mut shard = self.shards[index].lock();
-            // Every window is looked up once ahead of the fold, so their misses overlap.
+            // Every window is looked up ahead of the fold, so their misses overlap.
+            let target_of = |sample: &RoutedSample| &scratch.routes[sample.route as usize].targets[sample.target as usize];
             for sample in samples.iter() {
-                shard.prefetch_windows(scratch.routes[sample.route as usize].targets[sample.target as usize].key);
+                shard.prefetch_windows(target_of(sample).key);
+            }
+            for sample in samples.iter() {
+                let target = target_of(sample);
+                if target.kind == Kind::Distribution {
+                    shard.prefetch_state(target.key, sample.slot, sample.window_start_ms);
+                }
             }
             for sample in samples.iter() {
                 let target = &scratch.routes[sample.route as usize].targets[sample.target as usize];

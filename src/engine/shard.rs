@@ -136,6 +136,22 @@ impl Shard {
         }
     }
 
+    /// The second step for states kept behind a pointer (distributions):
+    /// once the windows are in cache, asks for the state of the one a sample
+    /// will fold into.
+    #[inline]
+    pub fn prefetch_state(&self, key: u64, slot_index: u16, window_start_ms: i64) {
+        if let Some(entry) = self.targets.get(&key) {
+            if let Some(window) = entry
+                .windows
+                .iter()
+                .find(|window| window.slot == slot_index && window.start_ms == window_start_ms)
+            {
+                window.state.prefetch();
+            }
+        }
+    }
+
     /// Folds one routed sample. On refusal returns why; the caller tallies it.
     pub fn fold(&mut self, target: &Arc<OutputTarget>, sample: &RoutedSample, now_ms: i64) -> Result<(), DropReason> {
         let (state, rng) = self.window_mut(target, sample.slot, sample.window_start_ms, now_ms)?;

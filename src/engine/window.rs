@@ -30,6 +30,14 @@ impl WindowState {
         }
     }
 
+    /// Asks for the memory of a state kept behind a pointer (see `super::prefetch`).
+    #[inline]
+    pub fn prefetch(&self) {
+        if let WindowState::Distribution(histogram) = self {
+            super::prefetch::prefetch(&**histogram);
+        }
+    }
+
     /// Folds one point of input series `input`, standing for `weight` samples
     /// (a gauge takes it as one value: a sampled gauge is still one reading).
     #[inline]
