@@ -21,7 +21,6 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tailfold::engine::{Engine, OutputTarget, PolicySlot, SeriesRoute, WindowState};
 use tailfold::model::{Kind, Label, Labels};
-use tailfold::rules::CachedPlan;
 
 struct Counting;
 
@@ -122,7 +121,7 @@ fn counters(series: usize, make: fn(usize) -> Labels, shape: &str) {
         },
     );
     println!(
-        "  (label text + Vec<Label> of one input label set: {:.0} bytes; engine holds 2 copies)",
+        "  (label text + Vec<Label> of one input label set: {:.0} bytes; the engine keeps one copy, in the output target)",
         mean_label_bytes(&labels)
     );
 }
@@ -169,11 +168,10 @@ fn main() {
     counters(1_000_000 / scale, one_label, "1 label");
     distributions(10_000 / scale);
     println!(
-        "sizes (bytes, inline): Label {}, WindowState {}, CachedPlan<SeriesRoute> {}, SeriesRoute {}, \
+        "sizes (bytes, inline): Label {}, WindowState {}, SeriesRoute {}, \
          OutputTarget {}, PolicySlot {} (+16 per Arc header)",
         size_of::<Label>(),
         size_of::<WindowState>(),
-        size_of::<CachedPlan<SeriesRoute>>(),
         size_of::<SeriesRoute>(),
         size_of::<OutputTarget>(),
         size_of::<PolicySlot>(),

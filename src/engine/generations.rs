@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::model::StoragePolicy;
 use crate::rules::RuleSet;
 
+use super::route::SlotSets;
 use super::route_cache::RouteCache;
 use super::settings::EngineSettings;
 
@@ -17,6 +18,8 @@ pub struct Generation {
     pub rules: Arc<RuleSet>,
     /// Routes of series under these rules.
     pub routes: RouteCache,
+    /// The policy slot lists the routes' outputs share.
+    pub slot_sets: SlotSets,
     /// First event time this rule set applies to (`i64::MIN` for the first set).
     pub from_ms: i64,
     /// Latest window end plus lateness of any policy the set uses: once a later
@@ -36,6 +39,7 @@ impl Generation {
         Generation {
             rules,
             routes: RouteCache::default(),
+            slot_sets: SlotSets::default(),
             from_ms,
             max_lateness_ms,
         }

@@ -241,9 +241,14 @@ impl Engine {
             return Arc::clone(&scratch.built[built].3);
         }
         let plan = generation.rules.resolve(&series.labels, series.kind);
-        let mut route = SeriesRoute::build(&plan, &batch.tenant, &self.settings, series.kind);
+        let mut route = SeriesRoute::build(&plan, &batch.tenant, &self.settings, series.kind, &generation.slot_sets);
         if let Some(profiler) = &self.profiler {
-            route.profile = Some(profiler.series(&batch.tenant, &series.labels, identity.hash, &plan));
+            route.profile = Some(Box::new(profiler.series(
+                &batch.tenant,
+                &series.labels,
+                identity.hash,
+                &plan,
+            )));
         }
         let route = Arc::new(route);
         scratch.built_index.insert(built_key, scratch.built.len());
@@ -291,6 +296,9 @@ impl Engine {
         let prefetch_target = |route: &Arc<SeriesRoute>| {
             if let Some(target) = route.targets.first() {
                 prefetch(Arc::as_ptr(target));
+            }
+            if let Some(profile) = &route.profile {
+                prefetch(&**profile);
             }
         };
         let mut ring: [Option<&Arc<SeriesRoute>>; AHEAD] = [None; AHEAD];
@@ -504,7 +512,8 @@ impl Engine {
             }
             let mut shard = self.shards[index].lock();
             // Every window is looked up ahead of the fold, so their misses overlap.
-            let target_of = |sample: &RoutedSample| &scratch.routes[sample.route as usize].targets[sample.target as usize];
+            let target_of =
+                |sample: &RoutedSample| &scratch.routes[sample.route as usize].targets[sample.target as usize];
             for sample in samples.iter() {
                 shard.prefetch_windows(target_of(sample).key);
             }

@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use smallvec::SmallVec;
 
 use crate::aggregate::Aggregation;
@@ -27,13 +28,14 @@ pub struct OutputTarget {
     pub kind: Kind,
     /// True for rollup outputs (gauge `last` then sums the inputs' latest values).
     pub rollup: bool,
-    /// Policies and their aggregations; a window's slot indexes this. Inline
-    /// for the usual single policy: ingest and flush read it for every window.
-    pub slots: SmallVec<[PolicySlot; 1]>,
+    /// Policies and their aggregations; a window's slot indexes this. Shared
+    /// by every output with the same policies and aggregations (see
+    /// [`SlotSets`]), so it costs an output one pointer and stays in cache.
+    pub slots: Arc<[PolicySlot]>,
 }
 
 /// One storage policy of an output.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct PolicySlot {
     /// Window length and retention.
     pub policy: StoragePolicy,
@@ -53,6 +55,33 @@ impl PolicySlot {
     }
 }
 
+/// The distinct policy slot lists of one rule set's outputs: a handful per
+/// rule set, each shared by every output that has it.
+#[derive(Debug, Default)]
+pub struct SlotSets {
+    sets: Mutex<Vec<Arc<[PolicySlot]>>>,
+}
+
+/// Beyond this many distinct lists (a rules file with very many policy and
+/// aggregation combinations), further lists are not shared: a miss would
+/// otherwise scan ever longer.
+const MAX_SHARED_SLOT_SETS: usize = 1024;
+
+impl SlotSets {
+    /// The shared list equal to `slots`, added if new.
+    pub fn shared(&self, slots: Vec<PolicySlot>) -> Arc<[PolicySlot]> {
+        let mut sets = self.sets.lock();
+        if let Some(set) = sets.iter().find(|set| ***set == *slots) {
+            return Arc::clone(set);
+        }
+        let set: Arc<[PolicySlot]> = slots.into();
+        if sets.len() < MAX_SHARED_SLOT_SETS {
+            sets.push(Arc::clone(&set));
+        }
+        set
+    }
+}
+
 /// The cached route of one input series.
 #[derive(Debug)]
 pub struct SeriesRoute {
@@ -61,16 +90,24 @@ pub struct SeriesRoute {
     pub targets: SmallVec<[Arc<OutputTarget>; 1]>,
     /// The drop rule that removed the series' own output, if any.
     pub dropped_by: Option<Arc<str>>,
-    /// The series' usage accounting, when the profiler is on.
-    pub profile: Option<SeriesProfile>,
+    /// The series' usage accounting, when the profiler is on; boxed so a
+    /// route costs one pointer for it when the profiler is off.
+    pub profile: Option<Box<SeriesProfile>>,
     /// Wall clock of the last batch that used the route (to second precision),
     /// so routes of series that went away can be evicted.
     last_used_ms: AtomicI64,
 }
 
 impl SeriesRoute {
-    /// Builds the route of a series of `tenant` from its rule plan.
-    pub fn build(plan: &SeriesPlan, tenant: &Arc<str>, settings: &EngineSettings, kind: Kind) -> Self {
+    /// Builds the route of a series of `tenant` from its rule plan, taking
+    /// its outputs' policy slots from `slot_sets`.
+    pub fn build(
+        plan: &SeriesPlan,
+        tenant: &Arc<str>,
+        settings: &EngineSettings,
+        kind: Kind,
+        slot_sets: &SlotSets,
+    ) -> Self {
         let targets = plan
             .outputs
             .iter()
@@ -85,6 +122,7 @@ impl SeriesRoute {
                         keeps_total: entry.aggregations.contains(&Aggregation::Total),
                     })
                     .collect();
+                let slots = slot_sets.shared(slots);
                 Arc::new(OutputTarget {
                     key: series_hash(tenant, &output.labels),
                     tenant: Arc::clone(tenant),
@@ -141,5 +179,36 @@ impl SeriesRoute {
             }
         }
         routed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Labels;
+    use crate::rules::RuleSet;
+
+    #[test]
+    fn outputs_with_equal_policies_share_one_slot_list() {
+        let rules = RuleSet::parse(
+            "mapping_rules:\n  - { name: slow, filter: '__name__:slow_*', aggregations: [p99] }\n",
+            "rules.yaml",
+        )
+        .unwrap();
+        let sets = SlotSets::default();
+        let build = |name: &str, kind: Kind| {
+            let plan = rules.resolve(&Labels::from_pairs([("__name__", name)]), kind);
+            SeriesRoute::build(&plan, &Arc::from("t"), &EngineSettings::default(), kind, &sets)
+        };
+        let (a, b) = (build("a", Kind::Distribution), build("b", Kind::Distribution));
+        let slow = build("slow_a", Kind::Distribution);
+        assert!(Arc::ptr_eq(&a.targets[0].slots, &b.targets[0].slots));
+        assert!(!Arc::ptr_eq(&a.targets[0].slots, &slow.targets[0].slots));
+        assert_ne!(a.targets[0].slots, slow.targets[0].slots, "p99 only is another list");
+        assert!(Arc::ptr_eq(
+            &slow.targets[0].slots,
+            &build("slow_b", Kind::Distribution).targets[0].slots
+        ));
+        assert_eq!(sets.sets.lock().len(), 2);
     }
 }

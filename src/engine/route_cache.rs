@@ -117,6 +117,7 @@ impl RouteReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::route::SlotSets;
     use crate::engine::EngineSettings;
     use crate::model::{series_key, Labels};
     use crate::rules::RuleSet;
@@ -130,6 +131,7 @@ mod tests {
             &Arc::from("t"),
             &EngineSettings::default(),
             kind,
+            &SlotSets::default(),
         ))
     }
 
