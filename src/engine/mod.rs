@@ -519,7 +519,7 @@ impl Engine {
             }
             for sample in samples.iter() {
                 let target = target_of(sample);
-                if target.kind == Kind::Distribution {
+                if target.kind != Kind::Counter {
                     shard.prefetch_state(target.key, sample.slot, sample.window_start_ms);
                 }
             }

@@ -136,7 +136,7 @@ impl Shard {
         }
     }
 
-    /// The second step for states kept behind a pointer (distributions):
+    /// The second step for states kept behind a pointer (gauges, distributions):
     /// once the windows are in cache, asks for the state of the one a sample
     /// will fold into.
     #[inline]

@@ -13,8 +13,9 @@ use crate::model::{DropReason, Kind, NativeHistogram, TraceContext};
 pub enum WindowState {
     /// Delta counter: sum and count.
     Counter(CounterState),
-    /// Gauge: last, min, max, sum, count.
-    Gauge(GaugeState),
+    /// Gauge: last, min, max, sum, count. Boxed so that the far more
+    /// numerous counter windows stay small (the enum is as large as its largest variant).
+    Gauge(Box<GaugeState>),
     /// Distribution: the exponential histogram with per-bucket exemplars.
     Distribution(Box<ExpHistogram>),
 }
@@ -24,8 +25,8 @@ impl WindowState {
     pub fn new(kind: Kind, rollup: bool, histogram: &HistogramConfig) -> Self {
         match kind {
             Kind::Counter => WindowState::Counter(CounterState::default()),
-            Kind::Gauge if rollup => WindowState::Gauge(GaugeState::for_rollup()),
-            Kind::Gauge => WindowState::Gauge(GaugeState::new()),
+            Kind::Gauge if rollup => WindowState::Gauge(Box::new(GaugeState::for_rollup())),
+            Kind::Gauge => WindowState::Gauge(Box::new(GaugeState::new())),
             Kind::Distribution => WindowState::Distribution(Box::new(ExpHistogram::new(*histogram))),
         }
     }
@@ -33,8 +34,10 @@ impl WindowState {
     /// Asks for the memory of a state kept behind a pointer (see `super::prefetch`).
     #[inline]
     pub fn prefetch(&self) {
-        if let WindowState::Distribution(histogram) = self {
-            super::prefetch::prefetch(&**histogram);
+        match self {
+            WindowState::Counter(_) => {}
+            WindowState::Gauge(state) => super::prefetch::prefetch(&**state),
+            WindowState::Distribution(histogram) => super::prefetch::prefetch(&**histogram),
         }
     }
 
