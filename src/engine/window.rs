@@ -26,7 +26,7 @@ impl WindowState {
         match kind {
             Kind::Counter => WindowState::Counter(CounterState::default()),
             Kind::Gauge if rollup => WindowState::Gauge(Box::new(GaugeState::for_rollup())),
-            Kind::Gauge => WindowState::Gauge(Box::new(GaugeState::new())),
+            Kind::Gauge => WindowState::Gauge(Box::default()),
             Kind::Distribution => WindowState::Distribution(Box::new(ExpHistogram::new(*histogram))),
         }
     }
