@@ -64,7 +64,7 @@ use generations::{generation_at, generation_range, next_common_boundary, Generat
 use histogram_route::RoutedHistogram;
 use prefetch::prefetch;
 use route_cache::RouteReader;
-use shard::{ClosedWindow, RoutedSample, Shard};
+use shard::{ClosedWindow, RoutedSample, Shard, WindowClass};
 
 /// Per-thread buffers reused across batches so ingest allocates nothing per sample.
 #[derive(Default)]
@@ -93,6 +93,9 @@ struct Scratch {
     /// met twice in one batch is resolved once.
     built_index: HashMap<(usize, u128, Kind), usize>,
 }
+
+/// Closed windows whose outputs a flush touches ahead of building their records.
+const WARM_AHEAD: usize = 32;
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
@@ -592,16 +595,29 @@ impl Engine {
         let mut stats = FlushStats::default();
         self.evict_idle_series(now_ms);
         let mut closed: Vec<ClosedWindow> = Vec::new();
+        let mut classes: Vec<WindowClass> = Vec::new();
         for shard in self.shards.iter() {
-            shard.lock().take_windows(now_ms, everything, &mut closed);
+            shard.lock().take_windows(now_ms, everything, &mut closed, &mut classes);
             if closed.is_empty() {
                 continue;
             }
             stats.windows += closed.len();
             let mut records = Vec::with_capacity(closed.len() * 4);
-            for window in closed.drain(..) {
-                record::window_records(window, self.settings.above_max_traces, &mut records);
+            let mut windows = closed.drain(..);
+            loop {
+                // Each window's output is a cache (and TLB) miss: touching the next few
+                // first, in a loop that does nothing else, lets those misses overlap.
+                let ahead = windows.as_slice();
+                if ahead.is_empty() {
+                    break;
+                }
+                record::warm(&ahead[..ahead.len().min(WARM_AHEAD)]);
+                for window in windows.by_ref().take(WARM_AHEAD) {
+                    let class = &classes[window.class as usize];
+                    record::window_records(window, class, self.settings.above_max_traces, &mut records);
+                }
             }
+            drop(windows);
             stats.records += records.len();
             emit(records);
         }

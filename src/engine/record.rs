@@ -9,7 +9,7 @@ use crate::aggregate::histogram::ExpHistogram;
 use crate::aggregate::Aggregation;
 use crate::model::{Kind, Labels, StoragePolicy, METRIC_NAME_LABEL};
 
-use super::shard::ClosedWindow;
+use super::shard::{ClosedWindow, WindowClass};
 use super::window::WindowState;
 
 /// Which number of a window a record carries.
@@ -131,16 +131,32 @@ impl AggregateRecord {
     }
 }
 
-/// Turns a closed window into its records, appending to `out`; an `above`
-/// count carries up to `above_max_traces` of the slowest traces beyond it.
-pub fn window_records(window: ClosedWindow, above_max_traces: usize, out: &mut Vec<AggregateRecord>) {
-    let slot = &window.target.slots[window.slot as usize];
-    let window_end_ms = window.start_ms + slot.policy.resolution_ms as i64;
+/// Reads the output (and its labels' reference count) of each of `windows`
+/// without using it, so that the misses on them overlap; building records then
+/// finds them in cache.
+#[inline]
+pub fn warm(windows: &[ClosedWindow]) {
+    for window in windows {
+        std::hint::black_box(Arc::strong_count(&window.target.labels));
+    }
+}
+
+/// Turns a closed window of class `slot` (its policy slot, as the shard keeps
+/// it) into its records, appending to `out`; an `above` count carries up to
+/// `above_max_traces` of the slowest traces beyond it.
+pub fn window_records(
+    window: ClosedWindow,
+    slot: &WindowClass,
+    above_max_traces: usize,
+    out: &mut Vec<AggregateRecord>,
+) {
+    let window_end_ms = slot.end_ms(window.start_ms);
+    let target = &*window.target;
     let mut emit = |aggregation: Aggregation, statistic, value, exemplar, slowest| {
         out.push(AggregateRecord {
-            tenant: Arc::clone(&window.target.tenant),
-            series: Arc::clone(&window.target.labels),
-            kind: window.target.kind,
+            tenant: Arc::clone(&target.tenant),
+            series: Arc::clone(&target.labels),
+            kind: target.kind,
             policy: slot.policy,
             window_start_ms: window.start_ms,
             window_end_ms,

@@ -10,13 +10,17 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use crate::aggregate::histogram::HistogramConfig;
-use crate::model::{DropReason, Kind, NativeHistogram, SeriesKeyHasher, StoragePolicy, TraceContext};
+use crate::aggregate::Aggregation;
+use crate::model::{DropReason, Kind, Labels, NativeHistogram, SeriesKeyHasher, StoragePolicy, TraceContext};
 
 use super::histogram_route::RoutedHistogram;
-use super::route::OutputTarget;
+use super::route::{OutputTarget, PolicySlot};
 use super::window::WindowState;
 
 type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<SeriesKeyHasher>>;
+
+/// Above this many slot classes in a shard, a flush first drops the unused ones.
+const MAX_CLASSES: usize = 64;
 
 /// One sample on its way into one window of one output.
 #[derive(Clone, Copy, Debug)]
@@ -48,8 +52,68 @@ struct OpenWindow {
     /// key may come from two rule sets, each with its own slots.
     target: Arc<OutputTarget>,
     slot: u16,
+    /// Index in the shard's `classes` of what its slot says about flushing,
+    /// so a flush reads it without dereferencing `target` (it sits in what was padding).
+    class: u32,
     start_ms: i64,
     state: WindowState,
+}
+
+/// What a flush needs to know about a window's policy slot, kept once per
+/// shard for every distinct slot (usually a handful), so the flush decides
+/// due windows, watermarks and totals without a pointer chase per window.
+#[derive(Clone, Debug)]
+pub struct WindowClass {
+    /// The slot's storage policy.
+    pub policy: StoragePolicy,
+    /// Allowed lateness after the window end.
+    pub lateness_ms: i64,
+    /// Whether a running total is kept across windows.
+    pub keeps_total: bool,
+    /// What to emit at flush.
+    pub aggregations: Arc<[Aggregation]>,
+}
+
+impl WindowClass {
+    fn of(slot: &PolicySlot) -> Self {
+        WindowClass {
+            policy: slot.policy,
+            lateness_ms: slot.lateness_ms,
+            keeps_total: slot.keeps_total,
+            aggregations: Arc::clone(&slot.aggregations),
+        }
+    }
+
+    fn matches(&self, slot: &PolicySlot) -> bool {
+        self.policy == slot.policy
+            && self.lateness_ms == slot.lateness_ms
+            && self.keeps_total == slot.keeps_total
+            && (Arc::ptr_eq(&self.aggregations, &slot.aggregations) || self.aggregations == slot.aggregations)
+    }
+
+    /// End of the window starting at `start_ms`.
+    #[inline]
+    pub fn end_ms(&self, start_ms: i64) -> i64 {
+        start_ms + self.policy.resolution_ms as i64
+    }
+
+    /// Same as [`PolicySlot::is_due`] for the slot this class stands for.
+    #[inline]
+    fn is_due(&self, start_ms: i64, now_ms: i64) -> bool {
+        self.end_ms(start_ms) + self.lateness_ms <= now_ms
+    }
+}
+
+/// The index of `slot`'s class in `classes`, added when new. Only called when
+/// a window is opened; the list holds one entry per distinct slot configuration.
+fn class_of(classes: &mut Vec<WindowClass>, slot: &PolicySlot) -> u32 {
+    match classes.iter().position(|class| class.matches(slot)) {
+        Some(index) => index as u32,
+        None => {
+            classes.push(WindowClass::of(slot));
+            (classes.len() - 1) as u32
+        }
+    }
 }
 
 struct TargetWindows {
@@ -87,8 +151,8 @@ fn add_to_total(totals: &mut KeyMap<Vec<RunningTotal>>, key: u64, policy: Storag
 pub struct ClosedWindow {
     /// The output it belongs to.
     pub target: Arc<OutputTarget>,
-    /// Index of the policy slot in `target.slots`.
-    pub slot: u16,
+    /// Index of its policy slot's class in the classes `Shard::take_windows` hands out with it.
+    pub class: u32,
     /// Window start.
     pub start_ms: i64,
     /// The accumulated state.
@@ -97,6 +161,9 @@ pub struct ClosedWindow {
     pub partial: bool,
     /// For counters that keep a `total`: the running total including this window.
     pub running_total: Option<f64>,
+    /// The shard's own reference to the output, when this was its last window:
+    /// released with the window, outside the shard lock.
+    pub retired: Option<Arc<OutputTarget>>,
 }
 
 /// The state of one shard; the engine wraps each in a mutex.
@@ -110,6 +177,11 @@ pub struct Shard {
     totals: KeyMap<Vec<RunningTotal>>,
     idle_series_ms: i64,
     last_total_eviction_ms: i64,
+    /// The classes `OpenWindow::class` indexes.
+    classes: Vec<WindowClass>,
+    /// Stands in for the output of an entry dropped at flush, whose own
+    /// reference leaves with its last window (see `take_windows`).
+    placeholder: Arc<OutputTarget>,
 }
 
 impl Shard {
@@ -124,6 +196,15 @@ impl Shard {
             totals: KeyMap::default(),
             idle_series_ms: idle_series_ms as i64,
             last_total_eviction_ms: i64::MIN / 2,
+            classes: Vec::new(),
+            placeholder: Arc::new(OutputTarget {
+                key: 0,
+                tenant: Arc::from(""),
+                labels: Arc::new(Labels::from_pairs::<&str, &str>([])),
+                kind: Kind::Counter,
+                rollup: false,
+                slots: Arc::from([]),
+            }),
         }
     }
 
@@ -213,6 +294,7 @@ impl Shard {
                 entry.windows.push(OpenWindow {
                     target: Arc::clone(target),
                     slot: slot_index,
+                    class: class_of(&mut self.classes, slot),
                     start_ms: window_start_ms,
                     state: WindowState::new(target.kind, target.rollup, &self.histogram),
                 });
@@ -246,10 +328,30 @@ impl Shard {
     /// Moves every window that is due at `now_ms` (or every window, when
     /// `everything`) into `out`, oldest first per output, and forgets outputs
     /// left without windows. Counter windows whose slot keeps a `total` add
-    /// their sum to the output's running total, in window order.
-    pub fn take_windows(&mut self, now_ms: i64, everything: bool, out: &mut Vec<ClosedWindow>) {
+    /// their sum to the output's running total, in window order. `classes`
+    /// receives the classes the taken windows' `class` indexes.
+    ///
+    /// Runs under the shard lock, so it reads only the windows themselves and
+    /// the shard's few classes, never a window's `target`.
+    pub fn take_windows(
+        &mut self,
+        now_ms: i64,
+        everything: bool,
+        out: &mut Vec<ClosedWindow>,
+        classes: &mut Vec<WindowClass>,
+    ) {
+        if self.classes.len() > MAX_CLASSES {
+            self.compact_classes();
+        }
+        // Touch every entry's windows first, in a loop that does nothing else,
+        // so the misses on them overlap instead of coming one per entry below.
+        for entry in self.targets.values() {
+            std::hint::black_box(entry.windows.first().map(|window| window.start_ms));
+        }
         let mut flushed: Vec<(StoragePolicy, i64)> = Vec::new();
         let totals = &mut self.totals;
+        let shard_classes = &self.classes;
+        let placeholder = &self.placeholder;
         self.targets.retain(|key, entry| {
             if entry.windows.len() > 1 {
                 entry.windows.sort_unstable_by_key(|window| window.start_ms);
@@ -257,36 +359,46 @@ impl Shard {
             let mut index = 0;
             while index < entry.windows.len() {
                 let window = &entry.windows[index];
-                let slot = &window.target.slots[window.slot as usize];
-                if !(everything || slot.is_due(window.start_ms, now_ms)) {
+                let class = &shard_classes[window.class as usize];
+                if !(everything || class.is_due(window.start_ms, now_ms)) {
                     index += 1;
                     continue;
                 }
-                // `remove`, not `swap_remove`: later windows must stay in order for totals.
-                let (policy, keeps_total) = (slot.policy, slot.keeps_total);
-                let window = entry.windows.remove(index);
-                let end_ms = window.start_ms + policy.resolution_ms as i64;
-                match flushed.iter_mut().find(|(flushed, _)| *flushed == policy) {
+                let end_ms = class.end_ms(window.start_ms);
+                match flushed.iter_mut().find(|(flushed, _)| *flushed == class.policy) {
                     Some((_, until)) => *until = (*until).max(end_ms),
-                    None => flushed.push((policy, end_ms)),
+                    None => flushed.push((class.policy, end_ms)),
                 }
                 let running_total = match &window.state {
-                    WindowState::Counter(state) if keeps_total => {
-                        Some(add_to_total(totals, *key, policy, state.sum, end_ms))
+                    WindowState::Counter(state) if class.keeps_total => {
+                        Some(add_to_total(totals, *key, class.policy, state.sum, end_ms))
                     }
                     _ => None,
                 };
+                // `remove`, not `swap_remove`: later windows must stay in order for totals.
+                let window = entry.windows.remove(index);
                 out.push(ClosedWindow {
                     target: window.target,
-                    slot: window.slot,
+                    class: window.class,
                     start_ms: window.start_ms,
                     state: window.state,
                     partial: end_ms > now_ms,
                     running_total,
+                    retired: None,
                 });
             }
-            !entry.windows.is_empty()
+            if entry.windows.is_empty() {
+                // The output's last reference may go with the entry: hand it to
+                // the last window taken, to be released after the lock, where
+                // building the records has touched it anyway.
+                if let Some(last) = out.last_mut().filter(|last| Arc::ptr_eq(&last.target, &entry.target)) {
+                    last.retired = Some(std::mem::replace(&mut entry.target, Arc::clone(placeholder)));
+                }
+                return false;
+            }
+            true
         });
+        classes.clone_from(&self.classes);
         for (policy, end_ms) in flushed {
             self.mark_flushed(policy, end_ms);
         }
@@ -298,6 +410,33 @@ impl Shard {
                 !totals.is_empty()
             });
         }
+    }
+
+    /// Drops the classes no open window uses any more (rules reloaded many
+    /// times with new aggregations) and renumbers the windows' classes.
+    fn compact_classes(&mut self) {
+        let mut used = vec![false; self.classes.len()];
+        for window in self.targets.values().flat_map(|entry| &entry.windows) {
+            used[window.class as usize] = true;
+        }
+        let mut renumbered = vec![0u32; self.classes.len()];
+        let mut kept = Vec::new();
+        for (index, class) in std::mem::take(&mut self.classes).into_iter().enumerate() {
+            if used[index] {
+                renumbered[index] = kept.len() as u32;
+                kept.push(class);
+            }
+        }
+        for window in self.targets.values_mut().flat_map(|entry| &mut entry.windows) {
+            window.class = renumbered[window.class as usize];
+        }
+        self.classes = kept;
+    }
+
+    /// Distinct slot classes the shard keeps (tests).
+    #[cfg(test)]
+    pub fn class_count(&self) -> usize {
+        self.classes.len()
     }
 
     /// Outputs with at least one open window.

@@ -260,3 +260,42 @@ fn routes_of_series_that_stopped_sending_are_forgotten() {
     assert_eq!(outcome.accepted, 1);
     assert_eq!(engine.cached_series(), 1);
 }
+
+#[test]
+fn each_window_flushes_under_its_own_slot_after_many_reloads_and_unused_slot_classes_are_dropped() {
+    let rules = |hours: u64| format!("defaults: {{storage_policies: [\"10s:{hours}h\"]}}");
+    let engine = engine(&rules(1));
+    let shard_count =
+        |engine: &Engine| -> Vec<usize> { engine.shards.iter().map(|shard| shard.lock().class_count()).collect() };
+    // 100 reloads, each with its own retention: 100 windows of one output, each under its own policy.
+    for hours in 1..=100u64 {
+        engine.replace_rules(RuleSet::parse(&rules(hours), "test.yaml").unwrap());
+        let outcome = engine
+            .ingest(&batch("jobs", Kind::Counter, &[(hours as f64, T0 + 1)]), T0 + 2)
+            .unwrap();
+        assert_eq!(outcome.accepted, 1);
+    }
+    assert_eq!(shard_count(&engine).iter().sum::<usize>(), 100);
+    let records = flush(&engine, T0 + 15_000);
+    assert_eq!(records.len(), 200, "sum and rate of 100 windows");
+    for record in &records {
+        if record.statistic == Statistic::Sum {
+            let RecordValue::Scalar(sum) = record.value else {
+                panic!("scalar sum")
+            };
+            // The window folded `hours` under the policy kept for `hours` hours.
+            assert_eq!(record.policy.retention_ms, sum as u64 * 3_600_000);
+        }
+    }
+    // One more window under new rules: the next flush drops the 100 classes no window uses.
+    engine.replace_rules(RuleSet::parse(&rules(500), "test.yaml").unwrap());
+    engine
+        .ingest(&batch("jobs", Kind::Counter, &[(7.0, T0 + 20_001)]), T0 + 20_002)
+        .unwrap();
+    let records = flush(&engine, T0 + 35_000);
+    assert_eq!(records.len(), 2);
+    assert!(records
+        .iter()
+        .all(|record| record.policy.retention_ms == 500 * 3_600_000 && record.window_start_ms == T0 + 20_000));
+    assert_eq!(shard_count(&engine).iter().sum::<usize>(), 1, "unused classes dropped");
+}
