@@ -15,6 +15,12 @@ use tailfold::loadgen::{self, LoadgenOptions, Protocol};
 use tailfold::model::parse_duration_ms;
 use tailfold::rules::RuleSet;
 
+/// mimalloc instead of glibc malloc: ingest decodes label strings for every
+/// request, and under glibc the service spent about a fifth of its time in
+/// malloc and free (`perf` of the service under `loadgen`, see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tailfold",
