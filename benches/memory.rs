@@ -9,7 +9,8 @@
 //!   series and window, interleaved across series; the first window of a
 //!   series (route included) and a further window of known series.
 //!
-//! `cargo bench --bench memory` (run without `--bench` it does a small smoke run).
+//! `cargo bench --bench memory` (run without `--bench` it does a small smoke run;
+//! `-- distribution` measures the distribution lines only).
 
 mod common;
 
@@ -162,11 +163,15 @@ fn distributions(series: usize) {
 
 fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
+    // `cargo bench --bench memory -- distribution` skips the (slow) counter runs.
+    let only_distributions = std::env::args().any(|arg| arg == "distribution");
     let scale = if full { 1 } else { 100 };
     println!("memory: live requested bytes per series (counting #[global_allocator])");
-    counters(1_000_000 / scale, common::counter_labels, "6 labels");
-    counters(100_000 / scale, common::counter_labels, "6 labels");
-    counters(1_000_000 / scale, one_label, "1 label");
+    if !only_distributions {
+        counters(1_000_000 / scale, common::counter_labels, "6 labels");
+        counters(100_000 / scale, common::counter_labels, "6 labels");
+        counters(1_000_000 / scale, one_label, "1 label");
+    }
     distributions(10_000 / scale);
     println!(
         "sizes (bytes, inline): Label {}, WindowState {}, CachedPlan<SeriesRoute> {}, SeriesRoute {}, \

@@ -3,6 +3,7 @@
 //! tailfold to aggregate latency-like streams and answer quantile queries.
 
 mod buckets;
+mod cells;
 mod mapping;
 mod store;
 #[cfg(test)]

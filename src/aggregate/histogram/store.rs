@@ -6,6 +6,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use rand::Rng;
 
+use super::cells::Cells;
 use crate::aggregate::exemplar::{Exemplar, ExemplarSlot};
 
 /// Bucket indices are small integers: one multiply spreads them well enough.
@@ -32,9 +33,10 @@ type Positions = HashMap<i32, u32, BuildHasherDefault<IndexHasher>>;
 
 /// Counts for one sign. `counts[j]` is bucket `offset + j`; when non-empty the
 /// first and last counts are non-zero, so `counts.len()` is the populated range.
+/// Counts are exact but stored as narrow as they allow (see `Cells`).
 #[derive(Clone, Debug, Default)]
 pub(super) struct Side {
-    counts: Vec<u64>,
+    counts: Cells,
     offset: i32,
     /// One slot per bucket that saw a traced sample, in arrival order: a
     /// sorted Vec made every new bucket an O(n) insert on the hot path.
@@ -71,44 +73,37 @@ impl Side {
     pub(super) fn add(&mut self, index: i32, n: u64) {
         if self.counts.is_empty() {
             self.offset = index;
-            self.counts.push(n);
-            return;
-        }
-        if index < self.offset {
-            let extra = (self.offset - index) as usize;
-            self.counts.splice(0..0, std::iter::repeat_n(0, extra));
+            self.counts.extend_to(1);
+        } else if index < self.offset {
+            self.counts.prepend_zeros((self.offset - index) as usize);
             self.offset = index;
         } else if index > self.end() {
-            self.counts.resize((index - self.offset) as usize + 1, 0);
+            self.counts.extend_to((index - self.offset) as usize + 1);
         }
-        self.counts[(index - self.offset) as usize] += n;
+        self.counts.add((index - self.offset) as usize, n);
     }
 
     /// Count of bucket `index` (0 outside the populated range).
     pub(super) fn count_at(&self, index: i32) -> u64 {
         let j = i64::from(index) - i64::from(self.offset);
-        usize::try_from(j)
-            .ok()
-            .and_then(|j| self.counts.get(j))
-            .copied()
-            .unwrap_or(0)
+        usize::try_from(j).map_or(0, |j| self.counts.get(j))
     }
 
     /// Sum of all counts.
     pub(super) fn total(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.sum(0, usize::MAX)
     }
 
     /// Sum of counts of buckets with index `> index`.
     pub(super) fn total_above(&self, index: i32) -> u64 {
         let from = (i64::from(index) + 1 - i64::from(self.offset)).max(0) as usize;
-        self.counts.get(from..).map_or(0, |c| c.iter().sum())
+        self.counts.sum(from, usize::MAX)
     }
 
     /// Sum of counts of buckets with index `< index`.
     pub(super) fn total_below(&self, index: i32) -> u64 {
         let to = (i64::from(index) - i64::from(self.offset)).clamp(0, self.counts.len() as i64);
-        self.counts[..to as usize].iter().sum()
+        self.counts.sum(0, to as usize)
     }
 
     /// Non-zero buckets as `(index, count)`, ascending index.
@@ -117,8 +112,8 @@ impl Side {
         self.counts
             .iter()
             .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(move |(j, c)| (offset + j as i32, *c))
+            .filter(|(_, c)| *c > 0)
+            .map(move |(j, c)| (offset + j as i32, c))
     }
 
     /// Exemplar slots, ascending index (a sorted copy: read at flush, not per sample).
@@ -164,9 +159,10 @@ impl Side {
             let new_len = ((self.end() >> k) - new_offset) as usize + 1;
             // Targets never lie after their source, so one forward pass works.
             for j in 0..self.counts.len() {
-                let c = std::mem::take(&mut self.counts[j]);
+                let c = self.counts.get(j);
+                self.counts.set(j, 0);
                 let t = (((self.offset + j as i32) >> k) - new_offset) as usize;
-                self.counts[t] += c;
+                self.counts.add(t, c);
             }
             self.counts.truncate(new_len);
             self.offset = new_offset;
@@ -188,9 +184,7 @@ impl Side {
             self.add(lo, 0);
             self.add(hi, 0);
             let base = (other.offset - self.offset) as usize;
-            for (dst, src) in self.counts[base..].iter_mut().zip(&other.counts) {
-                *dst += *src;
-            }
+            self.counts.add_all(base, &other.counts);
         }
         for slot in &other.exemplars {
             self.absorb_slot(slot, rng);
@@ -205,7 +199,7 @@ impl Side {
     }
 
     pub(super) fn heap_bytes(&self) -> usize {
-        self.counts.capacity() * size_of::<u64>()
+        self.counts.heap_bytes()
             + self.exemplars.capacity() * size_of::<ExemplarSlot>()
             + self.positions.capacity() * (size_of::<(i32, u32)>() + 1)
     }

@@ -528,7 +528,10 @@ fn clear_keeps_capacity_and_record_does_not_allocate_in_range() {
     let data = lognormal(10_000, 29);
     let mut h = build(&data, HistogramConfig::default());
     let bytes = h.heap_bytes();
-    assert!(bytes >= h.positive_buckets().count() * 8);
+    assert!(
+        bytes >= h.positive_buckets().count(),
+        "at least a byte per occupied bucket"
+    );
     let mut r = rng(30);
     for &v in &data {
         h.record(v, None, &mut r);
