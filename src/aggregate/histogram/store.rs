@@ -1,35 +1,11 @@
 //! Storage for one sign of an exponential histogram: dense counts over the
-//! populated index range plus sparse exemplar reservoirs.
-
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+//! populated index range plus packed exemplar reservoirs.
 
 use rand::Rng;
 
 use super::cells::Cells;
+use super::reservoirs::Reservoirs;
 use crate::aggregate::exemplar::{Exemplar, ExemplarSlot};
-
-/// Bucket indices are small integers: one multiply spreads them well enough.
-#[derive(Default)]
-pub(super) struct IndexHasher(u64);
-
-impl Hasher for IndexHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_i32(&mut self, index: i32) {
-        self.0 = (index as u32 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type Positions = HashMap<i32, u32, BuildHasherDefault<IndexHasher>>;
 
 /// Counts for one sign. `counts[j]` is bucket `offset + j`; when non-empty the
 /// first and last counts are non-zero, so `counts.len()` is the populated range.
@@ -38,11 +14,10 @@ type Positions = HashMap<i32, u32, BuildHasherDefault<IndexHasher>>;
 pub(super) struct Side {
     counts: Cells,
     offset: i32,
-    /// One slot per bucket that saw a traced sample, in arrival order: a
-    /// sorted Vec made every new bucket an O(n) insert on the hot path.
-    exemplars: Vec<ExemplarSlot>,
-    /// Bucket index -> position in `exemplars`.
-    positions: Positions,
+    /// One reservoir per bucket (or per group of `2^reduction` buckets, see
+    /// `HistogramConfig::exemplar_scale_reduction`) that saw a traced sample,
+    /// keyed by `index >> reduction`.
+    exemplars: Reservoirs,
 }
 
 impl Side {
@@ -116,37 +91,25 @@ impl Side {
             .map(move |(j, c)| (offset + j as i32, c))
     }
 
-    /// Exemplar slots, ascending index (a sorted copy: read at flush, not per sample).
+    /// Exemplar reservoirs, ascending key (a sorted copy: read at flush, not per sample).
     pub(super) fn slots(&self) -> Vec<ExemplarSlot> {
-        let mut slots = self.exemplars.clone();
-        slots.sort_unstable_by_key(|slot| slot.index);
-        slots
+        self.exemplars.sorted()
     }
 
-    /// The exemplar slot of bucket `index`, if it saw a traced sample.
-    pub(super) fn slot(&self, index: i32) -> Option<&ExemplarSlot> {
-        self.positions.get(&index).map(|p| &self.exemplars[*p as usize])
+    /// The exemplar reservoir covering bucket `index`, if it saw a traced sample.
+    pub(super) fn slot(&self, index: i32, reduction: u8) -> Option<ExemplarSlot> {
+        self.exemplars.get(index >> reduction)
     }
 
-    /// Offers a traced sample to bucket `index`'s reservoir.
-    pub(super) fn offer<R: Rng + ?Sized>(&mut self, index: i32, ex: Exemplar, rng: &mut R) {
-        match self.positions.get(&index) {
-            Some(p) => self.exemplars[*p as usize].offer(ex, rng),
-            None => self.push_slot(ExemplarSlot::new(index, ex)),
-        }
+    /// Offers a traced sample to the reservoir covering bucket `index`.
+    #[inline]
+    pub(super) fn offer<R: Rng + ?Sized>(&mut self, index: i32, reduction: u8, ex: Exemplar, rng: &mut R) {
+        self.exemplars.offer(index >> reduction, ex, rng);
     }
 
-    fn push_slot(&mut self, slot: ExemplarSlot) {
-        self.positions.insert(slot.index, self.exemplars.len() as u32);
-        self.exemplars.push(slot);
-    }
-
-    /// Folds `slot` into the reservoir of its bucket (creating it if needed).
-    fn absorb_slot<R: Rng + ?Sized>(&mut self, slot: &ExemplarSlot, rng: &mut R) {
-        match self.positions.get(&slot.index) {
-            Some(p) => self.exemplars[*p as usize].absorb(slot, rng),
-            None => self.push_slot(*slot),
-        }
+    /// Re-keys the reservoirs by `key`, merging those that meet.
+    pub(super) fn rekey_exemplars<R: Rng + ?Sized>(&mut self, key: impl Fn(&ExemplarSlot) -> i32, rng: &mut R) {
+        self.exemplars.rekey(key, rng);
     }
 
     /// Merges `2^k` adjacent buckets into one (`index >> k`), in place.
@@ -167,11 +130,9 @@ impl Side {
             self.counts.truncate(new_len);
             self.offset = new_offset;
         }
-        let old = std::mem::take(&mut self.exemplars);
-        self.positions.clear();
-        for mut slot in old {
-            slot.index >>= k;
-            self.absorb_slot(&slot, rng);
+        // `(index >> reduction) >> k == (index >> k) >> reduction`: keys shift alike.
+        if !self.exemplars.is_empty() {
+            self.exemplars.rekey(|slot| slot.index >> k, rng);
         }
     }
 
@@ -186,21 +147,18 @@ impl Side {
             let base = (other.offset - self.offset) as usize;
             self.counts.add_all(base, &other.counts);
         }
-        for slot in &other.exemplars {
-            self.absorb_slot(slot, rng);
+        for slot in other.exemplars.iter() {
+            self.exemplars.absorb(&slot, rng);
         }
     }
 
     pub(super) fn clear(&mut self) {
         self.counts.clear();
         self.exemplars.clear();
-        self.positions.clear();
         self.offset = 0;
     }
 
     pub(super) fn heap_bytes(&self) -> usize {
-        self.counts.heap_bytes()
-            + self.exemplars.capacity() * size_of::<ExemplarSlot>()
-            + self.positions.capacity() * (size_of::<(i32, u32)>() + 1)
+        self.counts.heap_bytes() + self.exemplars.heap_bytes()
     }
 }

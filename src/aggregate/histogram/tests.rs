@@ -229,6 +229,7 @@ fn config_validation_reports_the_bad_value() {
         scale: 100,
         max_buckets: 0,
         zero_threshold: -1.0,
+        exemplar_scale_reduction: 200,
     });
     assert_eq!(h.config().validate(), Ok(()));
 }
@@ -492,6 +493,7 @@ fn tiny_max_buckets_and_extreme_values_do_not_panic() {
         scale: MAX_SCALE,
         max_buckets: 2,
         zero_threshold: 0.0,
+        exemplar_scale_reduction: 0,
     };
     let mut h = ExpHistogram::new(config);
     let mut r = rng(28);
