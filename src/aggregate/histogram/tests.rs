@@ -6,6 +6,7 @@ use rand_distr::{Distribution, LogNormal};
 
 use super::*;
 
+mod compact;
 mod exemplars;
 
 pub(super) fn rng(seed: u64) -> SmallRng {
