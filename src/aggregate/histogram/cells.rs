@@ -121,8 +121,18 @@ impl Cells {
     /// overflows as the `u64` arithmetic it replaces did.
     #[inline]
     pub(super) fn add(&mut self, j: usize, n: u64) {
-        let value = self.get(j) + n;
-        self.set(j, value);
+        let fits = match self {
+            Cells::U8(v) => try_add(&mut v[j], n),
+            Cells::U16(v) => try_add(&mut v[j], n),
+            Cells::U32(v) => try_add(&mut v[j], n),
+            Cells::U64(v) => {
+                v[j] += n;
+                true
+            }
+        };
+        if !fits {
+            self.set(j, self.get(j) + n);
+        }
     }
 
     /// Appends zero cells up to `len` (never shrinks).
@@ -163,20 +173,31 @@ impl Cells {
 
     /// Adds `other[k]` to cell `base + k` for every `k` (the cells must exist).
     pub(super) fn add_all(&mut self, base: usize, other: &Cells) {
-        for k in 0..other.len() {
-            let n = other.get(k);
-            if n > 0 {
-                self.add(base + k, n);
-            }
+        // Typed loops while every sum fits; a cell that overflows widens the
+        // array and the rest goes cell by cell.
+        let done = each!(self, dst => each!(other, src => add_slice(&mut dst[base..], src)));
+        for k in done..other.len() {
+            self.add(base + k, other.get(k));
         }
+    }
+
+    /// Position of the first cell (scanning from the back when `reverse`) at
+    /// which the running sum reaches `rank`, or the sum of all cells.
+    pub(super) fn find_rank(&self, rank: u64, reverse: bool) -> Result<usize, u64> {
+        each!(self, v => if reverse {
+            find_rank(v.iter().enumerate().rev(), rank)
+        } else {
+            find_rank(v.iter().enumerate(), rank)
+        })
     }
 
     /// Values, ascending position.
     pub(super) fn iter(&self) -> Iter<'_> {
-        Iter {
-            cells: self,
-            front: 0,
-            back: self.len(),
+        match self {
+            Cells::U8(v) => Iter::U8(v.iter()),
+            Cells::U16(v) => Iter::U16(v.iter()),
+            Cells::U32(v) => Iter::U32(v.iter()),
+            Cells::U64(v) => Iter::U64(v.iter()),
         }
     }
 
@@ -186,11 +207,59 @@ impl Cells {
     }
 }
 
+/// Adds `n` to `cell` if the sum fits its width.
+#[inline]
+fn try_add<T: Copy + Into<u64> + TryFrom<u64>>(cell: &mut T, n: u64) -> bool {
+    match T::try_from((*cell).into() + n) {
+        Ok(sum) => {
+            *cell = sum;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Adds `src[k]` into `dst[k]` until a sum does not fit; returns how many were added.
+fn add_slice<T: Copy + Into<u64> + TryFrom<u64>, U: Copy + Into<u64>>(dst: &mut [T], src: &[U]) -> usize {
+    for (k, (d, &s)) in dst.iter_mut().zip(src).enumerate() {
+        if !try_add(d, s.into()) {
+            return k;
+        }
+    }
+    src.len()
+}
+
+fn find_rank<'a, T: Copy + Into<u64> + 'a>(
+    cells: impl Iterator<Item = (usize, &'a T)>,
+    rank: u64,
+) -> Result<usize, u64> {
+    let mut seen = 0u64;
+    for (j, &c) in cells {
+        seen += c.into();
+        if seen >= rank {
+            return Ok(j);
+        }
+    }
+    Err(seen)
+}
+
 /// Iterator over the values of a `Cells`.
-pub(super) struct Iter<'a> {
-    cells: &'a Cells,
-    front: usize,
-    back: usize,
+pub(super) enum Iter<'a> {
+    U8(std::slice::Iter<'a, u8>),
+    U16(std::slice::Iter<'a, u16>),
+    U32(std::slice::Iter<'a, u32>),
+    U64(std::slice::Iter<'a, u64>),
+}
+
+macro_rules! each_iter {
+    ($iter:expr, $it:ident => $body:expr) => {
+        match $iter {
+            Iter::U8($it) => $body,
+            Iter::U16($it) => $body,
+            Iter::U32($it) => $body,
+            Iter::U64($it) => $body,
+        }
+    };
 }
 
 impl Iterator for Iter<'_> {
@@ -198,25 +267,18 @@ impl Iterator for Iter<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<u64> {
-        (self.front < self.back).then(|| {
-            self.front += 1;
-            self.cells.get(self.front - 1)
-        })
+        each_iter!(self, it => it.next().map(|&x| x as u64))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.back - self.front;
-        (n, Some(n))
+        each_iter!(self, it => it.size_hint())
     }
 }
 
 impl DoubleEndedIterator for Iter<'_> {
     #[inline]
     fn next_back(&mut self) -> Option<u64> {
-        (self.front < self.back).then(|| {
-            self.back -= 1;
-            self.cells.get(self.back)
-        })
+        each_iter!(self, it => it.next_back().map(|&x| x as u64))
     }
 }
 

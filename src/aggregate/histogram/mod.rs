@@ -429,29 +429,23 @@ impl ExpHistogram {
     /// value and its exemplar slot.
     fn bucket_of_rank(&self, rank: u64) -> Option<(BucketRef, f64, Option<ExemplarSlot>)> {
         let reduction = self.config.exemplar_scale_reduction;
-        let mut seen = 0;
         // Most negative first: highest |index| of the negative side.
-        for (i, c) in self.negative.buckets().rev() {
-            seen += c;
-            if seen >= rank {
+        let mut seen = match self.negative.find_rank(rank, true) {
+            Ok(i) => {
                 let (l, u) = bucket_bounds(self.scale, i);
                 let value = -mapping::representative(l, u);
                 return Some((BucketRef::Negative(i), value, self.negative.slot(i, reduction)));
             }
-        }
+            Err(total) => total,
+        };
         seen += self.zero_count;
         if seen >= rank {
             return Some((BucketRef::Zero, 0.0, self.zero_exemplar));
         }
-        for (i, c) in self.positive.buckets() {
-            seen += c;
-            if seen >= rank {
-                let (l, u) = bucket_bounds(self.scale, i);
-                let value = mapping::representative(l, u);
-                return Some((BucketRef::Positive(i), value, self.positive.slot(i, reduction)));
-            }
-        }
-        None
+        let i = self.positive.find_rank(rank - seen, false).ok()?;
+        let (l, u) = bucket_bounds(self.scale, i);
+        let value = mapping::representative(l, u);
+        Some((BucketRef::Positive(i), value, self.positive.slot(i, reduction)))
     }
 
     /// Number of samples `> threshold`.

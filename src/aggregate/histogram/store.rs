@@ -81,6 +81,12 @@ impl Side {
         self.counts.sum(0, to as usize)
     }
 
+    /// Index of the bucket at which the running count reaches `rank`,
+    /// walking from the highest index when `reverse`; else the total count.
+    pub(super) fn find_rank(&self, rank: u64, reverse: bool) -> Result<i32, u64> {
+        self.counts.find_rank(rank, reverse).map(|j| self.offset + j as i32)
+    }
+
     /// Non-zero buckets as `(index, count)`, ascending index.
     pub(super) fn buckets(&self) -> impl DoubleEndedIterator<Item = (i32, u64)> + '_ {
         let offset = self.offset;
