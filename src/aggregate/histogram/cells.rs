@@ -207,9 +207,29 @@ impl Cells {
     }
 }
 
+/// A cell width.
+trait Cell: Copy + Ord + Default + Into<u64> + TryFrom<u64> {
+    const MAX: u64;
+    /// `x` cut to the width (callers make sure it fits).
+    fn narrow(x: u64) -> Self;
+}
+
+macro_rules! cell {
+    ($($t:ty),*) => {$(
+        impl Cell for $t {
+            const MAX: u64 = <$t>::MAX as u64;
+            #[inline]
+            fn narrow(x: u64) -> Self {
+                x as $t
+            }
+        }
+    )*};
+}
+cell!(u8, u16, u32, u64);
+
 /// Adds `n` to `cell` if the sum fits its width.
 #[inline]
-fn try_add<T: Copy + Into<u64> + TryFrom<u64>>(cell: &mut T, n: u64) -> bool {
+fn try_add<T: Cell>(cell: &mut T, n: u64) -> bool {
     match T::try_from((*cell).into() + n) {
         Ok(sum) => {
             *cell = sum;
@@ -220,7 +240,17 @@ fn try_add<T: Copy + Into<u64> + TryFrom<u64>>(cell: &mut T, n: u64) -> bool {
 }
 
 /// Adds `src[k]` into `dst[k]` until a sum does not fit; returns how many were added.
-fn add_slice<T: Copy + Into<u64> + TryFrom<u64>, U: Copy + Into<u64>>(dst: &mut [T], src: &[U]) -> usize {
+fn add_slice<T: Cell, U: Cell>(dst: &mut [T], src: &[U]) -> usize {
+    let len = src.len().min(dst.len());
+    let dst = &mut dst[..len];
+    let room = T::MAX - dst.iter().max().copied().unwrap_or_default().into();
+    if src.iter().max().copied().unwrap_or_default().into() <= room {
+        // No sum can overflow: a plain loop the compiler vectorizes.
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = T::narrow((*d).into() + s.into());
+        }
+        return src.len();
+    }
     for (k, (d, &s)) in dst.iter_mut().zip(src).enumerate() {
         if !try_add(d, s.into()) {
             return k;
@@ -353,5 +383,19 @@ mod tests {
         a.add_all(2, &b);
         assert_eq!(a.iter().collect::<Vec<_>>(), vec![0, 0, 256, 65_536]);
         assert_eq!(a.width(), 4);
+        // Sums that all fit take the plain loop; one that does not widens midway.
+        a.add_all(1, &b);
+        assert_eq!(a.iter().collect::<Vec<_>>(), vec![0, 1, 65_792, 65_536]);
+        let mut c = Cells::default();
+        c.extend_to(3);
+        c.add(0, 250);
+        c.add(2, 250);
+        let mut d = Cells::default();
+        d.extend_to(3);
+        d.add(0, 5);
+        d.add(1, 7);
+        d.add(2, 6);
+        c.add_all(0, &d);
+        assert_eq!((c.width(), c.iter().collect::<Vec<_>>()), (2, vec![255, 7, 256]));
     }
 }

@@ -5,7 +5,7 @@
 use rand::Rng;
 
 use super::cells::Cells;
-use crate::aggregate::exemplar::{Exemplar, ExemplarSlot};
+use crate::aggregate::exemplar::{absorb_takes, offer_keeps, Exemplar, ExemplarSlot};
 
 /// Bits of `key_seen` holding the key (two's complement). Bucket indices of
 /// finite values lie within about ±2^19 at scale 8, so 24 bits hold any key.
@@ -35,6 +35,15 @@ impl Packed {
         }
     }
 
+    fn seen(&self) -> u64 {
+        self.key_seen >> KEY_BITS
+    }
+
+    /// Sets the count, saturating at `MAX_SEEN`; the key stays.
+    fn set_seen(&mut self, seen: u64) {
+        self.key_seen = seen.min(MAX_SEEN) << KEY_BITS | (self.key_seen & ((1 << KEY_BITS) - 1));
+    }
+
     fn key(&self) -> i32 {
         // Sign-extend the low KEY_BITS.
         ((self.key_seen << (64 - KEY_BITS)) as i64 >> (64 - KEY_BITS)) as i32
@@ -43,7 +52,7 @@ impl Packed {
     fn unpack(&self) -> ExemplarSlot {
         ExemplarSlot {
             index: self.key(),
-            seen: self.key_seen >> KEY_BITS,
+            seen: self.seen(),
             exemplar: self.exemplar,
         }
     }
@@ -80,10 +89,13 @@ impl Reservoirs {
     pub(super) fn offer<R: Rng + ?Sized>(&mut self, key: i32, exemplar: Exemplar, rng: &mut R) {
         match self.position(key) {
             Some(p) => {
+                // In place: the 40-byte exemplar is written only when kept.
                 let slot = &mut self.slots[p];
-                let mut unpacked = slot.unpack();
-                unpacked.offer(exemplar, rng);
-                *slot = Packed::pack(&unpacked);
+                let mut seen = slot.seen();
+                if offer_keeps(&mut seen, rng) {
+                    slot.exemplar = exemplar;
+                }
+                slot.set_seen(seen);
             }
             None => self.push(&ExemplarSlot::new(key, exemplar)),
         }
@@ -93,9 +105,12 @@ impl Reservoirs {
     pub(super) fn absorb<R: Rng + ?Sized>(&mut self, slot: &ExemplarSlot, rng: &mut R) {
         match self.position(slot.index) {
             Some(p) => {
-                let mut mine = self.slots[p].unpack();
-                mine.absorb(slot, rng);
-                self.slots[p] = Packed::pack(&mine);
+                let mine = &mut self.slots[p];
+                let mut seen = mine.seen();
+                if absorb_takes(&mut seen, slot.seen, rng) {
+                    mine.exemplar = slot.exemplar;
+                }
+                mine.set_seen(seen);
             }
             None => self.push(slot),
         }
