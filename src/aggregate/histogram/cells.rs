@@ -73,7 +73,7 @@ impl Cells {
     /// Value at `j` (0 past the end).
     #[inline]
     pub(super) fn get(&self, j: usize) -> u64 {
-        each!(self, v => v.get(j).map_or(0, |&x| x as u64))
+        each!(self, v => v.get(j).map_or(0, wide))
     }
 
     /// Widens every cell so that `value` fits.
@@ -168,7 +168,7 @@ impl Cells {
         if from >= to {
             return 0;
         }
-        each!(self, v => v[from..to].iter().map(|&x| x as u64).sum())
+        each!(self, v => v[from..to].iter().map(wide).sum())
     }
 
     /// Adds `other[k]` to cell `base + k` for every `k` (the cells must exist).
@@ -226,6 +226,12 @@ macro_rules! cell {
     )*};
 }
 cell!(u8, u16, u32, u64);
+
+/// A cell's value.
+#[inline]
+fn wide<T: Cell>(cell: &T) -> u64 {
+    (*cell).into()
+}
 
 /// Adds `n` to `cell` if the sum fits its width.
 #[inline]
@@ -297,7 +303,7 @@ impl Iterator for Iter<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<u64> {
-        each_iter!(self, it => it.next().map(|&x| x as u64))
+        each_iter!(self, it => it.next().map(wide))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -308,7 +314,7 @@ impl Iterator for Iter<'_> {
 impl DoubleEndedIterator for Iter<'_> {
     #[inline]
     fn next_back(&mut self) -> Option<u64> {
-        each_iter!(self, it => it.next_back().map(|&x| x as u64))
+        each_iter!(self, it => it.next_back().map(wide))
     }
 }
 
@@ -364,7 +370,7 @@ mod tests {
         let values: Vec<u64> = cells.iter().collect();
         assert_eq!(values[0], 1_000);
         assert_eq!(&values[5..], &(0..100).collect::<Vec<_>>()[..]);
-        assert_eq!(cells.iter().rev().next(), Some(99));
+        assert_eq!(cells.iter().next_back(), Some(99));
         assert_eq!(cells.sum(6, 8), 1 + 2);
         assert_eq!(cells.sum(200, 300), 0);
         cells.clear();
