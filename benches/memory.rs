@@ -7,9 +7,12 @@
 //!   six-label series and for one-label series (fixed overhead);
 //! - distribution series-window: 100 traced log-normal observations per
 //!   series and window, interleaved across series; the first window of a
-//!   series (route included) and a further window of known series.
+//!   series (route included) and a further window of known series, with one
+//!   exemplar reservoir per bucket (the default) and per 16 buckets
+//!   (`exemplar_scale_reduction: 4`).
 //!
-//! `cargo bench --bench memory` (run without `--bench` it does a small smoke run).
+//! `cargo bench --bench memory` (run without `--bench` it does a small smoke run;
+//! `-- distribution` measures the distribution lines only).
 
 mod common;
 
@@ -19,7 +22,8 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use common::{Points, BATCH, NOW_MS, RESOLUTION_MS, WINDOW_START_MS};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tailfold::engine::{Engine, OutputTarget, PolicySlot, SeriesRoute, WindowState};
+use tailfold::aggregate::histogram::HistogramConfig;
+use tailfold::engine::{Engine, EngineSettings, OutputTarget, PolicySlot, SeriesRoute, WindowState};
 use tailfold::model::{Kind, Label, Labels};
 
 struct Counting;
@@ -96,8 +100,12 @@ fn mean_label_bytes(labels: &[Labels]) -> f64 {
 
 /// An engine whose thread-local ingest buffers are already grown (by series
 /// outside the measured range), so they do not count against the series.
-fn warmed_engine(kind: Kind, points: Points, make: fn(usize) -> Labels) -> Engine {
-    let engine = common::engine();
+fn warmed_engine(kind: Kind, points: Points, make: fn(usize) -> Labels, histogram: HistogramConfig) -> Engine {
+    let settings = EngineSettings {
+        histogram,
+        ..EngineSettings::default()
+    };
+    let engine = Engine::new(settings, common::rules());
     let warm: Vec<Labels> = (0..BATCH).map(|i| make(50_000_000 + i)).collect();
     common::load_series(&engine, &warm, kind, points, WINDOW_START_MS, NOW_MS);
     engine
@@ -105,7 +113,7 @@ fn warmed_engine(kind: Kind, points: Points, make: fn(usize) -> Labels) -> Engin
 
 fn counters(series: usize, make: fn(usize) -> Labels, shape: &str) {
     let labels = common::label_table(series, make);
-    let engine = warmed_engine(Kind::Counter, Points::CounterDeltas, make);
+    let engine = warmed_engine(Kind::Counter, Points::CounterDeltas, make, HistogramConfig::default());
     measure(
         &format!("counter series, first window ({shape}, {series} series)"),
         series,
@@ -126,10 +134,24 @@ fn counters(series: usize, make: fn(usize) -> Labels, shape: &str) {
     );
 }
 
-fn distributions(series: usize) {
+/// `exemplar_scale_reduction` n: one exemplar reservoir per `2^n` buckets (0: per bucket).
+fn distributions(series: usize, exemplar_scale_reduction: u8) {
     const OBSERVATIONS: usize = 100;
     let labels = common::label_table(series, common::distribution_labels);
-    let engine = warmed_engine(Kind::Distribution, Points::TracedLatencies, common::distribution_labels);
+    let histogram = HistogramConfig {
+        exemplar_scale_reduction,
+        ..HistogramConfig::default()
+    };
+    let engine = warmed_engine(
+        Kind::Distribution,
+        Points::TracedLatencies,
+        common::distribution_labels,
+        histogram,
+    );
+    let knob = match exemplar_scale_reduction {
+        0 => String::new(),
+        n => format!(", exemplar_scale_reduction {n}"),
+    };
     let mut indices: Vec<usize> = (0..series).flat_map(|i| std::iter::repeat_n(i, OBSERVATIONS)).collect();
     indices.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(3));
     // Batches are built and dropped one at a time: only what the engine keeps stays live.
@@ -147,12 +169,12 @@ fn distributions(series: usize) {
         }
     };
     measure(
-        &format!("distribution series, first window (100 traced obs, {series} series)"),
+        &format!("distribution series, first window (100 traced obs, {series} series{knob})"),
         series,
         || ingest_window(WINDOW_START_MS, 1_000),
     );
     measure(
-        &format!("distribution series-window, next window (100 traced obs, {series})"),
+        &format!("distribution series-window, next window (100 traced obs, {series}{knob})"),
         series,
         || ingest_window(WINDOW_START_MS + RESOLUTION_MS, 2_000_000),
     );
@@ -161,12 +183,17 @@ fn distributions(series: usize) {
 
 fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
+    // `cargo bench --bench memory -- distribution` skips the (slow) counter runs.
+    let only_distributions = std::env::args().any(|arg| arg == "distribution");
     let scale = if full { 1 } else { 100 };
     println!("memory: live requested bytes per series (counting #[global_allocator])");
-    counters(1_000_000 / scale, common::counter_labels, "6 labels");
-    counters(100_000 / scale, common::counter_labels, "6 labels");
-    counters(1_000_000 / scale, one_label, "1 label");
-    distributions(10_000 / scale);
+    if !only_distributions {
+        counters(1_000_000 / scale, common::counter_labels, "6 labels");
+        counters(100_000 / scale, common::counter_labels, "6 labels");
+        counters(1_000_000 / scale, one_label, "1 label");
+    }
+    distributions(10_000 / scale, 0);
+    distributions(10_000 / scale, 4);
     println!(
         "sizes (bytes, inline): Label {}, WindowState {}, SeriesRoute {}, \
          OutputTarget {}, PolicySlot {} (+16 per Arc header)",

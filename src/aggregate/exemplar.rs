@@ -54,8 +54,7 @@ impl ExemplarSlot {
 
     /// Offers one more traced sample; it is kept with probability `1/seen`.
     pub fn offer<R: Rng + ?Sized>(&mut self, exemplar: Exemplar, rng: &mut R) {
-        self.seen = self.seen.saturating_add(1);
-        if rng.random_range(0..self.seen) == 0 {
+        if offer_keeps(&mut self.seen, rng) {
             self.exemplar = exemplar;
         }
     }
@@ -63,14 +62,28 @@ impl ExemplarSlot {
     /// Folds in another reservoir of the same bucket, keeping uniformity over
     /// the union; `index` is left as it is.
     pub fn absorb<R: Rng + ?Sized>(&mut self, other: &ExemplarSlot, rng: &mut R) {
-        if other.seen == 0 {
-            return;
-        }
-        // A slot built by hand with seen == 0 holds nothing worth keeping.
-        let total = self.seen.saturating_add(other.seen);
-        if self.seen == 0 || rng.random_range(0..total) >= self.seen {
+        if absorb_takes(&mut self.seen, other.seen, rng) {
             self.exemplar = other.exemplar;
         }
-        self.seen = total;
     }
+}
+
+/// The reservoir rule of [`ExemplarSlot::offer`] on a bare count (for packed
+/// slots): counts one more traced sample and says whether to keep it.
+pub fn offer_keeps<R: Rng + ?Sized>(seen: &mut u64, rng: &mut R) -> bool {
+    *seen = seen.saturating_add(1);
+    rng.random_range(0..*seen) == 0
+}
+
+/// The rule of [`ExemplarSlot::absorb`] on bare counts: adds `other_seen` to
+/// `seen` and says whether the other reservoir's exemplar replaces this one's.
+pub fn absorb_takes<R: Rng + ?Sized>(seen: &mut u64, other_seen: u64, rng: &mut R) -> bool {
+    if other_seen == 0 {
+        return false;
+    }
+    // A slot built by hand with seen == 0 holds nothing worth keeping.
+    let total = seen.saturating_add(other_seen);
+    let take = *seen == 0 || rng.random_range(0..total) >= *seen;
+    *seen = total;
+    take
 }

@@ -45,6 +45,8 @@ pub mod defaults {
     pub const HISTOGRAM_SCALE: i8 = 6;
     /// Buckets per sign before the histogram downscales.
     pub const HISTOGRAM_MAX_BUCKETS: usize = 2048;
+    /// One exemplar reservoir per histogram bucket: a quantile's exemplar lies in its bucket.
+    pub const HISTOGRAM_EXEMPLAR_SCALE_REDUCTION: u8 = 0;
     /// Header (HTTP) / metadata key (gRPC) naming the tenant.
     pub const TENANT_HEADER: &str = "x-scope-orgid";
     /// Tenant of requests without the header.
@@ -205,6 +207,11 @@ pub struct HistogramSettings {
     pub scale: Option<i8>,
     /// Buckets per sign before downscaling. Default 2048.
     pub max_buckets: Option<usize>,
+    /// Exemplar reservoirs per `2^n` adjacent buckets (0..=18). Default 0: one
+    /// per bucket, so a quantile's exemplar lies in the quantile's bucket; n > 0
+    /// keeps fewer exemplars (less memory per window) and the exemplar lies in
+    /// the bucket at scale `scale - n` holding the quantile's.
+    pub exemplar_scale_reduction: Option<u8>,
 }
 
 /// Flush loop settings.
@@ -430,6 +437,11 @@ impl ServiceSettings {
                 .histogram
                 .max_buckets
                 .unwrap_or(defaults::HISTOGRAM_MAX_BUCKETS),
+            exemplar_scale_reduction: config
+                .engine
+                .histogram
+                .exemplar_scale_reduction
+                .unwrap_or(defaults::HISTOGRAM_EXEMPLAR_SCALE_REDUCTION),
             ..HistogramConfig::default()
         };
         histogram

@@ -10,6 +10,7 @@ fn empty_config_gives_documented_defaults() {
     assert_eq!(settings.data_dir, Path::new("data"));
     assert_eq!(settings.ingest, IngestLimits::default());
     assert_eq!(settings.engine.histogram.scale, 6);
+    assert_eq!(settings.engine.histogram.exemplar_scale_reduction, 0);
     assert!(settings.store_enabled && settings.selections_file);
     assert_eq!(settings.statsd, None);
     assert!(!settings.limits.any_limit(), "no tenant limit unless configured");
@@ -52,6 +53,14 @@ fn broken_configs_name_the_file_and_field() {
             "field engine.lateness_ms.10x: invalid duration \"10x\"",
         ),
         ("engine: {histogram: {scale: 12}}", "field engine.histogram:"),
+        (
+            "engine: {histogram: {exemplar_scale_reduction: 19}}",
+            "field engine.histogram: exemplar_scale_reduction 19 is above the maximum of 18",
+        ),
+        (
+            "engine: {histogram: {exemplar_scale_reduction: -1}}",
+            "conf/t.yaml: invalid yaml: engine.histogram.exemplar_scale_reduction",
+        ),
         ("engine: {shards: 0}", "field engine.shards: 0 is outside"),
         ("log: {format: xml}", "field log.format: \"xml\""),
         (

@@ -196,7 +196,7 @@ impl ExpHistogram {
         if side.count_at(index) == 0 {
             return false;
         }
-        side.offer(index, exemplar, rng);
+        side.offer(index, self.config.exemplar_scale_reduction, exemplar, rng);
         true
     }
 }

@@ -3,7 +3,9 @@
 //! tailfold to aggregate latency-like streams and answer quantile queries.
 
 mod buckets;
+mod cells;
 mod mapping;
+mod reservoirs;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -27,7 +29,14 @@ pub enum HistogramError {
     /// `zero_threshold` negative, NaN or infinite.
     #[error("zero_threshold {0} must be finite and non-negative")]
     InvalidZeroThreshold(f64),
+    /// `exemplar_scale_reduction` above `MAX_EXEMPLAR_SCALE_REDUCTION`.
+    #[error("exemplar_scale_reduction {0} is above the maximum of 18")]
+    ExemplarScaleReductionOutOfRange(u8),
 }
+
+/// Largest `exemplar_scale_reduction`: `MAX_SCALE - MIN_SCALE`, one reservoir
+/// per bucket of the coarsest scale even for a histogram at the finest.
+pub const MAX_EXEMPLAR_SCALE_REDUCTION: u8 = (MAX_SCALE - MIN_SCALE) as u8;
 
 /// Histogram settings; `Default` is the single place defaults live.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -39,6 +48,12 @@ pub struct HistogramConfig {
     pub max_buckets: usize,
     /// Values with `|v| <= zero_threshold` go to the zero bucket.
     pub zero_threshold: f64,
+    /// 0: one exemplar reservoir per bucket, so a quantile's exemplar lies in
+    /// the quantile's own bucket. `n > 0`: one reservoir per `2^n` adjacent
+    /// buckets (the bucket at scale `scale() - n` holding them), so a
+    /// quantile's exemplar lies in that coarser bucket around the quantile's:
+    /// far fewer exemplars kept in a small window, at a looser link.
+    pub exemplar_scale_reduction: u8,
 }
 
 impl Default for HistogramConfig {
@@ -49,6 +64,7 @@ impl Default for HistogramConfig {
             // 2048 buckets at scale 6 span 2^32 (e.g. 1us..71min) before downscaling.
             max_buckets: 2048,
             zero_threshold: 0.0,
+            exemplar_scale_reduction: 0,
         }
     }
 }
@@ -65,6 +81,11 @@ impl HistogramConfig {
         if !(self.zero_threshold.is_finite() && self.zero_threshold >= 0.0) {
             return Err(HistogramError::InvalidZeroThreshold(self.zero_threshold));
         }
+        if self.exemplar_scale_reduction > MAX_EXEMPLAR_SCALE_REDUCTION {
+            return Err(HistogramError::ExemplarScaleReductionOutOfRange(
+                self.exemplar_scale_reduction,
+            ));
+        }
         Ok(())
     }
 
@@ -79,6 +100,7 @@ impl HistogramConfig {
             scale: self.scale.clamp(MIN_SCALE, MAX_SCALE),
             max_buckets: self.max_buckets.max(2),
             zero_threshold,
+            exemplar_scale_reduction: self.exemplar_scale_reduction.min(MAX_EXEMPLAR_SCALE_REDUCTION),
         }
     }
 }
@@ -101,7 +123,9 @@ pub struct QuantileEstimate {
     pub value: f64,
     /// The bucket holding the exact sample.
     pub bucket: BucketRef,
-    /// The exemplar kept by that bucket, if it saw a traced sample.
+    /// The exemplar kept by that bucket's reservoir, if it saw a traced
+    /// sample: with `exemplar_scale_reduction` n > 0 the reservoir covers the
+    /// `2^n` buckets `(i >> n) << n ..` around `bucket`'s index `i`.
     pub exemplar: Option<Exemplar>,
 }
 
@@ -240,7 +264,7 @@ impl ExpHistogram {
         };
         side.add(index, n);
         if let Some(ex) = exemplar {
-            side.offer(index, ex, rng);
+            side.offer(index, self.config.exemplar_scale_reduction, ex, rng);
         }
     }
 
@@ -283,10 +307,18 @@ impl ExpHistogram {
         }
         let target = self.scale.min(other.scale);
         self.downscale((self.scale - target) as u32, rng);
+        let reduction = self.config.exemplar_scale_reduction;
         let coarsened;
-        let other = if other.scale > target {
+        let other = if other.scale > target || other.config.exemplar_scale_reduction != reduction {
             let mut copy = other.clone();
             copy.downscale((other.scale - target) as u32, rng);
+            if other.config.exemplar_scale_reduction != reduction {
+                // Reservoirs re-keyed by their exemplar's bucket: exact when
+                // `self`'s groups are coarser, merely placed when finer.
+                let key = |slot: &ExemplarSlot| bucket_index(target, slot.exemplar.value) >> reduction;
+                copy.positive.rekey_exemplars(key, rng);
+                copy.negative.rekey_exemplars(key, rng);
+            }
             coarsened = copy;
             &coarsened
         } else {
@@ -368,7 +400,10 @@ impl ExpHistogram {
     /// That is within `relative_error(scale())` of the exact sample (outside
     /// the zero bucket). Ranks 1 and n report the tracked min and max, so
     /// p0 and p100 are exact. The exemplar is the one kept
-    /// by that very bucket; a neighbour's is never substituted.
+    /// by that very bucket; a neighbour's is never substituted (with
+    /// `exemplar_scale_reduction` n > 0: by the reservoir of the `2^n`
+    /// buckets around it, so it lies in the bucket at scale `scale() - n`
+    /// holding the quantile's).
     pub fn quantile(&self, q: f64) -> Option<QuantileEstimate> {
         if self.count == 0 || !(0.0..=1.0).contains(&q) {
             return None;
@@ -392,30 +427,25 @@ impl ExpHistogram {
 
     /// The bucket holding the `rank`-th smallest sample, its representative
     /// value and its exemplar slot.
-    fn bucket_of_rank(&self, rank: u64) -> Option<(BucketRef, f64, Option<&ExemplarSlot>)> {
-        let mut seen = 0;
+    fn bucket_of_rank(&self, rank: u64) -> Option<(BucketRef, f64, Option<ExemplarSlot>)> {
+        let reduction = self.config.exemplar_scale_reduction;
         // Most negative first: highest |index| of the negative side.
-        for (i, c) in self.negative.buckets().rev() {
-            seen += c;
-            if seen >= rank {
+        let mut seen = match self.negative.find_rank(rank, true) {
+            Ok(i) => {
                 let (l, u) = bucket_bounds(self.scale, i);
                 let value = -mapping::representative(l, u);
-                return Some((BucketRef::Negative(i), value, self.negative.slot(i)));
+                return Some((BucketRef::Negative(i), value, self.negative.slot(i, reduction)));
             }
-        }
+            Err(total) => total,
+        };
         seen += self.zero_count;
         if seen >= rank {
-            return Some((BucketRef::Zero, 0.0, self.zero_exemplar.as_ref()));
+            return Some((BucketRef::Zero, 0.0, self.zero_exemplar));
         }
-        for (i, c) in self.positive.buckets() {
-            seen += c;
-            if seen >= rank {
-                let (l, u) = bucket_bounds(self.scale, i);
-                let value = mapping::representative(l, u);
-                return Some((BucketRef::Positive(i), value, self.positive.slot(i)));
-            }
-        }
-        None
+        let i = self.positive.find_rank(rank - seen, false).ok()?;
+        let (l, u) = bucket_bounds(self.scale, i);
+        let value = mapping::representative(l, u);
+        Some((BucketRef::Positive(i), value, self.positive.slot(i, reduction)))
     }
 
     /// Number of samples `> threshold`.
@@ -504,14 +534,21 @@ impl ExpHistogram {
         self.negative.buckets()
     }
 
-    /// Kept exemplars: negative buckets by ascending index, then the zero
-    /// bucket, then positive buckets by ascending index.
+    /// Kept exemplars, each with the bucket its value lies in: negative
+    /// buckets by ascending index, then the zero bucket, then positive buckets
+    /// by ascending index (one per reservoir, see `exemplar_scale_reduction`).
     pub fn exemplars(&self) -> Vec<(BucketRef, Exemplar)> {
         let negative = self.negative.slots();
         let positive = self.positive.slots();
-        let neg = negative.iter().map(|s| (BucketRef::Negative(s.index), s.exemplar));
+        // A reservoir's exemplar lies in its own bucket; its key names that
+        // bucket itself only without reduction.
+        let own = |s: &ExemplarSlot| match self.config.exemplar_scale_reduction {
+            0 => s.index,
+            _ => bucket_index(self.scale, s.exemplar.value),
+        };
+        let neg = negative.iter().map(|s| (BucketRef::Negative(own(s)), s.exemplar));
         let zero = self.zero_exemplar.iter().map(|s| (BucketRef::Zero, s.exemplar));
-        let pos = positive.iter().map(|s| (BucketRef::Positive(s.index), s.exemplar));
+        let pos = positive.iter().map(|s| (BucketRef::Positive(own(s)), s.exemplar));
         neg.chain(zero).chain(pos).collect()
     }
 
