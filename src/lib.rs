@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod limits;
 pub mod loadgen;
 pub mod model;
+mod prefetch;
 pub mod profile;
 pub mod reload;
 pub mod rules;

@@ -30,7 +30,6 @@ mod cumulative;
 mod cumulative_histograms;
 mod generations;
 mod histogram_route;
-mod prefetch;
 mod record;
 mod route;
 mod route_cache;
@@ -58,11 +57,11 @@ pub use route::{OutputTarget, PolicySlot, SeriesRoute};
 pub use settings::{default_lateness_ms, default_shards, EngineSettings};
 pub use window::WindowState;
 
+use crate::prefetch::prefetch;
 use cumulative::CumulativeCounters;
 use cumulative_histograms::CumulativeHistograms;
 use generations::{generation_at, generation_range, next_common_boundary, Generation};
 use histogram_route::RoutedHistogram;
-use prefetch::prefetch;
 use route_cache::RouteReader;
 use shard::{ClosedWindow, RoutedSample, Shard, WindowClass};
 
@@ -514,16 +513,33 @@ impl Engine {
                 continue;
             }
             let mut shard = self.shards[index].lock();
-            // Every window is looked up ahead of the fold, so their misses overlap.
+            // Every window is looked up ahead of the fold, in steps that each
+            // ask for the next level of memory for all samples, so their
+            // misses overlap: windows, then state, then (distributions) the
+            // bucket count and reservoir index, then the reservoir.
             let target_of =
                 |sample: &RoutedSample| &scratch.routes[sample.route as usize].targets[sample.target as usize];
             for sample in samples.iter() {
                 shard.prefetch_windows(target_of(sample).key);
             }
-            for sample in samples.iter() {
-                let target = target_of(sample);
-                if target.kind != Kind::Counter {
-                    shard.prefetch_state(target.key, sample.slot, sample.window_start_ms);
+            let kind = |sample: &RoutedSample| target_of(sample).kind;
+            let state_of =
+                |sample: &RoutedSample| shard.peek_state(target_of(sample).key, sample.slot, sample.window_start_ms);
+            if samples.iter().any(|sample| kind(sample) != Kind::Counter) {
+                for sample in samples.iter().filter(|sample| kind(sample) != Kind::Counter) {
+                    if let Some(state) = state_of(sample) {
+                        state.prefetch();
+                    }
+                }
+                for sample in samples.iter().filter(|sample| kind(sample) == Kind::Distribution) {
+                    if let Some(state) = state_of(sample) {
+                        state.prefetch_record(sample.value, sample.trace.is_some());
+                    }
+                }
+                for sample in samples.iter().filter(|sample| sample.trace.is_some()) {
+                    if let Some(state) = state_of(sample) {
+                        state.prefetch_reservoir(sample.value);
+                    }
                 }
             }
             for sample in samples.iter() {

@@ -213,24 +213,21 @@ impl Shard {
     #[inline]
     pub fn prefetch_windows(&self, key: u64) {
         if let Some(entry) = self.targets.get(&key) {
-            super::prefetch::prefetch(entry.windows.as_ptr());
+            crate::prefetch::prefetch(entry.windows.as_ptr());
         }
     }
 
-    /// The second step for states kept behind a pointer (gauges, distributions):
-    /// once the windows are in cache, asks for the state of the one a sample
-    /// will fold into.
+    /// The open window of output `key`'s slot `slot_index` starting at
+    /// `window_start_ms`, if any: for the steps that prefetch into it.
     #[inline]
-    pub fn prefetch_state(&self, key: u64, slot_index: u16, window_start_ms: i64) {
-        if let Some(entry) = self.targets.get(&key) {
-            if let Some(window) = entry
+    pub fn peek_state(&self, key: u64, slot_index: u16, window_start_ms: i64) -> Option<&WindowState> {
+        self.targets.get(&key).and_then(|entry| {
+            entry
                 .windows
                 .iter()
                 .find(|window| window.slot == slot_index && window.start_ms == window_start_ms)
-            {
-                window.state.prefetch();
-            }
-        }
+                .map(|window| &window.state)
+        })
     }
 
     /// Folds one routed sample. On refusal returns why; the caller tallies it.
@@ -464,5 +461,53 @@ impl Shard {
     /// Open windows across all outputs.
     pub fn open_windows(&self) -> usize {
         self.targets.values().map(|entry| entry.windows.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::route::{SeriesRoute, SlotSets};
+    use crate::engine::EngineSettings;
+    use crate::model::Labels;
+    use crate::rules::RuleSet;
+
+    fn sample(window_start_ms: i64, value: f64) -> RoutedSample {
+        RoutedSample {
+            route: 0,
+            target: 0,
+            slot: 0,
+            point: 0,
+            window_start_ms,
+            timestamp_ms: window_start_ms + 1,
+            value,
+            trace: None,
+            weight: 1,
+            input: 7,
+        }
+    }
+
+    #[test]
+    fn peek_state_finds_exactly_the_window_a_sample_folds_into() {
+        let rules = RuleSet::default_rules();
+        let labels = Labels::from_pairs([("__name__", "requests")]);
+        let plan = rules.resolve(&labels, Kind::Counter);
+        let settings = EngineSettings::default();
+        let route = SeriesRoute::build(&plan, &Arc::from("t"), &settings, Kind::Counter, &SlotSets::default());
+        let target = &route.targets[0];
+        let resolution_ms = target.slots[0].policy.resolution_ms as i64;
+        let mut shard = Shard::new(1, HistogramConfig::default(), 60_000);
+        let (first, second) = (10 * resolution_ms, 11 * resolution_ms);
+        shard.fold(target, &sample(first, 2.0), first).unwrap();
+        shard.fold(target, &sample(second, 5.0), first).unwrap();
+        let sum = |state: Option<&WindowState>| match state {
+            Some(WindowState::Counter(counter)) => Some(counter.sum),
+            _ => None,
+        };
+        assert_eq!(sum(shard.peek_state(target.key, 0, first)), Some(2.0));
+        assert_eq!(sum(shard.peek_state(target.key, 0, second)), Some(5.0));
+        assert!(shard.peek_state(target.key, 0, second + resolution_ms).is_none());
+        assert!(shard.peek_state(target.key, 1, first).is_none());
+        assert!(shard.peek_state(target.key ^ 1, 0, first).is_none());
     }
 }

@@ -31,13 +31,30 @@ impl WindowState {
         }
     }
 
-    /// Asks for the memory of a state kept behind a pointer (see `super::prefetch`).
+    /// Asks for the memory of a state kept behind a pointer (see `crate::prefetch`).
     #[inline]
     pub fn prefetch(&self) {
         match self {
             WindowState::Counter(_) => {}
-            WindowState::Gauge(state) => super::prefetch::prefetch(&**state),
-            WindowState::Distribution(histogram) => super::prefetch::prefetch(&**histogram),
+            WindowState::Gauge(state) => crate::prefetch::prefetch(&**state),
+            WindowState::Distribution(histogram) => crate::prefetch::prefetch(&**histogram),
+        }
+    }
+
+    /// Once the state is in cache: asks for the bucket count and reservoir
+    /// index recording `value` will touch (distributions only).
+    #[inline]
+    pub fn prefetch_record(&self, value: f64, traced: bool) {
+        if let WindowState::Distribution(histogram) = self {
+            histogram.prefetch_record(value, traced);
+        }
+    }
+
+    /// Once the reservoir index is in cache: asks for the reservoir itself.
+    #[inline]
+    pub fn prefetch_reservoir(&self, value: f64) {
+        if let WindowState::Distribution(histogram) = self {
+            histogram.prefetch_reservoir(value);
         }
     }
 

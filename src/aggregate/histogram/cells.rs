@@ -76,6 +76,14 @@ impl Cells {
         each!(self, v => v.get(j).map_or(0, wide))
     }
 
+    /// Asks for the cache line of cell `j` (nothing when out of range).
+    #[inline]
+    pub(super) fn prefetch(&self, j: usize) {
+        each!(self, v => if let Some(cell) = v.get(j) {
+            crate::prefetch::prefetch(cell);
+        })
+    }
+
     /// Widens every cell so that `value` fits.
     fn widen_for(&mut self, value: u64) {
         let need = if value <= u64::from(u8::MAX) {

@@ -268,6 +268,40 @@ impl ExpHistogram {
         }
     }
 
+    /// The side and bucket index `record_n` of `value` would use, unless it
+    /// falls in the zero bucket or would first make the histogram downscale.
+    #[inline]
+    fn side_of(&self, value: f64) -> Option<(&Side, i32)> {
+        if !value.is_finite() || value.abs() <= self.config.zero_threshold {
+            return None;
+        }
+        let side = if value < 0.0 { &self.negative } else { &self.positive };
+        Some((side, bucket_index(self.scale, value)))
+    }
+
+    /// Asks for the memory recording `value` will touch: its bucket's count
+    /// and, when `traced`, its reservoir's index. A hint only (see
+    /// `crate::prefetch`): the engine calls it for a whole shard's samples
+    /// before recording any, so their misses overlap.
+    #[inline]
+    pub fn prefetch_record(&self, value: f64, traced: bool) {
+        if let Some((side, index)) = self.side_of(value) {
+            side.prefetch_count(index);
+            if traced {
+                side.prefetch_reservoir_index(index, self.config.exemplar_scale_reduction);
+            }
+        }
+    }
+
+    /// The step after [`ExpHistogram::prefetch_record`]: asks for the
+    /// reservoir a traced `value` will be offered to.
+    #[inline]
+    pub fn prefetch_reservoir(&self, value: f64) {
+        if let Some((side, index)) = self.side_of(value) {
+            side.prefetch_reservoir(index, self.config.exemplar_scale_reduction);
+        }
+    }
+
     /// How many more times the scale can still be halved.
     fn downscale_limit(&self) -> u32 {
         (i32::from(self.scale) - i32::from(MIN_SCALE)) as u32

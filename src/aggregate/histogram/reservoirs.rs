@@ -79,6 +79,22 @@ impl Reservoirs {
         self.positions.get(j).checked_sub(1).map(|p| p as usize)
     }
 
+    /// Asks for the index entry of `key`.
+    #[inline]
+    pub(super) fn prefetch_position(&self, key: i32) {
+        if let Ok(j) = usize::try_from(i64::from(key) - i64::from(self.base)) {
+            self.positions.prefetch(j);
+        }
+    }
+
+    /// Asks for the reservoir of `key`, if it has one.
+    #[inline]
+    pub(super) fn prefetch_slot(&self, key: i32) {
+        if let Some(slot) = self.position(key).and_then(|p| self.slots.get(p)) {
+            crate::prefetch::prefetch(slot);
+        }
+    }
+
     /// The reservoir of `key`, if it saw a traced sample.
     pub(super) fn get(&self, key: i32) -> Option<ExemplarSlot> {
         self.position(key).map(|p| self.slots[p].unpack())

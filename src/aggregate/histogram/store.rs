@@ -107,6 +107,26 @@ impl Side {
         self.exemplars.get(index >> reduction)
     }
 
+    /// Asks for the cache line of bucket `index`'s count.
+    #[inline]
+    pub(super) fn prefetch_count(&self, index: i32) {
+        if let Ok(j) = usize::try_from(i64::from(index) - i64::from(self.offset)) {
+            self.counts.prefetch(j);
+        }
+    }
+
+    /// Asks for the index entry of the reservoir covering bucket `index`.
+    #[inline]
+    pub(super) fn prefetch_reservoir_index(&self, index: i32, reduction: u8) {
+        self.exemplars.prefetch_position(index >> reduction);
+    }
+
+    /// Asks for the reservoir covering bucket `index`, once its index entry is in cache.
+    #[inline]
+    pub(super) fn prefetch_reservoir(&self, index: i32, reduction: u8) {
+        self.exemplars.prefetch_slot(index >> reduction);
+    }
+
     /// Offers a traced sample to the reservoir covering bucket `index`.
     #[inline]
     pub(super) fn offer<R: Rng + ?Sized>(&mut self, index: i32, reduction: u8, ex: Exemplar, rng: &mut R) {

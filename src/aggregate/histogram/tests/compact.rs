@@ -209,3 +209,35 @@ fn reduction_is_validated_and_sanitized() {
     assert!(error.to_string().contains("19"), "{error}");
     assert_eq!(ExpHistogram::new(reduced(40)).config().exemplar_scale_reduction, 18);
 }
+
+#[test]
+fn prefetch_hints_accept_any_value_and_change_nothing() {
+    let mut rng = rng(11);
+    let mut histogram = ExpHistogram::new(reduced(2));
+    let odd_values = [
+        0.0,
+        -0.0,
+        1e-300,
+        -3.5,
+        7.25,
+        1e300,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    for value in odd_values {
+        // Empty sides first: nothing to ask for, nothing to index out of.
+        histogram.prefetch_record(value, true);
+        histogram.prefetch_reservoir(value);
+    }
+    for (i, value) in [0.5, 2.0, -4.0, 1_000.0].into_iter().enumerate() {
+        histogram.record_n(value, 1, Some(ex(i as u8)), &mut rng);
+    }
+    let before = format!("{histogram:?}");
+    for value in odd_values.into_iter().chain([0.5, 2.0, -4.0, 1_000.0, 1e6]) {
+        histogram.prefetch_record(value, true);
+        histogram.prefetch_record(value, false);
+        histogram.prefetch_reservoir(value);
+    }
+    assert_eq!(format!("{histogram:?}"), before);
+}

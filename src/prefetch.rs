@@ -1,11 +1,12 @@
-//! Software prefetch: ingest looks a whole batch up before it folds it, and
-//! asks for the memory each series will need a few series ahead, so the cache
-//! misses of independent series overlap instead of queueing one behind another.
+//! Software prefetch: the engine looks a whole batch up before it folds it,
+//! and asks for the memory each series, window and histogram bucket will need
+//! ahead of time, so the cache misses of independent series overlap instead of
+//! queueing one behind another.
 
 /// Hints that the cache lines of `value` will soon be read. Never faults and
 /// never changes what a program computes; a no-op off x86-64.
 #[inline(always)]
-pub fn prefetch<T>(value: *const T) {
+pub(crate) fn prefetch<T>(value: *const T) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
