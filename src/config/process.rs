@@ -269,7 +269,7 @@ pub struct SelectionsConfig {
     pub file: Option<bool>,
     /// Selections buffered per stream subscriber. Default 65536.
     pub stream_buffer: Option<usize>,
-    /// Traces selected per `above(threshold)` output and window, slowest first (one per histogram bucket). Default 10.
+    /// Traces selected per `above(threshold)` output and window, slowest first (one per exemplar reservoir: a histogram bucket, or `2^exemplar_scale_reduction` of them). Default 10.
     pub above_max_traces: Option<usize>,
 }
 
