@@ -15,7 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("tailfold_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Trace and span IDs as `Bytes`: decoding slices them out of the request
+    // buffer instead of allocating two `Vec`s per traced point.
+    tonic_prost_build::configure()
+        .bytes(".tailfold.v1.Point")
+        .compile_fds(descriptors)?;
 
     // Prometheus remote write messages: plain prost types, no services, and
     // kept out of the reflection descriptors (they are not part of the gRPC API).

@@ -101,8 +101,8 @@ fn grpc_body() -> Vec<u8> {
                     v1::Point {
                         value: dist.sample(&mut rng),
                         timestamp_ms: Some(common::NOW_MS - 500),
-                        trace_id: trace.trace_id.to_vec(),
-                        span_id: trace.span_id.to_vec(),
+                        trace_id: trace.trace_id.to_vec().into(),
+                        span_id: trace.span_id.to_vec().into(),
                     }
                 })
                 .collect(),

@@ -164,8 +164,8 @@ mod tests {
             points: vec![v1::Point {
                 value: 2.0,
                 timestamp_ms: Some(NOW_MS),
-                trace_id: vec![],
-                span_id: vec![],
+                trace_id: vec![].into(),
+                span_id: vec![].into(),
             }],
         };
         let batch = IngestBatch {

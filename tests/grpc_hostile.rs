@@ -97,12 +97,12 @@ async fn hostile_batches_get_clear_answers_and_the_service_keeps_serving() {
 
     // Bad points and bad series inside a good batch are refused alone and counted by reason.
     let mut traced = point(2.0, T0);
-    traced.trace_id = vec![7; 15];
+    traced.trace_id = vec![7; 15].into();
     let mut zero_trace = point(2.0, T0);
-    zero_trace.trace_id = vec![0; 16];
+    zero_trace.trace_id = vec![0; 16].into();
     let mut bad_span = point(2.0, T0);
-    bad_span.trace_id = vec![1; 16];
-    bad_span.span_id = vec![1; 9];
+    bad_span.trace_id = vec![1; 16].into();
+    bad_span.span_id = vec![1; 9].into();
     let response = service
         .write(vec![
             good(),

@@ -299,8 +299,8 @@ mod tests {
             points: vec![v1::Point {
                 value: 1.0,
                 timestamp_ms: None,
-                trace_id: vec![],
-                span_id: vec![],
+                trace_id: vec![].into(),
+                span_id: vec![].into(),
             }],
         }
     }
@@ -379,8 +379,8 @@ mod tests {
         let good = v1::Point {
             value: 2.0,
             timestamp_ms: Some(5),
-            trace_id: vec![1; 16],
-            span_id: vec![2; 8],
+            trace_id: vec![1; 16].into(),
+            span_id: vec![2; 8].into(),
         };
         wire.points = vec![
             good.clone(),
@@ -393,23 +393,23 @@ mod tests {
                 ..good.clone()
             },
             v1::Point {
-                trace_id: vec![1; 15],
+                trace_id: vec![1; 15].into(),
                 ..good.clone()
             },
             v1::Point {
-                trace_id: vec![0; 16],
+                trace_id: vec![0; 16].into(),
                 ..good.clone()
             },
             v1::Point {
-                span_id: vec![1; 7],
+                span_id: vec![1; 7].into(),
                 ..good.clone()
             },
             v1::Point {
-                trace_id: vec![],
+                trace_id: vec![].into(),
                 ..good.clone()
             },
             v1::Point {
-                span_id: vec![],
+                span_id: vec![].into(),
                 ..good.clone()
             },
         ];

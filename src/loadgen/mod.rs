@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -361,9 +362,9 @@ fn build_request(
                     generator.rng.fill(&mut span);
                     trace[0] |= 1;
                     span[0] |= 1;
-                    (trace.to_vec(), span.to_vec())
+                    (Bytes::copy_from_slice(&trace), Bytes::copy_from_slice(&span))
                 } else {
-                    (Vec::new(), Vec::new())
+                    (Bytes::new(), Bytes::new())
                 };
                 v1::Point {
                     value,

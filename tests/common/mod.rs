@@ -154,8 +154,8 @@ pub fn point(value: f64, timestamp_ms: i64) -> v1::Point {
     v1::Point {
         value,
         timestamp_ms: Some(timestamp_ms),
-        trace_id: vec![],
-        span_id: vec![],
+        trace_id: vec![].into(),
+        span_id: vec![].into(),
     }
 }
 
@@ -163,8 +163,8 @@ pub fn traced_point(value: f64, timestamp_ms: i64, trace_id: [u8; 16], span_id: 
     v1::Point {
         value,
         timestamp_ms: Some(timestamp_ms),
-        trace_id: trace_id.to_vec(),
-        span_id: span_id.to_vec(),
+        trace_id: trace_id.to_vec().into(),
+        span_id: span_id.to_vec().into(),
     }
 }
 
