@@ -6,10 +6,9 @@
 use std::sync::Arc;
 
 use crate::model::StoragePolicy;
-use crate::rules::RuleSet;
+use crate::rules::{MatchCache, RuleSet};
 
-use super::route::SlotSets;
-use super::route_cache::RouteCache;
+use super::route::{SeriesRoute, SlotSets};
 use super::settings::EngineSettings;
 
 /// One rule set and the routes built from it, in force for events at or after `from_ms`.
@@ -17,7 +16,7 @@ pub struct Generation {
     /// The rules.
     pub rules: Arc<RuleSet>,
     /// Routes of series under these rules.
-    pub routes: RouteCache,
+    pub routes: MatchCache<SeriesRoute>,
     /// The policy slot lists the routes' outputs share.
     pub slot_sets: SlotSets,
     /// First event time this rule set applies to (`i64::MIN` for the first set).
@@ -38,7 +37,7 @@ impl Generation {
             .unwrap_or(0);
         Generation {
             rules,
-            routes: RouteCache::default(),
+            routes: MatchCache::new(),
             slot_sets: SlotSets::default(),
             from_ms,
             max_lateness_ms,

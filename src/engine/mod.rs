@@ -32,7 +32,6 @@ mod generations;
 mod histogram_route;
 mod record;
 mod route;
-mod route_cache;
 mod settings;
 mod shard;
 mod window;
@@ -50,7 +49,7 @@ use crate::model::{
     series_key, DropReason, IngestBatch, Kind, NativeHistogram, Outcome, Point, SeriesKey, StoragePolicy,
 };
 use crate::profile::Profiler;
-use crate::rules::RuleSet;
+use crate::rules::{CacheReader, RuleSet};
 
 pub use record::{AggregateRecord, RecordValue, Statistic};
 pub use route::{OutputTarget, PolicySlot, SeriesRoute};
@@ -62,7 +61,6 @@ use cumulative::CumulativeCounters;
 use cumulative_histograms::CumulativeHistograms;
 use generations::{generation_at, generation_range, next_common_boundary, Generation};
 use histogram_route::RoutedHistogram;
-use route_cache::RouteReader;
 use shard::{ClosedWindow, RoutedSample, Shard, WindowClass};
 
 /// Per-thread buffers reused across batches so ingest allocates nothing per sample.
@@ -263,7 +261,7 @@ impl Engine {
     fn route_index(
         &self,
         scratch: &mut Scratch,
-        readers: &[RouteReader<'_>],
+        readers: &[CacheReader<'_, SeriesRoute>],
         generations: &[Arc<Generation>],
         index: usize,
         identity: SeriesKey,
@@ -288,7 +286,7 @@ impl Engine {
     /// target's: the lookups of independent series then overlap their misses.
     /// Computes nothing the fold relies on.
     fn prefetch_routes(
-        readers: &[RouteReader<'_>],
+        readers: &[CacheReader<'_, SeriesRoute>],
         generations: &[Arc<Generation>],
         batch: &IngestBatch,
         keys: &[SeriesKey],
@@ -380,7 +378,7 @@ impl Engine {
         );
         // Read locks on every route cache for the routing part of the batch;
         // routes built meanwhile are cached once they are let go.
-        let readers: smallvec::SmallVec<[RouteReader<'_>; 2]> = generations
+        let readers: smallvec::SmallVec<[CacheReader<'_, SeriesRoute>; 2]> = generations
             .iter()
             .map(|generation| generation.routes.reader())
             .collect();

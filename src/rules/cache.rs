@@ -1,27 +1,36 @@
 //! The per-series match cache: globs run once per series, later samples of
-//! the series get the same shared plan by its 64-bit series hash.
+//! the series get the same shared plan (or a value built from it, such as the
+//! engine's routes) by series identity. Built for batches: a batch takes a
+//! read lock on every shard once ([`MatchCache::reader`]) and then looks its
+//! series up with plain loads, no atomic per series, so the lookups of one
+//! batch can overlap their cache misses.
 
-use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
+use hashbrown::HashTable;
+use parking_lot::{RwLock, RwLockReadGuard};
 
-use crate::model::{Kind, Labels, SeriesKey, SeriesKeyHasher};
+use crate::model::{Kind, Labels, SeriesKey};
 
 use super::{RuleSet, SeriesPlan};
+
+/// Lock shards: enough that inserts of new series and the growth of one
+/// table stall few batches, few enough that locking them all once per batch
+/// is cheap next to the batch.
+const SHARDS: usize = 32;
 
 /// A cached value with what it was built for, so that a hash collision, a
 /// kind change or a reloaded rule set is detected instead of trusted.
 #[derive(Debug)]
 pub struct CachedPlan<T = SeriesPlan> {
-    /// Fingerprint of the series the value was built for (tenant and labels).
+    /// Fingerprint of the series the value was built for (tenant and labels);
+    /// its low 64 bits are the table hash.
     pub fingerprint: u128,
     /// Its kind at that time.
     pub kind: Kind,
     /// Generation of the rule set that resolved it; `None` when built by a
-    /// caller's closure, which the cache cannot date.
+    /// caller, which the cache cannot date.
     generation: Option<u64>,
     /// The value, shared with callers.
     pub plan: Arc<T>,
@@ -34,28 +43,40 @@ impl<T> CachedPlan<T> {
     }
 }
 
-/// Concurrent map from series hash (`crate::model::series_hash`) to what was
-/// derived from the rules for that series: the [`SeriesPlan`] itself, or any
-/// value a caller builds from it (the engine caches its routes here).
+/// Concurrent map from series identity (`crate::model::series_key`) to what
+/// was derived from the rules for that series: the [`SeriesPlan`] itself, or
+/// any value a caller builds from it (the engine caches its routes here).
 ///
 /// Each series is resolved once; two threads meeting the same new series at
-/// the same moment may both resolve it, and one result is kept. Through
-/// [`MatchCache::get_or_resolve`], a plan of an older rule set is never
+/// the same moment may both resolve it, and the first value cached is kept.
+/// Through [`MatchCache::get_or_resolve`], a plan of an older rule set is never
 /// returned, even without [`MatchCache::clear`]; callers of
 /// [`MatchCache::get_or_insert_with`] must clear on a rules reload.
-#[derive(Debug)]
 pub struct MatchCache<T = SeriesPlan> {
-    plans: DashMap<u64, Arc<CachedPlan<T>>, BuildHasherDefault<SeriesKeyHasher>>,
+    shards: Box<[RwLock<HashTable<CachedPlan<T>>>]>,
     resolves: AtomicU64,
 }
 
 impl<T> Default for MatchCache<T> {
     fn default() -> Self {
         MatchCache {
-            plans: DashMap::default(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
             resolves: AtomicU64::new(0),
         }
     }
+}
+
+impl<T> std::fmt::Debug for MatchCache<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MatchCache").field("len", &self.len()).finish()
+    }
+}
+
+/// Shard of a series: bits the table itself does not use for its buckets
+/// (hashbrown takes the low bits for the bucket and the top 7 as a tag).
+#[inline]
+fn shard_of(hash: u64) -> usize {
+    ((hash >> 40) as usize) % SHARDS
 }
 
 impl MatchCache<SeriesPlan> {
@@ -79,64 +100,108 @@ impl<T> MatchCache<T> {
     }
 
     fn lookup(&self, key: SeriesKey, kind: Kind, generation: Option<u64>, build: impl FnOnce() -> T) -> Arc<T> {
-        if let Some(cached) = self.plans.get(&key.hash) {
-            if cached.is_for(key, kind, generation) {
-                return Arc::clone(&cached.plan);
-            }
+        if let Some(cached) = self.shards[shard_of(key.hash)]
+            .read()
+            .find(key.hash, |cached| cached.is_for(key, kind, generation))
+        {
+            return Arc::clone(&cached.plan);
         }
-        // Build outside any shard lock: globs are slow next to a map lookup.
-        let plan = Arc::new(build());
+        // Built outside any lock: globs are slow next to a map lookup.
+        self.insert_dated(key, kind, generation, Arc::new(build()))
+    }
+
+    /// Read access for one batch: every shard read-locked until the reader is
+    /// dropped. The thread must not insert into this cache while it holds one.
+    pub fn reader(&self) -> CacheReader<'_, T> {
+        CacheReader {
+            guards: std::array::from_fn(|index| self.shards[index].read()),
+        }
+    }
+
+    /// Caches `value`, built by the caller for `key` of `kind` (after a
+    /// [`CacheReader::get`] miss), unless another thread cached one for the
+    /// same series meanwhile; returns the value kept.
+    pub fn insert(&self, key: SeriesKey, kind: Kind, value: Arc<T>) -> Arc<T> {
+        self.insert_dated(key, kind, None, value)
+    }
+
+    fn insert_dated(&self, key: SeriesKey, kind: Kind, generation: Option<u64>, value: Arc<T>) -> Arc<T> {
         self.resolves.fetch_add(1, Ordering::Relaxed);
-        let fresh = Arc::new(CachedPlan {
-            fingerprint: key.fingerprint,
-            kind,
-            generation,
-            plan: Arc::clone(&plan),
-        });
-        match self.plans.entry(key.hash) {
-            Entry::Occupied(mut entry) => {
-                if entry.get().is_for(key, kind, generation) {
-                    // Another thread resolved the same series meanwhile: share its value.
-                    return Arc::clone(&entry.get().plan);
-                }
-                // A collision, a kind change or a stale rule set: the newest series wins the slot.
-                entry.insert(fresh);
+        let mut table = self.shards[shard_of(key.hash)].write();
+        match table.find_mut(key.hash, |cached| cached.fingerprint == key.fingerprint) {
+            // Another thread resolved the same series meanwhile: share its value.
+            Some(cached) if cached.is_for(key, kind, generation) => Arc::clone(&cached.plan),
+            Some(cached) => {
+                // A kind change or a stale rule set: the newest value wins the slot.
+                cached.kind = kind;
+                cached.generation = generation;
+                cached.plan = Arc::clone(&value);
+                value
             }
-            Entry::Vacant(entry) => {
-                entry.insert(fresh);
+            None => {
+                let fresh = CachedPlan {
+                    fingerprint: key.fingerprint,
+                    kind,
+                    generation,
+                    plan: Arc::clone(&value),
+                };
+                table.insert_unique(key.hash, fresh, |cached| cached.fingerprint as u64);
+                value
             }
         }
-        plan
     }
 
     /// Forgets every plan (after a rules reload).
     pub fn clear(&self) {
-        self.plans.clear();
+        for shard in self.shards.iter() {
+            shard.write().clear();
+        }
     }
 
-    /// Keeps only the entries whose value `keep` accepts (e.g. routes still in use).
+    /// Keeps only the entries whose value `keep` accepts (e.g. routes still
+    /// in use). Write-locks one shard at a time.
     pub fn retain(&self, mut keep: impl FnMut(&T) -> bool) {
-        self.plans.retain(|_, cached| keep(&cached.plan));
+        for shard in self.shards.iter() {
+            shard.write().retain(|cached| keep(&cached.plan));
+        }
     }
 
-    /// Forgets the plan of one series (e.g. when the engine evicts it).
-    pub fn remove(&self, key: u64) -> Option<Arc<CachedPlan<T>>> {
-        self.plans.remove(&key).map(|(_, cached)| cached)
+    /// Forgets the plan of the series with 64-bit key `key` (e.g. when the engine evicts it).
+    pub fn remove(&self, key: u64) -> Option<CachedPlan<T>> {
+        let mut table = self.shards[shard_of(key)].write();
+        let found = table.find_entry(key, |cached| cached.fingerprint as u64 == key);
+        found.ok().map(|entry| entry.remove().0)
     }
 
     /// Number of cached series.
     pub fn len(&self) -> usize {
-        self.plans.len()
+        self.shards.iter().map(|shard| shard.read().len()).sum()
     }
 
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.plans.is_empty()
+        self.len() == 0
     }
 
     /// How many times a value was resolved or built (misses), since the cache was made.
     pub fn resolves(&self) -> u64 {
         self.resolves.load(Ordering::Relaxed)
+    }
+}
+
+/// A batch's read view of a [`MatchCache`] (see [`MatchCache::reader`]).
+pub struct CacheReader<'a, T> {
+    guards: [RwLockReadGuard<'a, HashTable<CachedPlan<T>>>; SHARDS],
+}
+
+impl<T> CacheReader<'_, T> {
+    /// The value a caller cached for `key` of `kind` ([`MatchCache::insert`]
+    /// or [`MatchCache::get_or_insert_with`]). Plain loads only.
+    #[inline]
+    pub fn get(&self, key: SeriesKey, kind: Kind) -> Option<&Arc<T>> {
+        self.guards[shard_of(key.hash)]
+            .find(key.hash, |cached| cached.is_for(key, kind, None))
+            .map(|cached| &cached.plan)
     }
 }
 
@@ -194,7 +259,12 @@ mapping_rules:
         assert_eq!(*gauge_plan, rules.resolve(&web, Kind::Gauge));
         assert_ne!(web_plan, gauge_plan);
         assert_eq!(cache.resolves(), 3);
-        assert_eq!(cache.len(), 1);
+        // The colliding series no longer evict each other: both stay, and the
+        // first is still served without resolving again.
+        assert_eq!(cache.len(), 2);
+        let again = cache.get_or_resolve(key, &api, Kind::Counter, &rules);
+        assert!(Arc::ptr_eq(&again, &api_plan));
+        assert_eq!(cache.resolves(), 3);
     }
 
     #[test]
@@ -265,5 +335,38 @@ mapping_rules:
         assert_eq!(cache.len(), 50);
         // Racing threads may each resolve a new series once, never more.
         assert!((50..=200).contains(&cache.resolves()), "{}", cache.resolves());
+    }
+
+    #[test]
+    fn batch_readers_see_inserted_values_and_the_first_insert_wins() {
+        let cache: MatchCache<&'static str> = MatchCache::new();
+        let (key, _) = series("api");
+        let (other, _) = series("web");
+        assert!(cache.reader().get(key, Kind::Counter).is_none());
+        let first = cache.insert(key, Kind::Counter, Arc::new("first"));
+        let racing = cache.insert(key, Kind::Counter, Arc::new("second"));
+        assert!(
+            Arc::ptr_eq(&first, &racing),
+            "a racing build must share the cached value"
+        );
+        // Same 64-bit hash, another series: both are kept, told apart by fingerprint.
+        let collided = SeriesKey {
+            hash: key.hash,
+            fingerprint: other.fingerprint,
+        };
+        cache.insert(collided, Kind::Counter, Arc::new("collided"));
+        let gauge = cache.insert(key, Kind::Gauge, Arc::new("gauge"));
+        let reader = cache.reader();
+        assert!(
+            reader.get(key, Kind::Counter).is_none(),
+            "the kind change replaced the value"
+        );
+        assert!(Arc::ptr_eq(reader.get(key, Kind::Gauge).unwrap(), &gauge));
+        assert_eq!(**reader.get(collided, Kind::Counter).unwrap(), "collided");
+        assert!(reader.get(other, Kind::Counter).is_none());
+        drop(reader);
+        assert_eq!(cache.len(), 2);
+        cache.retain(|value| *value != "gauge");
+        assert_eq!(cache.len(), 1);
     }
 }

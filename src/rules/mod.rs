@@ -27,7 +27,7 @@ mod tests;
 #[cfg(test)]
 mod validation_tests;
 
-pub use cache::{CachedPlan, MatchCache};
+pub use cache::{CacheReader, CachedPlan, MatchCache};
 pub use compile::RuleSet;
 pub use error::{RuleLocation, RuleSection, RulesError};
 pub use filter::{Filter, FilterBuilder, FilterError};
