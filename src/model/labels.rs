@@ -171,7 +171,7 @@ pub fn series_key(tenant: &str, labels: &Labels) -> SeriesKey {
     let mut buffer = [0u8; KEY_BUFFER_BYTES];
     let mut len = 0;
     let mut fits = true;
-    let mut put = |bytes: &[u8]| {
+    identity_bytes(tenant, labels, |bytes| {
         let end = len + bytes.len();
         if fits && end <= KEY_BUFFER_BYTES {
             buffer[len..end].copy_from_slice(bytes);
@@ -179,15 +179,7 @@ pub fn series_key(tenant: &str, labels: &Labels) -> SeriesKey {
         } else {
             fits = false;
         }
-    };
-    put(tenant.as_bytes());
-    put(&[0xff]);
-    for label in labels.iter() {
-        put(label.name.as_bytes());
-        put(&[0xfe]);
-        put(label.value.as_bytes());
-        put(&[0xff]);
-    }
+    });
     if !fits {
         return streamed_series_key(tenant, labels);
     }
@@ -197,16 +189,23 @@ pub fn series_key(tenant: &str, labels: &Labels) -> SeriesKey {
 /// Label text (with separators) hashed from the stack; longer sets are streamed.
 const KEY_BUFFER_BYTES: usize = 256;
 
+/// Hands `put` the bytes that identify a series, in order: the one byte
+/// layout both ways of hashing share.
+#[inline]
+fn identity_bytes(tenant: &str, labels: &Labels, mut put: impl FnMut(&[u8])) {
+    put(tenant.as_bytes());
+    put(&[0xff]);
+    for label in labels.iter() {
+        put(label.name.as_bytes());
+        put(&[0xfe]);
+        put(label.value.as_bytes());
+        put(&[0xff]);
+    }
+}
+
 fn streamed_series_key(tenant: &str, labels: &Labels) -> SeriesKey {
     let mut hasher = Xxh3::new();
-    hasher.update(tenant.as_bytes());
-    hasher.update(&[0xff]);
-    for label in labels.iter() {
-        hasher.update(label.name.as_bytes());
-        hasher.update(&[0xfe]);
-        hasher.update(label.value.as_bytes());
-        hasher.update(&[0xff]);
-    }
+    identity_bytes(tenant, labels, |bytes| hasher.update(bytes));
     key_of(hasher.digest128())
 }
 
