@@ -41,6 +41,7 @@ mapping_rules:
 const OTLP_CONFIG: &str = r#"
 otlp: {grpc_listen: "127.0.0.1:0", http_listen: "127.0.0.1:0"}
 selections: {above_max_traces: 5}
+engine: {histogram: {max_exemplars: 0}}
 "#;
 
 /// One span the SDK sent, as the script reports it.

@@ -48,8 +48,9 @@ async fn tailfold_writes_queryable_aggregates_exemplars_and_native_histograms_to
         .as_millis() as i64;
     // 61 one-minute windows ending about now: Prometheus takes them in order into its head block.
     let t0 = (now_ms - 65 * 60_000) / 60_000 * 60_000;
+    // No reservoir limit: every exemplar checked below lies in its quantile's own bucket.
     let config = format!(
-        "remote_write: [{{name: prom, url: \"{}\", storage_policies: [\"1m:40d\"], shards: 1}}]\n",
+        "remote_write: [{{name: prom, url: \"{}\", storage_policies: [\"1m:40d\"], shards: 1}}]\nengine: {{histogram: {{max_exemplars: 0}}}}\n",
         prometheus.remote_write_url()
     );
     let mut service = start_service_with(RULES, t0, &config).await;

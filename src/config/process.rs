@@ -47,6 +47,9 @@ pub mod defaults {
     pub const HISTOGRAM_MAX_BUCKETS: usize = 2048;
     /// One exemplar reservoir per histogram bucket: a quantile's exemplar lies in its bucket.
     pub const HISTOGRAM_EXEMPLAR_SCALE_REDUCTION: u8 = 0;
+    /// Exemplar reservoirs per histogram before they coarsen: a window of 100
+    /// traced samples then fits in 2 KiB (issue 5's budget).
+    pub const HISTOGRAM_MAX_EXEMPLARS: u32 = 24;
     /// Header (HTTP) / metadata key (gRPC) naming the tenant.
     pub const TENANT_HEADER: &str = "x-scope-orgid";
     /// Tenant of requests without the header.
@@ -212,6 +215,13 @@ pub struct HistogramSettings {
     /// keeps fewer exemplars (less memory per window) and the exemplar lies in
     /// the bucket at scale `scale - n` holding the quantile's.
     pub exemplar_scale_reduction: Option<u8>,
+    /// Exemplar reservoirs one histogram (one window of one output) keeps, at
+    /// least 8; 0 for no limit. Default 24. While a window's traced samples fall
+    /// in at most this many buckets (or `2^n`-bucket groups), each keeps its own
+    /// exemplar; past it, reservoirs are re-keyed one scale coarser and merged
+    /// uniformly, as often as needed, so a quantile's exemplar lies in the
+    /// coarser bucket holding the quantile's.
+    pub max_exemplars: Option<u32>,
 }
 
 /// Flush loop settings.
@@ -269,7 +279,7 @@ pub struct SelectionsConfig {
     pub file: Option<bool>,
     /// Selections buffered per stream subscriber. Default 65536.
     pub stream_buffer: Option<usize>,
-    /// Traces selected per `above(threshold)` output and window, slowest first (one per exemplar reservoir: a histogram bucket, or `2^exemplar_scale_reduction` of them). Default 10.
+    /// Traces selected per `above(threshold)` output and window, slowest first (one per exemplar reservoir: a histogram bucket, or the group of buckets `exemplar_scale_reduction` and `max_exemplars` make it). Default 10.
     pub above_max_traces: Option<usize>,
 }
 
@@ -442,6 +452,11 @@ impl ServiceSettings {
                 .histogram
                 .exemplar_scale_reduction
                 .unwrap_or(defaults::HISTOGRAM_EXEMPLAR_SCALE_REDUCTION),
+            max_exemplars: config
+                .engine
+                .histogram
+                .max_exemplars
+                .unwrap_or(defaults::HISTOGRAM_MAX_EXEMPLARS),
             ..HistogramConfig::default()
         };
         histogram

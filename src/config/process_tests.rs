@@ -11,6 +11,10 @@ fn empty_config_gives_documented_defaults() {
     assert_eq!(settings.ingest, IngestLimits::default());
     assert_eq!(settings.engine.histogram.scale, 6);
     assert_eq!(settings.engine.histogram.exemplar_scale_reduction, 0);
+    assert_eq!(
+        settings.engine.histogram.max_exemplars,
+        defaults::HISTOGRAM_MAX_EXEMPLARS
+    );
     assert!(settings.store_enabled && settings.selections_file);
     assert_eq!(settings.statsd, None);
     assert!(!settings.limits.any_limit(), "no tenant limit unless configured");
@@ -56,6 +60,14 @@ fn broken_configs_name_the_file_and_field() {
         (
             "engine: {histogram: {exemplar_scale_reduction: 19}}",
             "field engine.histogram: exemplar_scale_reduction 19 is above the maximum of 18",
+        ),
+        (
+            "engine: {histogram: {max_exemplars: 7}}",
+            "field engine.histogram: max_exemplars 7 is below the minimum of 8 (0 turns the limit off)",
+        ),
+        (
+            "engine: {histogram: {max_exemplars: -1}}",
+            "conf/t.yaml: invalid yaml: engine.histogram.max_exemplars",
         ),
         (
             "engine: {histogram: {exemplar_scale_reduction: -1}}",

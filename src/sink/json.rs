@@ -55,6 +55,13 @@ pub struct JsonExemplar {
 pub struct JsonHistogram {
     /// Scale: bucket `i` covers `(base^i, base^(i+1)]` with `base = 2^(2^-scale)`.
     pub scale: i8,
+    /// Scale of the buckets the exemplars of this window's quantiles were
+    /// picked from: a quantile's exemplar lies in the bucket at this scale
+    /// that holds the quantile. Equals `scale` unless
+    /// `engine.histogram.exemplar_scale_reduction` or `max_exemplars` coarsened
+    /// the reservoirs. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exemplar_scale: Option<i8>,
     /// Samples.
     pub count: u64,
     /// Sum of samples.
@@ -92,6 +99,7 @@ pub fn record_json(record: &AggregateRecord) -> JsonRecord {
         RecordValue::Scalar(value) => serde_json::json!(value),
         RecordValue::Histogram(histogram) => serde_json::to_value(JsonHistogram {
             scale: histogram.scale(),
+            exemplar_scale: Some(histogram.scale() - histogram.exemplar_shift() as i8),
             count: histogram.count(),
             sum: histogram.sum(),
             zero_count: histogram.zero_count(),

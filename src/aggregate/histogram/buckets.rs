@@ -132,17 +132,15 @@ impl ExpHistogram {
             )
             .map_or(0, |(lo, hi)| shift_needed(lo, hi, max, limit))
         };
-        let k = need(&self.positive, other.positive).max(need(&self.negative, other.negative));
+        let k = need(&self.positive, other.positive).max(need(self.negative(), other.negative));
         target -= k as i8;
         self.downscale((self.scale - target) as u32, rng);
         let shift = (other.scale - target) as u32;
-        for (side, buckets) in [
-            (&mut self.positive, other.positive),
-            (&mut self.negative, other.negative),
-        ] {
-            for &(index, n) in buckets.iter().filter(|(_, n)| *n > 0) {
-                side.add(index >> shift, n);
-            }
+        for &(index, n) in other.positive.iter().filter(|(_, n)| *n > 0) {
+            self.positive.add(index >> shift, n);
+        }
+        for &(index, n) in other.negative.iter().filter(|(_, n)| *n > 0) {
+            self.negative.get_or_insert_default().add(index >> shift, n);
         }
         self.zero_count += other.zero_count;
 
@@ -183,20 +181,25 @@ impl ExpHistogram {
             }
             match &mut self.zero_exemplar {
                 Some(slot) => slot.offer(exemplar, rng),
-                None => self.zero_exemplar = Some(ExemplarSlot::new(0, exemplar)),
+                None => self.zero_exemplar = Some(Box::new(ExemplarSlot::new(0, exemplar))),
             }
             return true;
         }
         let index = bucket_index(self.scale, value);
         let side = if value < 0.0 {
-            &mut self.negative
+            match &mut self.negative {
+                Some(side) => side,
+                None => return false,
+            }
         } else {
             &mut self.positive
         };
         if side.count_at(index) == 0 {
             return false;
         }
-        side.offer(index, self.config.exemplar_scale_reduction, exemplar, rng);
+        if side.offer(index, self.exemplar_shift, exemplar, rng) {
+            self.enforce_max_exemplars(rng);
+        }
         true
     }
 }

@@ -52,6 +52,9 @@ fn widened<T: Copy + Into<U>, U>(v: &[T], capacity: usize) -> Vec<U> {
 }
 
 impl Cells {
+    /// No cells, as a constant.
+    pub(super) const EMPTY: Cells = Cells::U8(Vec::new());
+
     pub(super) fn len(&self) -> usize {
         each!(self, v => v.len())
     }

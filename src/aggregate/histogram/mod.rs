@@ -32,7 +32,14 @@ pub enum HistogramError {
     /// `exemplar_scale_reduction` above `MAX_EXEMPLAR_SCALE_REDUCTION`.
     #[error("exemplar_scale_reduction {0} is above the maximum of 18")]
     ExemplarScaleReductionOutOfRange(u8),
+    /// `max_exemplars` between 1 and `MIN_MAX_EXEMPLARS - 1`.
+    #[error("max_exemplars {0} is below the minimum of 8 (0 turns the limit off)")]
+    TooFewExemplars(u32),
 }
+
+/// Smallest non-zero `max_exemplars`: at the coarsest scale a sign spans at
+/// most three buckets, so the limit can always be met by coarsening.
+pub const MIN_MAX_EXEMPLARS: u32 = 8;
 
 /// Largest `exemplar_scale_reduction`: `MAX_SCALE - MIN_SCALE`, one reservoir
 /// per bucket of the coarsest scale even for a histogram at the finest.
@@ -54,6 +61,11 @@ pub struct HistogramConfig {
     /// quantile's exemplar lies in that coarser bucket around the quantile's:
     /// far fewer exemplars kept in a small window, at a looser link.
     pub exemplar_scale_reduction: u8,
+    /// Most exemplar reservoirs kept over both signs (0: no limit). When a new
+    /// reservoir would exceed it, every reservoir is re-keyed one scale
+    /// coarser and those that meet merge, as often as needed; each kept
+    /// exemplar stays a uniform pick of its (wider) bucket's traced samples.
+    pub max_exemplars: u32,
 }
 
 impl Default for HistogramConfig {
@@ -65,6 +77,8 @@ impl Default for HistogramConfig {
             max_buckets: 2048,
             zero_threshold: 0.0,
             exemplar_scale_reduction: 0,
+            // 24 reservoirs of 48 bytes keep a 100-sample window within 2 KiB.
+            max_exemplars: 24,
         }
     }
 }
@@ -86,6 +100,9 @@ impl HistogramConfig {
                 self.exemplar_scale_reduction,
             ));
         }
+        if (1..MIN_MAX_EXEMPLARS).contains(&self.max_exemplars) {
+            return Err(HistogramError::TooFewExemplars(self.max_exemplars));
+        }
         Ok(())
     }
 
@@ -101,6 +118,10 @@ impl HistogramConfig {
             max_buckets: self.max_buckets.max(2),
             zero_threshold,
             exemplar_scale_reduction: self.exemplar_scale_reduction.min(MAX_EXEMPLAR_SCALE_REDUCTION),
+            max_exemplars: match self.max_exemplars {
+                0 => 0,
+                n => n.max(MIN_MAX_EXEMPLARS),
+            },
         }
     }
 }
@@ -124,8 +145,9 @@ pub struct QuantileEstimate {
     /// The bucket holding the exact sample.
     pub bucket: BucketRef,
     /// The exemplar kept by that bucket's reservoir, if it saw a traced
-    /// sample: with `exemplar_scale_reduction` n > 0 the reservoir covers the
-    /// `2^n` buckets `(i >> n) << n ..` around `bucket`'s index `i`.
+    /// sample: with an exemplar shift n > 0 (see
+    /// [`ExpHistogram::exemplar_shift`]) the reservoir covers the `2^n`
+    /// buckets `(i >> n) << n ..` around `bucket`'s index `i`.
     pub exemplar: Option<Exemplar>,
 }
 
@@ -135,10 +157,16 @@ pub struct QuantileEstimate {
 pub struct ExpHistogram {
     config: HistogramConfig,
     scale: i8,
+    /// Reservoirs are keyed by bucket index `>> exemplar_shift`: the
+    /// configured reduction, raised when `max_exemplars` forced coarsening.
+    exemplar_shift: u8,
     positive: Side,
-    negative: Side,
+    /// Allocated on the first negative sample: most distributions are
+    /// latencies and sizes, and a window's header stays small without it.
+    negative: Option<Box<Side>>,
     zero_count: u64,
-    zero_exemplar: Option<ExemplarSlot>,
+    /// Boxed for the same reason: few windows see a zero with a trace.
+    zero_exemplar: Option<Box<ExemplarSlot>>,
     count: u64,
     sum: f64,
     min: f64,
@@ -185,8 +213,9 @@ impl ExpHistogram {
         Self {
             config,
             scale: config.scale,
+            exemplar_shift: config.exemplar_scale_reduction,
             positive: Side::default(),
-            negative: Side::default(),
+            negative: None,
             zero_count: 0,
             zero_exemplar: None,
             count: 0,
@@ -242,7 +271,7 @@ impl ExpHistogram {
                 match &mut self.zero_exemplar {
                     Some(slot) => slot.offer(ex, rng),
                     None => {
-                        self.zero_exemplar = Some(ExemplarSlot::new(0, ex));
+                        self.zero_exemplar = Some(Box::new(ExemplarSlot::new(0, ex)));
                     }
                 }
             }
@@ -250,7 +279,7 @@ impl ExpHistogram {
         }
         let mut index = bucket_index(self.scale, value);
         let negative = value < 0.0;
-        let side = if negative { &self.negative } else { &self.positive };
+        let side = if negative { self.negative() } else { &self.positive };
         let (lo, hi) = side.span_with(index);
         if (hi - lo) as usize >= self.config.max_buckets {
             let k = shift_needed(lo, hi, self.config.max_buckets, self.downscale_limit());
@@ -258,13 +287,47 @@ impl ExpHistogram {
             index >>= k;
         }
         let side = if negative {
-            &mut self.negative
+            self.negative.get_or_insert_default()
         } else {
             &mut self.positive
         };
         side.add(index, n);
         if let Some(ex) = exemplar {
-            side.offer(index, self.config.exemplar_scale_reduction, ex, rng);
+            if side.offer(index, self.exemplar_shift, ex, rng) {
+                self.enforce_max_exemplars(rng);
+            }
+        }
+    }
+
+    /// The reduction reservoirs are keyed by now: bucket `i`'s exemplar is
+    /// kept by the reservoir of the `2^n` buckets `(i >> n) << n ..`, i.e. the
+    /// bucket at scale `scale() - n` holding it. Starts at
+    /// `exemplar_scale_reduction` and grows while `max_exemplars` asks for it.
+    pub fn exemplar_shift(&self) -> u8 {
+        self.exemplar_shift
+    }
+
+    /// Re-keys every reservoir `by` steps coarser, merging those that meet.
+    fn coarsen_exemplars<R: Rng + ?Sized>(&mut self, by: u8, rng: &mut R) {
+        if by == 0 {
+            return;
+        }
+        self.positive.coarsen_exemplars(u32::from(by), rng);
+        if let Some(negative) = &mut self.negative {
+            negative.coarsen_exemplars(u32::from(by), rng);
+        }
+        self.exemplar_shift += by;
+    }
+
+    /// Coarsens the reservoirs one step at a time until they fit
+    /// `max_exemplars`, or their buckets are those of the coarsest scale.
+    fn enforce_max_exemplars<R: Rng + ?Sized>(&mut self, rng: &mut R) {
+        let max = self.config.max_exemplars as usize;
+        while max > 0
+            && self.positive.reservoirs() + self.negative().reservoirs() > max
+            && i32::from(self.scale) - i32::from(self.exemplar_shift) > i32::from(MIN_SCALE)
+        {
+            self.coarsen_exemplars(1, rng);
         }
     }
 
@@ -275,7 +338,7 @@ impl ExpHistogram {
         if !value.is_finite() || value.abs() <= self.config.zero_threshold {
             return None;
         }
-        let side = if value < 0.0 { &self.negative } else { &self.positive };
+        let side = if value < 0.0 { self.negative() } else { &self.positive };
         Some((side, bucket_index(self.scale, value)))
     }
 
@@ -288,7 +351,7 @@ impl ExpHistogram {
         if let Some((side, index)) = self.side_of(value) {
             side.prefetch_count(index);
             if traced {
-                side.prefetch_reservoir_index(index, self.config.exemplar_scale_reduction);
+                side.prefetch_reservoir_index(index, self.exemplar_shift);
             }
         }
     }
@@ -298,7 +361,7 @@ impl ExpHistogram {
     #[inline]
     pub fn prefetch_reservoir(&self, value: f64) {
         if let Some((side, index)) = self.side_of(value) {
-            side.prefetch_reservoir(index, self.config.exemplar_scale_reduction);
+            side.prefetch_reservoir(index, self.exemplar_shift);
         }
     }
 
@@ -315,7 +378,9 @@ impl ExpHistogram {
             return;
         }
         self.positive.downscale(k, rng);
-        self.negative.downscale(k, rng);
+        if let Some(negative) = &mut self.negative {
+            negative.downscale(k, rng);
+        }
         self.scale -= k as i8;
     }
 
@@ -324,46 +389,46 @@ impl ExpHistogram {
         let limit = self.downscale_limit();
         let max = self.config.max_buckets;
         let need = |side: &Side| side.span().map_or(0, |(lo, hi)| shift_needed(lo, hi, max, limit));
-        let k = need(&self.positive).max(need(&self.negative));
+        let k = need(&self.positive).max(need(self.negative()));
         self.downscale(k, rng);
     }
 
     /// Adds `other` into `self`.
     ///
     /// Exact when the scales match; otherwise the finer histogram is first
-    /// downscaled (a copy, for `other`) to the coarser scale. `self`'s config
-    /// wins: zero counts are summed as they are (the zero thresholds are
-    /// assumed equal) and `max_buckets` is enforced afterwards. Spread is
-    /// combined with Chan et al.'s parallel formula.
+    /// downscaled (a copy, for `other`) to the coarser scale, and the
+    /// reservoirs of both are keyed by the larger exemplar shift. `self`'s
+    /// config wins: zero counts are summed as they are (the zero thresholds
+    /// are assumed equal), and `max_buckets` and `max_exemplars` are enforced
+    /// afterwards. Spread is combined with Chan et al.'s parallel formula.
     pub fn merge<R: Rng + ?Sized>(&mut self, other: &ExpHistogram, rng: &mut R) {
         if other.count == 0 {
             return;
         }
         let target = self.scale.min(other.scale);
         self.downscale((self.scale - target) as u32, rng);
-        let reduction = self.config.exemplar_scale_reduction;
+        // Reservoirs meet on the coarser of the two keyings: shifting keys
+        // further right is exact, so every kept exemplar stays a uniform pick.
+        let shift = self.exemplar_shift.max(other.exemplar_shift);
+        self.coarsen_exemplars(shift - self.exemplar_shift, rng);
         let coarsened;
-        let other = if other.scale > target || other.config.exemplar_scale_reduction != reduction {
+        let other = if other.scale > target || other.exemplar_shift < shift {
             let mut copy = other.clone();
             copy.downscale((other.scale - target) as u32, rng);
-            if other.config.exemplar_scale_reduction != reduction {
-                // Reservoirs re-keyed by their exemplar's bucket: exact when
-                // `self`'s groups are coarser, merely placed when finer.
-                let key = |slot: &ExemplarSlot| bucket_index(target, slot.exemplar.value) >> reduction;
-                copy.positive.rekey_exemplars(key, rng);
-                copy.negative.rekey_exemplars(key, rng);
-            }
+            copy.coarsen_exemplars(shift - other.exemplar_shift, rng);
             coarsened = copy;
             &coarsened
         } else {
             other
         };
         self.positive.merge_from(&other.positive, rng);
-        self.negative.merge_from(&other.negative, rng);
+        if let Some(theirs) = &other.negative {
+            self.negative.get_or_insert_default().merge_from(theirs, rng);
+        }
         self.zero_count += other.zero_count;
         match (&mut self.zero_exemplar, &other.zero_exemplar) {
             (Some(mine), Some(theirs)) => mine.absorb(theirs, rng),
-            (mine @ None, Some(theirs)) => *mine = Some(*theirs),
+            (mine @ None, Some(theirs)) => *mine = Some(theirs.clone()),
             _ => {}
         }
 
@@ -377,6 +442,7 @@ impl ExpHistogram {
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         self.enforce_max_buckets(rng);
+        self.enforce_max_exemplars(rng);
     }
 
     /// Number of recorded samples.
@@ -435,9 +501,9 @@ impl ExpHistogram {
     /// the zero bucket). Ranks 1 and n report the tracked min and max, so
     /// p0 and p100 are exact. The exemplar is the one kept
     /// by that very bucket; a neighbour's is never substituted (with
-    /// `exemplar_scale_reduction` n > 0: by the reservoir of the `2^n`
-    /// buckets around it, so it lies in the bucket at scale `scale() - n`
-    /// holding the quantile's).
+    /// an exemplar shift n > 0 (see [`ExpHistogram::exemplar_shift`]): by
+    /// the reservoir of the `2^n` buckets around it, so it lies in the bucket
+    /// at scale `scale() - n` holding the quantile's).
     pub fn quantile(&self, q: f64) -> Option<QuantileEstimate> {
         if self.count == 0 || !(0.0..=1.0).contains(&q) {
             return None;
@@ -462,19 +528,19 @@ impl ExpHistogram {
     /// The bucket holding the `rank`-th smallest sample, its representative
     /// value and its exemplar slot.
     fn bucket_of_rank(&self, rank: u64) -> Option<(BucketRef, f64, Option<ExemplarSlot>)> {
-        let reduction = self.config.exemplar_scale_reduction;
+        let reduction = self.exemplar_shift;
         // Most negative first: highest |index| of the negative side.
-        let mut seen = match self.negative.find_rank(rank, true) {
+        let mut seen = match self.negative().find_rank(rank, true) {
             Ok(i) => {
                 let (l, u) = bucket_bounds(self.scale, i);
                 let value = -mapping::representative(l, u);
-                return Some((BucketRef::Negative(i), value, self.negative.slot(i, reduction)));
+                return Some((BucketRef::Negative(i), value, self.negative().slot(i, reduction)));
             }
             Err(total) => total,
         };
         seen += self.zero_count;
         if seen >= rank {
-            return Some((BucketRef::Zero, 0.0, self.zero_exemplar));
+            return Some((BucketRef::Zero, 0.0, self.zero_exemplar.as_deref().copied()));
         }
         let i = self.positive.find_rank(rank - seen, false).ok()?;
         let (l, u) = bucket_bounds(self.scale, i);
@@ -518,9 +584,9 @@ impl ExpHistogram {
             // Above `threshold` on the negative side means smaller magnitude.
             let i = bucket_index(self.scale, threshold);
             let (l, u) = bucket_bounds(self.scale, i);
-            let c = self.negative.count_at(i);
+            let c = self.negative().count_at(i);
             let smaller = log_share_below(l.max(-hi), u.min(-lo), -threshold);
-            self.positive.total() + self.zero_count + self.negative.total_below(i) + portion(c, smaller)
+            self.positive.total() + self.zero_count + self.negative().total_below(i) + portion(c, smaller)
         }
     }
 
@@ -545,11 +611,11 @@ impl ExpHistogram {
     /// (a bucket keeps one exemplar, so two slow traces in one bucket yield one).
     pub fn exemplars_above(&self, threshold: f64, limit: usize) -> Vec<Exemplar> {
         let positive = self.positive.slots();
-        let negative = self.negative.slots();
+        let negative = self.negative().slots();
         positive
             .iter()
             .rev()
-            .chain(self.zero_exemplar.iter())
+            .chain(self.zero_exemplar.as_deref())
             .chain(negative.iter())
             .map(|s| s.exemplar)
             .filter(|e| e.value > threshold)
@@ -565,18 +631,18 @@ impl ExpHistogram {
     /// Non-empty negative buckets as `(index, count)`, ascending index
     /// (ascending magnitude).
     pub fn negative_buckets(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
-        self.negative.buckets()
+        self.negative().buckets()
     }
 
     /// Kept exemplars, each with the bucket its value lies in: negative
     /// buckets by ascending index, then the zero bucket, then positive buckets
-    /// by ascending index (one per reservoir, see `exemplar_scale_reduction`).
+    /// by ascending index (one per reservoir, see [`ExpHistogram::exemplar_shift`]).
     pub fn exemplars(&self) -> Vec<(BucketRef, Exemplar)> {
-        let negative = self.negative.slots();
+        let negative = self.negative().slots();
         let positive = self.positive.slots();
         // A reservoir's exemplar lies in its own bucket; its key names that
         // bucket itself only without reduction.
-        let own = |s: &ExemplarSlot| match self.config.exemplar_scale_reduction {
+        let own = |s: &ExemplarSlot| match self.exemplar_shift {
             0 => s.index,
             _ => bucket_index(self.scale, s.exemplar.value),
         };
@@ -588,7 +654,17 @@ impl ExpHistogram {
 
     /// Capacity-based estimate of the heap memory owned.
     pub fn heap_bytes(&self) -> usize {
-        self.positive.heap_bytes() + self.negative.heap_bytes()
+        self.positive.heap_bytes()
+            + self
+                .negative
+                .as_ref()
+                .map_or(0, |side| size_of::<Side>() + side.heap_bytes())
+            + self.zero_exemplar.as_ref().map_or(0, |_| size_of::<ExemplarSlot>())
+    }
+
+    /// The negative side, empty until a negative sample arrived.
+    fn negative(&self) -> &Side {
+        self.negative.as_deref().unwrap_or(&store::NO_SAMPLES)
     }
 
     /// Empties the histogram, restoring the configured scale and keeping the
@@ -601,6 +677,8 @@ impl ExpHistogram {
             ..Self::new(self.config)
         };
         self.positive.clear();
-        self.negative.clear();
+        if let Some(negative) = &mut self.negative {
+            negative.clear();
+        }
     }
 }

@@ -70,8 +70,19 @@ pub(super) struct Reservoirs {
 }
 
 impl Reservoirs {
+    /// No reservoirs, as a constant (see `store::NO_SAMPLES`).
+    pub(super) const EMPTY: Reservoirs = Reservoirs {
+        slots: Vec::new(),
+        positions: Cells::EMPTY,
+        base: 0,
+    };
+
     pub(super) fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.slots.len()
     }
 
     fn position(&self, key: i32) -> Option<usize> {
@@ -100,9 +111,10 @@ impl Reservoirs {
         self.position(key).map(|p| self.slots[p].unpack())
     }
 
-    /// Offers a traced sample to `key`'s reservoir (creating it if needed).
+    /// Offers a traced sample to `key`'s reservoir (creating it if needed);
+    /// true when it was created.
     #[inline]
-    pub(super) fn offer<R: Rng + ?Sized>(&mut self, key: i32, exemplar: Exemplar, rng: &mut R) {
+    pub(super) fn offer<R: Rng + ?Sized>(&mut self, key: i32, exemplar: Exemplar, rng: &mut R) -> bool {
         match self.position(key) {
             Some(p) => {
                 // In place: the 40-byte exemplar is written only when kept.
@@ -112,8 +124,12 @@ impl Reservoirs {
                     slot.exemplar = exemplar;
                 }
                 slot.set_seen(seen);
+                false
             }
-            None => self.push(&ExemplarSlot::new(key, exemplar)),
+            None => {
+                self.push(&ExemplarSlot::new(key, exemplar));
+                true
+            }
         }
     }
 
@@ -174,6 +190,8 @@ impl Reservoirs {
             slot.index = rekey(&slot);
             self.absorb(&slot, rng);
         }
+        // Re-keying merges: give back what the merged slots no longer use.
+        self.slots.shrink_to_fit();
     }
 
     pub(super) fn clear(&mut self) {

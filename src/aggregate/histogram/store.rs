@@ -20,6 +20,13 @@ pub(super) struct Side {
     exemplars: Reservoirs,
 }
 
+/// A side without samples, for a histogram that never allocated its negative side.
+pub(super) static NO_SAMPLES: Side = Side {
+    counts: Cells::EMPTY,
+    offset: 0,
+    exemplars: Reservoirs::EMPTY,
+};
+
 impl Side {
     pub(super) fn is_empty(&self) -> bool {
         self.counts.is_empty()
@@ -127,15 +134,23 @@ impl Side {
         self.exemplars.prefetch_slot(index >> reduction);
     }
 
-    /// Offers a traced sample to the reservoir covering bucket `index`.
+    /// Offers a traced sample to the reservoir covering bucket `index`;
+    /// true when that opened a new reservoir.
     #[inline]
-    pub(super) fn offer<R: Rng + ?Sized>(&mut self, index: i32, reduction: u8, ex: Exemplar, rng: &mut R) {
-        self.exemplars.offer(index >> reduction, ex, rng);
+    pub(super) fn offer<R: Rng + ?Sized>(&mut self, index: i32, reduction: u8, ex: Exemplar, rng: &mut R) -> bool {
+        self.exemplars.offer(index >> reduction, ex, rng)
     }
 
-    /// Re-keys the reservoirs by `key`, merging those that meet.
-    pub(super) fn rekey_exemplars<R: Rng + ?Sized>(&mut self, key: impl Fn(&ExemplarSlot) -> i32, rng: &mut R) {
-        self.exemplars.rekey(key, rng);
+    /// Number of exemplar reservoirs.
+    pub(super) fn reservoirs(&self) -> usize {
+        self.exemplars.len()
+    }
+
+    /// Re-keys the reservoirs `by` steps coarser (`key >> by`), merging those that meet.
+    pub(super) fn coarsen_exemplars<R: Rng + ?Sized>(&mut self, by: u32, rng: &mut R) {
+        if !self.exemplars.is_empty() {
+            self.exemplars.rekey(|slot| slot.index >> by, rng);
+        }
     }
 
     /// Merges `2^k` adjacent buckets into one (`index >> k`), in place.

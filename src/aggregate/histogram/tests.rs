@@ -8,6 +8,7 @@ use super::*;
 
 mod compact;
 mod exemplars;
+mod limit;
 
 pub(super) fn rng(seed: u64) -> SmallRng {
     SmallRng::seed_from_u64(seed)
@@ -231,8 +232,10 @@ fn config_validation_reports_the_bad_value() {
         max_buckets: 0,
         zero_threshold: -1.0,
         exemplar_scale_reduction: 200,
+        max_exemplars: 3,
     });
     assert_eq!(h.config().validate(), Ok(()));
+    assert_eq!(h.config().max_exemplars, MIN_MAX_EXEMPLARS);
 }
 
 #[test]
@@ -495,6 +498,7 @@ fn tiny_max_buckets_and_extreme_values_do_not_panic() {
         max_buckets: 2,
         zero_threshold: 0.0,
         exemplar_scale_reduction: 0,
+        max_exemplars: MIN_MAX_EXEMPLARS,
     };
     let mut h = ExpHistogram::new(config);
     let mut r = rng(28);

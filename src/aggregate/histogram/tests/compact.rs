@@ -5,11 +5,14 @@ use rand::Rng;
 
 use super::exemplars::ex;
 use super::{bimodal, rng};
+use crate::aggregate::exemplar::Exemplar;
 use crate::aggregate::histogram::*;
 
+/// A fixed reduction of `n`: no reservoir limit coarsens it further.
 fn reduced(n: u8) -> HistogramConfig {
     HistogramConfig {
         exemplar_scale_reduction: n,
+        max_exemplars: 0,
         ..HistogramConfig::default()
     }
 }
@@ -240,4 +243,39 @@ fn prefetch_hints_accept_any_value_and_change_nothing() {
         histogram.prefetch_reservoir(value);
     }
     assert_eq!(format!("{histogram:?}"), before);
+}
+
+#[test]
+fn the_negative_side_and_the_zero_exemplar_are_allocated_on_first_use() {
+    let mut r = rng(56);
+    let mut h = ExpHistogram::new(HistogramConfig {
+        zero_threshold: 0.001,
+        ..HistogramConfig::default()
+    });
+    h.record(2.0, Some(ex(1)), &mut r);
+    assert!(h.negative.is_none() && h.zero_exemplar.is_none());
+    assert_eq!(h.negative_buckets().count(), 0);
+    assert_eq!(h.count_above(-1.0), 1);
+    let mut other = h.clone();
+    other.record(-3.0, Some(ex(2)), &mut r);
+    other.record(0.0, Some(ex(3)), &mut r);
+    assert!(other.negative.is_some() && other.zero_exemplar.is_some());
+    // Merged in, the other histogram's negative side and zero exemplar arrive whole.
+    h.merge(&other, &mut r);
+    assert_eq!(
+        h.negative_buckets().collect::<Vec<_>>(),
+        vec![(bucket_index(6, 3.0), 1)]
+    );
+    assert_eq!(
+        h.quantile(0.0).unwrap().exemplar,
+        Some(Exemplar { value: -3.0, ..ex(2) })
+    );
+    assert_eq!(
+        h.quantile(0.4).unwrap().exemplar,
+        Some(Exemplar { value: 0.0, ..ex(3) })
+    );
+    assert_eq!(h.count(), 4);
+    h.clear();
+    assert_eq!((h.count(), h.negative_buckets().count()), (0, 0));
+    assert!(h.zero_exemplar.is_none());
 }

@@ -123,7 +123,11 @@ fn slot_absorb_weights_by_seen() {
 #[test]
 fn quantile_exemplars_lie_in_their_bucket() {
     let data = bimodal(50_000, 44);
-    let mut h = ExpHistogram::default();
+    // No reservoir limit: one exemplar per bucket, however many buckets fill.
+    let mut h = ExpHistogram::new(HistogramConfig {
+        max_exemplars: 0,
+        ..HistogramConfig::default()
+    });
     let mut r = rng(45);
     for (i, &v) in data.iter().enumerate() {
         let v = if i % 5 == 0 { -v } else { v };
