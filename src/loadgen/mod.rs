@@ -95,8 +95,7 @@ enum Sender {
     Grpc {
         client: tonic::client::Grpc<tonic::transport::Channel>,
         identities: Arc<Vec<EncodedIdentity>>,
-        // Boxed: its point scratch would make every `Sender` as large.
-        writer: Box<RequestWriter>,
+        writer: RequestWriter,
     },
     RemoteWrite {
         client: reqwest::Client,
@@ -399,7 +398,7 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
             Some(channel) => Sender::Grpc {
                 client: tonic::client::Grpc::new(channel.clone()).max_decoding_message_size(64 << 20),
                 identities: Arc::clone(&encoded),
-                writer: Box::new(RequestWriter::new()),
+                writer: RequestWriter::new(),
             },
             None => Sender::RemoteWrite {
                 client: http.clone(),

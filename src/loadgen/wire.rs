@@ -59,7 +59,7 @@ impl RawPoint {
     }
 
     /// Writes this point as a `Point` message body, fields in number order as prost does.
-    fn encode(&self, now_ms: i64, buf: &mut BytesMut) {
+    fn encode(&self, now_ms: i64, buf: &mut impl BufMut) {
         if self.value != 0.0 {
             encode_key(POINT_VALUE, WireType::SixtyFourBit, buf);
             buf.put_f64_le(self.value);
@@ -77,11 +77,15 @@ impl RawPoint {
     }
 }
 
+/// Most bytes one point takes as a `points` field: key, length (one byte, as a
+/// point is under 128 bytes), value, timestamp (a varint of up to 10 bytes),
+/// trace ID and span ID with their keys and lengths.
+const MAX_POINT_FIELD: usize = 1 + 1 + 9 + 11 + 18 + 10;
+
 /// Builds one worker's requests into a buffer it reuses once tonic has let go of
 /// the previous request.
 pub(super) struct RequestWriter {
     buf: BytesMut,
-    points: [RawPoint; POINTS_PER_SERIES],
     /// Size of the largest request so far: reserved up front so a request never regrows.
     largest: usize,
 }
@@ -90,7 +94,6 @@ impl RequestWriter {
     pub(super) fn new() -> Self {
         RequestWriter {
             buf: BytesMut::new(),
-            points: [RawPoint::default(); POINTS_PER_SERIES],
             largest: 0,
         }
     }
@@ -113,22 +116,25 @@ impl RequestWriter {
             *next_series += 1;
             let count = left.min(POINTS_PER_SERIES);
             left -= count;
-            let points = &mut self.points[..count];
-            let mut series_len = identity.bytes.len();
-            for point in points.iter_mut() {
-                *point = generator.point(identity.kind);
-                let len = point.encoded_len(now_ms);
-                series_len += 1 + encoded_len_varint(len as u64) + len;
+            // A series' points are encoded on the stack first (their total length
+            // prefixes the series) and then copied in once: many small writes to a
+            // `BytesMut` each check its capacity, writes to a slice compile to moves.
+            let mut scratch = [0u8; POINTS_PER_SERIES * MAX_POINT_FIELD];
+            let mut out: &mut [u8] = &mut scratch;
+            for _ in 0..count {
+                let point = generator.point(identity.kind);
+                encode_key(SERIES_POINTS, WireType::LengthDelimited, &mut out);
+                encode_varint(point.encoded_len(now_ms) as u64, &mut out);
+                point.encode(now_ms, &mut out);
             }
+            let unused = out.len();
+            let points_len = scratch.len() - unused;
+            let series_len = identity.bytes.len() + points_len;
             self.buf.reserve(1 + encoded_len_varint(series_len as u64) + series_len);
             encode_key(REQUEST_SERIES, WireType::LengthDelimited, &mut self.buf);
             encode_varint(series_len as u64, &mut self.buf);
             self.buf.put_slice(&identity.bytes);
-            for point in points.iter() {
-                encode_key(SERIES_POINTS, WireType::LengthDelimited, &mut self.buf);
-                encode_varint(point.encoded_len(now_ms) as u64, &mut self.buf);
-                point.encode(now_ms, &mut self.buf);
-            }
+            self.buf.put_slice(&scratch[..points_len]);
         }
         self.largest = self.largest.max(self.buf.len());
         self.buf.split().freeze()
@@ -249,6 +255,9 @@ mod tests {
                     point.encode(now_ms, &mut buf);
                     assert_eq!(buf.as_ref(), expected.encode_to_vec().as_slice(), "{value} at {now_ms}");
                     assert_eq!(point.encoded_len(now_ms), expected.encoded_len(), "{value} at {now_ms}");
+                    // The stack scratch of `RequestWriter::build` holds the worst case.
+                    assert!(expected.encoded_len() < 128);
+                    assert!(2 + expected.encoded_len() <= MAX_POINT_FIELD);
                 }
             }
         }
