@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, LogNormal};
 use thiserror::Error;
 
 use crate::api::v1;
+
+mod traffic;
+mod wire;
+
+use traffic::{build_request, series_identity, Generator};
+use wire::{EncodedIdentity, PrebuiltCodec, RequestWriter};
 
 /// Why a load run could not start or finish.
 #[derive(Debug, Error)]
@@ -83,73 +86,130 @@ enum Answer {
     Failed(String),
 }
 
-/// A connection of one worker.
+/// The method path of `Ingest.Write`, as the generated client names it.
+const WRITE_PATH: &str = "/tailfold.v1.Ingest/Write";
+
+/// A connection of one worker and what it builds its requests from.
 enum Sender {
-    Grpc(v1::ingest_client::IngestClient<tonic::transport::Channel>),
-    RemoteWrite { client: reqwest::Client, url: String },
+    /// Requests built as bytes from identities encoded once (see `wire`).
+    Grpc {
+        client: tonic::client::Grpc<tonic::transport::Channel>,
+        identities: Arc<Vec<EncodedIdentity>>,
+        writer: RequestWriter,
+    },
+    RemoteWrite {
+        client: reqwest::Client,
+        url: String,
+        identities: Arc<Vec<(Vec<v1::Label>, v1::Kind)>>,
+    },
 }
 
 impl Sender {
-    async fn send(&mut self, request: v1::WriteRequest, tenant: &str) -> Answer {
+    /// Builds the next request of `batch` points and sends it; the duration is
+    /// that of the write alone.
+    async fn send_next(
+        &mut self,
+        generator: &mut Generator,
+        next_series: &mut usize,
+        batch: usize,
+        now_ms: i64,
+        tenant: &str,
+    ) -> (Answer, Duration) {
         match self {
-            Sender::Grpc(client) => {
-                let points: u64 = request.series.iter().map(|s| s.points.len() as u64).sum();
-                let mut request = tonic::Request::new(request);
-                if let Ok(value) = tenant.parse() {
-                    if !tenant.is_empty() {
-                        request.metadata_mut().insert("x-scope-orgid", value);
-                    }
-                }
-                match client.write(request).await {
-                    Ok(response) => {
-                        let response = response.into_inner();
-                        let rejections = response
-                            .rejections
-                            .into_iter()
-                            .map(|r| {
-                                let reason = if r.rule.is_empty() {
-                                    r.reason
-                                } else {
-                                    format!("{}:{}", r.reason, r.rule)
-                                };
-                                (reason, r.count)
-                            })
-                            .collect();
-                        Answer::Counted {
-                            accepted: response.accepted.min(points),
-                            rejections,
-                        }
-                    }
-                    Err(status) => Answer::Failed(format!("{:?}: {}", status.code(), status.message())),
-                }
+            Sender::Grpc {
+                client,
+                identities,
+                writer,
+            } => {
+                let body = writer.build(generator, identities, next_series, batch, now_ms);
+                let begin = Instant::now();
+                let answer = write_grpc(client, body, batch as u64, tenant).await;
+                (answer, begin.elapsed())
             }
-            Sender::RemoteWrite { client, url } => {
-                let points: u64 = request.series.iter().map(|s| s.points.len() as u64).sum();
-                let body = remote_write_body(request);
-                let mut post = client
-                    .post(url.as_str())
-                    .header("Content-Encoding", "snappy")
-                    .header("Content-Type", "application/x-protobuf")
-                    .body(body);
-                if !tenant.is_empty() {
-                    post = post.header("x-scope-orgid", tenant);
-                }
-                match post.send().await {
-                    Ok(response) if response.status().is_success() => Answer::Counted {
-                        accepted: points,
-                        rejections: Vec::new(),
-                    },
-                    Ok(response) => {
-                        let status = response.status();
-                        Answer::Failed(format!(
-                            "{status}: {}",
-                            response.text().await.unwrap_or_default().trim()
-                        ))
-                    }
-                    Err(error) => Answer::Failed(error.to_string()),
-                }
+            Sender::RemoteWrite {
+                client,
+                url,
+                identities,
+            } => {
+                let request = build_request(generator, identities, next_series, batch, now_ms);
+                let begin = Instant::now();
+                let answer = write_remote(client, url, request, tenant).await;
+                (answer, begin.elapsed())
             }
         }
+    }
+}
+
+/// Sends one pre-built `WriteRequest` of `points` points to `Ingest.Write`.
+async fn write_grpc(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    body: Bytes,
+    points: u64,
+    tenant: &str,
+) -> Answer {
+    if let Err(error) = client.ready().await {
+        return Answer::Failed(format!("service was not ready: {error}"));
+    }
+    let codec = PrebuiltCodec::new(&body);
+    let mut request = tonic::Request::new(body);
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new("tailfold.v1.Ingest", "Write"));
+    if let Ok(value) = tenant.parse() {
+        if !tenant.is_empty() {
+            request.metadata_mut().insert("x-scope-orgid", value);
+        }
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(WRITE_PATH);
+    match client.unary(request, path, codec).await {
+        Ok(response) => {
+            let response: v1::WriteResponse = response.into_inner();
+            let rejections = response
+                .rejections
+                .into_iter()
+                .map(|r| {
+                    let reason = if r.rule.is_empty() {
+                        r.reason
+                    } else {
+                        format!("{}:{}", r.reason, r.rule)
+                    };
+                    (reason, r.count)
+                })
+                .collect();
+            Answer::Counted {
+                accepted: response.accepted.min(points),
+                rejections,
+            }
+        }
+        Err(status) => Answer::Failed(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// Sends one request as Prometheus remote write; a 2xx answer accepts it whole.
+async fn write_remote(client: &reqwest::Client, url: &str, request: v1::WriteRequest, tenant: &str) -> Answer {
+    let points: u64 = request.series.iter().map(|s| s.points.len() as u64).sum();
+    let body = remote_write_body(request);
+    let mut post = client
+        .post(url)
+        .header("Content-Encoding", "snappy")
+        .header("Content-Type", "application/x-protobuf")
+        .body(body);
+    if !tenant.is_empty() {
+        post = post.header("x-scope-orgid", tenant);
+    }
+    match post.send().await {
+        Ok(response) if response.status().is_success() => Answer::Counted {
+            accepted: points,
+            rejections: Vec::new(),
+        },
+        Ok(response) => {
+            let status = response.status();
+            Answer::Failed(format!(
+                "{status}: {}",
+                response.text().await.unwrap_or_default().trim()
+            ))
+        }
+        Err(error) => Answer::Failed(error.to_string()),
     }
 }
 
@@ -267,122 +327,6 @@ impl LoadgenReport {
     }
 }
 
-struct Generator {
-    rng: SmallRng,
-    fast: LogNormal<f64>,
-    slow: LogNormal<f64>,
-}
-
-impl Generator {
-    fn new(seed: u64) -> Self {
-        Generator {
-            rng: SmallRng::seed_from_u64(seed),
-            // Median 50 ms with a 3 % slow tail around 1.2 s: the shape of real request latencies.
-            fast: LogNormal::new((0.05f64).ln(), 0.5).expect("valid"),
-            slow: LogNormal::new((1.2f64).ln(), 0.4).expect("valid"),
-        }
-    }
-
-    fn latency(&mut self) -> f64 {
-        if self.rng.random_bool(0.03) {
-            self.slow.sample(&mut self.rng)
-        } else {
-            self.fast.sample(&mut self.rng)
-        }
-    }
-}
-
-fn label(name: &str, value: String) -> v1::Label {
-    v1::Label {
-        name: name.to_string(),
-        value,
-    }
-}
-
-/// Labels and kind of series number `index`.
-fn series_identity(index: usize, mix: (u32, u32, u32)) -> (Vec<v1::Label>, v1::Kind) {
-    let total = (mix.0 + mix.1 + mix.2).max(1) as usize;
-    let slot = index % total;
-    let service = format!("svc-{}", index % 7);
-    let pod = format!("pod-{}", index % 31);
-    if slot < mix.0 as usize {
-        let labels = vec![
-            label("__name__", "http_request_duration_seconds".into()),
-            label("service", service),
-            label("endpoint", format!("/api/e{}", index % 13)),
-            label("pod", pod),
-            label("series", index.to_string()),
-        ];
-        (labels, v1::Kind::Distribution)
-    } else if slot < (mix.0 + mix.1) as usize {
-        let labels = vec![
-            label("__name__", "http_requests".into()),
-            label("service", service),
-            label("pod", pod),
-            label("series", index.to_string()),
-        ];
-        (labels, v1::Kind::Counter)
-    } else {
-        let labels = vec![
-            label("__name__", "memory_bytes".into()),
-            label("service", service),
-            label("pod", pod),
-            label("series", index.to_string()),
-        ];
-        (labels, v1::Kind::Gauge)
-    }
-}
-
-fn build_request(
-    generator: &mut Generator,
-    identities: &[(Vec<v1::Label>, v1::Kind)],
-    next_series: &mut usize,
-    batch: usize,
-    now_ms: i64,
-) -> v1::WriteRequest {
-    const POINTS_PER_SERIES: usize = 10;
-    let mut series = Vec::with_capacity(batch / POINTS_PER_SERIES + 1);
-    let mut left = batch;
-    while left > 0 {
-        let (labels, kind) = &identities[*next_series % identities.len()];
-        *next_series += 1;
-        let count = left.min(POINTS_PER_SERIES);
-        left -= count;
-        let points = (0..count)
-            .map(|_| {
-                let (value, traced) = match kind {
-                    v1::Kind::Distribution => (generator.latency(), true),
-                    v1::Kind::Counter => (1.0, false),
-                    _ => (1.0e8 + generator.rng.random_range(0.0..1.0e7), false),
-                };
-                let (trace_id, span_id) = if traced {
-                    let mut trace = [0u8; 16];
-                    let mut span = [0u8; 8];
-                    generator.rng.fill(&mut trace);
-                    generator.rng.fill(&mut span);
-                    trace[0] |= 1;
-                    span[0] |= 1;
-                    (Bytes::copy_from_slice(&trace), Bytes::copy_from_slice(&span))
-                } else {
-                    (Bytes::new(), Bytes::new())
-                };
-                v1::Point {
-                    value,
-                    timestamp_ms: Some(now_ms),
-                    trace_id,
-                    span_id,
-                }
-            })
-            .collect();
-        series.push(v1::Series {
-            labels: labels.clone(),
-            kind: *kind as i32,
-            points,
-        });
-    }
-    v1::WriteRequest { series }
-}
-
 #[derive(Default)]
 struct Shared {
     report: LoadgenReport,
@@ -422,6 +366,13 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
         .build()
         .map_err(|error| connect_error(error.to_string()))?;
     let identities: Arc<Vec<_>> = Arc::new((0..options.series).map(|i| series_identity(i, options.mix)).collect());
+    // Encoded once here, so no request clones or re-encodes a label.
+    let encoded: Arc<Vec<EncodedIdentity>> = Arc::new(
+        identities
+            .iter()
+            .map(|(labels, kind)| EncodedIdentity::new(labels, *kind))
+            .collect(),
+    );
     let shared = Arc::new(Mutex::new(Shared {
         latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
         ..Shared::default()
@@ -444,20 +395,23 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
     let mut workers = Vec::new();
     for worker in 0..concurrency {
         let mut sender = match &channel {
-            Some(channel) => {
-                Sender::Grpc(v1::ingest_client::IngestClient::new(channel.clone()).max_decoding_message_size(64 << 20))
-            }
+            Some(channel) => Sender::Grpc {
+                client: tonic::client::Grpc::new(channel.clone()).max_decoding_message_size(64 << 20),
+                identities: Arc::clone(&encoded),
+                writer: RequestWriter::new(),
+            },
             None => Sender::RemoteWrite {
                 client: http.clone(),
                 url: format!("{}/api/v1/write", options.target.trim_end_matches('/')),
+                identities: Arc::clone(&identities),
             },
         };
-        let identities = Arc::clone(&identities);
+        let series = identities.len();
         let shared = Arc::clone(&shared);
         let options = options.clone();
         workers.push(tokio::spawn(async move {
             let mut generator = Generator::new(options.seed ^ (worker as u64 + 1).wrapping_mul(0x9e37_79b9));
-            let mut next_series = worker * identities.len() / concurrency;
+            let mut next_series = worker * series / concurrency;
             let mut sent_here = 0u64;
             while Instant::now() < deadline {
                 if per_worker_rate > 0.0 {
@@ -468,11 +422,11 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let now_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-                let request = build_request(&mut generator, &identities, &mut next_series, options.batch, now_ms);
+                let (answer, took) = sender
+                    .send_next(&mut generator, &mut next_series, options.batch, now_ms, &options.tenant)
+                    .await;
                 let points = options.batch as u64;
-                let begin = Instant::now();
-                let answer = sender.send(request, &options.tenant).await;
-                let micros = begin.elapsed().as_micros() as u64;
+                let micros = took.as_micros() as u64;
                 sent_here += points;
                 let mut shared = shared.lock();
                 if let Some(latency) = shared.latency.as_mut() {
