@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use crate::aggregate::histogram::HistogramConfig;
 use crate::aggregate::Aggregation;
-use crate::model::{DropReason, Kind, Labels, NativeHistogram, SeriesKeyHasher, StoragePolicy, TraceContext};
+use crate::model::{DropReason, Kind, NativeHistogram, SeriesKeyHasher, StoragePolicy, TraceContext};
 
 use super::histogram_route::RoutedHistogram;
 use super::route::{OutputTarget, PolicySlot};
@@ -116,9 +117,84 @@ fn class_of(classes: &mut Vec<WindowClass>, slot: &PolicySlot) -> u32 {
     }
 }
 
-struct TargetWindows {
-    target: Arc<OutputTarget>,
-    windows: Vec<OpenWindow>,
+/// The open windows of one output, in one cache line: the usual output (one
+/// policy, one open window) keeps its window inline, so folding into it
+/// touches this line and the table's control bytes only.
+#[repr(align(64))]
+struct OutputWindows {
+    /// The output's key (`OutputTarget::key`).
+    key: u64,
+    /// Never empty while in the table: an output without windows leaves it.
+    windows: Windows,
+}
+
+/// An output's open windows: one inline, or more (a second policy, or the
+/// next window during the previous one's lateness) on the heap until a flush
+/// leaves one. As large as one window: `Many` lives beside `One`'s niche.
+enum Windows {
+    One(OpenWindow),
+    Many(Vec<OpenWindow>),
+}
+
+impl Windows {
+    /// No windows, allocating nothing (only while a flush takes them).
+    const NONE: Windows = Windows::Many(Vec::new());
+
+    #[inline]
+    fn as_slice(&self) -> &[OpenWindow] {
+        match self {
+            Windows::One(window) => std::slice::from_ref(window),
+            Windows::Many(windows) => windows,
+        }
+    }
+
+    #[inline]
+    fn as_mut_slice(&mut self) -> &mut [OpenWindow] {
+        match self {
+            Windows::One(window) => std::slice::from_mut(window),
+            Windows::Many(windows) => windows,
+        }
+    }
+
+    /// Adds `window` and returns it in place.
+    fn push(&mut self, window: OpenWindow) -> &mut OpenWindow {
+        if let Windows::One(_) = self {
+            let Windows::One(first) = std::mem::replace(self, Windows::Many(Vec::with_capacity(2))) else {
+                unreachable!("matched above")
+            };
+            if let Windows::Many(windows) = self {
+                windows.push(first);
+            }
+        }
+        match self {
+            Windows::Many(windows) => {
+                windows.push(window);
+                windows.last_mut().expect("just pushed")
+            }
+            Windows::One(_) => unreachable!("turned into many above"),
+        }
+    }
+
+    /// The heap buffer of `Many`, for a prefetch.
+    #[inline]
+    fn heap(&self) -> Option<*const OpenWindow> {
+        match self {
+            Windows::One(_) => None,
+            Windows::Many(windows) => Some(windows.as_ptr()),
+        }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Windows>() == std::mem::size_of::<OpenWindow>());
+
+const _: () = assert!(std::mem::size_of::<OutputWindows>() == 64, "one cache line per output");
+
+/// Table hash of output `key`. The shard is `key % shards`, so within a shard
+/// the low bits of keys are alike; hashbrown takes its bucket from the low
+/// bits and its tag from the top 7, so it is given the key's middle bits low.
+#[inline]
+fn table_hash(key: u64) -> u64 {
+    key.rotate_left(32)
 }
 
 /// The running `total` of one output under one policy.
@@ -161,14 +237,14 @@ pub struct ClosedWindow {
     pub partial: bool,
     /// For counters that keep a `total`: the running total including this window.
     pub running_total: Option<f64>,
-    /// The shard's own reference to the output, when this was its last window:
-    /// released with the window, outside the shard lock.
-    pub retired: Option<Arc<OutputTarget>>,
 }
 
 /// The state of one shard; the engine wraps each in a mutex.
 pub struct Shard {
-    targets: KeyMap<TargetWindows>,
+    /// Open windows by output. The windows hold the only references the shard
+    /// keeps to outputs, so an output's last reference leaves with its last
+    /// window, released after the shard lock when its records are built.
+    outputs: HashTable<OutputWindows>,
     /// Per policy, the end up to which every window has been flushed.
     flushed_until: Vec<(StoragePolicy, i64)>,
     rng: SmallRng,
@@ -179,9 +255,6 @@ pub struct Shard {
     last_total_eviction_ms: i64,
     /// The classes `OpenWindow::class` indexes.
     classes: Vec<WindowClass>,
-    /// Stands in for the output of an entry dropped at flush, whose own
-    /// reference leaves with its last window (see `take_windows`).
-    placeholder: Arc<OutputTarget>,
 }
 
 impl Shard {
@@ -189,7 +262,7 @@ impl Shard {
     /// Running totals idle for `idle_series_ms` are forgotten.
     pub fn new(seed: u64, histogram: HistogramConfig, idle_series_ms: u64) -> Self {
         Shard {
-            targets: KeyMap::default(),
+            outputs: HashTable::new(),
             flushed_until: Vec::new(),
             rng: SmallRng::seed_from_u64(seed),
             histogram,
@@ -197,23 +270,22 @@ impl Shard {
             idle_series_ms: idle_series_ms as i64,
             last_total_eviction_ms: i64::MIN / 2,
             classes: Vec::new(),
-            placeholder: Arc::new(OutputTarget {
-                key: 0,
-                tenant: Arc::from(""),
-                labels: Arc::new(Labels::from_pairs::<&str, &str>([])),
-                kind: Kind::Counter,
-                rollup: false,
-                slots: Arc::from([]),
-            }),
         }
     }
 
-    /// Looks up the windows of output `key` ahead of folding into them and
-    /// asks for their memory, so the misses of a batch's outputs overlap.
+    /// The windows of output `key`, if it has any.
+    #[inline]
+    fn output(&self, key: u64) -> Option<&OutputWindows> {
+        self.outputs.find(table_hash(key), |entry| entry.key == key)
+    }
+
+    /// Looks up the windows of output `key` ahead of folding into them (the
+    /// lookup loads the usual output's window with its entry) and asks for
+    /// windows kept on the heap, so the misses of a batch's outputs overlap.
     #[inline]
     pub fn prefetch_windows(&self, key: u64) {
-        if let Some(entry) = self.targets.get(&key) {
-            crate::prefetch::prefetch(entry.windows.as_ptr());
+        if let Some(heap) = self.output(key).and_then(|entry| entry.windows.heap()) {
+            crate::prefetch::prefetch(heap);
         }
     }
 
@@ -221,9 +293,10 @@ impl Shard {
     /// `window_start_ms`, if any: for the steps that prefetch into it.
     #[inline]
     pub fn peek_state(&self, key: u64, slot_index: u16, window_start_ms: i64) -> Option<&WindowState> {
-        self.targets.get(&key).and_then(|entry| {
+        self.output(key).and_then(|entry| {
             entry
                 .windows
+                .as_slice()
                 .iter()
                 .find(|window| window.slot == slot_index && window.start_ms == window_start_ms)
                 .map(|window| &window.state)
@@ -274,29 +347,45 @@ impl Shard {
         if slot.is_due(window_start_ms, now_ms) || self.already_flushed(&slot.policy, window_start_ms) {
             return Err(DropReason::TooLate);
         }
-        let entry = self.targets.entry(target.key).or_insert_with(|| TargetWindows {
+        let key = target.key;
+        let open = |classes: &mut Vec<WindowClass>, histogram: &HistogramConfig| OpenWindow {
             target: Arc::clone(target),
-            windows: Vec::with_capacity(target.slots.len()),
-        });
-        if !Arc::ptr_eq(&entry.target, target) && entry.target.kind != target.kind {
-            return Err(DropReason::KindConflict);
+            slot: slot_index,
+            class: class_of(classes, slot),
+            start_ms: window_start_ms,
+            state: WindowState::new(target.kind, target.rollup, histogram),
+        };
+        let entry = match self
+            .outputs
+            .entry(table_hash(key), |entry| entry.key == key, |entry| table_hash(entry.key))
+        {
+            hashbrown::hash_table::Entry::Occupied(entry) => entry.into_mut(),
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                let windows = Windows::One(open(&mut self.classes, &self.histogram));
+                let Windows::One(window) = &mut vacant.insert(OutputWindows { key, windows }).into_mut().windows else {
+                    unreachable!("inserted one window")
+                };
+                return Ok((&mut window.state, &mut self.rng));
+            }
+        };
+        // Every window of an output has the kind of the first: the check
+        // below let it in. Another target (a reloaded rule set, or a 64-bit
+        // key collision) of another kind is refused.
+        if let Some(first) = entry.windows.as_slice().first() {
+            if !Arc::ptr_eq(&first.target, target) && first.target.kind != target.kind {
+                return Err(DropReason::KindConflict);
+            }
         }
-        let window = match entry.windows.iter().position(|w| {
+        // The window's own target is read only when it is not `target`
+        // (after a reload), so the usual fold never leaves this entry.
+        let found = entry.windows.as_slice().iter().position(|w| {
             w.slot == slot_index
                 && w.start_ms == window_start_ms
-                && w.target.slots[w.slot as usize].policy == slot.policy
-        }) {
-            Some(index) => &mut entry.windows[index],
-            None => {
-                entry.windows.push(OpenWindow {
-                    target: Arc::clone(target),
-                    slot: slot_index,
-                    class: class_of(&mut self.classes, slot),
-                    start_ms: window_start_ms,
-                    state: WindowState::new(target.kind, target.rollup, &self.histogram),
-                });
-                entry.windows.last_mut().expect("just pushed")
-            }
+                && (Arc::ptr_eq(&w.target, target) || w.target.slots[w.slot as usize].policy == slot.policy)
+        });
+        let window = match found {
+            Some(index) => &mut entry.windows.as_mut_slice()[index],
+            None => entry.windows.push(open(&mut self.classes, &self.histogram)),
         };
         Ok((&mut window.state, &mut self.rng))
     }
@@ -340,26 +429,25 @@ impl Shard {
         if self.classes.len() > MAX_CLASSES {
             self.compact_classes();
         }
-        // Ask for every entry's windows first, in a loop that does nothing else,
-        // so the misses on them overlap instead of coming one per entry below.
-        for entry in self.targets.values() {
-            crate::prefetch::prefetch(entry.windows.as_ptr());
+        // Ask for the windows kept on the heap first, in a loop that does
+        // nothing else, so the misses on them overlap instead of coming one
+        // per entry below (inline windows come with the table, read in order).
+        for entry in self.outputs.iter() {
+            if let Some(heap) = entry.windows.heap() {
+                crate::prefetch::prefetch(heap);
+            }
         }
         let mut flushed: Vec<(StoragePolicy, i64)> = Vec::new();
         let totals = &mut self.totals;
         let shard_classes = &self.classes;
-        let placeholder = &self.placeholder;
-        self.targets.retain(|key, entry| {
-            if entry.windows.len() > 1 {
-                entry.windows.sort_unstable_by_key(|window| window.start_ms);
-            }
-            let mut index = 0;
-            while index < entry.windows.len() {
-                let window = &entry.windows[index];
+        self.outputs.retain(|entry| {
+            let key = entry.key;
+            // For a window to take: its end, after raising the watermark and
+            // adding a counter's sum to its running total (in window order).
+            let mut take = |window: &OpenWindow| {
                 let class = &shard_classes[window.class as usize];
                 if !(everything || class.is_due(window.start_ms, now_ms)) {
-                    index += 1;
-                    continue;
+                    return None;
                 }
                 let end_ms = class.end_ms(window.start_ms);
                 match flushed.iter_mut().find(|(flushed, _)| *flushed == class.policy) {
@@ -368,32 +456,54 @@ impl Shard {
                 }
                 let running_total = match &window.state {
                     WindowState::Counter(state) if class.keeps_total => {
-                        Some(add_to_total(totals, *key, class.policy, state.sum, end_ms))
+                        Some(add_to_total(totals, key, class.policy, state.sum, end_ms))
                     }
                     _ => None,
                 };
-                // `remove`, not `swap_remove`: later windows must stay in order for totals.
-                let window = entry.windows.remove(index);
-                out.push(ClosedWindow {
-                    target: window.target,
-                    class: window.class,
-                    start_ms: window.start_ms,
-                    state: window.state,
-                    partial: end_ms > now_ms,
-                    running_total,
-                    retired: None,
-                });
-            }
-            if entry.windows.is_empty() {
-                // The output's last reference may go with the entry: hand it to
-                // the last window taken, to be released after the lock, where
-                // building the records has touched it anyway.
-                if let Some(last) = out.last_mut().filter(|last| Arc::ptr_eq(&last.target, &entry.target)) {
-                    last.retired = Some(std::mem::replace(&mut entry.target, Arc::clone(placeholder)));
+                Some((end_ms, running_total))
+            };
+            let closed = |window: OpenWindow, end_ms: i64, running_total: Option<f64>| ClosedWindow {
+                target: window.target,
+                class: window.class,
+                start_ms: window.start_ms,
+                state: window.state,
+                partial: end_ms > now_ms,
+                running_total,
+            };
+            match &mut entry.windows {
+                Windows::One(window) => {
+                    let Some((end_ms, running_total)) = take(window) else {
+                        return true;
+                    };
+                    let Windows::One(window) = std::mem::replace(&mut entry.windows, Windows::NONE) else {
+                        unreachable!("matched one window")
+                    };
+                    out.push(closed(window, end_ms, running_total));
+                    false
                 }
-                return false;
+                Windows::Many(windows) => {
+                    windows.sort_unstable_by_key(|window| window.start_ms);
+                    let mut index = 0;
+                    while index < windows.len() {
+                        let Some((end_ms, running_total)) = take(&windows[index]) else {
+                            index += 1;
+                            continue;
+                        };
+                        // `remove`, not `swap_remove`: later windows must stay in order for totals.
+                        out.push(closed(windows.remove(index), end_ms, running_total));
+                    }
+                    match windows.len() {
+                        0 => false,
+                        1 => {
+                            // Back inline, so the output's next folds touch one line again.
+                            let last = windows.pop().expect("one window left");
+                            entry.windows = Windows::One(last);
+                            true
+                        }
+                        _ => true,
+                    }
+                }
             }
-            true
         });
         classes.clone_from(&self.classes);
         for (policy, end_ms) in flushed {
@@ -413,7 +523,7 @@ impl Shard {
     /// times with new aggregations) and renumbers the windows' classes.
     fn compact_classes(&mut self) {
         let mut used = vec![false; self.classes.len()];
-        for window in self.targets.values().flat_map(|entry| &entry.windows) {
+        for window in self.outputs.iter().flat_map(|entry| entry.windows.as_slice()) {
             used[window.class as usize] = true;
         }
         let mut renumbered = vec![0u32; self.classes.len()];
@@ -424,7 +534,7 @@ impl Shard {
                 kept.push(class);
             }
         }
-        for window in self.targets.values_mut().flat_map(|entry| &mut entry.windows) {
+        for window in self.outputs.iter_mut().flat_map(|entry| entry.windows.as_mut_slice()) {
             window.class = renumbered[window.class as usize];
         }
         self.classes = kept;
@@ -438,17 +548,17 @@ impl Shard {
 
     /// Outputs with at least one open window.
     pub fn active_outputs(&self) -> usize {
-        self.targets.len()
+        self.outputs.len()
     }
 
     /// Adds, per (tenant, policy), the outputs with an open window and the open windows.
     pub fn count_open(&self, into: &mut std::collections::BTreeMap<(Arc<str>, StoragePolicy), (u64, u64)>) {
         let mut policies: Vec<StoragePolicy> = Vec::new();
-        for entry in self.targets.values() {
+        for entry in self.outputs.iter() {
             policies.clear();
-            for window in &entry.windows {
+            for window in entry.windows.as_slice() {
                 let policy = window.target.slots[window.slot as usize].policy;
-                let counts = into.entry((Arc::clone(&entry.target.tenant), policy)).or_default();
+                let counts = into.entry((Arc::clone(&window.target.tenant), policy)).or_default();
                 counts.1 += 1;
                 if !policies.contains(&policy) {
                     policies.push(policy);
@@ -460,7 +570,7 @@ impl Shard {
 
     /// Open windows across all outputs.
     pub fn open_windows(&self) -> usize {
-        self.targets.values().map(|entry| entry.windows.len()).sum()
+        self.outputs.iter().map(|entry| entry.windows.as_slice().len()).sum()
     }
 }
 
@@ -485,6 +595,169 @@ mod tests {
             weight: 1,
             input: 7,
         }
+    }
+
+    /// The first target of the route of `requests{pod="a"}` of `kind` under `rules` (YAML).
+    fn target_under(rules: &str, kind: Kind) -> Arc<OutputTarget> {
+        let rules = RuleSet::parse(rules, "test.yaml").unwrap();
+        let labels = Labels::from_pairs([("__name__", "requests"), ("pod", "a")]);
+        let plan = rules.resolve(&labels, kind);
+        let settings = EngineSettings::default();
+        let route = SeriesRoute::build(&plan, &Arc::from("t"), &settings, kind, &SlotSets::default());
+        Arc::clone(&route.targets[0])
+    }
+
+    fn slot_sample(slot: u16, window_start_ms: i64, value: f64) -> RoutedSample {
+        RoutedSample {
+            slot,
+            ..sample(window_start_ms, value)
+        }
+    }
+
+    fn counter_sum(state: &WindowState) -> f64 {
+        match state {
+            WindowState::Counter(counter) => counter.sum,
+            other => panic!("not a counter window: {other:?}"),
+        }
+    }
+
+    /// Whether output `key` keeps its windows inline, and how many it has.
+    fn layout(shard: &Shard, key: u64) -> Option<(bool, usize)> {
+        shard.output(key).map(|entry| match &entry.windows {
+            Windows::One(_) => (true, 1),
+            Windows::Many(windows) => (false, windows.len()),
+        })
+    }
+
+    const TEN_SECONDS: &str = "defaults: {storage_policies: [\"10s:1h\"]}";
+    const T0: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_second_window_moves_to_the_heap_and_a_flush_brings_the_last_one_back_inline() {
+        let target = target_under(TEN_SECONDS, Kind::Counter);
+        let mut shard = Shard::new(1, HistogramConfig::default(), 60_000);
+        let (first, second) = (T0, T0 + 10_000);
+        shard.fold(&target, &sample(first, 2.0), T0).unwrap();
+        shard.fold(&target, &sample(first, 3.0), T0).unwrap();
+        assert_eq!(layout(&shard, target.key), Some((true, 1)));
+        shard.fold(&target, &sample(second, 7.0), T0 + 10_001).unwrap();
+        assert_eq!(layout(&shard, target.key), Some((false, 2)));
+        assert_eq!(shard.open_windows(), 2);
+        // The first window is due (10 s + 5 s lateness), the second is not.
+        let (mut out, mut classes) = (Vec::new(), Vec::new());
+        shard.take_windows(first + 15_000, false, &mut out, &mut classes);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].start_ms, counter_sum(&out[0].state)), (first, 5.0));
+        assert_eq!(layout(&shard, target.key), Some((true, 1)));
+        // The window kept inline is the second one, and still takes samples.
+        shard.fold(&target, &sample(second, 1.0), T0 + 15_001).unwrap();
+        assert_eq!(shard.peek_state(target.key, 0, second).map(counter_sum), Some(8.0));
+        out.clear();
+        shard.take_windows(second + 15_000, false, &mut out, &mut classes);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].start_ms, counter_sum(&out[0].state)), (second, 8.0));
+        assert_eq!(
+            layout(&shard, target.key),
+            None,
+            "an output without windows leaves the table"
+        );
+        assert_eq!(shard.active_outputs(), 0);
+        // The shard held the output only through its windows.
+        drop(out);
+        assert_eq!(Arc::strong_count(&target), 1);
+    }
+
+    #[test]
+    fn windows_of_two_policies_flush_in_window_order_with_running_totals() {
+        let target = target_under(
+            "defaults: {storage_policies: [\"10s:1h\", \"1m:1d\"]}\nmapping_rules:\n  - {name: r, filter: '__name__:requests', aggregations: [sum, total]}\n",
+            Kind::Counter,
+        );
+        assert_eq!(target.slots.len(), 2);
+        let mut shard = Shard::new(1, HistogramConfig::default(), 600_000);
+        // Folded newest first, so the flush must sort them for the totals.
+        shard.fold(&target, &slot_sample(0, T0 + 10_000, 5.0), T0).unwrap();
+        shard.fold(&target, &slot_sample(0, T0, 2.0), T0).unwrap();
+        shard.fold(&target, &slot_sample(1, T0, 4.0), T0).unwrap();
+        shard.fold(&target, &slot_sample(1, T0, 1.0), T0).unwrap();
+        assert_eq!(layout(&shard, target.key), Some((false, 3)));
+        let (mut out, mut classes) = (Vec::new(), Vec::new());
+        shard.take_windows(T0 + 1_000_000, false, &mut out, &mut classes);
+        // Windows of one start may come in either policy order; the totals
+        // tell whether each policy's windows came in window order.
+        out.sort_by_key(|window| (window.start_ms, classes[window.class as usize].policy.resolution_ms));
+        let taken: Vec<(StoragePolicy, i64, f64, Option<f64>)> = out
+            .iter()
+            .map(|window| {
+                let policy = classes[window.class as usize].policy;
+                (
+                    policy,
+                    window.start_ms,
+                    counter_sum(&window.state),
+                    window.running_total,
+                )
+            })
+            .collect();
+        let (ten_seconds, one_minute) = (target.slots[0].policy, target.slots[1].policy);
+        assert_eq!(
+            taken,
+            vec![
+                (ten_seconds, T0, 2.0, Some(2.0)),
+                (one_minute, T0, 5.0, Some(5.0)),
+                (ten_seconds, T0 + 10_000, 5.0, Some(7.0)),
+            ]
+        );
+        assert_eq!(shard.active_outputs(), 0);
+    }
+
+    #[test]
+    fn another_kind_for_the_same_output_is_refused_with_one_window_or_many() {
+        let counter = target_under(TEN_SECONDS, Kind::Counter);
+        let gauge = target_under(TEN_SECONDS, Kind::Gauge);
+        assert_eq!(counter.key, gauge.key);
+        let mut shard = Shard::new(1, HistogramConfig::default(), 60_000);
+        shard.fold(&counter, &sample(T0, 1.0), T0).unwrap();
+        assert_eq!(shard.fold(&gauge, &sample(T0, 1.0), T0), Err(DropReason::KindConflict));
+        assert_eq!(layout(&shard, counter.key), Some((true, 1)));
+        shard.fold(&counter, &sample(T0 + 10_000, 1.0), T0).unwrap();
+        let later = sample(T0 + 20_000, 1.0);
+        assert_eq!(shard.fold(&gauge, &later, T0), Err(DropReason::KindConflict));
+        assert_eq!(layout(&shard, counter.key), Some((false, 2)));
+        assert_eq!(shard.peek_state(counter.key, 0, T0).map(counter_sum), Some(1.0));
+    }
+
+    #[test]
+    fn a_reloaded_target_shares_a_window_only_under_the_same_policy() {
+        let old = target_under(TEN_SECONDS, Kind::Counter);
+        let same_policy = target_under(TEN_SECONDS, Kind::Counter);
+        let other_policy = target_under("defaults: {storage_policies: [\"1m:1d\"]}", Kind::Counter);
+        assert!(!Arc::ptr_eq(&old, &same_policy));
+        assert_eq!((old.key, old.key), (same_policy.key, other_policy.key));
+        let mut shard = Shard::new(1, HistogramConfig::default(), 60_000);
+        shard.fold(&old, &sample(T0, 1.0), T0).unwrap();
+        // A window opened by the old target takes the new target's samples of the same policy ...
+        shard.fold(&same_policy, &sample(T0, 2.0), T0).unwrap();
+        assert_eq!(layout(&shard, old.key), Some((true, 1)));
+        // ... and not those of another policy with the same slot index and start.
+        shard.fold(&other_policy, &sample(T0, 4.0), T0).unwrap();
+        assert_eq!(layout(&shard, old.key), Some((false, 2)));
+        let (mut out, mut classes) = (Vec::new(), Vec::new());
+        shard.take_windows(T0 + 1_000_000, false, &mut out, &mut classes);
+        out.sort_by_key(|window| classes[window.class as usize].policy.resolution_ms);
+        let taken: Vec<(StoragePolicy, f64, bool)> = out
+            .iter()
+            .map(|window| {
+                let policy = classes[window.class as usize].policy;
+                (policy, counter_sum(&window.state), Arc::ptr_eq(&window.target, &old))
+            })
+            .collect();
+        assert_eq!(
+            taken,
+            vec![
+                (old.slots[0].policy, 3.0, true),
+                (other_policy.slots[0].policy, 4.0, false)
+            ]
+        );
     }
 
     #[test]
