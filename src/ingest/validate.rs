@@ -186,15 +186,14 @@ pub fn check_labels(
     }
     labels.retain(|label| !label.value.is_empty());
     let labels = Labels::from_vec(labels);
-    if let Some(pair) = labels
+    if let Some((first, _)) = labels
         .iter()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .find(|pair| pair[0].name == pair[1].name)
+        .zip(labels.iter().skip(1))
+        .find(|(first, second)| first.name == second.name)
     {
         return Err(SeriesError::DuplicateLabel {
             index,
-            name: pair[0].name.to_string(),
+            name: first.name.to_string(),
         });
     }
     if labels.metric_name().is_none() {
