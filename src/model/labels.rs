@@ -88,6 +88,13 @@ impl Labels {
         Labels(encode(labels.iter().map(|label| (&*label.name, &*label.value))))
     }
 
+    /// Builds a label set from pairs already in name order (ingest sorts
+    /// them in place while validating), with no allocation but the block.
+    pub(crate) fn from_sorted_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Self {
+        debug_assert!(pairs.clone().zip(pairs.clone().skip(1)).all(|(a, b)| a.0 <= b.0));
+        Labels(encode(pairs))
+    }
+
     /// The value of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
         let view = self.view();
