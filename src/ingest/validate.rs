@@ -382,6 +382,27 @@ mod tests {
     }
 
     #[test]
+    fn keeps_sorted_labels_and_leaves_empty_values_out_before_duplicates() {
+        let limits = IngestLimits::default();
+        // "a" twice, once empty: the empty one means "no label", so no duplicate.
+        let wire = series(
+            vec![
+                label("z", "last"),
+                label("a", ""),
+                label("__name__", "m"),
+                label("a", "1"),
+            ],
+            v1::Kind::Gauge,
+        );
+        let batch = validate_series(0, wire, &limits, &mut Outcome::default()).unwrap();
+        assert_eq!(
+            batch.labels,
+            Labels::from_pairs([("__name__", "m"), ("a", "1"), ("z", "last")])
+        );
+        assert_eq!(batch.labels.get("a"), Some("1"));
+    }
+
+    #[test]
     fn drops_bad_points_alone_and_counts_them() {
         let mut wire = series(vec![label("__name__", "m"), label("empty", "")], v1::Kind::Distribution);
         let good = v1::Point {
