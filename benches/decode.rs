@@ -35,7 +35,7 @@ fn remote_write_body() -> Vec<u8> {
                 .iter()
                 .map(|label| rw::Label {
                     name: label.name.to_string(),
-                    value: if &*label.name == "__name__" {
+                    value: if label.name == "__name__" {
                         format!("{}_total", label.value)
                     } else {
                         label.value.to_string()

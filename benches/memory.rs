@@ -24,7 +24,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tailfold::aggregate::histogram::HistogramConfig;
 use tailfold::engine::{Engine, EngineSettings, OutputTarget, PolicySlot, SeriesRoute, WindowState};
-use tailfold::model::{Kind, Label, Labels};
+use tailfold::model::{Kind, Labels};
 
 struct Counting;
 
@@ -129,7 +129,7 @@ fn counters(series: usize, make: fn(usize) -> Labels, shape: &str) {
         },
     );
     println!(
-        "  (label text + Vec<Label> of one input label set: {:.0} bytes; the engine keeps one copy, in the output target)",
+        "  (heap block of one input label set: {:.0} bytes; the engine keeps one copy, in the output target)",
         mean_label_bytes(&labels)
     );
 }
@@ -195,9 +195,9 @@ fn main() {
     distributions(10_000 / scale, 0);
     distributions(10_000 / scale, 4);
     println!(
-        "sizes (bytes, inline): Label {}, WindowState {}, SeriesRoute {}, \
+        "sizes (bytes, inline): Labels {}, WindowState {}, SeriesRoute {}, \
          OutputTarget {}, PolicySlot {} (+16 per Arc header)",
-        size_of::<Label>(),
+        size_of::<Labels>(),
         size_of::<WindowState>(),
         size_of::<SeriesRoute>(),
         size_of::<OutputTarget>(),

@@ -2,6 +2,7 @@
 //! kinds, values and trace IDs. A bad series is refused alone, with a message
 //! naming what is wrong; a bad point is dropped alone and counted by reason.
 
+use smallvec::SmallVec;
 use thiserror::Error;
 
 use crate::api::v1;
@@ -123,84 +124,91 @@ pub fn validate_labels(
     kind: Kind,
     limits: &IngestLimits,
 ) -> Result<Labels, SeriesError> {
-    let labels = wire
-        .map(|(name, value)| Label {
-            name: name.into(),
-            value: value.into(),
-        })
-        .collect();
-    check_labels(index, labels, kind, limits)
+    // Checked and sorted in place, then copied once into the label block:
+    // no per-label allocation beyond the decoded strings.
+    let mut pairs: SmallVec<[(String, String); 16]> = wire.collect();
+    check_pairs(index, &mut pairs, kind, limits)
 }
 
 /// [`validate_labels`] for labels of any protocol (statsd tags, remote write):
 /// the same rules and limits, so every adapter refuses the same series.
 pub fn check_labels(
     index: usize,
-    mut labels: Vec<Label>,
+    labels: Vec<Label>,
     kind: Kind,
     limits: &IngestLimits,
 ) -> Result<Labels, SeriesError> {
-    if labels.len() > limits.max_labels_per_series {
+    let mut pairs: SmallVec<[(&str, &str); 16]> = labels.iter().map(|l| (&*l.name, &*l.value)).collect();
+    check_pairs(index, &mut pairs, kind, limits)
+}
+
+/// The checks of [`check_labels`] on `(name, value)` pairs, which it sorts.
+fn check_pairs<N: AsRef<str>, V: AsRef<str>>(
+    index: usize,
+    pairs: &mut [(N, V)],
+    kind: Kind,
+    limits: &IngestLimits,
+) -> Result<Labels, SeriesError> {
+    if pairs.len() > limits.max_labels_per_series {
         return Err(SeriesError::TooManyLabels {
             index,
-            count: labels.len(),
+            count: pairs.len(),
             limit: limits.max_labels_per_series,
         });
     }
-    for label in &labels {
+    for (name, value) in pairs.iter() {
+        let (name, value) = (name.as_ref(), value.as_ref());
         for (what, length, limit) in [
-            ("name", label.name.len(), limits.max_label_name_bytes),
-            ("value", label.value.len(), limits.max_label_value_bytes),
+            ("name", name.len(), limits.max_label_name_bytes),
+            ("value", value.len(), limits.max_label_value_bytes),
         ] {
             if length > limit {
                 return Err(SeriesError::TooLong {
                     index,
-                    name: cut(&label.name),
+                    name: cut(name),
                     what,
                     length,
                     limit,
                 });
             }
         }
-        if &*label.name == METRIC_NAME_LABEL {
-            if label.value.is_empty() {
+        if name == METRIC_NAME_LABEL {
+            if value.is_empty() {
                 return Err(SeriesError::MissingName { index });
             }
-            if !is_metric_name(&label.value) {
+            if !is_metric_name(value) {
                 return Err(SeriesError::InvalidMetricName {
                     index,
-                    name: cut(&label.value),
+                    name: cut(value),
                 });
             }
-        } else if !is_label_name(&label.name) {
-            return Err(SeriesError::InvalidLabelName {
-                index,
-                name: cut(&label.name),
-            });
-        } else if kind == Kind::Distribution && (&*label.name == "quantile" || &*label.name == "threshold") {
+        } else if !is_label_name(name) {
+            return Err(SeriesError::InvalidLabelName { index, name: cut(name) });
+        } else if kind == Kind::Distribution && (name == "quantile" || name == "threshold") {
             return Err(SeriesError::ReservedLabel {
                 index,
-                name: label.name.to_string(),
+                name: name.to_string(),
             });
         }
     }
-    labels.retain(|label| !label.value.is_empty());
-    let labels = Labels::from_vec(labels);
-    if let Some(pair) = labels
-        .iter()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .find(|pair| pair[0].name == pair[1].name)
-    {
+    pairs.sort_unstable_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+    // Empty values are left out before looking for duplicates, as before.
+    let kept = || {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.as_ref(), value.as_ref()))
+            .filter(|(_, value)| !value.is_empty())
+    };
+    if let Some(((name, _), _)) = kept().zip(kept().skip(1)).find(|(first, second)| first.0 == second.0) {
         return Err(SeriesError::DuplicateLabel {
             index,
-            name: pair[0].name.to_string(),
+            name: name.to_string(),
         });
     }
-    if labels.metric_name().is_none() {
+    if !kept().any(|(name, _)| name == METRIC_NAME_LABEL) {
         return Err(SeriesError::MissingName { index });
     }
-    Ok(labels)
+    Ok(Labels::from_sorted_pairs(kept()))
 }
 
 /// Validates one wire series. Bad points are left out and tallied in `outcome`;
@@ -371,6 +379,27 @@ mod tests {
             let error = validate_series(0, wire, &limits, &mut outcome).unwrap_err().to_string();
             assert!(error.contains(needle), "{error:?} lacks {needle:?}");
         }
+    }
+
+    #[test]
+    fn keeps_sorted_labels_and_leaves_empty_values_out_before_duplicates() {
+        let limits = IngestLimits::default();
+        // "a" twice, once empty: the empty one means "no label", so no duplicate.
+        let wire = series(
+            vec![
+                label("z", "last"),
+                label("a", ""),
+                label("__name__", "m"),
+                label("a", "1"),
+            ],
+            v1::Kind::Gauge,
+        );
+        let batch = validate_series(0, wire, &limits, &mut Outcome::default()).unwrap();
+        assert_eq!(
+            batch.labels,
+            Labels::from_pairs([("__name__", "m"), ("a", "1"), ("z", "last")])
+        );
+        assert_eq!(batch.labels.get("a"), Some("1"));
     }
 
     #[test]

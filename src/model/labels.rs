@@ -1,15 +1,18 @@
 //! Label sets: sorted name/value pairs with the metric name in `__name__`,
-//! hashed once into the 64-bit series key every later stage uses.
+//! kept in one heap block and hashed once into the 64-bit series key every
+//! later stage uses.
 
 use std::fmt;
 use std::hash::Hasher;
+use std::ops::Range;
 
+use smallvec::SmallVec;
 use xxhash_rust::xxh3::Xxh3;
 
 /// The label that carries the metric name, as in Prometheus.
 pub const METRIC_NAME_LABEL: &str = "__name__";
 
-/// One label.
+/// One owned label: the input to [`Labels::from_vec`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Label {
     /// Label name, e.g. `service`.
@@ -18,8 +21,47 @@ pub struct Label {
     pub value: Box<str>,
 }
 
+/// One label of a [`Labels`], borrowed from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelRef<'a> {
+    /// Label name, e.g. `service`.
+    pub name: &'a str,
+    /// Label value, e.g. `api`.
+    pub value: &'a str,
+}
+
+impl LabelRef<'_> {
+    /// An owned copy.
+    pub fn to_label(self) -> Label {
+        Label {
+            name: self.name.into(),
+            value: self.value.into(),
+        }
+    }
+}
+
+/// Separator after each name in the label text (never occurs in UTF-8).
+const NAME_END: u8 = 0xfe;
+/// Separator after each value in the label text (never occurs in UTF-8).
+const VALUE_END: u8 = 0xff;
+
 /// A label set sorted by name. Duplicates are the caller's to refuse (ingest
 /// validates); `Labels` itself only keeps the order canonical.
+///
+/// The whole set is one heap block (none when empty), so a series costs one
+/// allocation for its labels rather than two per label plus a vector:
+///
+/// ```text
+/// [width: u8] [count: W] [name_end_0: W] [value_end_0: W] ... [text]
+/// text = name_0 0xfe value_0 0xff name_1 0xfe value_1 0xff ...
+/// ```
+///
+/// `W` is 2 bytes (little endian) when the text is at most `u16::MAX` bytes
+/// long and 4 otherwise; ends are offsets into the text of each label's
+/// separators, so names are binary-searched without scanning. The text is
+/// exactly the label part of the bytes the series key hashes, so hashing it
+/// is one contiguous slice. The encoding is a function of the pairs alone,
+/// so comparing and hashing the block is comparing and hashing the pairs.
 ///
 /// ```
 /// use tailfold::model::Labels;
@@ -27,35 +69,36 @@ pub struct Label {
 /// assert_eq!(labels.metric_name(), Some("latency"));
 /// assert_eq!(labels.to_string(), r#"latency{service="api"}"#);
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Labels(Vec<Label>);
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Labels(Box<[u8]>);
 
 impl Labels {
     /// Builds a sorted label set from pairs in any order.
-    pub fn from_pairs<N: Into<Box<str>>, V: Into<Box<str>>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
-        Self::from_vec(
-            pairs
-                .into_iter()
-                .map(|(name, value)| Label {
-                    name: name.into(),
-                    value: value.into(),
-                })
-                .collect(),
-        )
+    pub fn from_pairs<N: AsRef<str>, V: AsRef<str>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
+        let mut pairs: SmallVec<[(N, V); 8]> = pairs.into_iter().collect();
+        pairs.sort_unstable_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+        Labels(encode(
+            pairs.iter().map(|(name, value)| (name.as_ref(), value.as_ref())),
+        ))
     }
 
     /// Sorts `labels` by name and keeps them.
     pub fn from_vec(mut labels: Vec<Label>) -> Self {
         labels.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        Labels(labels)
+        Labels(encode(labels.iter().map(|label| (&*label.name, &*label.value))))
+    }
+
+    /// Builds a label set from pairs already in name order (ingest sorts
+    /// them in place while validating), with no allocation but the block.
+    pub(crate) fn from_sorted_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Self {
+        debug_assert!(pairs.clone().zip(pairs.clone().skip(1)).all(|(a, b)| a.0 <= b.0));
+        Labels(encode(pairs))
     }
 
     /// The value of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|label| (*label.name).cmp(name))
-            .ok()
-            .map(|index| &*self.0[index].value)
+        let view = self.view();
+        view.search(name).ok().map(|index| view.value(index))
     }
 
     /// The metric name (`__name__`).
@@ -64,13 +107,18 @@ impl Labels {
     }
 
     /// Labels in name order.
-    pub fn iter(&self) -> impl Iterator<Item = &Label> {
-        self.0.iter()
+    pub fn iter(&self) -> LabelsIter<'_> {
+        let view = self.view();
+        LabelsIter {
+            view,
+            front: 0,
+            back: view.count,
+        }
     }
 
     /// Number of labels.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.view().count
     }
 
     /// True when there are no labels at all.
@@ -80,33 +128,229 @@ impl Labels {
 
     /// A copy with `name` set to `value` (added or replaced).
     pub fn with(&self, name: &str, value: &str) -> Labels {
-        let mut labels = self.0.clone();
-        match labels.binary_search_by(|label| (*label.name).cmp(name)) {
-            Ok(index) => labels[index].value = value.into(),
-            Err(index) => labels.insert(
-                index,
-                Label {
-                    name: name.into(),
-                    value: value.into(),
-                },
-            ),
-        }
-        Labels(labels)
+        let view = self.view();
+        let (at, rest) = match view.search(name) {
+            Ok(index) => (index, index + 1),
+            Err(index) => (index, index),
+        };
+        let pairs = view
+            .pairs(0..at)
+            .chain(std::iter::once((name, value)))
+            .chain(view.pairs(rest..view.count));
+        Labels(encode(pairs))
     }
 
-    /// A copy keeping only the labels for which `keep` is true.
+    /// A copy keeping only the labels for which `keep` is true (called once
+    /// per label, in name order).
     pub fn filtered(&self, mut keep: impl FnMut(&str) -> bool) -> Labels {
-        Labels(self.0.iter().filter(|label| keep(&label.name)).cloned().collect())
+        let kept: SmallVec<[(&str, &str); 16]> = self
+            .iter()
+            .filter(|label| keep(label.name))
+            .map(|label| (label.name, label.value))
+            .collect();
+        Labels(encode(kept.iter().copied()))
     }
 
-    /// Bytes owned on the heap (for memory accounting).
+    /// Bytes owned on the heap (for memory accounting): the one block.
     pub fn heap_bytes(&self) -> usize {
-        self.0.capacity() * std::mem::size_of::<Label>()
-            + self
-                .0
-                .iter()
-                .map(|label| label.name.len() + label.value.len())
-                .sum::<usize>()
+        self.0.len()
+    }
+
+    /// The label text: for each label its name, 0xfe, its value, 0xff.
+    fn text(&self) -> &[u8] {
+        self.view().text
+    }
+
+    fn view(&self) -> View<'_> {
+        let Some((&width, rest)) = self.0.split_first() else {
+            return View {
+                width: 2,
+                count: 0,
+                table: &[],
+                text: &[],
+            };
+        };
+        let width = usize::from(width);
+        let count = read_word(rest, width, 0);
+        let (table, text) = rest.split_at(width * (1 + 2 * count));
+        View {
+            width,
+            count,
+            table,
+            text,
+        }
+    }
+}
+
+/// Lays pairs (already in name order) out as one block; see [`Labels`].
+/// Refuses (panics) past 4 GiB of text rather than truncate offsets.
+fn encode<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Box<[u8]> {
+    let (count, text_len) = pairs.clone().fold((0usize, 0usize), |(count, len), (name, value)| {
+        (count + 1, len + name.len() + value.len() + 2)
+    });
+    if count == 0 {
+        return Box::default();
+    }
+    let width = if text_len <= usize::from(u16::MAX) { 2 } else { 4 };
+    assert!(
+        u32::try_from(text_len).is_ok(),
+        "a label set of {text_len} bytes is past the 4 GiB one can hold"
+    );
+    // Every word is at most `text_len` (count is at most half of it), which
+    // the width was chosen to hold, so the casts below never truncate.
+    let put = |out: &mut Vec<u8>, word: usize| match width {
+        2 => out.extend_from_slice(&(word as u16).to_le_bytes()),
+        _ => out.extend_from_slice(&(word as u32).to_le_bytes()),
+    };
+    let mut out = Vec::with_capacity(1 + width * (1 + 2 * count) + text_len);
+    out.push(width as u8);
+    put(&mut out, count);
+    let mut end = 0;
+    for (name, value) in pairs.clone() {
+        end += name.len();
+        put(&mut out, end);
+        end += 1 + value.len();
+        put(&mut out, end);
+        end += 1;
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_bytes());
+        out.push(NAME_END);
+        out.extend_from_slice(value.as_bytes());
+        out.push(VALUE_END);
+    }
+    debug_assert_eq!(out.len(), out.capacity());
+    out.into_boxed_slice()
+}
+
+fn read_word(table: &[u8], width: usize, index: usize) -> usize {
+    let at = index * width;
+    match width {
+        2 => usize::from(u16::from_le_bytes([table[at], table[at + 1]])),
+        _ => u32::from_le_bytes([table[at], table[at + 1], table[at + 2], table[at + 3]]) as usize,
+    }
+}
+
+/// Label text between separators was copied from a `&str`, so it is UTF-8;
+/// checked anyway (cheap for label-sized text) to stay free of `unsafe`.
+fn text_str(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("label text is copied from str between separators")
+}
+
+/// A decoded header: offsets table (count first) and text of one block.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    width: usize,
+    count: usize,
+    table: &'a [u8],
+    text: &'a [u8],
+}
+
+impl<'a> View<'a> {
+    fn name_range(&self, index: usize) -> Range<usize> {
+        let start = if index == 0 {
+            0
+        } else {
+            read_word(self.table, self.width, 2 * index) + 1
+        };
+        start..read_word(self.table, self.width, 1 + 2 * index)
+    }
+
+    fn value_range(&self, index: usize) -> Range<usize> {
+        read_word(self.table, self.width, 1 + 2 * index) + 1..read_word(self.table, self.width, 2 + 2 * index)
+    }
+
+    fn name(&self, index: usize) -> &'a str {
+        text_str(&self.text[self.name_range(index)])
+    }
+
+    fn value(&self, index: usize) -> &'a str {
+        text_str(&self.text[self.value_range(index)])
+    }
+
+    /// Binary search by name, as `slice::binary_search_by` answers.
+    fn search(&self, name: &str) -> Result<usize, usize> {
+        let (mut low, mut high) = (0, self.count);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match self.text[self.name_range(middle)].cmp(name.as_bytes()) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => return Ok(middle),
+            }
+        }
+        Err(low)
+    }
+
+    fn pairs(self, range: Range<usize>) -> impl Iterator<Item = (&'a str, &'a str)> + Clone {
+        LabelsIter {
+            view: self,
+            front: range.start,
+            back: range.end,
+        }
+        .map(|label| (label.name, label.value))
+    }
+}
+
+/// The labels of a [`Labels`] in name order, borrowed.
+#[derive(Clone)]
+pub struct LabelsIter<'a> {
+    view: View<'a>,
+    front: usize,
+    back: usize,
+}
+
+impl<'a> Iterator for LabelsIter<'a> {
+    type Item = LabelRef<'a>;
+
+    fn next(&mut self) -> Option<LabelRef<'a>> {
+        if self.front == self.back {
+            return None;
+        }
+        let index = self.front;
+        self.front += 1;
+        Some(LabelRef {
+            name: self.view.name(index),
+            value: self.view.value(index),
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.back - self.front;
+        (left, Some(left))
+    }
+}
+
+impl DoubleEndedIterator for LabelsIter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if self.front == self.back {
+            return None;
+        }
+        self.back -= 1;
+        Some(LabelRef {
+            name: self.view.name(self.back),
+            value: self.view.value(self.back),
+        })
+    }
+}
+
+impl ExactSizeIterator for LabelsIter<'_> {}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = LabelRef<'a>;
+    type IntoIter = LabelsIter<'a>;
+
+    fn into_iter(self) -> LabelsIter<'a> {
+        self.iter()
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Labels")?;
+        f.debug_map()
+            .entries(self.iter().map(|label| (label.name, label.value)))
+            .finish()
     }
 }
 
@@ -116,12 +360,12 @@ impl fmt::Display for Labels {
         f.write_str(self.metric_name().unwrap_or(""))?;
         f.write_str("{")?;
         let mut first = true;
-        for label in self.0.iter().filter(|l| &*l.name != METRIC_NAME_LABEL) {
+        for label in self.iter().filter(|l| l.name != METRIC_NAME_LABEL) {
             if !first {
                 f.write_str(",")?;
             }
             first = false;
-            write!(f, "{}={:?}", label.name, &*label.value)?;
+            write!(f, "{}={:?}", label.name, label.value)?;
         }
         f.write_str("}")
     }
@@ -194,13 +438,9 @@ const KEY_BUFFER_BYTES: usize = 256;
 #[inline]
 fn identity_bytes(tenant: &str, labels: &Labels, mut put: impl FnMut(&[u8])) {
     put(tenant.as_bytes());
-    put(&[0xff]);
-    for label in labels.iter() {
-        put(label.name.as_bytes());
-        put(&[0xfe]);
-        put(label.value.as_bytes());
-        put(&[0xff]);
-    }
+    put(&[VALUE_END]);
+    // Each label's name, 0xfe, value, 0xff: stored that way, in order.
+    put(labels.text());
 }
 
 fn streamed_series_key(tenant: &str, labels: &Labels) -> SeriesKey {
@@ -222,46 +462,4 @@ pub fn series_hash(tenant: &str, labels: &Labels) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn order_does_not_change_identity() {
-        let a = Labels::from_pairs([("b", "2"), ("a", "1"), ("__name__", "m")]);
-        let b = Labels::from_pairs([("__name__", "m"), ("a", "1"), ("b", "2")]);
-        assert_eq!(a, b);
-        assert_eq!(series_hash("t", &a), series_hash("t", &b));
-        assert_ne!(series_hash("t", &a), series_hash("u", &a));
-    }
-
-    #[test]
-    fn one_shot_and_streamed_keys_agree() {
-        let short = Labels::from_pairs([("__name__", "requests"), ("service", "api"), ("status", "200")]);
-        assert_eq!(series_key("tenant", &short), streamed_series_key("tenant", &short));
-        let long_value = "v".repeat(KEY_BUFFER_BYTES);
-        let long = Labels::from_pairs([("__name__", "requests"), ("pod", long_value.as_str())]);
-        assert_eq!(series_key("tenant", &long), streamed_series_key("tenant", &long));
-        assert_ne!(series_key("tenant", &short), series_key("tenant", &long));
-        // Exactly at the buffer's edge, and one byte past it.
-        for extra in [0, 1] {
-            let fill = "x".repeat(KEY_BUFFER_BYTES - "t".len() - 1 - "a".len() - 2 + extra);
-            let edge = Labels::from_pairs([("a", fill.as_str())]);
-            assert_eq!(series_key("t", &edge), streamed_series_key("t", &edge));
-        }
-    }
-
-    #[test]
-    fn hash_separates_boundaries() {
-        let a = Labels::from_pairs([("a", "bc")]);
-        let b = Labels::from_pairs([("ab", "c")]);
-        assert_ne!(series_hash("", &a), series_hash("", &b));
-    }
-
-    #[test]
-    fn with_and_filtered() {
-        let labels = Labels::from_pairs([("__name__", "m"), ("pod", "p1"), ("svc", "api")]);
-        let renamed = labels.with("__name__", "m:by_svc").filtered(|n| n != "pod");
-        assert_eq!(renamed.to_string(), r#"m:by_svc{svc="api"}"#);
-        assert_eq!(labels.with("quantile", "0.99").get("quantile"), Some("0.99"));
-    }
-}
+mod tests;

@@ -8,7 +8,9 @@ mod policy;
 mod sample;
 
 pub use duration::{format_duration_ms, parse_duration_ms, DurationError};
-pub use labels::{series_hash, series_key, Label, Labels, SeriesKey, SeriesKeyHasher, METRIC_NAME_LABEL};
+pub use labels::{
+    series_hash, series_key, Label, LabelRef, Labels, LabelsIter, SeriesKey, SeriesKeyHasher, METRIC_NAME_LABEL,
+};
 pub use outcome::{DropReason, Outcome};
 pub use policy::{PolicyError, StoragePolicy};
 pub use sample::{IngestBatch, Kind, NativeHistogram, Point, SeriesBatch, TraceContext};

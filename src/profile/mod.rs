@@ -235,12 +235,12 @@ impl Profiler {
             let mut periods = metric.periods.lock();
             labels
                 .iter()
-                .filter(|label| &*label.name != "__name__")
+                .filter(|label| label.name != "__name__")
                 .map(|label| {
-                    let index = match periods.label_names.iter().position(|known| *known == label.name) {
+                    let index = match periods.label_names.iter().position(|known| **known == *label.name) {
                         Some(index) => index,
                         None => {
-                            periods.label_names.push(label.name.clone());
+                            periods.label_names.push(label.name.into());
                             periods.label_names.len() - 1
                         }
                     };

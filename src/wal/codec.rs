@@ -24,8 +24,8 @@ pub fn encode(batch: &IngestBatch, now_ms: i64, out: &mut Vec<u8>) -> i64 {
     for series in &batch.series {
         put_u32(out, series.labels.len() as u32);
         for label in series.labels.iter() {
-            put_str(out, &label.name);
-            put_str(out, &label.value);
+            put_str(out, label.name);
+            put_str(out, label.value);
         }
         out.push(match series.kind {
             Kind::Counter => 0,

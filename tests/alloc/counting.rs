@@ -12,15 +12,17 @@ struct CountingAllocator;
 thread_local! {
     // `const` and `Copy`: no destructor to register, so reading it never allocates.
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    static BYTES: Cell<usize> = const { Cell::new(0) };
 }
 
-fn count_one() {
+fn count_one(bytes: usize) {
     let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+    let _ = BYTES.try_with(|count| count.set(count.get() + bytes));
 }
 
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_one();
+        count_one(layout.size());
         unsafe { System.alloc(layout) }
     }
 
@@ -29,7 +31,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_one();
+        count_one(new_size);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -40,4 +42,11 @@ static ALLOCATOR: CountingAllocator = CountingAllocator;
 /// Allocations (and reallocations) made by this thread so far.
 pub fn allocations() -> usize {
     ALLOCATIONS.with(Cell::get)
+}
+
+/// Bytes requested by this thread's allocations and reallocations so far
+/// (a reallocation counts its whole new size).
+#[allow(dead_code)] // not every binary that counts allocations weighs them
+pub fn allocated_bytes() -> usize {
+    BYTES.with(Cell::get)
 }
