@@ -7,9 +7,10 @@
 //!   six-label series and for one-label series (fixed overhead);
 //! - distribution series-window: 100 traced log-normal observations per
 //!   series and window, interleaved across series; the first window of a
-//!   series (route included) and a further window of known series, with one
-//!   exemplar reservoir per bucket (the default) and per 16 buckets
-//!   (`exemplar_scale_reduction: 4`).
+//!   series (route included) and a further window of known series, with the
+//!   default exemplar reservoirs (one per bucket up to `max_exemplars`), one
+//!   per 16 buckets (`exemplar_scale_reduction: 4`), and one per bucket
+//!   without a limit (`max_exemplars: 0`).
 //!
 //! `cargo bench --bench memory` (run without `--bench` it does a small smoke run;
 //! `-- distribution` measures the distribution lines only).
@@ -134,24 +135,16 @@ fn counters(series: usize, make: fn(usize) -> Labels, shape: &str) {
     );
 }
 
-/// `exemplar_scale_reduction` n: one exemplar reservoir per `2^n` buckets (0: per bucket).
-fn distributions(series: usize, exemplar_scale_reduction: u8) {
+/// The distribution lines under `histogram`, a variant of the default named by `knob`.
+fn distributions(series: usize, histogram: HistogramConfig, knob: &str) {
     const OBSERVATIONS: usize = 100;
     let labels = common::label_table(series, common::distribution_labels);
-    let histogram = HistogramConfig {
-        exemplar_scale_reduction,
-        ..HistogramConfig::default()
-    };
     let engine = warmed_engine(
         Kind::Distribution,
         Points::TracedLatencies,
         common::distribution_labels,
         histogram,
     );
-    let knob = match exemplar_scale_reduction {
-        0 => String::new(),
-        n => format!(", exemplar_scale_reduction {n}"),
-    };
     let mut indices: Vec<usize> = (0..series).flat_map(|i| std::iter::repeat_n(i, OBSERVATIONS)).collect();
     indices.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(3));
     // Batches are built and dropped one at a time: only what the engine keeps stays live.
@@ -192,8 +185,18 @@ fn main() {
         counters(100_000 / scale, common::counter_labels, "6 labels");
         counters(1_000_000 / scale, one_label, "1 label");
     }
-    distributions(10_000 / scale, 0);
-    distributions(10_000 / scale, 4);
+    let default = HistogramConfig::default();
+    distributions(10_000 / scale, default, "");
+    let coarse = HistogramConfig {
+        exemplar_scale_reduction: 4,
+        ..default
+    };
+    distributions(10_000 / scale, coarse, ", exemplar_scale_reduction 4");
+    let unlimited = HistogramConfig {
+        max_exemplars: 0,
+        ..default
+    };
+    distributions(10_000 / scale, unlimited, ", max_exemplars 0");
     println!(
         "sizes (bytes, inline): Labels {}, WindowState {}, SeriesRoute {}, \
          OutputTarget {}, PolicySlot {} (+16 per Arc header)",
