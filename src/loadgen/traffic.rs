@@ -93,22 +93,19 @@ pub(super) fn series_identity(index: usize, mix: (u32, u32, u32)) -> (Vec<v1::La
             label("series", index.to_string()),
         ];
         (labels, v1::Kind::Distribution)
-    } else if slot < (mix.0 + mix.1) as usize {
-        let labels = vec![
-            label("__name__", "http_requests".into()),
-            label("service", service),
-            label("pod", pod),
-            label("series", index.to_string()),
-        ];
-        (labels, v1::Kind::Counter)
     } else {
+        let (name, kind) = if slot < (mix.0 + mix.1) as usize {
+            ("http_requests", v1::Kind::Counter)
+        } else {
+            ("memory_bytes", v1::Kind::Gauge)
+        };
         let labels = vec![
-            label("__name__", "memory_bytes".into()),
+            label("__name__", name.into()),
             label("service", service),
             label("pod", pod),
             label("series", index.to_string()),
         ];
-        (labels, v1::Kind::Gauge)
+        (labels, kind)
     }
 }
 
