@@ -17,6 +17,11 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use tailfold::engine::default_lateness_ms;
 use tailfold::model::Kind;
 
+/// The service binary's allocator (`src/main.rs`), so the figures are the
+/// service's: mimalloc also asks for transparent huge pages for its arenas.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SERIES: usize = 1_000_000;
 
 fn bench(c: &mut Criterion) {

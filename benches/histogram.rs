@@ -9,6 +9,11 @@ use rand_distr::{Distribution, LogNormal};
 use tailfold::aggregate::exemplar::Exemplar;
 use tailfold::aggregate::histogram::ExpHistogram;
 
+/// The service binary's allocator (`src/main.rs`), so the figures are the
+/// service's: mimalloc also asks for transparent huge pages for its arenas.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const N: usize = 1 << 16;
 
 fn values(seed: u64) -> Vec<f64> {

@@ -18,6 +18,11 @@ use common::{Points, BATCH, NOW_MS};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tailfold::model::Kind;
 
+/// The service binary's allocator (`src/main.rs`), so the figures are the
+/// service's: mimalloc also asks for transparent huge pages for its arenas.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SERIES: usize = 1_000_000;
 /// Distinct pre-built batches cycled through (256k samples).
 const BATCHES: usize = 256;

@@ -13,6 +13,11 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tailfold::model::Kind;
 use tailfold::profile::{ProfileSettings, Profiler};
 
+/// The service binary's allocator (`src/main.rs`), so the figures are the
+/// service's: mimalloc also asks for transparent huge pages for its arenas.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SERIES: usize = 100_000;
 const BATCHES: usize = 64;
 
