@@ -158,20 +158,19 @@ impl Windows {
 
     /// Adds `window` and returns it in place.
     fn push(&mut self, window: OpenWindow) -> &mut OpenWindow {
-        if let Windows::One(_) = self {
-            let Windows::One(first) = std::mem::replace(self, Windows::Many(Vec::with_capacity(2))) else {
-                unreachable!("matched above")
-            };
-            if let Windows::Many(windows) = self {
+        let mut windows = match std::mem::replace(self, Windows::NONE) {
+            Windows::One(first) => {
+                let mut windows = Vec::with_capacity(2);
                 windows.push(first);
+                windows
             }
-        }
+            Windows::Many(windows) => windows,
+        };
+        windows.push(window);
+        *self = Windows::Many(windows);
         match self {
-            Windows::Many(windows) => {
-                windows.push(window);
-                windows.last_mut().expect("just pushed")
-            }
-            Windows::One(_) => unreachable!("turned into many above"),
+            Windows::Many(windows) => windows.last_mut().expect("just pushed"),
+            Windows::One(_) => unreachable!("just made many"),
         }
     }
 
