@@ -370,11 +370,16 @@ async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
         tailfold::wal::codec::encode(&batch, now_ms(), &mut frame);
         frame
     };
+    let rules_hash = cluster.status()["sets"][0]["instances"][0]["rules_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let request = |cluster: &str, batch: Vec<u8>| ForwardRequest {
         cluster: cluster.to_string(),
         placement_version: 1,
         from_instance: "intruder".to_string(),
         batch: batch.into(),
+        rules_hash: rules_hash.clone(),
     };
 
     let wrong = forward
@@ -386,6 +391,14 @@ async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
         wrong.message().contains("\"another-cluster\" is not this instance's"),
         "{wrong}"
     );
+
+    let other_rules = ForwardRequest {
+        rules_hash: "0123456789abcdef".into(),
+        ..request("test-cluster", frame("x"))
+    };
+    let differ = forward.forward(other_rules).await.unwrap_err();
+    assert_eq!(differ.code(), tonic::Code::FailedPrecondition);
+    assert!(differ.message().contains("rules differ"), "{differ}");
 
     let garbage = forward.forward(request("test-cluster", vec![7; 40])).await.unwrap_err();
     assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
@@ -426,12 +439,18 @@ async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
         from_instance: "intruder".into(),
         source_set: 0,
         shares: vec![vec![0xff; 10]],
+        rules_hash: rules_hash.clone(),
     };
     let bad_share = forward.share(share).await.unwrap_err();
     assert_eq!(bad_share.code(), tonic::Code::InvalidArgument);
 
     let (_, metrics) = common::cluster::http_get(target.http, "/metrics").unwrap();
-    for (reason, count) in [("wrong_cluster", 1), ("malformed", 2), ("not_owner", 1)] {
+    for (reason, count) in [
+        ("wrong_cluster", 1),
+        ("rules_differ", 1),
+        ("malformed", 2),
+        ("not_owner", 1),
+    ] {
         let line = metrics
             .lines()
             .find(|line| {

@@ -281,3 +281,66 @@ impl Placement {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str) -> InstanceSpec {
+        InstanceSpec {
+            id: id.into(),
+            endpoint: "127.0.0.1:1".into(),
+            http: String::new(),
+        }
+    }
+
+    /// The shard of a series must never change between versions: these
+    /// vectors were computed once and are fixed.
+    #[test]
+    fn the_shard_hash_is_pinned_by_fixed_vectors() {
+        let cases: [(&str, &[(&str, &str)]); 6] = [
+            ("default", &[]),
+            ("default", &[("__name__", "http_requests_total")]),
+            ("team-a", &[("__name__", "http_requests_total")]),
+            ("default", &[("__name__", "lat"), ("pod", "a"), ("service", "api")]),
+            ("default", &[("service", "api"), ("__name__", "lat"), ("pod", "a")]),
+            ("ü", &[("__name__", "größe"), ("région", "€")]),
+        ];
+        let got: Vec<(u32, u32)> = cases
+            .iter()
+            .map(|(tenant, pairs)| {
+                let labels = Labels::from_pairs(pairs.iter().copied());
+                (shard_of(tenant, &labels, 1024), shard_of(tenant, &labels, 7))
+            })
+            .collect();
+        assert_eq!(got, PINNED, "the shard hash changed: every cluster would re-shard");
+        assert_eq!(got[3], got[4], "label order does not matter");
+        assert_ne!(got[1], got[2], "the tenant is part of the identity");
+    }
+
+    /// Computed independently with Python's `xxhash.xxh3_64_intdigest` over
+    /// the canonical bytes, modulo 1024 and 7.
+    const PINNED: [(u32, u32); 6] = [(343, 0), (740, 3), (125, 5), (457, 1), (457, 1), (866, 1)];
+
+    #[test]
+    fn the_initial_placement_splits_shards_evenly_and_checks_its_input() {
+        let placement = Placement::initial("c", 10, 2, ["a", "b", "c", "d"].map(spec).to_vec()).unwrap();
+        assert_eq!(placement.sets.len(), 2);
+        assert_eq!(placement.sets[0].shards, vec![(0, 5)]);
+        assert_eq!(placement.sets[1].shards, vec![(5, 10)]);
+        assert_eq!(placement.set_of_shard(7).set, 1);
+        assert_eq!(placement.set_of_instance("c").map(|set| set.set), Some(1));
+        let refused = |result: Result<Placement, PlacementError>| result.unwrap_err().to_string();
+        assert!(
+            refused(Placement::initial("c", 10, 2, ["a", "b", "c"].map(spec).to_vec())).contains("cannot form sets")
+        );
+        assert!(refused(Placement::initial("c", 1, 1, ["a", "b"].map(spec).to_vec())).contains("1 shards for 2 sets"));
+        assert!(refused(Placement::initial("c", 4, 1, ["a", "a"].map(spec).to_vec())).contains("two places"));
+        let gap = vec![ShardSet {
+            set: 0,
+            instances: vec![spec("a")],
+            shards: vec![(0, 3)],
+        }];
+        assert!(refused(Placement::new("c", 4, 1, 1, gap)).contains("shard 3 is in no set"));
+    }
+}

@@ -15,6 +15,7 @@ use crate::api::cluster_v1::cluster_client::ClusterClient;
 use crate::api::cluster_v1::{ForwardRequest, ShareRequest};
 use crate::engine::PartialWindow;
 use crate::model::{DropReason, IngestBatch, Outcome};
+use crate::reload::RulesReloader;
 use crate::telemetry::Telemetry;
 use crate::wal::codec;
 
@@ -50,16 +51,19 @@ pub struct Router {
     local: LocalFold,
     clients: Mutex<HashMap<String, ClusterClient<Channel>>>,
     telemetry: Arc<Telemetry>,
+    rules: Arc<RulesReloader>,
 }
 
 impl Router {
     /// A router for this instance, folding its own part through `local`.
-    pub fn new(view: Arc<ClusterView>, local: LocalFold, telemetry: Arc<Telemetry>) -> Self {
+    /// Forwards carry the hash of `rules`' newest rules.
+    pub fn new(view: Arc<ClusterView>, local: LocalFold, telemetry: Arc<Telemetry>, rules: Arc<RulesReloader>) -> Self {
         Router {
             view,
             local,
             clients: Mutex::new(HashMap::new()),
             telemetry,
+            rules,
         }
     }
 
@@ -254,6 +258,7 @@ impl Router {
                 from_instance: settings.instance.clone(),
                 source_set: source,
                 shares: encoded.iter().map(|bytes| bytes.to_vec()).collect(),
+                rules_hash: self.rules.newest_hash(),
             };
             match client.share(request).await {
                 Ok(answer) => return answer.get_ref().kept > 0 || answer.get_ref().too_late == 0,
@@ -299,6 +304,7 @@ impl Router {
                 placement_version: version,
                 from_instance: settings.instance.clone(),
                 batch: frame.clone(),
+                rules_hash: self.rules.newest_hash(),
             };
             match client.forward(request).await {
                 Ok(response) => return Ok(outcome_from_wire(response.get_ref())),

@@ -1,7 +1,7 @@
 //! The internal forwarding API an instance serves to the others: it folds
 //! the batches of the shards it owns and keeps rollup shares of the rollups
-//! it owns. Anything else (another cluster, a shard it does not own, a
-//! malformed batch) is refused with the reason and counted.
+//! it owns. Anything else (another cluster, other rules, a shard it does not
+//! own, a malformed batch) is refused with the reason and counted.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use crate::api::cluster_v1::cluster_server::{Cluster, ClusterServer};
 use crate::api::cluster_v1::{ForwardRequest, ForwardResponse, ShareRequest, ShareResponse};
 use crate::engine::{PartialError, PartialWindow};
 use crate::model::{Labels, Outcome};
+use crate::reload::RulesReloader;
 use crate::telemetry::Telemetry;
 use crate::wal::codec;
 
@@ -23,12 +24,19 @@ pub struct ForwardService {
     view: Arc<ClusterView>,
     local: LocalFold,
     telemetry: Arc<Telemetry>,
+    rules: Arc<RulesReloader>,
 }
 
 impl ForwardService {
     /// Folds what it owns through `local`.
-    pub fn new(view: Arc<ClusterView>, local: LocalFold, telemetry: Arc<Telemetry>) -> Self {
-        ForwardService { view, local, telemetry }
+    /// Refuses forwards made under other rules than `rules`' newest.
+    pub fn new(view: Arc<ClusterView>, local: LocalFold, telemetry: Arc<Telemetry>, rules: Arc<RulesReloader>) -> Self {
+        ForwardService {
+            view,
+            local,
+            telemetry,
+            rules,
+        }
     }
 
     /// The tonic service, taking batches as large as a sender may send.
@@ -54,6 +62,23 @@ impl ForwardService {
                 from,
                 Status::permission_denied(format!(
                     "cluster id {cluster:?} is not this instance's {mine:?}: check cluster.cluster on {from}"
+                )),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses what was routed under other rules: folding it here would mix
+    /// two rule sets in one window.
+    fn check_rules(&self, theirs: &str, from: &str) -> Result<(), Status> {
+        let mine = self.rules.newest_hash();
+        if theirs != mine {
+            return Err(self.refuse(
+                "rules_differ",
+                from,
+                Status::failed_precondition(format!(
+                    "rules differ: {from} folds with rules {theirs:?}, instance {} with {mine:?}; load the same rules file on every instance",
+                    self.view.settings().instance
                 )),
             ));
         }
@@ -90,6 +115,7 @@ impl Cluster for ForwardService {
         let request = request.into_inner();
         let from = request.from_instance.as_str();
         self.check_cluster(&request.cluster, from)?;
+        self.check_rules(&request.rules_hash, from)?;
         let decoded = codec::decode(&request.batch).map_err(|torn| {
             self.refuse(
                 "malformed",
@@ -129,6 +155,7 @@ impl Cluster for ForwardService {
         let request = request.into_inner();
         let from = request.from_instance.as_str();
         self.check_cluster(&request.cluster, from)?;
+        self.check_rules(&request.rules_hash, from)?;
         let mut shares = Vec::with_capacity(request.shares.len());
         for bytes in &request.shares {
             let share: PartialWindow = postcard::from_bytes(bytes).map_err(|error| {

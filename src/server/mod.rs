@@ -268,9 +268,9 @@ pub async fn start(
         Some(cluster_settings) => Some(
             start_cluster(
                 cluster_settings,
-                &settings,
                 http_addr,
                 &local,
+                &reloader,
                 &clock,
                 &telemetry,
                 wal.is_some(),
@@ -433,9 +433,9 @@ struct ClusterRuntime {
 #[allow(clippy::too_many_arguments)]
 async fn start_cluster(
     cluster: &crate::config::ClusterSettings,
-    settings: &ServiceSettings,
     http_addr: SocketAddr,
     local: &LocalFold,
+    rules: &Arc<RulesReloader>,
     clock: &Arc<dyn Clock>,
     telemetry: &Arc<Telemetry>,
     logged: bool,
@@ -443,9 +443,7 @@ async fn start_cluster(
 ) -> Result<ClusterRuntime, ServiceError> {
     let (internal, internal_addr) = listeners::bind(cluster.listen).await?;
     let now_ms = clock.now_ms();
-    let rules_hash = std::fs::read(&settings.rules_file)
-        .map(|bytes| format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)))
-        .unwrap_or_default();
+    let rules_hash = rules.newest_hash();
     let registration = Registration {
         id: cluster.instance.clone(),
         endpoint: internal_addr.to_string(),
@@ -470,8 +468,13 @@ async fn start_cluster(
     )
     .await?;
     let view = Arc::clone(coordinator.view());
-    let router = Arc::new(Router::new(Arc::clone(&view), local.clone(), Arc::clone(telemetry)));
-    let service = ForwardService::new(view, local.clone(), Arc::clone(telemetry)).into_server();
+    let router = Arc::new(Router::new(
+        Arc::clone(&view),
+        local.clone(),
+        Arc::clone(telemetry),
+        Arc::clone(rules),
+    ));
+    let service = ForwardService::new(view, local.clone(), Arc::clone(telemetry), Arc::clone(rules)).into_server();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(internal);
     tokio::spawn(async move {
         let stop = async move {
