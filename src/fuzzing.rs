@@ -5,15 +5,12 @@
 
 use std::sync::Arc;
 
-use prost::Message;
-
-use crate::api::v1;
 use crate::config::{IngestLimits, StatsdSettings};
 use crate::engine::{Engine, EngineSettings};
-use crate::ingest::remote_write::decode::{decode_request, decompress, parse, points_in};
+use crate::ingest::grpc_decode::decode_write;
+use crate::ingest::remote_write::decode::{decode_body, decompress};
 use crate::ingest::statsd::DatagramDecoder;
-use crate::ingest::validate_series;
-use crate::model::{IngestBatch, Outcome};
+use crate::model::IngestBatch;
 use crate::rules::RuleSet;
 
 /// Decompressed bytes a fuzz input may expand to (keeps runs fast and memory flat).
@@ -96,13 +93,9 @@ pub fn remote_write(data: &[u8]) {
     } else {
         body
     };
-    let Ok(request) = parse(bytes) else {
+    let Ok(decoded) = decode_body(bytes, Arc::from("fuzz"), &limits) else {
         return;
     };
-    if points_in(&request) > limits.max_points_per_request as u64 {
-        return;
-    }
-    let decoded = decode_request(request, Arc::from("fuzz"), &limits);
     let _ = decoded.error_text();
     fold(&decoded.batch);
 }
@@ -120,23 +113,12 @@ pub fn statsd(data: &[u8]) {
     fold(&decoder.batch);
 }
 
-/// gRPC: a protobuf `tailfold.v1.WriteRequest` through per-series validation.
+/// gRPC: a protobuf `tailfold.v1.WriteRequest` through the bounded decoder and per-series validation.
 pub fn grpc_batch(data: &[u8]) {
-    let Ok(request) = v1::WriteRequest::decode(data) else {
+    let Ok(decoded) = decode_write(data, Arc::from("fuzz"), &limits()) else {
         return;
     };
-    let limits = limits();
-    let mut outcome = Outcome::default();
-    let mut batch = IngestBatch {
-        tenant: Arc::from("fuzz"),
-        series: Vec::new(),
-    };
-    for (index, series) in request.series.into_iter().enumerate() {
-        if let Ok(valid) = validate_series(index, series, &limits, &mut outcome) {
-            batch.series.push(valid);
-        }
-    }
-    fold(&batch);
+    fold(&decoded.batch);
 }
 
 /// Rules: YAML text through parsing, validation and compilation.
@@ -149,12 +131,14 @@ pub fn rules(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
+    use crate::api::v1;
 
     #[test]
     fn folding_reaches_the_aggregations() {
         RuleSet::parse(FOLD_RULES, "fuzz-fold-rules.yaml").expect("fold rules");
-        let mut outcome = Outcome::default();
         let wire = v1::Series {
             labels: vec![v1::Label {
                 name: "__name__".into(),
@@ -168,10 +152,9 @@ mod tests {
                 span_id: vec![].into(),
             }],
         };
-        let batch = IngestBatch {
-            tenant: Arc::from("fuzz"),
-            series: vec![validate_series(0, wire, &limits(), &mut outcome).expect("valid")],
-        };
-        assert!(fold(&batch) > 0);
+        let request = v1::WriteRequest { series: vec![wire] }.encode_to_vec();
+        let decoded = decode_write(&request, Arc::from("fuzz"), &limits()).expect("valid");
+        assert_eq!(decoded.batch.series.len(), 1);
+        assert!(fold(&decoded.batch) > 0);
     }
 }

@@ -62,6 +62,8 @@ pub mod defaults {
     pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
     /// Points per request.
     pub const MAX_POINTS_PER_REQUEST: usize = 1_000_000;
+    /// Series per request (Prometheus sends at most a few thousand).
+    pub const MAX_SERIES_PER_REQUEST: usize = 100_000;
     /// Encoded request size.
     pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
     /// Decompressed size of a compressed request body (remote write's snappy block).
@@ -255,6 +257,8 @@ pub struct IngestConfig {
     pub max_label_value_bytes: Option<usize>,
     /// Points per request (more: the request is refused). Default 1000000.
     pub max_points_per_request: Option<usize>,
+    /// Series per request (more: the request is refused before any is decoded). Default 100000.
+    pub max_series_per_request: Option<usize>,
     /// Encoded request size in bytes. Default 67108864.
     pub max_request_bytes: Option<usize>,
     /// Decompressed size in bytes of a compressed body (remote write snappy), checked before decompressing. Default 67108864.
@@ -363,6 +367,8 @@ pub struct IngestLimits {
     pub max_label_value_bytes: usize,
     /// Points per request.
     pub max_points_per_request: usize,
+    /// Series per request.
+    pub max_series_per_request: usize,
     /// Encoded request bytes.
     pub max_request_bytes: usize,
     /// Decompressed request bytes.
@@ -378,6 +384,7 @@ impl Default for IngestLimits {
             max_label_name_bytes: defaults::MAX_LABEL_NAME_BYTES,
             max_label_value_bytes: defaults::MAX_LABEL_VALUE_BYTES,
             max_points_per_request: defaults::MAX_POINTS_PER_REQUEST,
+            max_series_per_request: defaults::MAX_SERIES_PER_REQUEST,
             max_request_bytes: defaults::MAX_REQUEST_BYTES,
             max_decompressed_bytes: defaults::MAX_DECOMPRESSED_BYTES,
         }
@@ -484,6 +491,9 @@ impl ServiceSettings {
             max_points_per_request: ingest
                 .max_points_per_request
                 .unwrap_or(defaults::MAX_POINTS_PER_REQUEST),
+            max_series_per_request: ingest
+                .max_series_per_request
+                .unwrap_or(defaults::MAX_SERIES_PER_REQUEST),
             max_request_bytes: ingest.max_request_bytes.unwrap_or(defaults::MAX_REQUEST_BYTES),
             max_decompressed_bytes: ingest
                 .max_decompressed_bytes
@@ -503,6 +513,7 @@ impl ServiceSettings {
             ("ingest.max_label_name_bytes", limits.max_label_name_bytes),
             ("ingest.max_label_value_bytes", limits.max_label_value_bytes),
             ("ingest.max_points_per_request", limits.max_points_per_request),
+            ("ingest.max_series_per_request", limits.max_series_per_request),
             ("ingest.max_request_bytes", limits.max_request_bytes),
             ("ingest.max_decompressed_bytes", limits.max_decompressed_bytes),
         ] {

@@ -181,4 +181,5 @@ fn set_counters(snapshot: &TelemetrySnapshot) {
     if let Some(bytes) = snapshot.wal_bytes {
         gauge!("tailfold_wal_size_bytes").set(bytes as f64);
     }
+    gauge!("tailfold_ingest_bytes_in_flight").set(snapshot.bytes_in_flight as f64);
 }
