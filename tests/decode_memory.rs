@@ -8,10 +8,14 @@
 //! The count limits are raised out of the way, so the budget is what bounds.
 
 use std::io::{BufRead, BufReader};
+use std::marker::PhantomData;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 use bytes::{BufMut, Bytes};
+use tailfold::api::otlp::collector::metrics::v1::ExportMetricsServiceResponse;
+use tailfold::api::otlp::collector::trace::v1::ExportTraceServiceResponse;
 use tailfold::api::v1;
+use tailfold::ingest::otlp::RpcStatus;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
@@ -20,9 +24,13 @@ const BINARY: &str = env!("CARGO_BIN_EXE_tailfold");
 const SIZE: usize = 8 << 20;
 /// The documented bound per request (README "Running it safely").
 const BOUND: u64 = 4 * SIZE as u64 + (1 << 20);
+/// OTLP's (prost builds its tree whole; see `ingest::otlp::bounds`).
+const OTLP_BOUND: u64 = 6 * SIZE as u64 + (1 << 20);
 /// What a fresh process's first request costs whatever its body: runtime
 /// threads started on demand, hyper and h2 buffers, allocator arenas.
 const FIRST_REQUEST: u64 = 12 << 20;
+const METRICS_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+const TRACES_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// Count limits out of the way: the memory budget alone must hold.
 const LIMITS: &str = "ingest: {max_series_per_request: 100000000, max_points_per_request: 100000000, \
                       max_request_bytes: 67108864, max_decompressed_bytes: 67108864}";
@@ -32,6 +40,8 @@ struct Service {
     _stdout: BufReader<ChildStdout>,
     grpc: String,
     http: String,
+    otlp_grpc: String,
+    otlp_http: String,
     _dir: tempfile::TempDir,
 }
 
@@ -46,7 +56,8 @@ fn start(limits: &str) -> Service {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "grpc: {{listen: \"127.0.0.1:0\"}}\nhttp: {{listen: \"127.0.0.1:0\"}}\ndata_dir: {}\n\
-         flush: {{progress_interval_ms: 0}}\nselections: {{file: false}}\n{limits}\n",
+         flush: {{progress_interval_ms: 0}}\nselections: {{file: false}}\n{limits}\n\
+         otlp: {{grpc_listen: \"127.0.0.1:0\", http_listen: \"127.0.0.1:0\"}}\n",
         dir.path().display()
     );
     std::fs::write(dir.path().join("rules.yaml"), "").unwrap();
@@ -69,11 +80,15 @@ fn start(limits: &str) -> Service {
     };
     let grpc = address("tailfold: listening on grpc ");
     let http = address("tailfold: listening on http ");
+    let otlp_grpc = address("tailfold: listening on otlp_grpc ");
+    let otlp_http = address("tailfold: listening on otlp_http ");
     Service {
         child,
         _stdout: stdout,
         grpc,
         http,
+        otlp_grpc,
+        otlp_http,
         _dir: dir,
     }
 }
@@ -129,8 +144,34 @@ fn label(name: &str, value: &str) -> Vec<u8> {
     label
 }
 
+/// How a body is sent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Protocol {
+    RemoteWrite,
+    Grpc,
+    OtlpHttpMetrics,
+    OtlpGrpcMetrics,
+    OtlpGrpcTraces,
+}
+
+/// `entry` repeated to fill what `wrap` leaves of `SIZE` bytes, wrapped:
+/// `wrap` nests the list in its messages (each adding a tag and a 4-byte length at most).
+fn nested(head: &[u8], entry: &[u8], levels: usize, wrap: impl Fn(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
+    let mut inner = head.to_vec();
+    while inner.len() + entry.len() + 6 * levels <= SIZE {
+        inner.extend_from_slice(entry);
+    }
+    wrap(inner)
+}
+
+fn wrapped(field: u32, inner: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(inner.len() + 6);
+    message(&mut out, field, inner);
+    out
+}
+
 /// The bodies, named, with the protocol they go over.
-fn bodies() -> Vec<(&'static str, bool, Vec<u8>)> {
+fn bodies() -> Vec<(&'static str, Protocol, Vec<u8>)> {
     let empty_entry = [0x0a, 0x00];
     let name = {
         let mut head = Vec::new();
@@ -157,43 +198,77 @@ fn bodies() -> Vec<(&'static str, bool, Vec<u8>)> {
         head.extend_from_slice(&[0x10, 0x02]);
         head
     };
+    // OTLP metrics: resource (field 1) > scope (2) > metric (2) > gauge (5) > data point (1).
+    let in_metric = |points: Vec<u8>| {
+        let mut metric = Vec::new();
+        message(&mut metric, 1, b"m");
+        message(&mut metric, 5, &points);
+        wrapped(1, &wrapped(2, &wrapped(2, &metric)))
+    };
+    // A data point with empty attributes (field 7).
+    let attributes = nested(&[], &[0x3a, 0x00], 6, |attributes| in_metric(wrapped(1, &attributes)));
+    let empty_points = nested(&[], &[0x0a, 0x00], 5, in_metric);
+    // OTLP traces: resource (1) > scope spans (2) > spans (2), empty.
+    let empty_spans = nested(&[], &[0x12, 0x00], 2, |spans| wrapped(1, &wrapped(2, &spans)));
+    use Protocol::*;
     vec![
-        ("remote write, empty TimeSeries", false, fill(&[], &empty_entry)),
+        ("remote write, empty TimeSeries", RemoteWrite, fill(&[], &empty_entry)),
         (
             "remote write, one series of empty labels",
-            false,
+            RemoteWrite,
             one_big_series(&[], &empty_entry),
         ),
         (
             "remote write, ordinary series, all refused",
-            false,
+            RemoteWrite,
             fill(&[], &ordinary),
         ),
         (
             "remote write, one series of empty samples",
-            false,
+            RemoteWrite,
             one_big_series(&name, &[0x12, 0x00]),
         ),
-        ("gRPC Write, empty Series", true, fill(&[], &empty_entry)),
+        ("gRPC Write, empty Series", Grpc, fill(&[], &empty_entry)),
         (
             "gRPC Write, one series of empty labels",
-            true,
+            Grpc,
             one_big_series(&[0x10, 0x02], &empty_entry),
         ),
         (
             "gRPC Write, one series of empty points",
-            true,
+            Grpc,
             one_big_series(&grpc_head, &[0x1a, 0x00]),
         ),
+        (
+            "OTLP/HTTP metrics, empty ResourceMetrics",
+            OtlpHttpMetrics,
+            fill(&[], &empty_entry),
+        ),
+        (
+            "OTLP/HTTP metrics, one point of empty attributes",
+            OtlpHttpMetrics,
+            attributes.clone(),
+        ),
+        (
+            "OTLP/gRPC metrics, empty ResourceMetrics",
+            OtlpGrpcMetrics,
+            fill(&[], &empty_entry),
+        ),
+        (
+            "OTLP/gRPC metrics, one point of empty attributes",
+            OtlpGrpcMetrics,
+            attributes,
+        ),
+        ("OTLP/gRPC metrics, empty data points", OtlpGrpcMetrics, empty_points),
+        ("OTLP/gRPC traces, empty spans", OtlpGrpcTraces, empty_spans),
     ]
 }
 
-/// Sends raw protobuf bytes as the `Write` request message.
-#[derive(Clone, Default)]
-struct RawCodec;
+/// Sends raw protobuf bytes as a request message; decodes the response as `R`.
+struct RawCodec<R>(PhantomData<R>);
 
 struct RawEncoder;
-struct ResponseDecoder;
+struct ResponseDecoder<R>(PhantomData<R>);
 
 impl Encoder for RawEncoder {
     type Item = Bytes;
@@ -204,42 +279,60 @@ impl Encoder for RawEncoder {
     }
 }
 
-impl Decoder for ResponseDecoder {
-    type Item = v1::WriteResponse;
+impl<R: prost::Message + Default> Decoder for ResponseDecoder<R> {
+    type Item = R;
     type Error = Status;
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<v1::WriteResponse>, Status> {
-        prost::Message::decode(buf)
-            .map(Some)
-            .map_err(|e| Status::internal(e.to_string()))
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<R>, Status> {
+        R::decode(buf).map(Some).map_err(|e| Status::internal(e.to_string()))
     }
 }
 
-impl Codec for RawCodec {
+impl<R: prost::Message + Default + Send + 'static> Codec for RawCodec<R> {
     type Encode = Bytes;
-    type Decode = v1::WriteResponse;
+    type Decode = R;
     type Encoder = RawEncoder;
-    type Decoder = ResponseDecoder;
+    type Decoder = ResponseDecoder<R>;
     fn encoder(&mut self) -> RawEncoder {
         RawEncoder
     }
-    fn decoder(&mut self) -> ResponseDecoder {
-        ResponseDecoder
+    fn decoder(&mut self) -> ResponseDecoder<R> {
+        ResponseDecoder(PhantomData)
     }
 }
 
-async fn grpc_write(address: &str, body: Bytes) -> Result<v1::WriteResponse, Status> {
+/// Sends `body` as the request of gRPC method `path`.
+async fn grpc_call<R: prost::Message + Default + Send + 'static>(
+    address: &str,
+    path: &'static str,
+    body: Bytes,
+) -> Result<R, Status> {
     let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
         .unwrap()
         .connect()
         .await
         .expect("connect");
-    let mut client = tonic::client::Grpc::new(channel);
+    let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
     client.ready().await.expect("ready");
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/tailfold.v1.Ingest/Write");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
     client
-        .unary(tonic::Request::new(body), path, RawCodec)
+        .unary(tonic::Request::new(body), path, RawCodec(PhantomData))
         .await
         .map(tonic::Response::into_inner)
+}
+
+async fn grpc_write(address: &str, body: Bytes) -> Result<v1::WriteResponse, Status> {
+    grpc_call(address, "/tailfold.v1.Ingest/Write", body).await
+}
+
+async fn otlp_http(address: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{address}/v1/metrics"))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    (response.status().as_u16(), response.bytes().await.unwrap().to_vec())
 }
 
 async fn remote_write(address: &str, body: &[u8]) -> (u16, String) {
@@ -257,7 +350,7 @@ async fn remote_write(address: &str, body: &[u8]) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hostile_shape_stays_within_the_bound_in_a_fresh_process() {
     let mut report = Vec::new();
-    for (shape, grpc, body) in bodies() {
+    for (shape, protocol, body) in bodies() {
         assert!(
             body.len() > SIZE - 64 && body.len() <= SIZE,
             "{shape}: {} bytes",
@@ -266,22 +359,46 @@ async fn every_hostile_shape_stays_within_the_bound_in_a_fresh_process() {
         let service = start(LIMITS);
         let pid = service.child.id();
         let before = status_bytes(pid, "VmRSS");
-        let answer = if grpc {
-            let status = grpc_write(&service.grpc, Bytes::from(body)).await.unwrap_err();
+        let invalid = |status: Status| {
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{shape}: {status:?}");
             status.message().to_string()
-        } else {
-            let (status, text) = remote_write(&service.http, &body).await;
-            assert_eq!(status, 400, "{shape}: {text}");
-            text
+        };
+        let answer = match protocol {
+            Protocol::RemoteWrite => {
+                let (status, text) = remote_write(&service.http, &body).await;
+                assert_eq!(status, 400, "{shape}: {text}");
+                text
+            }
+            Protocol::Grpc => invalid(grpc_write(&service.grpc, Bytes::from(body)).await.unwrap_err()),
+            Protocol::OtlpHttpMetrics => {
+                let (status, answer) = otlp_http(&service.otlp_http, body).await;
+                let answer: RpcStatus = prost::Message::decode(&answer[..]).expect("a google.rpc.Status body");
+                assert_eq!((status, answer.code), (400, 3), "{shape}: {answer:?}");
+                answer.message
+            }
+            Protocol::OtlpGrpcMetrics => invalid(
+                grpc_call::<ExportMetricsServiceResponse>(&service.otlp_grpc, METRICS_EXPORT, Bytes::from(body))
+                    .await
+                    .unwrap_err(),
+            ),
+            Protocol::OtlpGrpcTraces => invalid(
+                grpc_call::<ExportTraceServiceResponse>(&service.otlp_grpc, TRACES_EXPORT, Bytes::from(body))
+                    .await
+                    .unwrap_err(),
+            ),
         };
         let growth = status_bytes(pid, "VmHWM").saturating_sub(before);
+        let bound = match protocol {
+            Protocol::RemoteWrite | Protocol::Grpc => BOUND,
+            _ => OTLP_BOUND,
+        };
+        let answer: String = answer.chars().take(160).collect();
         report.push(format!("{shape}: +{} MiB ({answer})", growth >> 20));
         assert!(
-            growth <= BOUND + FIRST_REQUEST,
+            growth <= bound + FIRST_REQUEST,
             "{shape}: peak grew by {} MiB, bound {} MiB + {} MiB: {answer}",
             growth >> 20,
-            BOUND >> 20,
+            bound >> 20,
             FIRST_REQUEST >> 20
         );
     }

@@ -18,7 +18,7 @@ pub const DECODED_BYTES_FLOOR: usize = 1 << 20;
 /// A request's decoded form would pass its budget.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 #[error(
-    "request of {size} bytes decodes to more than {limit} bytes ({DECODED_BYTES_PER_BYTE}x its size plus 1 MiB): \
+    "request of {size} bytes decodes to more than {limit} bytes ({per_byte}x its size plus 1 MiB): \
      too many small entries; send fewer series, labels or points per request"
 )]
 pub struct OverBudget {
@@ -26,12 +26,15 @@ pub struct OverBudget {
     pub size: usize,
     /// The budget.
     pub limit: usize,
+    /// Decoded bytes allowed per byte of the request.
+    pub per_byte: usize,
 }
 
 /// What a request may still allocate while it is decoded.
 #[derive(Debug, Clone)]
 pub struct DecodeBudget {
     size: usize,
+    per_byte: usize,
     limit: usize,
     used: usize,
 }
@@ -39,11 +42,15 @@ pub struct DecodeBudget {
 impl DecodeBudget {
     /// The budget of a request whose decompressed body is `size` bytes.
     pub fn for_request(size: usize) -> Self {
+        Self::with_multiple(size, DECODED_BYTES_PER_BYTE)
+    }
+
+    /// A budget of `per_byte` decoded bytes per byte of a `size`-byte body, plus the floor.
+    pub fn with_multiple(size: usize, per_byte: usize) -> Self {
         DecodeBudget {
             size,
-            limit: size
-                .saturating_mul(DECODED_BYTES_PER_BYTE)
-                .saturating_add(DECODED_BYTES_FLOOR),
+            per_byte,
+            limit: size.saturating_mul(per_byte).saturating_add(DECODED_BYTES_FLOOR),
             used: 0,
         }
     }
@@ -62,6 +69,7 @@ impl DecodeBudget {
             return Err(OverBudget {
                 size: self.size,
                 limit: self.limit,
+                per_byte: self.per_byte,
             });
         }
         Ok(())
@@ -84,7 +92,14 @@ mod tests {
         budget.charge(limit - 10).unwrap();
         assert!(budget.check(10).is_ok());
         let error = budget.charge(11).unwrap_err();
-        assert_eq!(error, OverBudget { size: 1000, limit });
+        assert_eq!(
+            error,
+            OverBudget {
+                size: 1000,
+                limit,
+                per_byte: DECODED_BYTES_PER_BYTE
+            }
+        );
         assert!(error.to_string().contains("request of 1000 bytes decodes to more than"));
         assert_eq!(budget.used(), limit - 10);
     }

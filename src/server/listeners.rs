@@ -13,7 +13,7 @@ use crate::clock::Clock;
 use crate::config::ServiceSettings;
 use crate::engine::Engine;
 use crate::ingest::auth::Auth;
-use crate::ingest::otlp::{otlp_grpc_router, otlp_http_router, OtlpIngest};
+use crate::ingest::otlp::{auth_refusal, otlp_grpc_router, otlp_http_router, OtlpIngest};
 use crate::reload::RulesReloader;
 use crate::telemetry::Telemetry;
 use crate::tls::TlsListener;
@@ -78,7 +78,7 @@ pub(super) async fn start_otlp(
     if let Some(addr) = settings.otlp.http_listen {
         let (listener, local) = bind(addr).await?;
         servers.http_addr = Some(local);
-        let router = auth.protect(otlp_http_router(ingest));
+        let router = auth.protect_answering(otlp_http_router(ingest), auth_refusal);
         let stop = closed(closing.clone());
         servers.tasks.push(tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
