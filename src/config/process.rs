@@ -65,9 +65,9 @@ pub mod defaults {
     /// Series per request (Prometheus sends at most a few thousand).
     pub const MAX_SERIES_PER_REQUEST: usize = 100_000;
     /// Encoded request size.
-    pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+    pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
     /// Decompressed size of a compressed request body (remote write's snappy block).
-    pub const MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+    pub const MAX_DECOMPRESSED_BYTES: usize = 16 * 1024 * 1024;
     /// Selections buffered per stream subscriber before it is told it lagged.
     pub const SELECTION_STREAM_BUFFER: usize = 65_536;
     /// Remote write: series per request.
@@ -259,9 +259,9 @@ pub struct IngestConfig {
     pub max_points_per_request: Option<usize>,
     /// Series per request (more: the request is refused before any is decoded). Default 100000.
     pub max_series_per_request: Option<usize>,
-    /// Encoded request size in bytes. Default 67108864.
+    /// Encoded request size in bytes. Default 16777216.
     pub max_request_bytes: Option<usize>,
-    /// Decompressed size in bytes of a compressed body (remote write snappy), checked before decompressing. Default 67108864.
+    /// Decompressed size in bytes of a compressed body (remote write snappy), checked before decompressing. Default 16777216.
     pub max_decompressed_bytes: Option<usize>,
 }
 
