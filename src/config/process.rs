@@ -19,7 +19,9 @@ use super::limits::{check_limits, LimitSettings, LimitsConfig};
 use super::operations::{check_profile, ProfileConfig, ReloadConfig};
 use super::otlp::{check_otlp, OtlpConfig, OtlpSettings};
 use super::remote_write::{check_remote_write, RemoteWriteConfig};
-use super::security::{check_auth, check_tls, AuthConfig, AuthSettings, TlsConfig, TlsSettings};
+use super::security::{
+    check_admin_token, check_auth, check_tls, AdminToken, AuthConfig, AuthSettings, TlsConfig, TlsSettings,
+};
 use super::statsd::{check_statsd, StatsdConfig, StatsdSettings};
 use crate::profile::ProfileSettings;
 
@@ -346,6 +348,8 @@ pub struct ServiceSettings {
     pub reload_watch_interval_ms: u64,
     /// Bearer tokens; `None` when auth is off.
     pub auth: Option<AuthSettings>,
+    /// The admin token; `None`: admin endpoints answer loopback listeners only.
+    pub admin_token: Option<AdminToken>,
     /// TLS of the gRPC listener; `None` for plaintext.
     pub grpc_tls: Option<TlsSettings>,
     /// TLS of the HTTP listener; `None` for plaintext.
@@ -553,6 +557,7 @@ impl ServiceSettings {
             ));
         }
         let auth = check_auth(&config.auth, base, &invalid)?;
+        let admin_token = check_admin_token(&config.auth, auth.as_ref(), base, &invalid)?;
         let grpc_tls = check_tls(config.grpc.tls.as_ref(), "grpc", base, &invalid)?;
         let http_tls = check_tls(config.http.tls.as_ref(), "http", base, &invalid)?;
         let log_json = match config.log.format.as_deref() {
@@ -639,6 +644,7 @@ impl ServiceSettings {
             profile,
             reload_watch_interval_ms,
             auth,
+            admin_token,
             grpc_tls,
             http_tls,
         })

@@ -99,7 +99,7 @@ impl std::fmt::Debug for Auth {
 }
 
 /// Equal bytes, in time that depends only on the lengths.
-fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
     if left.len() != right.len() {
         return false;
     }
