@@ -447,6 +447,18 @@ fn broken_auth_and_tls_config_is_refused_with_the_field() {
         ),
         ("auth: {tokens: [{tenant: a, tokn: x}]}", "", "unknown field"),
         ("grpc: {tls: {cert_file: cert.pem}}", "grpc.tls", "needs both"),
+        ("otlp: {tls: {cert_file: cert.pem}}", "otlp.tls", "needs both"),
+        (
+            "otlp: {tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}}",
+            "otlp.tls.cert_file",
+            "cannot read",
+        ),
+        ("auth: {admin_token: short}", "auth", "at least 16 are required"),
+        (
+            "auth: {admin_token: same-token-as-an-ingest-one, tokens: [{tenant: a, token: same-token-as-an-ingest-one}]}",
+            "auth",
+            "the admin token is also the token of tenant \"a\"",
+        ),
         (
             "http: {tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}}",
             "http.tls.cert_file",

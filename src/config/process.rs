@@ -548,7 +548,8 @@ impl ServiceSettings {
             remote_write.push(checked);
         }
         let statsd = check_statsd(&config.statsd, &limits, &invalid)?;
-        let otlp = check_otlp(&config.otlp, &invalid)?;
+        let mut otlp = check_otlp(&config.otlp, &invalid)?;
+        otlp.tls = check_tls(config.otlp.tls.as_ref(), "otlp", base, &invalid)?;
         let above_max_traces = config.selections.above_max_traces.unwrap_or(defaults::ABOVE_MAX_TRACES);
         if above_max_traces == 0 || above_max_traces > 1000 {
             return Err(invalid(

@@ -63,11 +63,16 @@ pub(super) async fn start_otlp(
     let closed = |mut closing: watch::Receiver<bool>| async move {
         let _ = closing.wait_for(|closed| *closed).await;
     };
+    let tls_error = |problem: String| ServiceError::Tls {
+        listener: "otlp",
+        problem,
+    };
     if let Some(addr) = settings.otlp.grpc_listen {
         let (listener, local) = bind(addr).await?;
         servers.grpc_addr = Some(local);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let router = otlp_grpc_router(ingest.clone(), auth);
+        let router = otlp_grpc_router(ingest.clone(), auth, settings.otlp.tls.as_ref())
+            .map_err(|error| tls_error(error.to_string()))?;
         let stop = closed(closing.clone());
         servers.tasks.push(tokio::spawn(async move {
             if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop).await {
@@ -80,11 +85,24 @@ pub(super) async fn start_otlp(
         servers.http_addr = Some(local);
         let router = auth.protect_answering(otlp_http_router(ingest), auth_refusal);
         let stop = closed(closing.clone());
-        servers.tasks.push(tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
-                tracing::error!(%error, "otlp http server failed");
+        let task = match &settings.otlp.tls {
+            Some(tls) => {
+                let config = crate::tls::server_config(tls, &[b"h2", b"http/1.1"]).map_err(tls_error)?;
+                let listener = TlsListener::new(listener, Arc::new(config))
+                    .map_err(|source| ServiceError::Bind { addr, source })?;
+                tokio::spawn(async move {
+                    if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                        tracing::error!(%error, "otlp http server failed");
+                    }
+                })
             }
-        }));
+            None => tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                    tracing::error!(%error, "otlp http server failed");
+                }
+            }),
+        };
+        servers.tasks.push(task);
     }
     Ok(servers)
 }

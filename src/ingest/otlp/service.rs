@@ -24,6 +24,7 @@ use crate::api::otlp::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use crate::config::TlsSettings;
 use crate::ingest::auth::{Auth, AuthError};
 use crate::ingest::backpressure::Backpressure;
 use crate::ingest::grpc::tenant_from_metadata;
@@ -90,8 +91,12 @@ fn metrics_response(answer: ExportAnswer) -> ExportMetricsServiceResponse {
 
 /// The OTLP/gRPC server: both services, with the request size limit applied,
 /// behind the bearer tokens when auth is on and the ingest in-flight gate
-/// (RESOURCE_EXHAUSTED when saturated).
-pub fn otlp_grpc_router(ingest: OtlpIngest, auth: &Auth) -> tonic::transport::server::Router {
+/// (RESOURCE_EXHAUSTED when saturated), over TLS when `tls` is set.
+pub fn otlp_grpc_router(
+    ingest: OtlpIngest,
+    auth: &Auth,
+    tls: Option<&TlsSettings>,
+) -> Result<tonic::transport::server::Router, tonic::transport::Error> {
     let limit = ingest.limits().max_request_bytes;
     let gate = ingest.engine().limits().gate().clone();
     let telemetry = ingest.telemetry();
@@ -102,9 +107,13 @@ pub fn otlp_grpc_router(ingest: OtlpIngest, auth: &Auth) -> tonic::transport::se
     let metrics = MetricsServiceServer::new(ingest)
         .max_decoding_message_size(limit)
         .accept_compressed(CompressionEncoding::Gzip);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(crate::tls::grpc_tls_config(tls))?;
+    }
+    Ok(builder
         .add_service(auth.grpc(Backpressure::new(traces, gate.clone(), Arc::clone(&telemetry)).counted_as("otlp_grpc")))
-        .add_service(auth.grpc(Backpressure::new(metrics, gate, telemetry).counted_as("otlp_grpc")))
+        .add_service(auth.grpc(Backpressure::new(metrics, gate, telemetry).counted_as("otlp_grpc"))))
 }
 
 /// The OTLP/HTTP routes.
