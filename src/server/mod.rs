@@ -175,10 +175,11 @@ pub async fn start(
                 segments = replay.segments,
                 batches = replay.batches,
                 accepted = replay.accepted,
+                skipped_already_flushed = replay.already_flushed,
                 refused = replay.refused,
                 skipped_bytes = replay.skipped_bytes,
                 dir = %wal_settings.dir.display(),
-                "write-ahead log replayed"
+                "write-ahead log replayed (points of windows flushed before the stop are skipped: they are in the store)"
             );
             Some(Arc::new(wal))
         }
