@@ -22,6 +22,7 @@ use crate::model::{DropReason, IngestBatch, Outcome, SeriesBatch};
 use crate::telemetry::Telemetry;
 use crate::wal::{Wal, WalError};
 
+pub use bounds::{check as check_bound, BoundError, Bounded, OTLP_DECODED_BYTES_PER_BYTE};
 pub use codec::{OtlpCodec, OtlpDecoder};
 pub use metrics::{decode_metrics, explicit_histogram, exponential_histogram, sanitize_name};
 pub use service::{auth_refusal, otlp_grpc_router, otlp_http_router, RpcStatus};
