@@ -6,8 +6,8 @@
 //!   handler runs them;
 //! - `grpc_1000_points`: a `tailfold.v1.WriteRequest` of 100 distribution
 //!   series x 10 points, each point with a 16-byte trace ID and 8-byte span ID,
-//!   through prost decode and `validate_series` per series, as the gRPC
-//!   handler runs them (tonic framing excluded).
+//!   through `decode_write` (bounded decoding straight from the bytes, with
+//!   per-series validation), as the gRPC handler runs it (tonic framing excluded).
 
 mod common;
 
@@ -21,9 +21,8 @@ use rand::SeedableRng;
 use rand_distr::Distribution;
 use tailfold::api::{prometheus as rw, v1};
 use tailfold::config::IngestLimits;
-use tailfold::ingest::remote_write::decode::{decode_request, decompress, parse, points_in};
-use tailfold::ingest::validate_series;
-use tailfold::model::{IngestBatch, Outcome};
+use tailfold::ingest::grpc_decode::decode_write;
+use tailfold::ingest::remote_write::decode::{decode_body, decompress};
 
 /// The service binary's allocator (`src/main.rs`), so the figures are the
 /// service's: mimalloc also asks for transparent huge pages for its arenas.
@@ -123,21 +122,14 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(POINTS as u64));
 
     let body = remote_write_body();
-    let check = decode_request(
-        parse(&decompress(&body, usize::MAX).unwrap()).unwrap(),
-        tenant.clone(),
-        &limits,
-    );
+    let check = decode_body(&decompress(&body, usize::MAX).unwrap(), tenant.clone(), &limits).unwrap();
     assert_eq!(check.error_count, 0);
     assert_eq!(check.batch.series.len(), POINTS);
     eprintln!("decode: remote write body {} bytes (snappy)", body.len());
     group.bench_function("remote_write_1000_samples", |b| {
         b.iter(|| {
             let bytes = decompress(black_box(&body), limits.max_request_bytes).expect("snappy");
-            let request = parse(&bytes).expect("protobuf");
-            drop(bytes);
-            assert!(points_in(&request) <= limits.max_points_per_request as u64);
-            decode_request(request, Arc::clone(&tenant), &limits)
+            decode_body(&bytes, Arc::clone(&tenant), &limits).expect("protobuf")
         })
     });
 
@@ -145,19 +137,9 @@ fn bench(c: &mut Criterion) {
     eprintln!("decode: gRPC body {} bytes", body.len());
     group.bench_function("grpc_1000_points", |b| {
         b.iter(|| {
-            let request = v1::WriteRequest::decode(black_box(&body[..])).expect("protobuf");
-            let mut outcome = Outcome::default();
-            let mut batch = IngestBatch {
-                tenant: Arc::clone(&tenant),
-                series: Vec::with_capacity(request.series.len()),
-            };
-            for (index, series) in request.series.into_iter().enumerate() {
-                batch
-                    .series
-                    .push(validate_series(index, series, &limits, &mut outcome).expect("valid"));
-            }
-            assert_eq!(outcome.rejected_total(), 0);
-            batch
+            let decoded = decode_write(black_box(&body[..]), Arc::clone(&tenant), &limits).expect("protobuf");
+            assert_eq!(decoded.outcome.rejected_total(), 0);
+            decoded.batch
         })
     });
     group.finish();

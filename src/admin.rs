@@ -2,17 +2,23 @@
 //! `GET /metrics` (self-metrics, Prometheus text), `POST /-/reload` and
 //! `GET /-/rules` (hot reload), `GET /api/v1/profile` (the metrics profiler),
 //! `GET /api/v1/cluster` (placement, leaders, flush marks, from etcd).
+//! They reveal or change the service, so [`AdminAccess`] guards them: the
+//! admin token when one is set (never an ingest token), else only a loopback
+//! listener serves them.
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode, Uri};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::clock::Clock;
+use crate::config::AdminToken;
 use crate::engine::Engine;
+use crate::ingest::auth::{constant_time_eq, Auth};
 use crate::profile::ProfileQuery;
 use crate::reload::RulesReloader;
 use crate::telemetry::export::EngineGauges;
@@ -33,14 +39,92 @@ pub struct AdminState {
     pub cluster: Option<Arc<crate::cluster::coordinator::Coordinator>>,
 }
 
-/// The routes, ready to merge into the HTTP router.
-pub fn admin_router(state: AdminState) -> Router {
+/// Who may call the admin endpoints.
+#[derive(Clone)]
+pub enum AdminAccess {
+    /// Requests bearing the admin token (`auth.admin_token_file`); ingest tokens are refused.
+    Token {
+        /// The admin token.
+        token: Arc<[u8]>,
+        /// The ingest tokens, to tell a misused one from a wrong one.
+        ingest: Auth,
+    },
+    /// No admin token, and the HTTP listener is on a loopback address: anyone who can reach it.
+    Loopback,
+    /// No admin token, and the HTTP listener is reachable from other hosts: nobody.
+    Closed,
+}
+
+impl AdminAccess {
+    /// The access the settings give: the token when set, else open on a loopback listener only.
+    pub fn new(token: Option<&AdminToken>, listener_is_loopback: bool, ingest: Auth) -> Self {
+        match token {
+            Some(token) => AdminAccess::Token {
+                token: Arc::from(token.0.as_slice()),
+                ingest,
+            },
+            None if listener_is_loopback => AdminAccess::Loopback,
+            None => AdminAccess::Closed,
+        }
+    }
+
+    /// `Err` with the refusal, or `Ok` when `authorization` may use the endpoints.
+    fn check(&self, authorization: Option<&[u8]>) -> Result<(), (StatusCode, &'static str)> {
+        match self {
+            AdminAccess::Loopback => Ok(()),
+            AdminAccess::Closed => Err((
+                StatusCode::FORBIDDEN,
+                "admin endpoints are off: http.listen is not a loopback address and auth.admin_token_file is not set",
+            )),
+            AdminAccess::Token { token, ingest } => {
+                let Some(value) = authorization else {
+                    return Err((
+                        StatusCode::UNAUTHORIZED,
+                        "missing admin token: send the header \"authorization: Bearer <admin token>\"",
+                    ));
+                };
+                let sent = value
+                    .get(..7)
+                    .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+                    .map(|_| value[7..].trim_ascii())
+                    .unwrap_or_default();
+                if constant_time_eq(token, sent) {
+                    return Ok(());
+                }
+                if ingest.is_on() && matches!(ingest.tenant_of(Some(value), None), Ok(Some(_))) {
+                    return Err((StatusCode::FORBIDDEN, "an ingest token cannot use the admin endpoints"));
+                }
+                Err((StatusCode::UNAUTHORIZED, "invalid admin token"))
+            }
+        }
+    }
+}
+
+async fn require_admin(State(access): State<AdminAccess>, request: Request, next: Next) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    match access.check(authorization) {
+        Ok(()) => next.run(request).await,
+        Err((status, reason)) => {
+            let mut response = (status, format!("{reason}\n")).into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response
+        }
+    }
+}
+
+/// The routes behind `access`, ready to merge into the HTTP router.
+pub fn admin_router(state: AdminState, access: AdminAccess) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/-/reload", post(reload))
         .route("/-/rules", get(rules))
         .route("/api/v1/profile", get(profile))
         .route("/api/v1/cluster", get(cluster))
+        .route_layer(axum::middleware::from_fn_with_state(access, require_admin))
         .with_state(state)
 }
 

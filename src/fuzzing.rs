@@ -7,13 +7,15 @@ use std::sync::Arc;
 
 use prost::Message;
 
-use crate::api::v1;
-use crate::config::{IngestLimits, StatsdSettings};
+use crate::api::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
+use crate::api::otlp::collector::trace::v1::ExportTraceServiceRequest;
+use crate::config::{IngestLimits, OtlpSettings, StatsdSettings};
 use crate::engine::{Engine, EngineSettings};
-use crate::ingest::remote_write::decode::{decode_request, decompress, parse, points_in};
+use crate::ingest::grpc_decode::decode_write;
+use crate::ingest::otlp::{check_bound, decode_metrics, decode_spans};
+use crate::ingest::remote_write::decode::{decode_body, decompress};
 use crate::ingest::statsd::DatagramDecoder;
-use crate::ingest::validate_series;
-use crate::model::{IngestBatch, Outcome};
+use crate::model::IngestBatch;
 use crate::rules::RuleSet;
 
 /// Decompressed bytes a fuzz input may expand to (keeps runs fast and memory flat).
@@ -96,13 +98,9 @@ pub fn remote_write(data: &[u8]) {
     } else {
         body
     };
-    let Ok(request) = parse(bytes) else {
+    let Ok(decoded) = decode_body(bytes, Arc::from("fuzz"), &limits) else {
         return;
     };
-    if points_in(&request) > limits.max_points_per_request as u64 {
-        return;
-    }
-    let decoded = decode_request(request, Arc::from("fuzz"), &limits);
     let _ = decoded.error_text();
     fold(&decoded.batch);
 }
@@ -120,23 +118,41 @@ pub fn statsd(data: &[u8]) {
     fold(&decoder.batch);
 }
 
-/// gRPC: a protobuf `tailfold.v1.WriteRequest` through per-series validation.
+/// gRPC: a protobuf `tailfold.v1.WriteRequest` through the bounded decoder and per-series validation.
 pub fn grpc_batch(data: &[u8]) {
-    let Ok(request) = v1::WriteRequest::decode(data) else {
+    let Ok(decoded) = decode_write(data, Arc::from("fuzz"), &limits()) else {
         return;
     };
-    let limits = limits();
-    let mut outcome = Outcome::default();
-    let mut batch = IngestBatch {
-        tenant: Arc::from("fuzz"),
-        series: Vec::new(),
-    };
-    for (index, series) in request.series.into_iter().enumerate() {
-        if let Ok(valid) = validate_series(index, series, &limits, &mut outcome) {
-            batch.series.push(valid);
-        }
+    fold(&decoded.batch);
+}
+
+/// OTLP: a first byte with the low bit set means the rest is an
+/// `ExportTraceServiceRequest`, else an `ExportMetricsServiceRequest`; it goes
+/// through the memory-bound estimate and, when that passes, prost and the
+/// span or metric decoder the OTLP listeners use.
+pub fn otlp(data: &[u8]) {
+    if let Some(batch) = otlp_batch(data) {
+        fold(&batch);
     }
-    fold(&batch);
+}
+
+/// What [`otlp`] folds: `None` when the input is refused whole.
+fn otlp_batch(data: &[u8]) -> Option<IngestBatch> {
+    let (mode, body) = data.split_first()?;
+    let limits = limits();
+    let decoded = if mode & 1 == 1 {
+        check_bound::<ExportTraceServiceRequest>(body).ok()?;
+        let request = ExportTraceServiceRequest::decode(body).ok()?;
+        decode_spans(&request, &OtlpSettings::default(), &limits)
+    } else {
+        check_bound::<ExportMetricsServiceRequest>(body).ok()?;
+        let request = ExportMetricsServiceRequest::decode(body).ok()?;
+        decode_metrics(&request, EngineSettings::default().histogram.scale, &limits)
+    };
+    Some(IngestBatch {
+        tenant: Arc::from("fuzz"),
+        series: decoded.series,
+    })
 }
 
 /// Rules: YAML text through parsing, validation and compilation.
@@ -150,11 +166,11 @@ pub fn rules(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::v1;
 
     #[test]
     fn folding_reaches_the_aggregations() {
         RuleSet::parse(FOLD_RULES, "fuzz-fold-rules.yaml").expect("fold rules");
-        let mut outcome = Outcome::default();
         let wire = v1::Series {
             labels: vec![v1::Label {
                 name: "__name__".into(),
@@ -168,10 +184,45 @@ mod tests {
                 span_id: vec![].into(),
             }],
         };
-        let batch = IngestBatch {
-            tenant: Arc::from("fuzz"),
-            series: vec![validate_series(0, wire, &limits(), &mut outcome).expect("valid")],
+        let request = v1::WriteRequest { series: vec![wire] }.encode_to_vec();
+        let decoded = decode_write(&request, Arc::from("fuzz"), &limits()).expect("valid");
+        assert_eq!(decoded.batch.series.len(), 1);
+        assert!(fold(&decoded.batch) > 0);
+    }
+
+    #[test]
+    fn the_otlp_entry_decodes_an_export_and_refuses_a_bomb() {
+        use crate::api::otlp::metrics::v1::{
+            metric::Data, number_data_point::Value, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
         };
+        let point = NumberDataPoint {
+            time_unix_nano: NOW_MS as u64 * 1_000_000,
+            value: Some(Value::AsDouble(2.0)),
+            ..NumberDataPoint::default()
+        };
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "queue_depth".into(),
+                        data: Some(Data::Gauge(Gauge {
+                            data_points: vec![point],
+                        })),
+                        ..Metric::default()
+                    }],
+                    ..ScopeMetrics::default()
+                }],
+                ..ResourceMetrics::default()
+            }],
+        };
+        let mut data = vec![0];
+        data.extend(request.encode_to_vec());
+        let batch = otlp_batch(&data).expect("decodes");
+        assert_eq!(batch.series.len(), 1);
         assert!(fold(&batch) > 0);
+        // Two million empty resources: refused by the bound before prost builds them.
+        let mut bomb = vec![0];
+        bomb.extend([0x0a, 0x00].repeat(2_000_000));
+        assert!(otlp_batch(&bomb).is_none());
     }
 }

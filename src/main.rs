@@ -448,6 +448,13 @@ fn run(config: &Path) -> ExitCode {
         // Written after the grpc line, which scripts may read alone and then close
         // the pipe: a failed write here must not stop the service.
         let _ = writeln!(std::io::stdout(), "tailfold: listening on http {}", handle.http_addr());
+        // Then the OTLP listeners that are on, in this order.
+        if let Some(address) = handle.otlp_grpc_addr() {
+            let _ = writeln!(std::io::stdout(), "tailfold: listening on otlp_grpc {address}");
+        }
+        if let Some(address) = handle.otlp_http_addr() {
+            let _ = writeln!(std::io::stdout(), "tailfold: listening on otlp_http {address}");
+        }
         wait_for_signal().await;
         tracing::info!("shutting down: flushing every open window");
         match handle.shutdown().await {

@@ -447,6 +447,18 @@ fn broken_auth_and_tls_config_is_refused_with_the_field() {
         ),
         ("auth: {tokens: [{tenant: a, tokn: x}]}", "", "unknown field"),
         ("grpc: {tls: {cert_file: cert.pem}}", "grpc.tls", "needs both"),
+        ("otlp: {tls: {cert_file: cert.pem}}", "otlp.tls", "needs both"),
+        (
+            "otlp: {tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}}",
+            "otlp.tls.cert_file",
+            "cannot read",
+        ),
+        ("auth: {admin_token: short}", "auth", "at least 16 are required"),
+        (
+            "auth: {admin_token: same-token-as-an-ingest-one, tokens: [{tenant: a, token: same-token-as-an-ingest-one}]}",
+            "auth",
+            "the admin token is also the token of tenant \"a\"",
+        ),
         (
             "http: {tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}}",
             "http.tls.cert_file",
@@ -575,6 +587,20 @@ async fn otlp_and_the_selection_query_need_a_token_too() {
     let body = spans(1).encode_to_vec();
     let (code, reason) = http(otlp_http, "POST", "/v1/traces", &[protobuf], &body).await;
     assert_eq!(code, 401, "{reason}");
+    // Every OTLP/HTTP error body is a google.rpc.Status, a refused token's too.
+    let response = reqwest::Client::new()
+        .post(format!("http://{otlp_http}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .header("authorization", "Bearer not-a-token-at-all")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(response.headers()["content-type"], "application/x-protobuf");
+    let status = tailfold::ingest::otlp::RpcStatus::decode(response.bytes().await.unwrap()).unwrap();
+    assert_eq!(status.code, tonic::Code::Unauthenticated as i32);
+    assert_eq!(status.message, "invalid bearer token");
     let mut grpc = TraceServiceClient::connect(format!("http://{}", service.handle().otlp_grpc_addr().unwrap()))
         .await
         .unwrap();

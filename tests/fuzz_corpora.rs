@@ -52,3 +52,9 @@ fn rules_corpus_replays_without_a_crash() {
     let survived = replay("rules", fuzzing::rules);
     assert!(survived.len() >= MIN_CORPUS_FILES, "rules: only {survived:?}");
 }
+
+#[test]
+fn otlp_corpus_replays_without_a_crash() {
+    let survived = replay("otlp", fuzzing::otlp);
+    assert!(survived.len() >= MIN_CORPUS_FILES, "otlp: only {survived:?}");
+}

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const T0: i64 = 1_800_000_000_000;
 const RULES: &str = "defaults:\n  storage_policies: [\"10s:2d\"]\n";
 const LIMITS: &str = "ingest: {max_labels_per_series: 3, max_label_name_bytes: 8, max_label_value_bytes: 16, \
-                      max_points_per_request: 5, max_request_bytes: 4096, max_decompressed_bytes: 8192}";
+                      max_points_per_request: 5, max_series_per_request: 2, max_request_bytes: 4096, max_decompressed_bytes: 8192}";
 
 async fn post(addr: SocketAddr, body: &[u8]) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -86,22 +86,22 @@ async fn each_limit_refuses_what_exceeds_it_over_every_protocol() {
                 &[("__name__", "m"), ("a", "1"), ("b", "1"), ("c", "1")],
                 1,
             )]),
-            "4 labels, limit is 3",
+            "4 labels, limit is 3 (ingest.max_labels_per_series)",
         ),
         (
             "label name",
             rw(vec![rw_series(&[("__name__", "m"), ("abcdefghi", "1")], 1)]),
-            "has a name of 9 bytes, limit is 8",
+            "has a name of 9 bytes, limit is 8 (ingest.max_label_name_bytes)",
         ),
         (
             "label value",
             rw(vec![rw_series(&[("__name__", "m"), ("a", &long_value)], 1)]),
-            "has a value of 17 bytes, limit is 16",
+            "has a value of 17 bytes, limit is 16 (ingest.max_label_value_bytes)",
         ),
         (
             "metric name",
             rw(vec![rw_series(&[("__name__", "m_name_of_17_byte")], 1)]),
-            "has a value of 17 bytes, limit is 16",
+            "has a value of 17 bytes, limit is 16 (ingest.max_label_value_bytes)",
         ),
         (
             "points per request",
@@ -110,6 +110,15 @@ async fn each_limit_refuses_what_exceeds_it_over_every_protocol() {
                 rw_series(&[("__name__", "n")], 3),
             ]),
             "6 samples and histograms, limit is 5 (ingest.max_points_per_request)",
+        ),
+        (
+            "series per request",
+            rw(vec![
+                rw_series(&[("__name__", "m")], 1),
+                rw_series(&[("__name__", "n")], 1),
+                rw_series(&[("__name__", "o")], 1),
+            ]),
+            "more than 2 series (ingest.max_series_per_request)",
         ),
         (
             "request bytes",
@@ -136,7 +145,7 @@ async fn each_limit_refuses_what_exceeds_it_over_every_protocol() {
                 Kind::Gauge,
                 vec![point(1.0, T0)],
             )],
-            "4 labels, limit is 3",
+            "4 labels, limit is 3 (ingest.max_labels_per_series)",
         ),
         (
             "label name",
@@ -145,7 +154,7 @@ async fn each_limit_refuses_what_exceeds_it_over_every_protocol() {
                 Kind::Gauge,
                 vec![point(1.0, T0)],
             )],
-            "has a name of 9 bytes, limit is 8",
+            "has a name of 9 bytes, limit is 8 (ingest.max_label_name_bytes)",
         ),
         (
             "label value",
@@ -154,7 +163,7 @@ async fn each_limit_refuses_what_exceeds_it_over_every_protocol() {
                 Kind::Gauge,
                 vec![point(1.0, T0)],
             )],
-            "has a value of 17 bytes, limit is 16",
+            "has a value of 17 bytes, limit is 16 (ingest.max_label_value_bytes)",
         ),
         (
             "points per request",
@@ -163,7 +172,15 @@ async fn each_limit_refuses_what_exceeds_it_over_every_protocol() {
                 Kind::Gauge,
                 (0..6).map(|i| point(1.0, T0 + i)).collect(),
             )],
-            "6 points, limit is 5",
+            "6 points, limit is 5 (ingest.max_points_per_request)",
+        ),
+        (
+            "series per request",
+            ["m", "n", "o"]
+                .iter()
+                .map(|name| series(&[("__name__", name)], Kind::Gauge, vec![point(1.0, T0)]))
+                .collect(),
+            "more than 2 series (ingest.max_series_per_request)",
         ),
         (
             "request bytes",

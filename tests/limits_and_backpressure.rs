@@ -179,6 +179,19 @@ async fn a_flooding_tenant_loses_its_nice_to_have_series_first_and_no_one_elses_
         snapshot.progress_line()
     );
     assert!(snapshot.progress_line().contains("rate_limited[flood,debug]="));
+    // /metrics names the drop-priority entry too.
+    let metrics = reqwest::get(format!("http://{}/metrics", service.handle().http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (reason, count) in [("rate_limited", rate), ("series_limited", series)] {
+        let line = format!(
+            "tailfold_samples_dropped_total{{protocol=\"grpc\",tenant=\"flood\",reason=\"{reason}\",rule=\"debug\"}} {count}"
+        );
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from:\n{metrics}");
+    }
 
     // Both tenants' important data landed whole.
     service.flush_at(T0 + 20_000).await;

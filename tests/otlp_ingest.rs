@@ -547,8 +547,8 @@ async fn malformed_otlp_gets_the_protocol_error_answer_and_serving_goes_on() {
         encoder.write_all(bytes).unwrap();
         encoder.finish().unwrap()
     };
-    // 65 MiB of zeros inflate past the 64 MiB default of ingest.max_decompressed_bytes.
-    let bomb = gzip(&vec![0u8; 65 << 20]);
+    // 17 MiB of zeros inflate past the 16 MiB default of ingest.max_decompressed_bytes.
+    let bomb = gzip(&vec![0u8; 17 << 20]);
     let gzipped_span = gzip(&request(vec![span(8, 8, T0 + 4, 50, 1)]).encode_to_vec());
     let (garbage, json, broken_gzip, bomb, brotli, gzipped, ok) = tokio::task::spawn_blocking(move || {
         let client = reqwest::blocking::Client::new();

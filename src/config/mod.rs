@@ -22,5 +22,5 @@ pub use process::{
     LogConfig, ProcessConfig, SelectionsConfig, ServiceSettings, StoreConfig,
 };
 pub use remote_write::RemoteWriteConfig;
-pub use security::{AuthConfig, AuthSettings, TlsConfig, TlsSettings, TokenConfig, MIN_TOKEN_BYTES};
+pub use security::{AdminToken, AuthConfig, AuthSettings, TlsConfig, TlsSettings, TokenConfig, MIN_TOKEN_BYTES};
 pub use statsd::{StatsdConfig, StatsdSettings};

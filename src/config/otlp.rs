@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ConfigError;
 use super::process::defaults;
+use super::security::{TlsConfig, TlsSettings};
 
 /// OTLP ingest (traces and metrics).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -18,6 +19,8 @@ pub struct OtlpConfig {
     pub grpc_listen: Option<String>,
     /// OTLP/HTTP (protobuf) listen address serving `POST /v1/traces` and `/v1/metrics`, e.g. `127.0.0.1:4318`. Default: none, off.
     pub http_listen: Option<String>,
+    /// TLS of both OTLP listeners (`{cert_file, key_file}`, as `grpc.tls`). Default: none, plaintext.
+    pub tls: Option<TlsConfig>,
     /// How spans become distribution samples.
     pub spans: SpanConfig,
 }
@@ -75,6 +78,8 @@ pub struct OtlpSettings {
     pub grpc_listen: Option<SocketAddr>,
     /// OTLP/HTTP listen address, when on.
     pub http_listen: Option<SocketAddr>,
+    /// TLS of both listeners; `None` for plaintext.
+    pub tls: Option<TlsSettings>,
     /// Metric name of span durations.
     pub span_metric: String,
     /// Built-in labels set on span samples.
@@ -88,6 +93,7 @@ impl Default for OtlpSettings {
         OtlpSettings {
             grpc_listen: None,
             http_listen: None,
+            tls: None,
             span_metric: defaults::OTLP_SPAN_METRIC.to_string(),
             span_labels: SpanLabel::ALL.to_vec(),
             span_attributes: Vec::new(),
@@ -182,6 +188,8 @@ pub(super) fn check_otlp(
     Ok(OtlpSettings {
         grpc_listen,
         http_listen,
+        // Read by the caller, which knows the config file's folder.
+        tls: None,
         span_metric,
         span_labels,
         span_attributes,

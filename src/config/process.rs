@@ -20,7 +20,9 @@ use super::limits::{check_limits, LimitSettings, LimitsConfig};
 use super::operations::{check_profile, ProfileConfig, ReloadConfig};
 use super::otlp::{check_otlp, OtlpConfig, OtlpSettings};
 use super::remote_write::{check_remote_write, RemoteWriteConfig};
-use super::security::{check_auth, check_tls, AuthConfig, AuthSettings, TlsConfig, TlsSettings};
+use super::security::{
+    check_admin_token, check_auth, check_tls, AdminToken, AuthConfig, AuthSettings, TlsConfig, TlsSettings,
+};
 use super::statsd::{check_statsd, StatsdConfig, StatsdSettings};
 use crate::profile::ProfileSettings;
 
@@ -63,10 +65,12 @@ pub mod defaults {
     pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
     /// Points per request.
     pub const MAX_POINTS_PER_REQUEST: usize = 1_000_000;
+    /// Series per request (Prometheus sends at most a few thousand).
+    pub const MAX_SERIES_PER_REQUEST: usize = 100_000;
     /// Encoded request size.
-    pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+    pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
     /// Decompressed size of a compressed request body (remote write's snappy block).
-    pub const MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+    pub const MAX_DECOMPRESSED_BYTES: usize = 16 * 1024 * 1024;
     /// Selections buffered per stream subscriber before it is told it lagged.
     pub const SELECTION_STREAM_BUFFER: usize = 65_536;
     /// Remote write: series per request.
@@ -258,9 +262,11 @@ pub struct IngestConfig {
     pub max_label_value_bytes: Option<usize>,
     /// Points per request (more: the request is refused). Default 1000000.
     pub max_points_per_request: Option<usize>,
-    /// Encoded request size in bytes. Default 67108864.
+    /// Series per request (more: the request is refused before any is decoded). Default 100000.
+    pub max_series_per_request: Option<usize>,
+    /// Encoded request size in bytes. Default 16777216.
     pub max_request_bytes: Option<usize>,
-    /// Decompressed size in bytes of a compressed body (remote write snappy), checked before decompressing. Default 67108864.
+    /// Decompressed size in bytes of a compressed body (remote write snappy), checked before decompressing. Default 16777216.
     pub max_decompressed_bytes: Option<usize>,
 }
 
@@ -347,6 +353,8 @@ pub struct ServiceSettings {
     pub auth: Option<AuthSettings>,
     /// Cluster membership; `None` for a single node.
     pub cluster: Option<ClusterSettings>,
+    /// The admin token; `None`: admin endpoints answer loopback listeners only.
+    pub admin_token: Option<AdminToken>,
     /// TLS of the gRPC listener; `None` for plaintext.
     pub grpc_tls: Option<TlsSettings>,
     /// TLS of the HTTP listener; `None` for plaintext.
@@ -368,6 +376,8 @@ pub struct IngestLimits {
     pub max_label_value_bytes: usize,
     /// Points per request.
     pub max_points_per_request: usize,
+    /// Series per request.
+    pub max_series_per_request: usize,
     /// Encoded request bytes.
     pub max_request_bytes: usize,
     /// Decompressed request bytes.
@@ -383,6 +393,7 @@ impl Default for IngestLimits {
             max_label_name_bytes: defaults::MAX_LABEL_NAME_BYTES,
             max_label_value_bytes: defaults::MAX_LABEL_VALUE_BYTES,
             max_points_per_request: defaults::MAX_POINTS_PER_REQUEST,
+            max_series_per_request: defaults::MAX_SERIES_PER_REQUEST,
             max_request_bytes: defaults::MAX_REQUEST_BYTES,
             max_decompressed_bytes: defaults::MAX_DECOMPRESSED_BYTES,
         }
@@ -489,6 +500,9 @@ impl ServiceSettings {
             max_points_per_request: ingest
                 .max_points_per_request
                 .unwrap_or(defaults::MAX_POINTS_PER_REQUEST),
+            max_series_per_request: ingest
+                .max_series_per_request
+                .unwrap_or(defaults::MAX_SERIES_PER_REQUEST),
             max_request_bytes: ingest.max_request_bytes.unwrap_or(defaults::MAX_REQUEST_BYTES),
             max_decompressed_bytes: ingest
                 .max_decompressed_bytes
@@ -508,6 +522,7 @@ impl ServiceSettings {
             ("ingest.max_label_name_bytes", limits.max_label_name_bytes),
             ("ingest.max_label_value_bytes", limits.max_label_value_bytes),
             ("ingest.max_points_per_request", limits.max_points_per_request),
+            ("ingest.max_series_per_request", limits.max_series_per_request),
             ("ingest.max_request_bytes", limits.max_request_bytes),
             ("ingest.max_decompressed_bytes", limits.max_decompressed_bytes),
         ] {
@@ -538,7 +553,8 @@ impl ServiceSettings {
             remote_write.push(checked);
         }
         let statsd = check_statsd(&config.statsd, &limits, &invalid)?;
-        let otlp = check_otlp(&config.otlp, &invalid)?;
+        let mut otlp = check_otlp(&config.otlp, &invalid)?;
+        otlp.tls = check_tls(config.otlp.tls.as_ref(), "otlp", base, &invalid)?;
         let above_max_traces = config.selections.above_max_traces.unwrap_or(defaults::ABOVE_MAX_TRACES);
         if above_max_traces == 0 || above_max_traces > 1000 {
             return Err(invalid(
@@ -547,6 +563,7 @@ impl ServiceSettings {
             ));
         }
         let auth = check_auth(&config.auth, base, &invalid)?;
+        let admin_token = check_admin_token(&config.auth, auth.as_ref(), base, &invalid)?;
         let grpc_tls = check_tls(config.grpc.tls.as_ref(), "grpc", base, &invalid)?;
         let cluster = config
             .cluster
@@ -645,6 +662,7 @@ impl ServiceSettings {
             reload_watch_interval_ms,
             auth,
             cluster,
+            admin_token,
             grpc_tls,
             http_tls,
         })

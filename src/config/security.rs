@@ -21,6 +21,12 @@ pub const MIN_TOKEN_BYTES: usize = 16;
 pub struct AuthConfig {
     /// One entry per token; a tenant may have several (rotation). Empty (default): auth is off.
     pub tokens: Vec<TokenConfig>,
+    /// File holding the admin token (required by `/metrics`, `/-/reload`, `/-/rules`, `/api/v1/profile`), relative to the config file.
+    pub admin_token_file: Option<PathBuf>,
+    /// Environment variable holding the admin token.
+    pub admin_token_env: Option<String>,
+    /// The admin token itself, inline (for tests only).
+    pub admin_token: Option<String>,
 }
 
 /// One bearer token and the tenant it stands for. Exactly one of `token_file`, `token_env`, `token`.
@@ -52,6 +58,16 @@ pub struct TlsConfig {
 pub struct AuthSettings {
     /// `(token, tenant)` pairs; tokens are unique.
     pub tokens: Vec<(Vec<u8>, Arc<str>)>,
+}
+
+/// The admin token. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub Vec<u8>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("AdminToken(..)")
+    }
 }
 
 /// A checked TLS identity, read and parsed at load time. `Debug` never shows the key.
@@ -95,47 +111,24 @@ pub(super) fn check_auth(
     }
     let mut tokens: Vec<(Vec<u8>, Arc<str>)> = Vec::with_capacity(config.tokens.len());
     for (index, entry) in config.tokens.iter().enumerate() {
-        let field = |name: &str| format!("auth.tokens[{index}].{name}");
-        let tenant =
-            check_tenant(entry.tenant.as_bytes()).map_err(|error| invalid(&field("tenant"), error.to_string()))?;
-        let token = match (&entry.token_file, &entry.token_env, &entry.token) {
-            (Some(file), None, None) => {
-                let path = base.join(file);
-                std::fs::read_to_string(&path).map_err(|error| {
-                    invalid(&field("token_file"), format!("cannot read {}: {error}", path.display()))
-                })?
-            }
-            (None, Some(variable), None) => std::env::var(variable).map_err(|error| {
-                invalid(
-                    &field("token_env"),
-                    format!("environment variable {variable:?}: {error}"),
-                )
-            })?,
-            (None, None, Some(token)) => token.clone(),
-            _ => {
-                return Err(invalid(
-                    &format!("auth.tokens[{index}]"),
-                    "set exactly one of token_file, token_env, token".to_string(),
-                ))
-            }
-        };
-        let token = token.trim();
-        // Never echo the token itself: the message may reach a log.
-        if token.len() < MIN_TOKEN_BYTES {
-            return Err(invalid(
+        let tenant = check_tenant(entry.tenant.as_bytes())
+            .map_err(|error| invalid(&format!("auth.tokens[{index}].tenant"), error.to_string()))?;
+        let source = (&entry.token_file, &entry.token_env, &entry.token);
+        let token = read_token(
+            source,
+            &format!("auth.tokens[{index}]"),
+            "",
+            &format!("tenant {tenant:?}"),
+            base,
+            invalid,
+        )?
+        .ok_or_else(|| {
+            invalid(
                 &format!("auth.tokens[{index}]"),
-                format!(
-                    "the token of tenant {tenant:?} has {} bytes, at least {MIN_TOKEN_BYTES} are required",
-                    token.len()
-                ),
-            ));
-        }
-        if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(invalid(
-                &format!("auth.tokens[{index}]"),
-                format!("the token of tenant {tenant:?} is not printable ASCII without spaces"),
-            ));
-        }
+                "set exactly one of token_file, token_env, token".to_string(),
+            )
+        })?;
+        let token = token.as_str();
         if let Some((_, other)) = tokens.iter().find(|(known, _)| known.as_slice() == token.as_bytes()) {
             return Err(invalid(
                 &format!("auth.tokens[{index}]"),
@@ -145,6 +138,84 @@ pub(super) fn check_auth(
         tokens.push((token.as_bytes().to_vec(), tenant));
     }
     Ok(Some(AuthSettings { tokens }))
+}
+
+/// Reads one token from exactly one of (file, environment variable, inline)
+/// under `section` (keys `{prefix}token_file` etc.); `None` when none is set.
+/// `whose` names the token in messages, which never quote it.
+fn read_token(
+    (file, variable, inline): (&Option<PathBuf>, &Option<String>, &Option<String>),
+    section: &str,
+    prefix: &str,
+    whose: &str,
+    base: &Path,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<String>, ConfigError> {
+    let field = |name: &str| format!("{section}.{prefix}{name}");
+    let token = match (file, variable, inline) {
+        (None, None, None) => return Ok(None),
+        (Some(file), None, None) => {
+            let path = base.join(file);
+            std::fs::read_to_string(&path)
+                .map_err(|error| invalid(&field("token_file"), format!("cannot read {}: {error}", path.display())))?
+        }
+        (None, Some(variable), None) => std::env::var(variable).map_err(|error| {
+            invalid(
+                &field("token_env"),
+                format!("environment variable {variable:?}: {error}"),
+            )
+        })?,
+        (None, None, Some(token)) => token.clone(),
+        _ => {
+            return Err(invalid(
+                section,
+                format!("set exactly one of {prefix}token_file, {prefix}token_env, {prefix}token"),
+            ))
+        }
+    };
+    let token = token.trim();
+    // Never echo the token itself: the message may reach a log.
+    if token.len() < MIN_TOKEN_BYTES {
+        return Err(invalid(
+            section,
+            format!(
+                "the token of {whose} has {} bytes, at least {MIN_TOKEN_BYTES} are required",
+                token.len()
+            ),
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            section,
+            format!("the token of {whose} is not printable ASCII without spaces"),
+        ));
+    }
+    Ok(Some(token.to_string()))
+}
+
+/// Reads the admin token; `None` when none is set. It must differ from every
+/// ingest token, so that no ingest client can use the admin endpoints.
+pub(super) fn check_admin_token(
+    config: &AuthConfig,
+    ingest: Option<&AuthSettings>,
+    base: &Path,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<AdminToken>, ConfigError> {
+    let source = (&config.admin_token_file, &config.admin_token_env, &config.admin_token);
+    let Some(token) = read_token(source, "auth", "admin_", "the admin", base, invalid)? else {
+        return Ok(None);
+    };
+    if let Some((_, tenant)) = ingest
+        .into_iter()
+        .flat_map(|settings| &settings.tokens)
+        .find(|(known, _)| known.as_slice() == token.as_bytes())
+    {
+        return Err(invalid(
+            "auth",
+            format!("the admin token is also the token of tenant {tenant:?}"),
+        ));
+    }
+    Ok(Some(AdminToken(token.into_bytes())))
 }
 
 /// Reads and parses a listener's certificate and key; `None` when TLS is off.

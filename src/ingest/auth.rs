@@ -76,6 +76,9 @@ impl AuthError {
     }
 }
 
+/// How a protected router answers a refused request.
+pub type RenderRefusal = fn(&AuthError) -> Response;
+
 struct Tokens {
     tokens: Vec<(Vec<u8>, Arc<str>)>,
     tenant_header: String,
@@ -96,7 +99,7 @@ impl std::fmt::Debug for Auth {
 }
 
 /// Equal bytes, in time that depends only on the lengths.
-fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
     if left.len() != right.len() {
         return false;
     }
@@ -159,10 +162,23 @@ impl Auth {
     /// requests get 401 / 403 with a reason, accepted ones carry the token's
     /// tenant in the tenant header. Unchanged when auth is off.
     pub fn protect<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        self.protect_answering(router, plain_refusal)
+    }
+
+    /// [`Auth::protect`] with refusals rendered by `render` (OTLP/HTTP answers
+    /// every error with a `google.rpc.Status`, not plain text).
+    pub fn protect_answering<S: Clone + Send + Sync + 'static>(
+        &self,
+        router: Router<S>,
+        render: RenderRefusal,
+    ) -> Router<S> {
         if !self.is_on() {
             return router;
         }
-        router.route_layer(axum::middleware::from_fn_with_state(self.clone(), require_token))
+        router.route_layer(axum::middleware::from_fn_with_state(
+            (self.clone(), render),
+            require_token,
+        ))
     }
 
     /// The tonic interceptor doing the same for gRPC.
@@ -194,16 +210,26 @@ impl Auth {
     }
 }
 
-async fn require_token(State(auth): State<Auth>, mut request: Request, next: Next) -> Response {
+async fn require_token(
+    State((auth, render)): State<(Auth, RenderRefusal)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     match auth.admit_http(request.headers_mut()) {
         Ok(()) => next.run(request).await,
-        Err(error) => (
-            error.http_status(),
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            format!("{error}\n"),
-        )
-            .into_response(),
+        Err(error) => {
+            let mut response = render(&error);
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
     }
+}
+
+/// A refusal as plain text.
+fn plain_refusal(error: &AuthError) -> Response {
+    (error.http_status(), format!("{error}\n")).into_response()
 }
 
 /// Tonic interceptor requiring a bearer token (see [`Auth::grpc`]).

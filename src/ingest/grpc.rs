@@ -1,25 +1,31 @@
-//! The gRPC `Ingest.Write` handler: tenant from metadata, per-series
-//! validation, then one engine call per request. A request in which nothing
-//! can ever succeed gets INVALID_ARGUMENT; otherwise bad series are refused
-//! alone and the response tallies every point.
+//! The gRPC `Ingest.Write` handler: tenant from metadata, bounded decoding
+//! and per-series validation, then one engine call per request. A request in
+//! which nothing can ever succeed (garbage included) gets INVALID_ARGUMENT;
+//! otherwise bad series are refused alone and the response tallies every point.
+//! The service is served by hand ([`IngestService`]) rather than by the
+//! generated server, so the request reaches the handler as raw bytes.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
+use bytes::{Buf, Bytes};
+use tonic::codec::{Codec, DecodeBuf, Decoder};
+use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
+use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
+use tonic_prost::{ProstCodec, ProstEncoder};
 
 use crate::api::v1;
 use crate::clock::Clock;
 use crate::cluster::stage::{Stage, StageError};
 use crate::config::IngestLimits;
 use crate::engine::Engine;
-use crate::model::{DropReason, IngestBatch, Outcome};
+use crate::model::{DropReason, Outcome};
 use crate::telemetry::Telemetry;
 use crate::wal::Wal;
 
-use super::validate::{check_tenant, validate_series};
-
-/// Per-series messages returned in a response; the rest are only counted.
-const MAX_ERRORS_REPORTED: usize = 10;
+use super::grpc_decode::{decode_write, WriteDecoded, WriteError};
+use super::validate::check_tenant;
 
 /// The `Ingest` gRPC service.
 pub struct GrpcIngest {
@@ -55,10 +61,9 @@ impl GrpcIngest {
         self
     }
 
-    /// Builds the tonic server for this handler with the request size limit applied.
-    pub fn into_server(self) -> v1::ingest_server::IngestServer<Self> {
-        let limit = self.limits.max_request_bytes;
-        v1::ingest_server::IngestServer::new(self).max_decoding_message_size(limit)
+    /// The tonic service for this handler, with the request size limit applied.
+    pub fn into_server(self) -> IngestService {
+        IngestService(Arc::new(self))
     }
 }
 
@@ -74,50 +79,40 @@ pub fn tenant_from_metadata(
     check_tenant(value.as_bytes()).map_err(|error| Status::invalid_argument(format!("metadata {header}: {error}")))
 }
 
-#[tonic::async_trait]
-impl v1::ingest_server::Ingest for GrpcIngest {
-    async fn write(&self, request: Request<v1::WriteRequest>) -> Result<Response<v1::WriteResponse>, Status> {
+impl GrpcIngest {
+    /// `Write`: decodes the raw request (see `grpc_decode`), folds what is valid.
+    async fn write(&self, request: Request<Bytes>) -> Result<Response<v1::WriteResponse>, Status> {
         let tenant = tenant_from_metadata(
             request.metadata(),
             &self.limits.tenant_header,
             &self.limits.default_tenant,
         )?;
-        let request = request.into_inner();
+        let body = request.into_inner();
+        let _in_flight = self.telemetry.bytes_in_flight(body.len());
         let batch_tenant = Arc::clone(&tenant);
-        let points: usize = request.series.iter().map(|series| series.points.len()).sum();
-        self.telemetry.received_by("grpc", &tenant, points as u64);
-        if points > self.limits.max_points_per_request {
-            let mut outcome = Outcome::default();
-            outcome.reject(DropReason::InvalidSeries, points as u64);
-            self.telemetry.ingested_by("grpc", &batch_tenant, &outcome);
-            return Err(Status::invalid_argument(format!(
-                "request has {points} points, limit is {} (ingest.max_points_per_request)",
-                self.limits.max_points_per_request
-            )));
-        }
-
-        let series_count = request.series.len();
-        let mut outcome = Outcome::default();
-        let mut errors = Vec::new();
-        let mut invalid_series = 0usize;
-        let mut batch = IngestBatch {
-            tenant,
-            series: Vec::with_capacity(series_count),
-        };
-        for (index, series) in request.series.into_iter().enumerate() {
-            let series_points = series.points.len() as u64;
-            match validate_series(index, series, &self.limits, &mut outcome) {
-                Ok(valid) => batch.series.push(valid),
-                Err(error) => {
-                    invalid_series += 1;
-                    outcome.reject(DropReason::InvalidSeries, series_points);
-                    if errors.len() < MAX_ERRORS_REPORTED {
-                        errors.push(error.to_string());
-                    }
+        let decoded = match decode_write(&body, tenant, &self.limits) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                if let WriteError::TooManyPoints { points, .. } = error {
+                    let mut outcome = Outcome::default();
+                    outcome.reject(DropReason::InvalidSeries, points);
+                    self.telemetry.received_by("grpc", &batch_tenant, points);
+                    self.telemetry.ingested_by("grpc", &batch_tenant, &outcome);
                 }
+                return Err(Status::invalid_argument(error.to_string()));
             }
-        }
-        if series_count > 0 && invalid_series == series_count {
+        };
+        drop(body);
+        self.telemetry.received_by("grpc", &batch_tenant, decoded.points);
+        let nothing_valid = decoded.nothing_valid();
+        let WriteDecoded {
+            batch,
+            mut outcome,
+            errors,
+            invalid_series,
+            ..
+        } = decoded;
+        if nothing_valid {
             self.telemetry.ingested_by("grpc", &batch_tenant, &outcome);
             let more = if invalid_series > errors.len() {
                 format!(" (and {} more)", invalid_series - errors.len())
@@ -195,5 +190,87 @@ pub fn response_of(outcome: &Outcome, errors: Vec<String>) -> v1::WriteResponse 
         rejected: outcome.rejected_total(),
         rejections,
         errors,
+    }
+}
+
+/// The `tailfold.v1.Ingest` service: `Write` with its request handed over as
+/// raw bytes (decoded under the memory bound by `grpc_decode`), at most
+/// `ingest.max_request_bytes` long.
+#[derive(Clone)]
+pub struct IngestService(Arc<GrpcIngest>);
+
+impl NamedService for IngestService {
+    const NAME: &'static str = "tailfold.v1.Ingest";
+}
+
+/// The gRPC path of `Write`.
+const WRITE_PATH: &str = "/tailfold.v1.Ingest/Write";
+
+impl<B> Service<http::Request<B>> for IngestService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != WRITE_PATH {
+            let status = Status::unimplemented(format!("no method {}", request.uri().path()));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let ingest = Arc::clone(&self.0);
+        Box::pin(async move {
+            let limit = ingest.limits.max_request_bytes;
+            let mut grpc = tonic::server::Grpc::new(RawCodec).apply_max_message_size_config(Some(limit), None);
+            Ok(grpc.unary(WriteMethod(ingest), request).await)
+        })
+    }
+}
+
+struct WriteMethod(Arc<GrpcIngest>);
+
+impl UnaryService<Bytes> for WriteMethod {
+    type Response = v1::WriteResponse;
+    type Future = BoxFuture<Response<v1::WriteResponse>, Status>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let ingest = Arc::clone(&self.0);
+        Box::pin(async move { ingest.write(request).await })
+    }
+}
+
+/// Hands the request message over undecoded; encodes the response with prost.
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = v1::WriteResponse;
+    type Decode = Bytes;
+    type Encoder = ProstEncoder<v1::WriteResponse>;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<v1::WriteResponse, v1::WriteRequest>::default().encoder()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+/// The message bytes, as tonic framed them (a slice of its buffer, not a copy).
+struct RawDecoder;
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(buf.copy_to_bytes(buf.remaining())))
     }
 }

@@ -3,8 +3,11 @@
 
 pub mod auth;
 pub mod backpressure;
+pub mod budget;
 pub mod grpc;
+pub mod grpc_decode;
 pub mod otlp;
+pub mod protowire;
 pub mod remote_write;
 pub mod statsd;
 pub mod validate;

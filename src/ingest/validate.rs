@@ -43,7 +43,7 @@ pub enum SeriesError {
         name: String,
     },
     /// More labels than allowed.
-    #[error("series {index}: {count} labels, limit is {limit}")]
+    #[error("series {index}: {count} labels, limit is {limit} (ingest.max_labels_per_series)")]
     TooManyLabels {
         /// Position in the request.
         index: usize,
@@ -53,7 +53,7 @@ pub enum SeriesError {
         limit: usize,
     },
     /// A label name or value longer than allowed.
-    #[error("series {index}: label {name:?} has a {what} of {length} bytes, limit is {limit}")]
+    #[error("series {index}: label {name:?} has a {what} of {length} bytes, limit is {limit} (ingest.max_label_{what}_bytes)")]
     TooLong {
         /// Position in the request.
         index: usize,
@@ -128,6 +128,17 @@ pub fn validate_labels(
     // no per-label allocation beyond the decoded strings.
     let mut pairs: SmallVec<[(String, String); 16]> = wire.collect();
     check_pairs(index, &mut pairs, kind, limits)
+}
+
+/// [`validate_labels`] on labels borrowed from a request body, which it
+/// sorts in place: nothing is allocated but the label block.
+pub fn validate_label_refs(
+    index: usize,
+    pairs: &mut [(&str, &str)],
+    kind: Kind,
+    limits: &IngestLimits,
+) -> Result<Labels, SeriesError> {
+    check_pairs(index, pairs, kind, limits)
 }
 
 /// [`validate_labels`] for labels of any protocol (statsd tags, remote write):

@@ -14,7 +14,7 @@ use crate::cluster::stage::Stage;
 use crate::config::ServiceSettings;
 use crate::engine::Engine;
 use crate::ingest::auth::Auth;
-use crate::ingest::otlp::{otlp_grpc_router, otlp_http_router, OtlpIngest};
+use crate::ingest::otlp::{auth_refusal, otlp_grpc_router, otlp_http_router, OtlpIngest};
 use crate::reload::RulesReloader;
 use crate::telemetry::Telemetry;
 use crate::tls::TlsListener;
@@ -63,11 +63,16 @@ pub(super) async fn start_otlp(
     let closed = |mut closing: watch::Receiver<bool>| async move {
         let _ = closing.wait_for(|closed| *closed).await;
     };
+    let tls_error = |problem: String| ServiceError::Tls {
+        listener: "otlp",
+        problem,
+    };
     if let Some(addr) = settings.otlp.grpc_listen {
         let (listener, local) = bind(addr).await?;
         servers.grpc_addr = Some(local);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let router = otlp_grpc_router(ingest.clone(), auth);
+        let router = otlp_grpc_router(ingest.clone(), auth, settings.otlp.tls.as_ref())
+            .map_err(|error| tls_error(error.to_string()))?;
         let stop = closed(closing.clone());
         servers.tasks.push(tokio::spawn(async move {
             if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop).await {
@@ -78,13 +83,26 @@ pub(super) async fn start_otlp(
     if let Some(addr) = settings.otlp.http_listen {
         let (listener, local) = bind(addr).await?;
         servers.http_addr = Some(local);
-        let router = auth.protect(otlp_http_router(ingest));
+        let router = auth.protect_answering(otlp_http_router(ingest), auth_refusal);
         let stop = closed(closing.clone());
-        servers.tasks.push(tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
-                tracing::error!(%error, "otlp http server failed");
+        let task = match &settings.otlp.tls {
+            Some(tls) => {
+                let config = crate::tls::server_config(tls, &[b"h2", b"http/1.1"]).map_err(tls_error)?;
+                let listener = TlsListener::new(listener, Arc::new(config))
+                    .map_err(|source| ServiceError::Bind { addr, source })?;
+                tokio::spawn(async move {
+                    if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                        tracing::error!(%error, "otlp http server failed");
+                    }
+                })
             }
-        }));
+            None => tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                    tracing::error!(%error, "otlp http server failed");
+                }
+            }),
+        };
+        servers.tasks.push(task);
     }
     Ok(servers)
 }

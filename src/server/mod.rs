@@ -18,7 +18,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin::{admin_router, AdminState};
+use crate::admin::{admin_router, AdminAccess, AdminState};
 use crate::api::{self, v1};
 use crate::clock::Clock;
 use crate::cluster::coordinator::{ClusterError, Coordinator, Registration};
@@ -186,10 +186,11 @@ pub async fn start(
                 segments = replay.segments,
                 batches = replay.batches,
                 accepted = replay.accepted,
+                skipped_already_flushed = replay.already_flushed,
                 refused = replay.refused,
                 skipped_bytes = replay.skipped_bytes,
                 dir = %wal_settings.dir.display(),
-                "write-ahead log replayed"
+                "write-ahead log replayed (points of windows flushed before the stop are skipped: they are in the store)"
             );
             Some(Arc::new(wal))
         }
@@ -361,7 +362,8 @@ pub async fn start(
             grpc: router,
             grpc_listener: listener,
             // Ingest and the selection query sit behind the tokens (the token's tenant becomes the
-            // tenant header, so a query sees its own tenant only); probes and admin stay open.
+            // tenant header, so a query sees its own tenant only); probes stay open; admin
+            // endpoints need the admin token, or a loopback listener when none is set.
             http: auth
                 .protect(
                     ingest_router(http_state.clone()).merge(selection_router(SelectionQuery::new(
@@ -370,13 +372,20 @@ pub async fn start(
                     ))),
                 )
                 .merge(probe_router(http_state.clone()))
-                .merge(admin_router(AdminState {
-                    engine: Arc::clone(&engine),
-                    telemetry: Arc::clone(&telemetry),
-                    reloader: Arc::clone(&reloader),
-                    clock: Arc::clone(&clock),
-                    cluster: cluster.as_ref().map(|cluster| Arc::clone(&cluster.coordinator)),
-                })),
+                .merge(admin_router(
+                    AdminState {
+                        engine: Arc::clone(&engine),
+                        telemetry: Arc::clone(&telemetry),
+                        reloader: Arc::clone(&reloader),
+                        clock: Arc::clone(&clock),
+                        cluster: cluster.as_ref().map(|cluster| Arc::clone(&cluster.coordinator)),
+                    },
+                    AdminAccess::new(
+                        settings.admin_token.as_ref(),
+                        settings.http_listen.ip().is_loopback(),
+                        auth.clone(),
+                    ),
+                )),
             http_listener,
             http_state,
             statsd: statsd_task,

@@ -148,7 +148,15 @@ fn set_counters(snapshot: &TelemetrySnapshot) {
         counter!("tailfold_samples_received_total", &labels).absolute(counts.received);
         counter!("tailfold_samples_accepted_total", &labels).absolute(counts.outcome.accepted);
         for reason in DropReason::ALL {
-            let count = counts.outcome.rejected_for(reason);
+            // Limit drops are counted per drop-priority entry below; here only what no entry names.
+            let named: u64 = counts
+                .outcome
+                .by_limit
+                .iter()
+                .filter(|(why, rule, _)| *why == reason && !rule.is_empty())
+                .map(|(_, _, count)| count)
+                .sum();
+            let count = counts.outcome.rejected_for(reason).saturating_sub(named);
             if count == 0 || reason == DropReason::DroppedByRule {
                 continue;
             }
@@ -164,6 +172,15 @@ fn set_counters(snapshot: &TelemetrySnapshot) {
                 ("protocol", protocol.to_string()),
                 ("tenant", tenant.to_string()),
                 ("reason", DropReason::DroppedByRule.as_str().to_string()),
+                ("rule", rule.to_string()),
+            ];
+            counter!("tailfold_samples_dropped_total", &labels).absolute(*count);
+        }
+        for (reason, rule, count) in counts.outcome.by_limit.iter().filter(|(_, rule, _)| !rule.is_empty()) {
+            let labels = [
+                ("protocol", protocol.to_string()),
+                ("tenant", tenant.to_string()),
+                ("reason", reason.as_str().to_string()),
                 ("rule", rule.to_string()),
             ];
             counter!("tailfold_samples_dropped_total", &labels).absolute(*count);
@@ -200,4 +217,5 @@ fn set_counters(snapshot: &TelemetrySnapshot) {
     if let Some(bytes) = snapshot.wal_bytes {
         gauge!("tailfold_wal_size_bytes").set(bytes as f64);
     }
+    gauge!("tailfold_ingest_bytes_in_flight").set(snapshot.bytes_in_flight as f64);
 }

@@ -39,6 +39,8 @@ pub struct Telemetry {
     last_reload_ok: AtomicU64,
     /// Size of the write-ahead log, once a log reports it (see [`Telemetry::wal_size`]).
     wal_bytes: Mutex<Option<u64>>,
+    /// Decompressed bytes of the ingest requests being decoded and folded now.
+    bytes_in_flight: AtomicU64,
     /// Histograms (flush and sink latency) and the Prometheus rendering.
     exporter: export::Exporter,
 }
@@ -52,6 +54,19 @@ pub struct LimitDropKey {
     pub reason: DropReason,
     /// The `limits.drop_priority` entry naming the series; empty for series no entry names.
     pub rule: String,
+}
+
+/// A request body counted in `tailfold_ingest_bytes_in_flight` while it lives.
+#[derive(Debug)]
+pub struct BytesInFlight<'a> {
+    telemetry: &'a Telemetry,
+    bytes: u64,
+}
+
+impl Drop for BytesInFlight<'_> {
+    fn drop(&mut self) {
+        self.telemetry.bytes_in_flight.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// Tenants counted apart per protocol; more are counted under [`OTHER_TENANTS`].
@@ -125,6 +140,8 @@ pub struct TelemetrySnapshot {
     pub last_reload_ok: bool,
     /// Write-ahead log size, when a log reports it.
     pub wal_bytes: Option<u64>,
+    /// Decompressed bytes of ingest requests in flight.
+    pub bytes_in_flight: u64,
 }
 
 impl Default for Telemetry {
@@ -149,6 +166,7 @@ impl Default for Telemetry {
             reloads_failed: AtomicU64::default(),
             last_reload_ok: AtomicU64::new(1),
             wal_bytes: Mutex::default(),
+            bytes_in_flight: AtomicU64::default(),
             exporter: export::Exporter::default(),
         }
     }
@@ -310,6 +328,15 @@ impl Telemetry {
         *self.overloaded_requests.lock().entry(protocol.to_string()).or_default() += 1;
     }
 
+    /// Counts `bytes` of a request body as in flight until the guard is dropped.
+    pub fn bytes_in_flight(&self, bytes: usize) -> BytesInFlight<'_> {
+        self.bytes_in_flight.fetch_add(bytes as u64, Ordering::Relaxed);
+        BytesInFlight {
+            telemetry: self,
+            bytes: bytes as u64,
+        }
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> TelemetrySnapshot {
         TelemetrySnapshot {
@@ -326,6 +353,7 @@ impl Telemetry {
             statsd_malformed_lines: self.statsd_malformed_lines.load(Ordering::Relaxed),
             limit_drops: self.limit_drops.lock().clone(),
             overloaded_requests: self.overloaded_requests.lock().clone(),
+            bytes_in_flight: self.bytes_in_flight.load(Ordering::Relaxed),
             sources: self
                 .sources
                 .lock()

@@ -32,7 +32,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 use crate::engine::{Engine, Watermarks};
-use crate::model::{IngestBatch, Outcome};
+use crate::model::{DropReason, IngestBatch, Outcome};
 
 pub use checkpoint::sync_dir;
 use checkpoint::Checkpoint;
@@ -92,7 +92,10 @@ pub struct ReplayStats {
     pub batches: usize,
     /// Points folded into open windows again.
     pub accepted: u64,
-    /// Points refused again, mostly because their window had flushed.
+    /// Points skipped because their window had flushed (and committed) before
+    /// the stop: they are in the store already, nothing is lost.
+    pub already_flushed: u64,
+    /// Points refused for any other reason (e.g. rules reloaded since, dropping them).
     pub refused: u64,
     /// Bytes of torn or corrupt tails skipped (a crash mid-append).
     pub skipped_bytes: u64,
@@ -172,7 +175,9 @@ impl Wal {
                         // Logged batches were admitted by the limits already; they are not met twice.
                         if let Ok(outcome) = engine.fold_admitted(&frame.batch, frame.now_ms, Outcome::default()) {
                             stats.accepted += outcome.accepted;
-                            stats.refused += outcome.rejected_total();
+                            let flushed = outcome.rejected_for(DropReason::TooLate);
+                            stats.already_flushed += flushed;
+                            stats.refused += outcome.rejected_total() - flushed;
                         }
                     }
                     Err(torn) => {

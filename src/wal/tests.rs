@@ -123,6 +123,9 @@ async fn committed_windows_are_not_replayed_and_their_segments_go() {
         2,
         "close without a committed shutdown flush keeps segments"
     );
+    // Replayed again, that sample is skipped as already flushed, not refused.
+    let (_wal, stats) = Wal::open(&settings(dir.path()), &engine()).unwrap();
+    assert_eq!((stats.accepted, stats.already_flushed, stats.refused), (1, 1, 0));
 }
 
 #[tokio::test]

@@ -1,12 +1,16 @@
-//! The protobuf codec of the OTLP gRPC services: prost's, except that a body
-//! that does not decode is answered INVALID_ARGUMENT (what OTLP asks for bad
-//! data: not retryable) instead of gRPC's generic INTERNAL.
+//! The protobuf codec of the OTLP gRPC services: prost's, except that a
+//! request is first checked against its memory bound (`bounds`), and a body
+//! that does not decode or is over its bound is answered INVALID_ARGUMENT
+//! (what OTLP asks for bad data: not retryable) instead of gRPC's INTERNAL.
 
 use std::marker::PhantomData;
 
+use bytes::Buf;
 use tonic::codec::{Codec, DecodeBuf, Decoder};
-use tonic::{Code, Status};
-use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+use tonic::Status;
+use tonic_prost::{ProstCodec, ProstEncoder};
+
+use super::bounds::{check, Bounded};
 
 /// The codec `build.rs` names for the OTLP services.
 #[derive(Debug, Clone, Copy)]
@@ -21,7 +25,7 @@ impl<T, U> Default for OtlpCodec<T, U> {
 impl<T, U> Codec for OtlpCodec<T, U>
 where
     T: prost::Message + Send + 'static,
-    U: prost::Message + Default + Send + 'static,
+    U: Bounded + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
@@ -33,26 +37,24 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        OtlpDecoder(ProstCodec::<T, U>::default().decoder())
+        OtlpDecoder(PhantomData)
     }
 }
 
-/// prost's decoder with decode failures turned into INVALID_ARGUMENT.
+/// prost's decoder behind the memory bound, failures answered INVALID_ARGUMENT.
 #[derive(Debug)]
-pub struct OtlpDecoder<U>(ProstDecoder<U>);
+pub struct OtlpDecoder<U>(PhantomData<U>);
 
-impl<U: prost::Message + Default> Decoder for OtlpDecoder<U> {
+impl<U: Bounded> Decoder for OtlpDecoder<U> {
     type Item = U;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        self.0.decode(buf).map_err(|status| match status.code() {
-            Code::Internal => Status::invalid_argument(format!("invalid protobuf: {}", status.message())),
-            _ => status,
-        })
-    }
-
-    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
-        self.0.buffer_settings()
+        // A slice of tonic's buffer, not a copy.
+        let bytes = buf.copy_to_bytes(buf.remaining());
+        check::<U>(&bytes).map_err(|error| Status::invalid_argument(error.to_string()))?;
+        U::decode(bytes)
+            .map(Some)
+            .map_err(|error| Status::invalid_argument(format!("invalid protobuf: {error}")))
     }
 }

@@ -4,6 +4,7 @@
 //! model's counters, gauges and native histograms. Refusals are partial
 //! successes with counts and a message, as the OTLP spec asks.
 
+mod bounds;
 mod codec;
 mod metrics;
 mod service;
@@ -22,9 +23,10 @@ use crate::model::{DropReason, IngestBatch, Outcome, SeriesBatch};
 use crate::telemetry::Telemetry;
 use crate::wal::WalError;
 
+pub use bounds::{check as check_bound, BoundError, Bounded, OTLP_DECODED_BYTES_PER_BYTE};
 pub use codec::{OtlpCodec, OtlpDecoder};
 pub use metrics::{decode_metrics, explicit_histogram, exponential_histogram, sanitize_name};
-pub use service::{otlp_grpc_router, otlp_http_router};
+pub use service::{auth_refusal, otlp_grpc_router, otlp_http_router, RpcStatus};
 pub use spans::decode_spans;
 
 /// Problems quoted in a partial-success message; the rest are only counted.

@@ -24,11 +24,13 @@ use crate::api::otlp::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use crate::ingest::auth::Auth;
+use crate::config::TlsSettings;
+use crate::ingest::auth::{Auth, AuthError};
 use crate::ingest::backpressure::Backpressure;
 use crate::ingest::grpc::tenant_from_metadata;
 use crate::ingest::validate::check_tenant;
 
+use super::bounds::{check, Bounded};
 use super::{ExportAnswer, OtlpIngest};
 
 #[tonic::async_trait]
@@ -89,8 +91,12 @@ fn metrics_response(answer: ExportAnswer) -> ExportMetricsServiceResponse {
 
 /// The OTLP/gRPC server: both services, with the request size limit applied,
 /// behind the bearer tokens when auth is on and the ingest in-flight gate
-/// (RESOURCE_EXHAUSTED when saturated).
-pub fn otlp_grpc_router(ingest: OtlpIngest, auth: &Auth) -> tonic::transport::server::Router {
+/// (RESOURCE_EXHAUSTED when saturated), over TLS when `tls` is set.
+pub fn otlp_grpc_router(
+    ingest: OtlpIngest,
+    auth: &Auth,
+    tls: Option<&TlsSettings>,
+) -> Result<tonic::transport::server::Router, tonic::transport::Error> {
     let limit = ingest.limits().max_request_bytes;
     let gate = ingest.engine().limits().gate().clone();
     let telemetry = ingest.telemetry();
@@ -101,9 +107,13 @@ pub fn otlp_grpc_router(ingest: OtlpIngest, auth: &Auth) -> tonic::transport::se
     let metrics = MetricsServiceServer::new(ingest)
         .max_decoding_message_size(limit)
         .accept_compressed(CompressionEncoding::Gzip);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(crate::tls::grpc_tls_config(tls))?;
+    }
+    Ok(builder
         .add_service(auth.grpc(Backpressure::new(traces, gate.clone(), Arc::clone(&telemetry)).counted_as("otlp_grpc")))
-        .add_service(auth.grpc(Backpressure::new(metrics, gate, telemetry).counted_as("otlp_grpc")))
+        .add_service(auth.grpc(Backpressure::new(metrics, gate, telemetry).counted_as("otlp_grpc"))))
 }
 
 /// The OTLP/HTTP routes.
@@ -223,6 +233,16 @@ fn gunzip(body: &[u8], limit: usize) -> Result<bytes::Bytes, String> {
     Ok(bytes::Bytes::from(inflated))
 }
 
+/// An auth refusal as OTLP/HTTP answers every error: a `google.rpc.Status`
+/// whose code is the gRPC one (UNAUTHENTICATED, PERMISSION_DENIED).
+pub fn auth_refusal(error: &AuthError) -> Response {
+    refusal(
+        error.http_status(),
+        error.grpc_status().code() as i32,
+        error.to_string(),
+    )
+}
+
 fn unavailable(message: String) -> Response {
     refusal(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, message)
 }
@@ -236,7 +256,7 @@ async fn handle<M, R>(
     answer: fn(ExportAnswer) -> R,
 ) -> Response
 where
-    M: Message + Default + 'static,
+    M: Bounded + 'static,
     R: Message + 'static,
 {
     // Taken before the body is read, as for remote write: a flood holds at most
@@ -257,19 +277,25 @@ where
         Ok(read) => read,
         Err(response) => return response,
     };
-    let work = tokio::task::spawn_blocking(move || match M::decode(body) {
-        Err(error) => refusal(
-            StatusCode::BAD_REQUEST,
-            INVALID_ARGUMENT,
-            format!(
-                "invalid protobuf {}: {error}",
-                std::any::type_name::<M>().rsplit("::").next().unwrap_or("")
+    let work = tokio::task::spawn_blocking(move || {
+        let telemetry = ingest.telemetry();
+        let _in_flight = telemetry.bytes_in_flight(body.len());
+        let message = std::any::type_name::<M>().rsplit("::").next().unwrap_or("");
+        // Estimated before prost builds the tree: a body of tiny entries is refused here.
+        if let Err(error) = check::<M>(&body) {
+            return refusal(StatusCode::BAD_REQUEST, INVALID_ARGUMENT, format!("{message}: {error}"));
+        }
+        match M::decode(body) {
+            Err(error) => refusal(
+                StatusCode::BAD_REQUEST,
+                INVALID_ARGUMENT,
+                format!("invalid protobuf {message}: {error}"),
             ),
-        ),
-        Ok(request) => match fold(&ingest, &request, tenant) {
-            Ok(folded) => protobuf(answer(folded)),
-            Err(closed) => unavailable(closed.to_string()),
-        },
+            Ok(request) => match fold(&ingest, &request, tenant) {
+                Ok(folded) => protobuf(answer(folded)),
+                Err(closed) => unavailable(closed.to_string()),
+            },
+        }
     });
     work.await
         .unwrap_or_else(|error| unavailable(format!("ingest task failed: {error}")))

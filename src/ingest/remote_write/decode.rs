@@ -3,14 +3,18 @@
 //! plus tailfold's limits, kind classification, native histograms, exemplars.
 
 use std::collections::HashMap;
+use std::mem::size_of;
 use std::sync::Arc;
 
 use prost::Message;
+use smallvec::SmallVec;
 use thiserror::Error;
 
 use crate::api::prometheus as wire;
 use crate::config::IngestLimits;
-use crate::ingest::validate::{trace_context, validate_labels, SeriesError, TenantError};
+use crate::ingest::budget::{DecodeBudget, OverBudget};
+use crate::ingest::protowire::{self, fields, WireError};
+use crate::ingest::validate::{cut, trace_context, validate_label_refs, SeriesError, TenantError};
 use crate::model::{
     DropReason, IngestBatch, Kind, NativeHistogram, Outcome, Point, SeriesBatch, TraceContext, METRIC_NAME_LABEL,
 };
@@ -68,6 +72,17 @@ pub enum RemoteWriteError {
     /// Not a protobuf `prometheus.WriteRequest`.
     #[error("invalid protobuf prometheus.WriteRequest: {0}")]
     Protobuf(String),
+    /// More series than `ingest.max_series_per_request` (counted up to one past it).
+    #[error("request has more than {limit} series (ingest.max_series_per_request)")]
+    TooManySeries {
+        /// Series sent.
+        series: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Its decoded form would pass the request's memory budget.
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
     /// More samples and histograms than `ingest.max_points_per_request`.
     #[error("request has {points} samples and histograms, limit is {limit} (ingest.max_points_per_request)")]
     TooManyPoints {
@@ -140,18 +155,67 @@ pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, RemoteWriteError
         .map_err(|error| RemoteWriteError::Snappy(error.to_string()))
 }
 
-/// Decodes the protobuf `WriteRequest`.
-pub fn parse(bytes: &[u8]) -> Result<wire::WriteRequest, RemoteWriteError> {
-    wire::WriteRequest::decode(bytes).map_err(|error| RemoteWriteError::Protobuf(error.to_string()))
+/// What the shape pass counted, before anything is allocated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Series in the request.
+    pub series: usize,
+    /// Series with at least one sample or histogram (the only ones kept).
+    pub series_with_points: usize,
+    /// Samples plus histograms: what `ingest.max_points_per_request` bounds.
+    pub points: u64,
+    /// Metadata entries.
+    pub metadata: usize,
 }
 
-/// Samples plus histograms in a request: what `ingest.max_points_per_request` bounds.
-pub fn points_in(request: &wire::WriteRequest) -> u64 {
-    request
-        .timeseries
-        .iter()
-        .map(|series| (series.samples.len() + series.histograms.len()) as u64)
-        .sum()
+fn protobuf(error: WireError) -> RemoteWriteError {
+    RemoteWriteError::Protobuf(error.to_string())
+}
+
+/// Walks the request without allocating: checks it is a well-formed
+/// `prometheus.WriteRequest` down to its series' fields, counts series and
+/// points, and refuses it whole when either is over its limit.
+pub fn scan(bytes: &[u8], limits: &IngestLimits) -> Result<Shape, RemoteWriteError> {
+    let mut shape = Shape::default();
+    for field in fields(bytes) {
+        let (number, value) = field.map_err(protobuf)?;
+        match number {
+            1 => {
+                shape.series += 1;
+                if shape.series > limits.max_series_per_request {
+                    // Refused at the first series over the limit: a flood of them costs no more work.
+                    return Err(RemoteWriteError::TooManySeries {
+                        series: shape.series,
+                        limit: limits.max_series_per_request,
+                    });
+                }
+                let mut points = 0u64;
+                for field in fields(value.bytes(1).map_err(protobuf)?) {
+                    let (number, value) = field.map_err(protobuf)?;
+                    if (1..=4).contains(&number) {
+                        value.bytes(number).map_err(protobuf)?;
+                    }
+                    if number == 2 || number == 4 {
+                        points += 1;
+                    }
+                }
+                shape.points += points;
+                shape.series_with_points += usize::from(points > 0);
+            }
+            3 => {
+                value.bytes(3).map_err(protobuf)?;
+                shape.metadata += 1;
+            }
+            _ => {}
+        }
+    }
+    if shape.points > limits.max_points_per_request as u64 {
+        return Err(RemoteWriteError::TooManyPoints {
+            points: shape.points,
+            limit: limits.max_points_per_request,
+        });
+    }
+    Ok(shape)
 }
 
 /// What one request decoded to: the batch for the engine and what the adapter refused.
@@ -197,67 +261,113 @@ impl Decoded {
     }
 }
 
-/// Metric type per family name, from the request's metadata.
+/// Metric type per family name, from the request's metadata (names borrowed from the body).
 pub type Metadata<'a> = HashMap<&'a str, MetricType>;
 
-/// Turns a request into a batch for `tenant`. Bad series are refused alone,
-/// bad histograms alone, non-finite samples alone; all of it is counted.
-pub fn decode_request(request: wire::WriteRequest, tenant: Arc<str>, limits: &IngestLimits) -> Decoded {
-    let wire::WriteRequest { timeseries, metadata } = request;
-    let metadata: Metadata = metadata
-        .iter()
-        .filter_map(|entry| {
-            let kind = MetricType::try_from(entry.r#type).ok()?;
-            (kind != MetricType::Unknown).then_some((entry.metric_family_name.as_str(), kind))
-        })
-        .collect();
+/// A label as read from the body: `(name, value)`, borrowed.
+pub type LabelRef<'a> = (&'a str, &'a str);
+
+/// An exemplar's traced sample: value, timestamp, trace.
+type Exemplar = (f64, i64, TraceContext);
+
+/// Decoded bytes charged per metadata entry kept (hash table slot and control byte, at most 7/8 full).
+const METADATA_ENTRY_BYTES: usize = 40;
+
+/// Decodes a decompressed body for `tenant` straight from its bytes, with
+/// memory bounded by [`DecodeBudget`]: nothing is allocated for a series
+/// before its labels are counted, and what is kept is charged first. Bad
+/// series are refused alone, bad histograms alone, non-finite samples alone;
+/// all of it is counted. The request as a whole is refused (`Err`) when it
+/// is not protobuf, is over a count limit, or would pass its budget.
+pub fn decode_body(bytes: &[u8], tenant: Arc<str>, limits: &IngestLimits) -> Result<Decoded, RemoteWriteError> {
+    let shape = scan(bytes, limits)?;
+    let mut budget = DecodeBudget::for_request(bytes.len());
+    budget.charge(shape.metadata.saturating_mul(METADATA_ENTRY_BYTES))?;
+    let mut metadata: Metadata = HashMap::with_capacity(shape.metadata);
+    budget.charge(shape.series_with_points.saturating_mul(size_of::<SeriesBatch>()))?;
     let mut decoded = Decoded {
         batch: IngestBatch {
             tenant,
-            series: Vec::with_capacity(timeseries.len()),
+            series: Vec::with_capacity(shape.series_with_points),
         },
         outcome: Outcome::default(),
         stale_markers: 0,
-        series: timeseries.len(),
+        series: shape.series,
         refused_series: 0,
         errors: Vec::new(),
         error_count: 0,
     };
-    for (index, series) in timeseries.into_iter().enumerate() {
-        let points = (series.samples.len() + series.histograms.len()) as u64;
-        if let Err(error) = decode_series(index, series, &metadata, limits, &mut decoded) {
-            decoded.refused_series += 1;
-            decoded.outcome.reject(DropReason::InvalidSeries, points);
-            decoded.refuse(error);
+    for field in fields(bytes) {
+        let (number, value) = field.map_err(protobuf)?;
+        if number == 3 {
+            if let Some((name, kind)) = metadata_entry(value.bytes(3).map_err(protobuf)?)? {
+                metadata.insert(name, kind);
+            }
         }
     }
-    decoded
+    let mut index = 0;
+    for field in fields(bytes) {
+        let (number, value) = field.map_err(protobuf)?;
+        if number != 1 {
+            continue;
+        }
+        let series = value.bytes(1).map_err(protobuf)?;
+        match decode_series(index, series, &metadata, limits, &mut decoded, &mut budget) {
+            Ok(()) => {}
+            Err(error @ (RemoteWriteError::Protobuf(_) | RemoteWriteError::OverBudget(_))) => return Err(error),
+            Err(error) => {
+                let points = fields(series).filter(|field| matches!(field, Ok((2 | 4, _)))).count() as u64;
+                decoded.refused_series += 1;
+                decoded.outcome.reject(DropReason::InvalidSeries, points);
+                decoded.refuse(error);
+            }
+        }
+        index += 1;
+    }
+    Ok(decoded)
+}
+
+/// The family name and type of one `MetricMetadata`; `None` for UNKNOWN or no name.
+fn metadata_entry(entry: &[u8]) -> Result<Option<(&str, MetricType)>, RemoteWriteError> {
+    let (mut kind, mut name) = (0u64, "");
+    for field in fields(entry) {
+        match field.map_err(protobuf)? {
+            (1, value) => kind = value.varint(1).map_err(protobuf)?,
+            (2, value) => name = value.str(2).map_err(protobuf)?,
+            _ => {}
+        }
+    }
+    let kind = i32::try_from(kind)
+        .ok()
+        .and_then(|kind| MetricType::try_from(kind).ok());
+    Ok(kind
+        .filter(|kind| *kind != MetricType::Unknown && !name.is_empty())
+        .map(|kind| (name, kind)))
+}
+
+fn label_of(label: &[u8]) -> Result<LabelRef<'_>, RemoteWriteError> {
+    protowire::label(label).map_err(protobuf)
 }
 
 /// Checks what the spec asks of a label set and tailfold's validation does
 /// not: names sorted, none empty, none repeated (the order matters because a
 /// sender that does not sort may not deduplicate either).
-pub fn check_label_order(index: usize, labels: &[wire::Label]) -> Result<(), RemoteWriteError> {
-    for (position, label) in labels.iter().enumerate() {
-        if label.name.is_empty() {
+pub fn check_label_order(index: usize, labels: &[LabelRef]) -> Result<(), RemoteWriteError> {
+    for (position, (name, _)) in labels.iter().enumerate() {
+        if name.is_empty() {
             return Err(RemoteWriteError::EmptyLabelName { index, position });
         }
-        let Some(previous) = position.checked_sub(1).map(|before| &labels[before]) else {
+        let Some((previous, _)) = position.checked_sub(1).map(|before| labels[before]) else {
             continue;
         };
-        match previous.name.cmp(&label.name) {
+        match previous.cmp(name) {
             std::cmp::Ordering::Less => {}
-            std::cmp::Ordering::Equal => {
-                return Err(RemoteWriteError::DuplicateLabel {
-                    index,
-                    name: label.name.clone(),
-                })
-            }
+            std::cmp::Ordering::Equal => return Err(RemoteWriteError::DuplicateLabel { index, name: cut(name) }),
             std::cmp::Ordering::Greater => {
                 return Err(RemoteWriteError::Unsorted {
                     index,
-                    previous: previous.name.clone(),
-                    name: label.name.clone(),
+                    previous: cut(previous),
+                    name: cut(name),
                 })
             }
         }
@@ -296,13 +406,8 @@ fn family_type(name: &str, metadata: &Metadata) -> Option<MetricType> {
 /// Reads an exemplar's trace from its `trace_id` (32 hex digits) and optional
 /// `span_id` (16 hex digits) labels. `None` when absent or malformed:
 /// exemplars are optional links, so a bad one is ignored, not an error.
-pub fn exemplar_trace(labels: &[wire::Label]) -> Option<TraceContext> {
-    let get = |name: &str| {
-        labels
-            .iter()
-            .find(|label| label.name == name)
-            .map(|label| label.value.as_str())
-    };
+pub fn exemplar_trace(labels: &[LabelRef]) -> Option<TraceContext> {
+    let get = |wanted: &str| labels.iter().find(|(name, _)| *name == wanted).map(|(_, value)| *value);
     let trace_hex = get("trace_id").filter(|hex| hex.len() == 32)?;
     let trace_id = hex::decode(trace_hex).ok()?;
     let span_id = match get("span_id") {
@@ -313,83 +418,150 @@ pub fn exemplar_trace(labels: &[wire::Label]) -> Option<TraceContext> {
     trace_context(&trace_id, &span_id).ok().flatten()
 }
 
+/// One `Exemplar`: its traced sample, or `None` when it has no usable trace
+/// or a non-finite value. Its labels are looked at in place, never copied.
+fn exemplar_of(exemplar: &[u8]) -> Result<Option<Exemplar>, RemoteWriteError> {
+    let (mut value, mut timestamp) = (0.0, 0i64);
+    let mut trace: SmallVec<[LabelRef; 2]> = SmallVec::new();
+    for field in fields(exemplar) {
+        match field.map_err(protobuf)? {
+            (1, field) => {
+                let label = label_of(field.bytes(1).map_err(protobuf)?)?;
+                // Only these two are read; keeping no others bounds this list.
+                if (label.0 == "trace_id" || label.0 == "span_id") && trace.len() < 2 {
+                    trace.push(label);
+                }
+            }
+            (2, field) => value = field.double(2).map_err(protobuf)?,
+            (3, field) => timestamp = field.varint(3).map_err(protobuf)? as i64,
+            _ => {}
+        }
+    }
+    if !f64::is_finite(value) {
+        return Ok(None);
+    }
+    Ok(exemplar_trace(&trace).map(|trace| (value, timestamp, trace)))
+}
+
+/// One `Sample`: value and timestamp.
+fn sample_of(sample: &[u8]) -> Result<(f64, i64), RemoteWriteError> {
+    let (mut value, mut timestamp) = (0.0, 0i64);
+    for field in fields(sample) {
+        match field.map_err(protobuf)? {
+            (1, field) => value = field.double(1).map_err(protobuf)?,
+            (2, field) => timestamp = field.varint(2).map_err(protobuf)? as i64,
+            _ => {}
+        }
+    }
+    Ok((value, timestamp))
+}
+
+/// Counts of a series' repeated fields, taken before any is decoded.
+#[derive(Default)]
+struct SeriesShape {
+    labels: usize,
+    samples: usize,
+    exemplars: usize,
+    histograms: usize,
+}
+
+fn series_shape(series: &[u8]) -> Result<SeriesShape, RemoteWriteError> {
+    let mut shape = SeriesShape::default();
+    for field in fields(series) {
+        match field.map_err(protobuf)?.0 {
+            1 => shape.labels += 1,
+            2 => shape.samples += 1,
+            3 => shape.exemplars += 1,
+            4 => shape.histograms += 1,
+            _ => {}
+        }
+    }
+    Ok(shape)
+}
+
 fn decode_series(
     index: usize,
-    series: wire::TimeSeries,
+    series: &[u8],
     metadata: &Metadata,
     limits: &IngestLimits,
     decoded: &mut Decoded,
+    budget: &mut DecodeBudget,
 ) -> Result<(), RemoteWriteError> {
-    check_label_order(index, &series.labels)?;
-    let name = series
-        .labels
+    let shape = series_shape(series)?;
+    // Counted before one label is read: a series of millions of labels costs nothing.
+    if shape.labels > limits.max_labels_per_series {
+        return Err(SeriesError::TooManyLabels {
+            index,
+            count: shape.labels,
+            limit: limits.max_labels_per_series,
+        }
+        .into());
+    }
+    if shape.labels == 0 {
+        return Err(SeriesError::MissingName { index }.into());
+    }
+    let mut pairs: SmallVec<[LabelRef; 16]> = SmallVec::with_capacity(shape.labels);
+    for field in fields(series) {
+        if let (1, value) = field.map_err(protobuf)? {
+            pairs.push(label_of(value.bytes(1).map_err(protobuf)?)?);
+        }
+    }
+    check_label_order(index, &pairs)?;
+    let name = pairs
         .iter()
-        .find(|label| label.name == METRIC_NAME_LABEL)
-        .map(|label| label.value.clone())
+        .find(|(name, _)| *name == METRIC_NAME_LABEL)
+        .map(|(_, value)| *value)
         .unwrap_or_default();
-    let histograms = !series.histograms.is_empty();
-    if histograms && !series.samples.is_empty() {
-        return Err(RemoteWriteError::Mixed { index, name });
+    let histograms = shape.histograms > 0;
+    if histograms && shape.samples > 0 {
+        return Err(RemoteWriteError::Mixed { index, name: cut(name) });
     }
     let (kind, running_total) = if histograms {
         (Kind::Distribution, false)
-    } else if is_running_total(&name, metadata) {
+    } else if is_running_total(name, metadata) {
         (Kind::Counter, true)
     } else {
         (Kind::Gauge, false)
     };
-    let pairs = series.labels.into_iter().map(|label| (label.name, label.value));
-    let labels = validate_labels(index, pairs, kind, limits)?;
-    let exemplars: Vec<(f64, i64, TraceContext)> = series
-        .exemplars
-        .iter()
-        .filter(|exemplar| exemplar.value.is_finite())
-        .filter_map(|exemplar| Some((exemplar.value, exemplar.timestamp, exemplar_trace(&exemplar.labels)?)))
-        .collect();
+    let labels = validate_label_refs(index, &mut pairs, kind, limits)?;
+    if shape.samples == 0 && shape.histograms == 0 {
+        return Ok(());
+    }
+    budget.charge(labels.heap_bytes())?;
+    budget.charge(shape.exemplars.saturating_mul(size_of::<Exemplar>()))?;
+    let mut exemplars: Vec<Exemplar> = Vec::with_capacity(shape.exemplars);
+    for field in fields(series) {
+        if let (3, value) = field.map_err(protobuf)? {
+            exemplars.extend(exemplar_of(value.bytes(3).map_err(protobuf)?)?);
+        }
+    }
 
     let batch = if histograms {
-        let gauge_histogram = series
-            .histograms
-            .iter()
-            .any(|histogram| histogram.reset_hint == wire::histogram::ResetHint::Gauge as i32);
-        let mut decoded_histograms = Vec::with_capacity(series.histograms.len());
-        for histogram in &series.histograms {
-            if histogram.sum.to_bits() == STALE_NAN_BITS {
-                decoded.stale_markers += 1;
-                continue;
-            }
-            match decode_histogram(histogram) {
-                Ok(native) => decoded_histograms.push(native),
-                Err(problem) => {
-                    decoded.outcome.reject(DropReason::InvalidValue, 1);
-                    decoded.refuse(RemoteWriteError::Histogram {
-                        index,
-                        name: name.clone(),
-                        timestamp_ms: histogram.timestamp,
-                        problem,
-                    });
-                }
-            }
-        }
-        attach_to_histograms(&mut decoded_histograms, exemplars);
-        SeriesBatch {
+        decode_histograms(
+            index,
+            name,
+            series,
+            shape.histograms,
             labels,
-            kind,
-            // A gauge histogram is a snapshot; any other is a running total the engine diffs.
-            cumulative: !gauge_histogram,
-            points: Vec::new(),
-            histograms: decoded_histograms,
-        }
+            exemplars,
+            decoded,
+            budget,
+        )?
     } else {
-        let mut points = Vec::with_capacity(series.samples.len());
-        for sample in &series.samples {
-            if sample.value.to_bits() == STALE_NAN_BITS {
+        budget.charge(shape.samples.saturating_mul(size_of::<Point>()))?;
+        let mut points = Vec::with_capacity(shape.samples);
+        for field in fields(series) {
+            let (2, value) = field.map_err(protobuf)? else {
+                continue;
+            };
+            let (value, timestamp) = sample_of(value.bytes(2).map_err(protobuf)?)?;
+            if value.to_bits() == STALE_NAN_BITS {
                 decoded.stale_markers += 1;
-            } else if !sample.value.is_finite() {
+            } else if !value.is_finite() {
                 // Prometheus can send NaN legitimately (0/0 in a rule): counted, not a 400.
                 decoded.outcome.reject(DropReason::InvalidValue, 1);
             } else {
-                points.push(Point::new(sample.value, Some(sample.timestamp), None));
+                points.push(Point::new(value, Some(timestamp), None));
             }
         }
         attach_to_points(&mut points, &exemplars);
@@ -405,6 +577,63 @@ fn decode_series(
         decoded.batch.series.push(batch);
     }
     Ok(())
+}
+
+/// The native histograms of a distribution series, each decoded on its own
+/// after its worst-case size (every element one wire byte, eight decoded)
+/// is checked against the budget, and charged once expanded.
+#[allow(clippy::too_many_arguments)]
+fn decode_histograms(
+    index: usize,
+    name: &str,
+    series: &[u8],
+    count: usize,
+    labels: crate::model::Labels,
+    exemplars: Vec<Exemplar>,
+    decoded: &mut Decoded,
+    budget: &mut DecodeBudget,
+) -> Result<SeriesBatch, RemoteWriteError> {
+    budget.charge(count.saturating_mul(size_of::<NativeHistogram>()))?;
+    let mut gauge_histogram = false;
+    let mut histograms = Vec::with_capacity(count);
+    for field in fields(series) {
+        let (4, value) = field.map_err(protobuf)? else {
+            continue;
+        };
+        let bytes = value.bytes(4).map_err(protobuf)?;
+        budget.check(size_of::<wire::Histogram>() + bytes.len().saturating_mul(8))?;
+        let histogram =
+            wire::Histogram::decode(bytes).map_err(|error| RemoteWriteError::Protobuf(error.to_string()))?;
+        gauge_histogram |= histogram.reset_hint == wire::histogram::ResetHint::Gauge as i32;
+        if histogram.sum.to_bits() == STALE_NAN_BITS {
+            decoded.stale_markers += 1;
+            continue;
+        }
+        match decode_histogram(&histogram) {
+            Ok(native) => {
+                budget.charge((native.positive.len() + native.negative.len()) * size_of::<(i32, u64)>())?;
+                histograms.push(native);
+            }
+            Err(problem) => {
+                decoded.outcome.reject(DropReason::InvalidValue, 1);
+                decoded.refuse(RemoteWriteError::Histogram {
+                    index,
+                    name: cut(name),
+                    timestamp_ms: histogram.timestamp,
+                    problem,
+                });
+            }
+        }
+    }
+    attach_to_histograms(&mut histograms, exemplars);
+    Ok(SeriesBatch {
+        labels,
+        kind: Kind::Distribution,
+        // A gauge histogram is a snapshot; any other is a running total the engine diffs.
+        cumulative: !gauge_histogram,
+        points: Vec::new(),
+        histograms,
+    })
 }
 
 /// Gives each exemplar's trace to the sample with the same timestamp, if

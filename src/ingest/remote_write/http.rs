@@ -22,7 +22,7 @@ use crate::model::{DropReason, Outcome};
 use crate::telemetry::Telemetry;
 use crate::wal::Wal;
 
-use super::decode::{decode_request, decompress, parse, points_in, RemoteWriteError};
+use super::decode::{decode_body, decompress, RemoteWriteError};
 
 /// The only protobuf message this endpoint reads (remote write 1.0).
 const MESSAGE: &str = "prometheus.WriteRequest";
@@ -152,7 +152,7 @@ async fn receive(state: HttpState, headers: &HeaderMap, body: Body) -> Result<()
     // off the async worker threads.
     let shared = Arc::clone(&state.0);
     tokio::task::spawn_blocking(move || {
-        let result = shared.ingest(&body, tenant);
+        let result = shared.ingest(body, tenant);
         drop(permit);
         result
     })
@@ -195,24 +195,34 @@ impl Shared {
     /// Decodes, validates and folds one request body. A request that can never
     /// succeed, or that held anything invalid (the valid rest is kept, as the
     /// spec allows), gets 400; a closing engine gets 503 so the sender retries.
-    fn ingest(&self, body: &[u8], tenant: Arc<str>) -> Result<(), Refusal> {
-        let bytes = decompress(body, self.limits.max_decompressed_bytes).map_err(bad_request)?;
-        let request = parse(&bytes).map_err(bad_request)?;
-        drop(bytes);
-        let points = points_in(&request);
+    fn ingest(&self, body: bytes::Bytes, tenant: Arc<str>) -> Result<(), Refusal> {
+        let bytes = decompress(&body, self.limits.max_decompressed_bytes).map_err(bad_request)?;
+        // The compressed body is not needed any more: only the decompressed one is held while decoding.
+        drop(body);
+        let _in_flight = self.telemetry.bytes_in_flight(bytes.len());
         let tenant_name = Arc::clone(&tenant);
+        let decoded = match decode_body(&bytes, tenant, &self.limits) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                if let RemoteWriteError::TooManyPoints { points, .. } = error {
+                    let mut outcome = Outcome::default();
+                    outcome.reject(DropReason::InvalidSeries, points);
+                    self.telemetry.received_by("remote_write", &tenant_name, points);
+                    self.telemetry.ingested_by("remote_write", &tenant_name, &outcome);
+                }
+                return Err(bad_request(error));
+            }
+        };
+        drop(bytes);
+        let points = decoded.outcome.rejected_total()
+            + decoded.stale_markers
+            + decoded
+                .batch
+                .series
+                .iter()
+                .map(|series| (series.points.len() + series.histograms.len()) as u64)
+                .sum::<u64>();
         self.telemetry.received_by("remote_write", &tenant_name, points);
-        if points > self.limits.max_points_per_request as u64 {
-            let mut outcome = Outcome::default();
-            outcome.reject(DropReason::InvalidSeries, points);
-            self.telemetry.ingested_by("remote_write", &tenant_name, &outcome);
-            return Err(bad_request(RemoteWriteError::TooManyPoints {
-                points,
-                limit: self.limits.max_points_per_request,
-            }));
-        }
-
-        let decoded = decode_request(request, tenant, &self.limits);
         if decoded.nothing_valid() {
             self.telemetry
                 .ingested_by("remote_write", &tenant_name, &decoded.outcome);

@@ -111,9 +111,12 @@ fn label_rules_are_the_grpc_ones() {
     for (raw, message) in [
         (
             huge.as_str(),
-            r#""a:1|c|#big:xxxxxxxxx": label "big" has a value of 9 bytes, limit is 8"#,
+            r#""a:1|c|#big:xxxxxxxxx": label "big" has a value of 9 bytes, limit is 8 (ingest.max_label_value_bytes)"#,
         ),
-        ("a:1|c|#x:1,y:2,z:3", r#""a:1|c|#x:1,y:2,z:3": 4 labels, limit is 3"#),
+        (
+            "a:1|c|#x:1,y:2,z:3",
+            r#""a:1|c|#x:1,y:2,z:3": 4 labels, limit is 3 (ingest.max_labels_per_series)"#,
+        ),
         ("a:1|c|#x:1,x:2", r#""a:1|c|#x:1,x:2": duplicate label name "x""#),
         (
             "a:1|ms|#quantile:0.5",
@@ -230,6 +233,6 @@ fn refuses_each_malformed_form_with_its_reason() {
     let (line, _) = parse("a.b.c:1|c").unwrap();
     assert_eq!(
         line.labels(&limits).unwrap_err().to_string(),
-        r#""a.b.c:1|c": label "__name__" has a value of 5 bytes, limit is 4"#
+        r#""a.b.c:1|c": label "__name__" has a value of 5 bytes, limit is 4 (ingest.max_label_value_bytes)"#
     );
 }
