@@ -260,8 +260,17 @@ impl Placement {
         Placement::new(cluster, meta.shards, meta.replicas, meta.version, sets).map(Some)
     }
 
-    /// Writes a new placement; refuses when `cluster` has one.
+    /// Writes a new placement; refuses when `cluster` has one. The meta key
+    /// is written last, with a create: it is the commit point. Whether one
+    /// exists is checked first, so a refused init leaves the existing sets
+    /// alone; sets left by an init interrupted before its meta are replaced.
     pub async fn create(&self, client: &EtcdClient) -> Result<(), PlacementError> {
+        if client.get(&keys::meta(&self.cluster)).await?.is_some() {
+            return Err(PlacementError::Exists(self.cluster.clone()));
+        }
+        for stale in client.get_prefix(&keys::sets_prefix(&self.cluster)).await? {
+            client.delete(&stale.key).await?;
+        }
         for set in &self.sets {
             let value = serde_json::to_vec(set).expect("a set serialises");
             client
