@@ -260,8 +260,17 @@ impl Placement {
         Placement::new(cluster, meta.shards, meta.replicas, meta.version, sets).map(Some)
     }
 
-    /// Writes a new placement; refuses when `cluster` has one.
+    /// Writes a new placement; refuses when `cluster` has one. The meta key
+    /// is written last, with a create: it is the commit point. Whether one
+    /// exists is checked first, so a refused init leaves the existing sets
+    /// alone; sets left by an init interrupted before its meta are replaced.
     pub async fn create(&self, client: &EtcdClient) -> Result<(), PlacementError> {
+        if client.get(&keys::meta(&self.cluster)).await?.is_some() {
+            return Err(PlacementError::Exists(self.cluster.clone()));
+        }
+        for stale in client.get_prefix(&keys::sets_prefix(&self.cluster)).await? {
+            client.delete(&stale.key).await?;
+        }
         for set in &self.sets {
             let value = serde_json::to_vec(set).expect("a set serialises");
             client
@@ -321,6 +330,40 @@ mod tests {
     /// Computed independently with Python's `xxhash.xxh3_64_intdigest` over
     /// the canonical bytes, modulo 1024 and 7.
     const PINNED: [(u32, u32); 6] = [(343, 0), (740, 3), (125, 5), (457, 1), (457, 1), (866, 1)];
+
+    /// More pinned vectors, computed outside tailfold by the reference xxHash
+    /// C library (`libxxhash`'s `XXH3_64bits` over the canonical bytes, via
+    /// Python ctypes), with a modulus of `u32::MAX` to pin 32 bits of the hash.
+    #[test]
+    fn the_shard_hash_matches_the_reference_xxhash_library() {
+        let http = [
+            ("service", "api"),
+            ("__name__", "http_requests_total"),
+            ("status", "200"),
+            ("method", "GET"),
+        ];
+        let unicode = [
+            ("__name__", "latência_segundos"),
+            ("região", "são-paulo"),
+            ("emoji", "🚀"),
+        ];
+        // (tenant, labels, shard of 1024, of 7, of u32::MAX)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], [u32; 3]);
+        let cases: [Case; 7] = [
+            ("", &[], [219, 2, 3415919823]),
+            ("acme", &[], [695, 0, 822460940]),
+            ("", &[("__name__", "up")], [267, 3, 277425782]),
+            ("acme", &http, [193, 3, 3593801566]),
+            ("other", &http, [440, 2, 1828919315]),
+            ("acme", &unicode, [197, 3, 4191244746]),
+            ("acme", &[("__name__", "x"), ("a", "")], [506, 5, 329615011]),
+        ];
+        for (tenant, pairs, expected) in cases {
+            let labels = Labels::from_pairs(pairs.iter().copied());
+            let got = [1024, 7, u32::MAX].map(|shards| shard_of(tenant, &labels, shards));
+            assert_eq!(got, expected, "tenant {tenant:?} labels {pairs:?}");
+        }
+    }
 
     #[test]
     fn the_initial_placement_splits_shards_evenly_and_checks_its_input() {
