@@ -123,7 +123,9 @@ fn loadgen_traffic_lands_as_quantiles_with_exemplars_and_sigterm_flushes() {
         let found: Vec<JsonRecord> = records
             .into_iter()
             .filter(|r| {
-                r.name == "http_request_duration_seconds" && r.labels.contains_key("quantile") && r.exemplar.is_some()
+                r.name == "http_request_duration_seconds:quantile"
+                    && r.labels.contains_key("quantile")
+                    && r.exemplar.is_some()
             })
             .collect();
         if !found.is_empty() || Instant::now() > deadline {

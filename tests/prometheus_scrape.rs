@@ -396,9 +396,9 @@ remote_write:
     let mut expected_all: BTreeMap<i64, f64> = BTreeMap::new();
     for (instance, samples) in &counters {
         let expected = per_window(&increases(samples), end_ms);
-        let got = series_values(&records, "demo_requests_total_sum", &[("instance", instance)], end_ms);
+        let got = series_values(&records, "demo_requests_total:sum", &[("instance", instance)], end_ms);
         assert_eq!(got, expected, "per-instance sums of {instance}\n{context}");
-        let rates = series_values(&records, "demo_requests_total_rate", &[("instance", instance)], end_ms);
+        let rates = series_values(&records, "demo_requests_total:rate", &[("instance", instance)], end_ms);
         assert_eq!(
             rates.keys().collect::<Vec<_>>(),
             got.keys().collect::<Vec<_>>(),
@@ -414,8 +414,8 @@ remote_write:
     }
 
     // 1. Exact, rolled up: `_sum`, `_rate = _sum / 2 s`, `_total` the running sum.
-    let sums = series_values(&records, "demo_requests_total:all_sum", &[], end_ms);
-    let rate_records = series_values(&records, "demo_requests_total:all_rate", &[], end_ms);
+    let sums = series_values(&records, "demo_requests_total:all:sum", &[], end_ms);
+    let rate_records = series_values(&records, "demo_requests_total:all:rate", &[], end_ms);
     let totals = series_values(&records, "demo_requests_total:all_total", &[], end_ms);
     assert_eq!(sums, expected_all, "rolled-up sums\n{context}");
     assert_eq!(rate_records.keys().collect::<Vec<_>>(), sums.keys().collect::<Vec<_>>());
@@ -564,7 +564,7 @@ remote_write:
     }
     let instances: BTreeSet<&str> = records
         .iter()
-        .filter(|r| r.name == "demo_requests_total_sum")
+        .filter(|r| r.name == "demo_requests_total:sum")
         .map(|r| r.labels["instance"].as_str())
         .collect();
     assert_eq!(instances, [a.as_str(), b.as_str()].into());

@@ -199,27 +199,55 @@ fn table_hash(key: u64) -> u64 {
 /// The running `total` of one output under one policy.
 struct RunningTotal {
     policy: StoragePolicy,
-    total: f64,
+    totals: Totals,
     last_end_ms: i64,
 }
 
-/// Adds `sum` to the running total of (`key`, `policy`) and returns the new total.
-fn add_to_total(totals: &mut KeyMap<Vec<RunningTotal>>, key: u64, policy: StoragePolicy, sum: f64, end_ms: i64) -> f64 {
+/// The running totals of an output that keeps a `total`, including the
+/// window they come with: cumulative series that downstream `rate()` and
+/// `increase()` read.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Totals {
+    /// Sum of every window's sum (a counter's increase, a distribution's values).
+    pub sum: f64,
+    /// Sum of every window's sample count (distributions only).
+    pub count: f64,
+    /// True for the window that started these totals: the sink writes a zero
+    /// before it, so `increase()` over a range holding that window sees it.
+    pub first: bool,
+}
+
+/// Adds a window's `sum` and `count` to the running totals of (`key`,
+/// `policy`) and returns the new totals.
+fn add_to_total(
+    totals: &mut KeyMap<Vec<RunningTotal>>,
+    key: u64,
+    policy: StoragePolicy,
+    (sum, count): (f64, f64),
+    end_ms: i64,
+) -> Totals {
     let entries = totals.entry(key).or_default();
     let entry = match entries.iter_mut().position(|entry| entry.policy == policy) {
-        Some(index) => &mut entries[index],
+        Some(index) => {
+            entries[index].totals.first = false;
+            &mut entries[index]
+        }
         None => {
             entries.push(RunningTotal {
                 policy,
-                total: 0.0,
+                totals: Totals {
+                    first: true,
+                    ..Totals::default()
+                },
                 last_end_ms: end_ms,
             });
             entries.last_mut().expect("just pushed")
         }
     };
-    entry.total += sum;
+    entry.totals.sum += sum;
+    entry.totals.count += count;
     entry.last_end_ms = end_ms;
-    entry.total
+    entry.totals
 }
 
 /// A window taken out of a shard at flush, ready to be turned into records.
@@ -234,8 +262,8 @@ pub struct ClosedWindow {
     pub state: WindowState,
     /// True when flushed before the window ended (shutdown).
     pub partial: bool,
-    /// For counters that keep a `total`: the running total including this window.
-    pub running_total: Option<f64>,
+    /// For outputs that keep a `total`: the running totals including this window.
+    pub running_total: Option<Totals>,
 }
 
 /// The state of one shard; the engine wraps each in a mutex.
@@ -454,14 +482,25 @@ impl Shard {
                     None => flushed.push((class.policy, end_ms)),
                 }
                 let running_total = match &window.state {
-                    WindowState::Counter(state) if class.keeps_total => {
-                        Some(add_to_total(totals, key, class.policy, state.sum, end_ms))
-                    }
+                    WindowState::Counter(state) if class.keeps_total => Some(add_to_total(
+                        totals,
+                        key,
+                        class.policy,
+                        (state.sum, state.count as f64),
+                        end_ms,
+                    )),
+                    WindowState::Distribution(histogram) if class.keeps_total => Some(add_to_total(
+                        totals,
+                        key,
+                        class.policy,
+                        (histogram.sum(), histogram.count() as f64),
+                        end_ms,
+                    )),
                     _ => None,
                 };
                 Some((end_ms, running_total))
             };
-            let closed = |window: OpenWindow, end_ms: i64, running_total: Option<f64>| ClosedWindow {
+            let closed = |window: OpenWindow, end_ms: i64, running_total: Option<Totals>| ClosedWindow {
                 target: window.target,
                 class: window.class,
                 start_ms: window.start_ms,
