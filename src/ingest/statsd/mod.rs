@@ -21,7 +21,9 @@ use crate::ingest::validate::cut;
 use crate::model::{DropReason, IngestBatch, Kind, Outcome, SeriesBatch};
 use crate::telemetry::Telemetry;
 
-pub use parse::{parse_line, sanitize_name, stochastic_weight, StatsdError, StatsdLine};
+pub use parse::{
+    parse_line, sanitize_name, stochastic_weight, NameCollisions, StatsdError, StatsdLine, MAX_CHECKED_NAMES,
+};
 
 /// Malformed lines are logged at most this often; the rest are only counted.
 const WARN_EVERY: Duration = Duration::from_secs(1);
@@ -82,6 +84,7 @@ pub async fn serve_statsd(
         // `received` last: whoever sees it can rely on the outcome being counted.
         telemetry.ingested_by("statsd", &settings.tenant, &outcome);
         telemetry.statsd_malformed(tally.malformed_lines);
+        telemetry.statsd_name_collisions(tally.name_collisions);
         telemetry.received_by("statsd", &settings.tenant, tally.points + tally.malformed_lines);
     }
 }
@@ -93,6 +96,8 @@ pub struct DatagramTally {
     pub points: u64,
     /// Lines refused (each counted as one point, since its values are unknown).
     pub malformed_lines: u64,
+    /// Metric names first seen to sanitise like another one (see [`NameCollisions`]).
+    pub name_collisions: u64,
 }
 
 /// Turns datagrams into an [`IngestBatch`], reusing its buffers across datagrams.
@@ -107,6 +112,7 @@ pub struct DatagramDecoder {
     values: Vec<f64>,
     rng: SmallRng,
     warnings: WarnLimiter,
+    names: NameCollisions,
 }
 
 impl DatagramDecoder {
@@ -123,6 +129,7 @@ impl DatagramDecoder {
             values: Vec::new(),
             rng: SmallRng::from_rng(&mut rand::rng()),
             warnings: WarnLimiter::default(),
+            names: NameCollisions::default(),
         }
     }
 
@@ -150,7 +157,7 @@ impl DatagramDecoder {
             if raw.is_empty() {
                 continue;
             }
-            match self.decode_line(raw) {
+            match self.decode_line(raw, &mut tally.name_collisions) {
                 Ok(points) => tally.points += points as u64,
                 Err(error) => {
                     tally.malformed_lines += 1;
@@ -161,7 +168,9 @@ impl DatagramDecoder {
         tally
     }
 
-    fn decode_line(&mut self, raw: &[u8]) -> Result<usize, StatsdError> {
+    /// Adds the line's points to its series' batch; counts a name that
+    /// sanitises like another one into `collisions`.
+    fn decode_line(&mut self, raw: &[u8], collisions: &mut u64) -> Result<usize, StatsdError> {
         let text = std::str::from_utf8(raw).map_err(|_| StatsdError::NotUtf8 {
             line: cut(&String::from_utf8_lossy(raw)),
         })?;
@@ -171,6 +180,16 @@ impl DatagramDecoder {
             Some(index) => *index,
             None => {
                 let labels = line.labels(&self.limits)?;
+                let sanitized = labels.metric_name().unwrap_or_default();
+                if let Some(first) = self.names.check(line.name, sanitized) {
+                    *collisions += 1;
+                    // Once per name, so no limiter: a quiet warning would hide the merge.
+                    tracing::warn!(
+                        "statsd: {:?} and {:?} both become the metric {sanitized}, so their samples fold into one series (Etsy statsd keeps them apart): rename one",
+                        cut(first),
+                        cut(line.name),
+                    );
+                }
                 self.batch.series.push(SeriesBatch::new(
                     labels,
                     line.kind,
@@ -251,7 +270,8 @@ mod tests {
             tally,
             DatagramTally {
                 points: 6,
-                malformed_lines: 0
+                malformed_lines: 0,
+                name_collisions: 0
             }
         );
         assert_eq!(&*decoder.batch.tenant, "team-a");
@@ -280,6 +300,15 @@ mod tests {
     }
 
     #[test]
+    fn names_that_sanitise_alike_are_counted_once_across_datagrams() {
+        let mut decoder = decoder(1024);
+        assert_eq!(decoder.decode(b"api.latency:1|ms\napi.latency:2|ms").name_collisions, 0);
+        let tally = decoder.decode(b"api_latency:3|ms\napi-latency:4|ms\napi.latency:5|ms");
+        assert_eq!((tally.points, tally.name_collisions), (3, 2));
+        assert_eq!(decoder.decode(b"api_latency:6|ms").name_collisions, 0, "each name once");
+    }
+
+    #[test]
     fn refuses_bad_lines_alone() {
         let mut decoder = decoder(1024);
         let tally = decoder.decode(b"ok:1|c\nbad\n\xff\xfe:1|c\nok:2|c\nset:u|s");
@@ -287,7 +316,8 @@ mod tests {
             tally,
             DatagramTally {
                 points: 2,
-                malformed_lines: 3
+                malformed_lines: 3,
+                name_collisions: 0
             }
         );
         assert_eq!(decoder.batch.series.len(), 1);
@@ -303,7 +333,8 @@ mod tests {
             tally,
             DatagramTally {
                 points: 2,
-                malformed_lines: 1
+                malformed_lines: 1,
+                name_collisions: 0
             }
         );
         let tally = decoder.decode(b"0123456789abcdefg");
@@ -311,7 +342,8 @@ mod tests {
             tally,
             DatagramTally {
                 points: 0,
-                malformed_lines: 1
+                malformed_lines: 1,
+                name_collisions: 0
             }
         );
     }

@@ -3,6 +3,7 @@
 //! form, then checked like gRPC labels) only when a series is first seen.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use rand::Rng;
 use thiserror::Error;
@@ -287,6 +288,46 @@ pub fn sanitize_name(name: &str) -> Cow<'_, str> {
             .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }),
     );
     Cow::Owned(clean)
+}
+
+/// Distinct metric names [`NameCollisions`] remembers; past it, new names are
+/// no longer checked (the memory stays bounded under a flood of names).
+pub const MAX_CHECKED_NAMES: usize = 100_000;
+
+/// Finds raw statsd names that sanitise alike (`api.latency`, `api-latency`
+/// and `api_latency` all become `api_latency`). Etsy statsd keeps such names
+/// apart; tailfold folds them into one series, so each is reported once.
+#[derive(Debug, Default)]
+pub struct NameCollisions {
+    /// Sanitised name -> the first raw name seen with it.
+    first: HashMap<Box<str>, Box<str>>,
+    /// Raw names already reported as colliding.
+    reported: HashMap<Box<str>, ()>,
+}
+
+impl NameCollisions {
+    /// Notes that `raw` was sent, sanitised to `sanitized`. Returns the raw
+    /// name seen first under `sanitized` when `raw` is another one not
+    /// reported before: the two merge into one series. Allocates only for a
+    /// name not seen before.
+    pub fn check(&mut self, raw: &str, sanitized: &str) -> Option<&str> {
+        let new_collision = match self.first.get(sanitized) {
+            Some(first) => {
+                **first != *raw && !self.reported.contains_key(raw) && self.reported.len() < MAX_CHECKED_NAMES
+            }
+            None => {
+                if self.first.len() < MAX_CHECKED_NAMES {
+                    self.first.insert(sanitized.into(), raw.into());
+                }
+                false
+            }
+        };
+        if !new_collision {
+            return None;
+        }
+        self.reported.insert(raw.into(), ());
+        self.first.get(sanitized).map(|first| &**first)
+    }
 }
 
 impl StatsdLine<'_> {

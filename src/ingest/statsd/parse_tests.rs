@@ -233,3 +233,14 @@ fn refuses_each_malformed_form_with_its_reason() {
         r#""a.b.c:1|c": label "__name__" has a value of 5 bytes, limit is 4"#
     );
 }
+
+#[test]
+fn names_that_sanitise_alike_are_reported_once_each_naming_the_first() {
+    let mut names = NameCollisions::default();
+    assert_eq!(names.check("api.latency", "api_latency"), None);
+    assert_eq!(names.check("api.latency", "api_latency"), None, "the same name again");
+    assert_eq!(names.check("api_latency", "api_latency"), Some("api.latency"));
+    assert_eq!(names.check("api-latency", "api_latency"), Some("api.latency"));
+    assert_eq!(names.check("api-latency", "api_latency"), None, "reported once");
+    assert_eq!(names.check("other", "other"), None);
+}
