@@ -230,6 +230,32 @@ async fn cardinality_bomb_is_named_with_its_label() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("/api/v1/profile"));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("/api/v1/profile"), "{error}");
+    assert!(
+        error.contains("connection refused") && error.contains("--target"),
+        "{error}"
+    );
+    // loadgen words it alike, for both protocols.
+    for protocol in ["grpc", "remote-write"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tailfold"))
+            .args([
+                "loadgen",
+                "--duration",
+                "1s",
+                "--protocol",
+                protocol,
+                "--target",
+                "http://127.0.0.1:1",
+            ])
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            error.contains("connection refused") && error.contains("--target"),
+            "{protocol}: {error}"
+        );
+    }
     service.shutdown().await;
 }

@@ -209,7 +209,7 @@ async fn write_remote(client: &reqwest::Client, url: &str, request: v1::WriteReq
                 response.text().await.unwrap_or_default().trim()
             ))
         }
-        Err(error) => Answer::Failed(error.to_string()),
+        Err(error) => Answer::Failed(crate::client_error::describe(&error, "--target")),
     }
 }
 
@@ -264,7 +264,11 @@ struct ServiceCounts {
 /// Reads `tailfold_samples_accepted_total` and `tailfold_samples_dropped_total`
 /// of `protocol="remote_write"` from the service's `/metrics`.
 async fn remote_write_counts(http: &reqwest::Client, url: &str) -> Result<ServiceCounts, String> {
-    let response = http.get(url).send().await.map_err(|error| error.to_string())?;
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|error| crate::client_error::describe(&error, "--target"))?;
     if !response.status().is_success() {
         return Err(format!("answered {}", response.status()));
     }
@@ -358,7 +362,7 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
                 .map_err(|error| connect_error(error.to_string()))?
                 .connect()
                 .await
-                .map_err(|error| connect_error(error.to_string()))?,
+                .map_err(|error| connect_error(crate::client_error::describe(&error, "--target")))?,
         ),
         Protocol::RemoteWrite => None,
     };

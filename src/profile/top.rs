@@ -27,7 +27,7 @@ pub fn fetch(target: &str, query: &ProfileQuery) -> Result<ProfileReport, String
         .get(&url)
         .query(&params)
         .send()
-        .map_err(|error| format!("GET {url}: {error}"))?;
+        .map_err(|error| format!("GET {url}: {}", crate::client_error::describe(&error, "--target")))?;
     let status = response.status();
     let body = response.text().map_err(|error| format!("GET {url}: {error}"))?;
     if !status.is_success() {
