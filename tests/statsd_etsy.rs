@@ -5,7 +5,8 @@
 //! second, so a round is one statsd flush and one tailfold window.
 //!
 //! Agreeing per round: counters (summed, sampled ones divided by their rate),
-//! absolute gauges (the last value), timers' count (sampled ones counted
+//! absolute gauges (the last value), relative gauges (`+3|g` changes the value
+//! held from an earlier round), timers' count (sampled ones counted
 //! 1/rate times), min and max, tags (statsd's `name;tag=value` keys are
 //! tailfold's labels), and malformed lines (refused and counted by both).
 //! Differing as the README documents: a sampled timer's sum (statsd sums what
@@ -120,7 +121,7 @@ fn wall_ms() -> i64 {
 /// One round: the datagrams sent, in order.
 fn rounds() -> Vec<Vec<String>> {
     let timer_values = |base: f64| (0..20).map(|i| base + f64::from(i) * 1.5).collect::<Vec<_>>();
-    let round = |scale: f64, gauges: &[f64]| {
+    let round = |scale: f64, gauges: &[f64], pool: &str| {
         let mut counters = String::new();
         for _ in 0..5 {
             counters.push_str(&format!("api.requests:{scale}|c|#service:api,region:eu\n"));
@@ -131,7 +132,8 @@ fn rounds() -> Vec<Vec<String>> {
         counters.push_str("jobs.done:2|c\njobs.done:2|c\njobs.done:2|c\n");
         // Two names statsd keeps apart and tailfold folds together.
         counters.push_str("api.errors:1|c\napi_errors:2|c\n");
-        let gauges: String = gauges.iter().map(|g| format!("queue.depth:{g}|g\n")).collect();
+        let mut gauges: String = gauges.iter().map(|g| format!("queue.depth:{g}|g\n")).collect();
+        gauges.push_str(pool);
         let mut timers = String::new();
         for value in timer_values(10.0 * scale) {
             timers.push_str(&format!("db.query:{value}|ms|#db:main\n"));
@@ -141,10 +143,11 @@ fn rounds() -> Vec<Vec<String>> {
         }
         vec![counters, gauges, timers, "garbage\n".to_string()]
     };
+    // `pool.size` changes relatively across rounds: 10, then 10+3-1, then +5 and -0.5.
     vec![
-        round(1.0, &[5.0, 9.0]),
-        round(2.0, &[4.0]),
-        round(3.0, &[7.0, 2.5, 11.0]),
+        round(1.0, &[5.0, 9.0], "pool.size:10|g\n"),
+        round(2.0, &[4.0], "pool.size:+3|g\npool.size:-1|g\n"),
+        round(3.0, &[7.0, 2.5, 11.0], "pool.size:+5|g\npool.size:-0.5|g\n"),
     ]
 }
 
@@ -224,6 +227,12 @@ fn the_same_lines_agree_with_etsy_statsd_per_flush_where_documented() {
         assert_eq!(
             record_value(&records, "queue_depth", &[], start),
             flush["gauges"]["queue.depth"].as_f64().unwrap(),
+            "{at}"
+        );
+        // Relative gauges: changes of the value held from earlier rounds.
+        assert_eq!(
+            record_value(&records, "pool_size", &[], start),
+            flush["gauges"]["pool.size"].as_f64().unwrap(),
             "{at}"
         );
         // Timers: count (1/rate per sampled value), min, max.

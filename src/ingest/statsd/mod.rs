@@ -22,7 +22,8 @@ use crate::model::{DropReason, IngestBatch, Kind, Outcome, SeriesBatch};
 use crate::telemetry::Telemetry;
 
 pub use parse::{
-    parse_line, sanitize_name, stochastic_weight, NameCollisions, StatsdError, StatsdLine, MAX_CHECKED_NAMES,
+    parse_line, sanitize_name, stochastic_weight, HeldGauges, NameCollisions, StatsdError, StatsdLine,
+    MAX_CHECKED_NAMES,
 };
 
 /// Malformed lines are logged at most this often; the rest are only counted.
@@ -113,6 +114,8 @@ pub struct DatagramDecoder {
     rng: SmallRng,
     warnings: WarnLimiter,
     names: NameCollisions,
+    gauges: HeldGauges,
+    max_gauges: usize,
 }
 
 impl DatagramDecoder {
@@ -130,6 +133,8 @@ impl DatagramDecoder {
             rng: SmallRng::from_rng(&mut rand::rng()),
             warnings: WarnLimiter::default(),
             names: NameCollisions::default(),
+            gauges: HeldGauges::new(settings.max_gauges, settings.gauge_idle_ms),
+            max_gauges: settings.max_gauges,
         }
     }
 
@@ -176,6 +181,19 @@ impl DatagramDecoder {
         })?;
         let line = parse_line(text, &mut self.values)?;
         let key = series_key(&line);
+        if line.kind == Kind::Gauge {
+            // Resolved here, line by line, so changes apply in the order sent.
+            let now = Instant::now();
+            for value in self.values.iter_mut() {
+                *value = self
+                    .gauges
+                    .apply(key, *value, line.relative, now)
+                    .ok_or_else(|| StatsdError::GaugesFull {
+                        line: cut(line.raw),
+                        max: self.max_gauges,
+                    })?;
+            }
+        }
         let index = match self.series_index.get(&key) {
             Some(index) => *index,
             None => {
@@ -258,6 +276,8 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             tenant: "team-a".to_string(),
             max_packet_bytes,
+            max_gauges: 100,
+            gauge_idle_ms: 60_000,
             limits: IngestLimits::default(),
         })
     }
@@ -306,6 +326,22 @@ mod tests {
         let tally = decoder.decode(b"api_latency:3|ms\napi-latency:4|ms\napi.latency:5|ms");
         assert_eq!((tally.points, tally.name_collisions), (3, 2));
         assert_eq!(decoder.decode(b"api_latency:6|ms").name_collisions, 0, "each name once");
+    }
+
+    #[test]
+    fn relative_gauges_apply_in_the_order_sent_across_datagrams() {
+        let mut decoder = decoder(1024);
+        let gauge = |decoder: &DatagramDecoder| -> Vec<f64> {
+            decoder.batch.series[0].points.iter().map(|p| p.value).collect()
+        };
+        decoder.decode(b"q:5|g\nq:+2|g\nq:9|g\nq:-4|g");
+        assert_eq!(gauge(&decoder), [5.0, 7.0, 9.0, 5.0]);
+        decoder.decode(b"q:+1.5|g|#other:tag\nq:+1|g");
+        assert_eq!(gauge(&decoder), [1.5], "another series starts from 0");
+        assert_eq!(
+            decoder.batch.series[1].points[0].value, 6.0,
+            "held from the datagram before"
+        );
     }
 
     #[test]
