@@ -34,6 +34,7 @@ mod record;
 mod route;
 mod settings;
 mod shard;
+mod totals;
 mod window;
 
 use std::borrow::Cow;
