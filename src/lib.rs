@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod api;
 pub mod client_error;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod fuzzing;

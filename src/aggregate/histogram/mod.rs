@@ -6,6 +6,7 @@ mod buckets;
 mod cells;
 mod config;
 mod mapping;
+mod parts;
 mod reservoirs;
 mod store;
 #[cfg(test)]
@@ -17,6 +18,7 @@ use crate::aggregate::exemplar::{Exemplar, ExemplarSlot};
 pub use buckets::BucketCounts;
 pub use config::{HistogramConfig, HistogramError, MAX_EXEMPLAR_SCALE_REDUCTION, MIN_MAX_EXEMPLARS};
 pub use mapping::{bucket_bounds, bucket_index, relative_error, MAX_SCALE, MIN_SCALE};
+pub use parts::{HistogramParts, PartsError};
 use store::Side;
 
 /// Identifies one bucket at a histogram's current scale.
