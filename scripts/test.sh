@@ -31,6 +31,16 @@ if ! python3 -c "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grp
   python3 -m pip install -q $otel || python3 -m pip install -q --break-system-packages $otel
 fi
 
+# The statsd comparison test (tests/statsd_etsy.rs) runs the real Etsy statsd (npm), kept under target/.
+if [ ! -f target/etsy-statsd/node_modules/statsd/stats.js ]; then
+  echo "== installing Etsy statsd (npm)"
+  if ! command -v npm >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm; }
+  fi
+  npm install --prefix target/etsy-statsd --no-audit --no-fund statsd@0.9.0
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

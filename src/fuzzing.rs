@@ -111,6 +111,8 @@ pub fn statsd(data: &[u8]) {
         listen: ([127, 0, 0, 1], 0).into(),
         tenant: "fuzz".to_string(),
         max_packet_bytes: 1432,
+        max_gauges: 100,
+        gauge_idle_ms: 60_000,
         limits: limits(),
     };
     let mut decoder = DatagramDecoder::new(&settings);

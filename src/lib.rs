@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod aggregate;
 pub mod api;
+pub mod client_error;
 pub mod clock;
 pub mod cluster;
 pub mod config;

@@ -123,7 +123,9 @@ fn loadgen_traffic_lands_as_quantiles_with_exemplars_and_sigterm_flushes() {
         let found: Vec<JsonRecord> = records
             .into_iter()
             .filter(|r| {
-                r.name == "http_request_duration_seconds" && r.labels.contains_key("quantile") && r.exemplar.is_some()
+                r.name == "http_request_duration_seconds:quantile"
+                    && r.labels.contains_key("quantile")
+                    && r.exemplar.is_some()
             })
             .collect();
         if !found.is_empty() || Instant::now() > deadline {
@@ -199,4 +201,58 @@ fn run_refuses_a_broken_config_with_the_file_and_field() {
         stderr.contains("bad.yaml: field grpc.listen: \"not an address\""),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_busy_port_names_its_listener_and_config_key_and_a_log_file_carries_no_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    std::fs::write(dir.path().join("rules.yaml"), "").unwrap();
+    let path = dir.path().join("tailfold.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "grpc: {{listen: \"127.0.0.1:0\"}}\nhttp: {{listen: \"127.0.0.1:{port}\"}}\ndata_dir: {}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    // stderr is a pipe here, as a file would be.
+    let output = Command::new(BINARY).args(["run", "-c"]).arg(&path).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port} (config key http.listen)")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("another process holds this port"), "{stderr}");
+
+    // Once the port is free it starts, logging to a file without colour codes.
+    drop(busy);
+    let log_path = dir.path().join("tailfold.log");
+    let mut child = Running(
+        Command::new(BINARY)
+            .args(["run", "-c"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("tailfold: listening on"), "{line}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("tailfold started") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(log.contains("tailfold started"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
 }

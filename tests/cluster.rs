@@ -176,7 +176,7 @@ async fn load_on_random_instances_aggregates_exactly_as_one_node() {
 
 /// The identity of the `sum` record of request `id`'s series in `window`.
 fn sum_key(id: &str, window: i64) -> (String, String, i64, String) {
-    let name = "req_sum".to_string();
+    let name = "req:sum".to_string();
     let labels = BTreeMap::from([
         ("__name__".to_string(), name.clone()),
         ("r".to_string(), id.to_string()),
@@ -317,14 +317,14 @@ async fn kill_under_load(victim: Victim) {
     // The rollup of a window holds exactly what its inputs' records hold.
     let mut inputs: BTreeMap<i64, f64> = BTreeMap::new();
     for ((name, _, window, aggregation), record) in &records {
-        if name == "req_sum" && aggregation == "sum" {
+        if name == "req:sum" && aggregation == "sum" {
             *inputs.entry(*window).or_default() += scalar(record).unwrap();
         }
     }
     for (window, sum) in inputs {
         let rollup = records
             .iter()
-            .find(|((name, _, start, _), _)| name == "req_all_sum" && *start == window)
+            .find(|((name, _, start, _), _)| name == "req_all:sum" && *start == window)
             .map(|(_, record)| scalar(record).unwrap());
         assert_eq!(rollup, Some(sum), "rollup of window {window}");
     }

@@ -74,25 +74,25 @@ async fn counters_and_gauges_are_exact_per_window() {
     service.flush_at(T0 + 30_000).await;
     let records = service.records();
 
-    let sum = one(&records, &[("__name__", "requests_sum"), ("pod", "1")], T0);
+    let sum = one(&records, &[("__name__", "requests:sum"), ("pod", "1")], T0);
     assert_eq!(value(sum), 3.5);
     assert_eq!(sum.window_end_ms, T0 + 10_000);
     assert_eq!(
         value(one(
             &records,
-            &[("__name__", "requests_sum"), ("pod", "1")],
+            &[("__name__", "requests:sum"), ("pod", "1")],
             T0 + 10_000
         )),
         4.0
     );
     assert_eq!(
-        value(one(&records, &[("__name__", "requests_rate"), ("pod", "2")], T0)),
+        value(one(&records, &[("__name__", "requests:rate"), ("pod", "2")], T0)),
         1.0
     );
     // The rollup sums both pods of service a: 1 + 2.5 + 10.
     let rolled = one(
         &records,
-        &[("__name__", "requests:by_service_sum"), ("service", "a")],
+        &[("__name__", "requests:by_service:sum"), ("service", "a")],
         T0,
     );
     assert_eq!(value(rolled), 13.5);
@@ -100,15 +100,15 @@ async fn counters_and_gauges_are_exact_per_window() {
     assert_eq!(
         value(one(
             &records,
-            &[("__name__", "requests:by_service_count"), ("service", "a")],
+            &[("__name__", "requests:by_service:count"), ("service", "a")],
             T0
         )),
         3.0
     );
     // Gauge last follows event time, not arrival order.
     assert_eq!(value(one(&records, &[("__name__", "memory"), ("pod", "1")], T0)), 7.0);
-    assert_eq!(value(one(&records, &[("__name__", "memory_min")], T0)), 3.0);
-    assert_eq!(value(one(&records, &[("__name__", "memory_max")], T0)), 9.0);
+    assert_eq!(value(one(&records, &[("__name__", "memory:min")], T0)), 3.0);
+    assert_eq!(value(one(&records, &[("__name__", "memory:max")], T0)), 9.0);
     service.shutdown().await;
 }
 
@@ -225,26 +225,26 @@ async fn quantiles_exemplars_and_inverse_quantiles_hold_on_lognormal_and_bimodal
         );
 
         assert_eq!(
-            value(one(&records, &with_name("latency_seconds_count", &base), T0)),
+            value(one(&records, &with_name("latency_seconds:count", &base), T0)),
             sent.values.len() as f64
         );
         let exact_sum: f64 = sent.values.iter().sum();
-        let sum = value(one(&records, &with_name("latency_seconds_sum", &base), T0));
+        let sum = value(one(&records, &with_name("latency_seconds:sum", &base), T0));
         assert!(
             (sum - exact_sum).abs() <= exact_sum * 1e-12,
             "{shape}: sum {sum} vs {exact_sum}"
         );
         assert_eq!(
-            value(one(&records, &with_name("latency_seconds_min", &base), T0)),
+            value(one(&records, &with_name("latency_seconds:min", &base), T0)),
             sorted[0]
         );
         assert_eq!(
-            value(one(&records, &with_name("latency_seconds_max", &base), T0)),
+            value(one(&records, &with_name("latency_seconds:max", &base), T0)),
             *sorted.last().unwrap()
         );
 
         for (aggregation, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
-            let mut pairs = with_name("latency_seconds", &base);
+            let mut pairs = with_name("latency_seconds:quantile", &base);
             let quantile_label = q.to_string();
             pairs.push(("quantile", &quantile_label));
             let record = one(&records, &pairs, T0);
@@ -285,7 +285,7 @@ async fn quantiles_exemplars_and_inverse_quantiles_hold_on_lognormal_and_bimodal
         for threshold in [1.0, 0.3] {
             let exact = sorted.iter().filter(|v| **v > threshold).count() as f64;
             let label_value = threshold.to_string();
-            let mut pairs = with_name("latency_seconds_above_count", &base);
+            let mut pairs = with_name("latency_seconds:above", &base);
             pairs.push(("threshold", &label_value));
             let count = value(one(&records, &pairs, T0));
             let straddling = bucket_index(scale, threshold);
@@ -295,14 +295,14 @@ async fn quantiles_exemplars_and_inverse_quantiles_hold_on_lognormal_and_bimodal
                 (count - exact).abs() <= allowed,
                 "{shape} above({threshold}): {count} vs exact {exact} (bucket holds {in_bucket})"
             );
-            let mut ratio_pairs = with_name("latency_seconds_above_ratio", &base);
+            let mut ratio_pairs = with_name("latency_seconds:above_ratio", &base);
             ratio_pairs.push(("threshold", &label_value));
             let ratio = value(one(&records, &ratio_pairs, T0));
             assert!((ratio - count / sorted.len() as f64).abs() < 1e-12);
         }
 
         // The 1m policy saw the same samples.
-        let minute: Vec<_> = find(&all_records, &with_name("latency_seconds_count", &base))
+        let minute: Vec<_> = find(&all_records, &with_name("latency_seconds:count", &base))
             .into_iter()
             .filter(|r| r.policy == "1m:40d")
             .collect();
@@ -390,7 +390,7 @@ async fn rollups_equal_the_merge_of_their_inputs() {
             value(one(
                 &records,
                 &[
-                    ("__name__", "latency_seconds:by_service_count"),
+                    ("__name__", "latency_seconds:by_service:count"),
                     ("service", service_name)
                 ],
                 T0
@@ -401,7 +401,7 @@ async fn rollups_equal_the_merge_of_their_inputs() {
         let sum = value(one(
             &records,
             &[
-                ("__name__", "latency_seconds:by_service_sum"),
+                ("__name__", "latency_seconds:by_service:sum"),
                 ("service", service_name),
             ],
             T0,
@@ -413,7 +413,7 @@ async fn rollups_equal_the_merge_of_their_inputs() {
         let p99 = value(one(
             &records,
             &[
-                ("__name__", "latency_seconds:by_service"),
+                ("__name__", "latency_seconds:by_service:quantile"),
                 ("service", service_name),
                 ("quantile", "0.99"),
             ],
@@ -458,7 +458,7 @@ async fn rollups_equal_the_merge_of_their_inputs() {
                 value(one(
                     &records,
                     &[
-                        ("__name__", "latency_seconds:without_pod_count"),
+                        ("__name__", "latency_seconds:without_pod:count"),
                         ("service", service_name),
                         ("endpoint", endpoint)
                     ],
@@ -500,7 +500,7 @@ async fn drop_rules_drop_and_are_counted_by_rule() {
         records.iter().all(|r| !r.name.starts_with("debug_")),
         "dropped series reached the store"
     );
-    assert_eq!(value(one(&records, &[("__name__", "kept_sum")], T0)), 1.0);
+    assert_eq!(value(one(&records, &[("__name__", "kept:sum")], T0)), 1.0);
     let counted = service.handle().telemetry().snapshot();
     assert_eq!(
         counted
@@ -539,13 +539,13 @@ async fn late_and_future_samples_are_counted_and_never_land_in_another_window() 
     assert_eq!(response.rejected, 1);
     service.flush_at(T0 + 40_000).await;
     let records = service.records();
-    assert_eq!(value(one(&records, &[("__name__", "queue_depth_sum")], T0)), 1.0);
+    assert_eq!(value(one(&records, &[("__name__", "queue_depth:sum")], T0)), 1.0);
     assert_eq!(
-        value(one(&records, &[("__name__", "queue_depth_sum")], T0 + 10_000)),
+        value(one(&records, &[("__name__", "queue_depth:sum")], T0 + 10_000)),
         1.0
     );
     assert_eq!(
-        find(&records, &[("__name__", "queue_depth_sum")]).len(),
+        find(&records, &[("__name__", "queue_depth:sum")]).len(),
         2,
         "the window was emitted twice or the late sample made a new one"
     );
@@ -573,7 +573,7 @@ async fn shutdown_flushes_open_windows_as_partial() {
         .unwrap();
     service.shutdown().await;
     let records = service.records();
-    let sum = one(&records, &[("__name__", "jobs_sum")], T0);
+    let sum = one(&records, &[("__name__", "jobs:sum")], T0);
     assert_eq!(value(sum), 5.0);
     assert!(sum.partial, "a window flushed before its end must say so");
 }

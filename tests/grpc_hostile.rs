@@ -168,7 +168,7 @@ async fn hostile_batches_get_clear_answers_and_the_service_keeps_serving() {
     assert_eq!(service.write(vec![good()]).await.unwrap().accepted, 1);
     service.flush_at(T0 + 60_000).await;
     let records = service.records();
-    assert_eq!(value(one(&records, &[("__name__", "ok_total_requests_sum")], T0)), 2.0);
-    assert_eq!(value(one(&records, &[("__name__", "lat_count")], T0)), 1.0);
+    assert_eq!(value(one(&records, &[("__name__", "ok_total_requests:sum")], T0)), 2.0);
+    assert_eq!(value(one(&records, &[("__name__", "lat:count")], T0)), 1.0);
     service.shutdown().await;
 }

@@ -199,7 +199,7 @@ async fn a_flooding_tenant_loses_its_nice_to_have_series_first_and_no_one_elses_
     for tenant in ["flood", "calm"] {
         for id in 0..KEEP_SERIES {
             let id = id.to_string();
-            let sums: Vec<_> = find(&records, &[("__name__", "checkout_requests_sum"), ("id", &id)])
+            let sums: Vec<_> = find(&records, &[("__name__", "checkout_requests:sum"), ("id", &id)])
                 .into_iter()
                 .filter(|record| record.tenant == tenant)
                 .collect();

@@ -122,9 +122,10 @@ async fn cardinality_bomb_is_named_with_its_label() {
             rule.rule.as_str(),
             rule.kind.as_str(),
             rule.series_removed,
-            rule.samples_removed
+            rule.samples_removed,
+            rule.samples_dropped
         ),
-        ("drop-debug", "drop", 30, 60)
+        ("drop-debug", "drop", 30, 60, 60)
     );
 
     // Broken queries are refused with the reason.
@@ -151,6 +152,10 @@ async fn cardinality_bomb_is_named_with_its_label() {
         .expect(&text);
     let first_row: Vec<&str> = lines[header + 2].split_whitespace().collect();
     assert_eq!(first_row[..2], ["default", "api_requests_total"], "{text}");
+    assert!(
+        first_row[2].starts_with('~'),
+        "an estimated series count is marked: {text}"
+    );
     assert!(first_row[4].starts_with("user_id=~"), "{text}");
     let shown: f64 = first_row[4].trim_start_matches("user_id=~").parse().unwrap();
     assert_eq!(shown, distinct);
@@ -158,7 +163,7 @@ async fn cardinality_bomb_is_named_with_its_label() {
     let rule_row = lines.iter().find(|line| line.starts_with("drop-debug")).expect(&text);
     assert_eq!(
         rule_row.split_whitespace().collect::<Vec<_>>(),
-        ["drop-debug", "drop", "30", "0", "30", "60"]
+        ["drop-debug", "drop", "30", "0", "30", "60", "60"]
     );
 
     // One metric: every label with its distinct values.
@@ -225,6 +230,32 @@ async fn cardinality_bomb_is_named_with_its_label() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("/api/v1/profile"));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("/api/v1/profile"), "{error}");
+    assert!(
+        error.contains("connection refused") && error.contains("--target"),
+        "{error}"
+    );
+    // loadgen words it alike, for both protocols.
+    for protocol in ["grpc", "remote-write"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tailfold"))
+            .args([
+                "loadgen",
+                "--duration",
+                "1s",
+                "--protocol",
+                protocol,
+                "--target",
+                "http://127.0.0.1:1",
+            ])
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            error.contains("connection refused") && error.contains("--target"),
+            "{protocol}: {error}"
+        );
+    }
     service.shutdown().await;
 }

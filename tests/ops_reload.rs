@@ -140,10 +140,10 @@ async fn edits_apply_at_the_next_boundary_and_invalid_ones_are_refused() {
     send(&mut service, 4.0, T0 + 9_000).await;
     send(&mut service, 8.0, T0 + 12_000).await;
     service.flush_at(T0 + 30_000).await;
-    assert_eq!(names_in_window(&service, T0), [("requests_sum".to_string(), 7.0)]);
+    assert_eq!(names_in_window(&service, T0), [("requests:sum".to_string(), 7.0)]);
     assert_eq!(
         names_in_window(&service, T0 + 10_000),
-        [("requests_count".to_string(), 1.0)]
+        [("requests:count".to_string(), 1.0)]
     );
     let status = rules_status(&service).await;
     let in_force: Vec<_> = status["rule_sets"]
@@ -188,7 +188,7 @@ async fn edits_apply_at_the_next_boundary_and_invalid_ones_are_refused() {
     service.flush_at(T0 + 50_000).await;
     assert_eq!(
         names_in_window(&service, T0 + 30_000),
-        [("requests_count".to_string(), 1.0)]
+        [("requests:count".to_string(), 1.0)]
     );
     assert_eq!(rules_status(&service).await["rule_sets"].as_array().unwrap().len(), 1);
 
@@ -230,7 +230,7 @@ async fn sighup_reloads_an_unwatched_file() {
     service.flush_at(T0 + 30_000).await;
     assert_eq!(
         names_in_window(&service, T0 + 10_000),
-        [("requests_count".to_string(), 1.0)]
+        [("requests:count".to_string(), 1.0)]
     );
     service.shutdown().await;
 }

@@ -117,7 +117,7 @@ fn check_spans(service: &TestService, sent: &[SentSpan]) {
         let base = [("__name__", "span_duration_seconds"), ("service_name", *name)];
         let count = value(one(
             &records,
-            &[("__name__", "span_duration_seconds_count"), base[1]],
+            &[("__name__", "span_duration_seconds:count"), base[1]],
             *window,
         ));
         assert_eq!(
@@ -129,7 +129,15 @@ fn check_spans(service: &TestService, sent: &[SentSpan]) {
         durations.sort_by(f64::total_cmp);
         let by_trace: HashMap<&str, &SentSpan> = spans.iter().map(|s| (s.trace_id.as_str(), *s)).collect();
         for (q, label) in [(0.5, "0.5"), (0.99, "0.99"), (0.999, "0.999")] {
-            let reported = value(one(&records, &[base[0], base[1], ("quantile", label)], *window));
+            let reported = value(one(
+                &records,
+                &[
+                    ("__name__", "span_duration_seconds:quantile"),
+                    base[1],
+                    ("quantile", label),
+                ],
+                *window,
+            ));
             let exact = exact_quantile(&durations, q);
             assert!(
                 (reported - exact).abs() / exact <= relative_error(SCALE) + 1e-12,
@@ -343,14 +351,14 @@ async fn histogram_exemplars_come_out_on_the_quantiles(protocol: &str) {
     let selections = service.selections();
 
     // Exponential histogram: merged exactly (downscaled to scale <= 8), so quantiles keep the error bound.
-    let name = ("__name__", "request_latency");
+    let quantile_name = ("__name__", "request_latency:quantile");
     let route = ("route", "/checkout");
-    let count = find(&records, &[("__name__", "request_latency_count"), route]);
+    let count = find(&records, &[("__name__", "request_latency:count"), route]);
     assert_eq!(count.len(), 1, "one window: {count:?}");
     assert_eq!(value(count[0]), values.len() as f64);
     let window = count[0].window_start_ms;
     for (q, label) in [(0.5, "0.5"), (0.99, "0.99")] {
-        let reported = value(one(&records, &[name, route, ("quantile", label)], window));
+        let reported = value(one(&records, &[quantile_name, route, ("quantile", label)], window));
         let exact = exact_quantile(&values, q);
         // The SDK's histogram (max 160 buckets) may sit at a coarser scale than ours.
         let scale = SCALE.min(4);
@@ -388,7 +396,11 @@ async fn histogram_exemplars_come_out_on_the_quantiles(protocol: &str) {
     for (q, label) in [(0.5, "0.5"), (0.99, "0.99")] {
         let reported = value(one(
             &records,
-            &[("__name__", "request_latency_explicit"), route, ("quantile", label)],
+            &[
+                ("__name__", "request_latency_explicit:quantile"),
+                route,
+                ("quantile", label),
+            ],
             window,
         ));
         assert_eq!(
@@ -632,7 +644,7 @@ async fn malformed_otlp_gets_the_protocol_error_answer_and_serving_goes_on() {
     let records = service.records();
     let count = value(one(
         &records,
-        &[("__name__", "span_duration_seconds_count"), ("service_name", "svc")],
+        &[("__name__", "span_duration_seconds:count"), ("service_name", "svc")],
         T0,
     ));
     assert_eq!(

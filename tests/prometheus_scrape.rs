@@ -23,15 +23,11 @@ mod common;
 mod prometheus;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use prometheus::Prometheus;
+use prometheus::{Prometheus, ScrapeTarget};
 use tailfold::model::DropReason;
 use tailfold::sink::JsonRecord;
 
@@ -118,18 +114,14 @@ impl TargetState {
     }
 }
 
-/// A scrape target on a free loopback port; stops when dropped.
+/// A scrape target serving the text exposition of its state.
 struct Target {
-    addr: SocketAddr,
+    server: ScrapeTarget,
     state: Arc<TargetState>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Target {
     fn start(per_second: f64, queue_depth: f64) -> Target {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(TargetState {
             per_second,
             queue_depth,
@@ -139,30 +131,13 @@ impl Target {
                 restarted_at_ms: None,
             }),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (state, stop) = (Arc::clone(&state), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let Ok(mut stream) = stream {
-                        let _ = answer(&mut stream, &state);
-                    }
-                }
-            })
-        };
-        Target {
-            addr,
-            state,
-            stop,
-            thread: Some(thread),
-        }
+        let serving = Arc::clone(&state);
+        let server = ScrapeTarget::start(move || ("text/plain; version=0.0.4", serving.exposition().into_bytes()));
+        Target { server, state }
     }
 
     fn instance(&self) -> String {
-        self.addr.to_string()
+        self.server.addr.to_string()
     }
 
     /// Asks for a restart right after the next scrape and returns its wall-clock time.
@@ -173,46 +148,10 @@ impl Target {
             if let Some(at) = self.state.counter.lock().unwrap().restarted_at_ms {
                 return at;
             }
-            assert!(Instant::now() < deadline, "target {} was not scraped", self.addr);
+            assert!(Instant::now() < deadline, "target {} was not scraped", self.server.addr);
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept; the thread sees `stop` and returns.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Answers one HTTP/1.1 request (`GET /metrics`, else 404) and closes the connection.
-fn answer(stream: &mut TcpStream, state: &TargetState) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut request = Vec::new();
-    let mut buffer = [0u8; 2048];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-        let read = stream.read(&mut buffer)?;
-        if read == 0 || request.len() > 64 * 1024 {
-            return Ok(());
-        }
-        request.extend_from_slice(&buffer[..read]);
-    }
-    let (status, body) = if request.starts_with(b"GET /metrics ") {
-        ("200 OK", state.exposition())
-    } else {
-        ("404 Not Found", String::new())
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
 }
 
 // ---------------------------------------------------------------------------
@@ -396,9 +335,9 @@ remote_write:
     let mut expected_all: BTreeMap<i64, f64> = BTreeMap::new();
     for (instance, samples) in &counters {
         let expected = per_window(&increases(samples), end_ms);
-        let got = series_values(&records, "demo_requests_total_sum", &[("instance", instance)], end_ms);
+        let got = series_values(&records, "demo_requests_total:sum", &[("instance", instance)], end_ms);
         assert_eq!(got, expected, "per-instance sums of {instance}\n{context}");
-        let rates = series_values(&records, "demo_requests_total_rate", &[("instance", instance)], end_ms);
+        let rates = series_values(&records, "demo_requests_total:rate", &[("instance", instance)], end_ms);
         assert_eq!(
             rates.keys().collect::<Vec<_>>(),
             got.keys().collect::<Vec<_>>(),
@@ -414,8 +353,8 @@ remote_write:
     }
 
     // 1. Exact, rolled up: `_sum`, `_rate = _sum / 2 s`, `_total` the running sum.
-    let sums = series_values(&records, "demo_requests_total:all_sum", &[], end_ms);
-    let rate_records = series_values(&records, "demo_requests_total:all_rate", &[], end_ms);
+    let sums = series_values(&records, "demo_requests_total:all:sum", &[], end_ms);
+    let rate_records = series_values(&records, "demo_requests_total:all:rate", &[], end_ms);
     let totals = series_values(&records, "demo_requests_total:all_total", &[], end_ms);
     assert_eq!(sums, expected_all, "rolled-up sums\n{context}");
     assert_eq!(rate_records.keys().collect::<Vec<_>>(), sums.keys().collect::<Vec<_>>());
@@ -564,7 +503,7 @@ remote_write:
     }
     let instances: BTreeSet<&str> = records
         .iter()
-        .filter(|r| r.name == "demo_requests_total_sum")
+        .filter(|r| r.name == "demo_requests_total:sum")
         .map(|r| r.labels["instance"].as_str())
         .collect();
     assert_eq!(instances, [a.as_str(), b.as_str()].into());

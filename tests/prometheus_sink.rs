@@ -106,14 +106,14 @@ async fn tailfold_writes_queryable_aggregates_exemplars_and_native_histograms_to
             let at = t0 + (minute + 1) * 60_000;
             let data = &minutes[minute as usize];
             let count = prometheus.wait_for(Duration::from_secs(10), |p| {
-                p.query_value("latency_seconds_count{service=\"api\"}", at)
+                p.query_value("latency_seconds:count{service=\"api\"}", at)
             });
             assert_eq!(count, 1000.0);
-            let sum = prometheus.query_value("latency_seconds_sum", at).unwrap();
+            let sum = prometheus.query_value("latency_seconds:sum", at).unwrap();
             let exact_sum: f64 = data.values.iter().sum();
             assert!((sum - exact_sum).abs() <= 1e-9 * exact_sum, "sum {sum} vs {exact_sum}");
             let p99 = prometheus
-                .query_value("latency_seconds{quantile=\"0.99\"}", at)
+                .query_value("latency_seconds:quantile{quantile=\"0.99\"}", at)
                 .unwrap();
             let exact_p99 = exact(&mut data.values.clone(), 0.99);
             assert!(
@@ -123,7 +123,7 @@ async fn tailfold_writes_queryable_aggregates_exemplars_and_native_histograms_to
         }
 
         // Exemplars of the p99 series: real samples of their minute, in the p99's bucket.
-        let exemplars = prometheus.query_exemplars("latency_seconds{quantile=\"0.99\"}", t0, end);
+        let exemplars = prometheus.query_exemplars("latency_seconds:quantile{quantile=\"0.99\"}", t0, end);
         let listed: Vec<&serde_json::Value> = exemplars
             .iter()
             .flat_map(|s| s["exemplars"].as_array().unwrap().iter())
@@ -145,7 +145,10 @@ async fn tailfold_writes_queryable_aggregates_exemplars_and_native_histograms_to
             let reported: f64 = exemplar["value"].as_str().unwrap().parse().unwrap();
             assert_eq!(reported, value);
             let p99 = prometheus
-                .query_value("latency_seconds{quantile=\"0.99\"}", t0 + (minute as i64 + 1) * 60_000)
+                .query_value(
+                    "latency_seconds:quantile{quantile=\"0.99\"}",
+                    t0 + (minute as i64 + 1) * 60_000,
+                )
                 .unwrap();
             assert_eq!(
                 bucket_index(6, value),
@@ -159,10 +162,7 @@ async fn tailfold_writes_queryable_aggregates_exemplars_and_native_histograms_to
         let mut hour: Vec<f64> = minutes[1..].iter().flat_map(|m| m.values.iter().copied()).collect();
         let exact_p99 = exact(&mut hour, 0.99);
         let from_histograms = prometheus
-            .query_value(
-                "histogram_quantile(0.99, increase(latency_seconds{quantile=\"\"}[1h]))",
-                end,
-            )
+            .query_value("histogram_quantile(0.99, increase(latency_seconds[1h]))", end)
             .expect("one histogram series");
         // Prometheus interpolates inside the bucket holding the rank: within one bucket width
         // (base - 1 = 1.09 % at scale 6), two when the rank sits on a bucket edge.
@@ -173,7 +173,7 @@ async fn tailfold_writes_queryable_aggregates_exemplars_and_native_histograms_to
             "histogram_quantile {from_histograms} vs exact {exact_p99}: {error}"
         );
         let averaged = prometheus
-            .query_value("avg_over_time(latency_seconds{quantile=\"0.99\"}[1h])", end)
+            .query_value("avg_over_time(latency_seconds:quantile{quantile=\"0.99\"}[1h])", end)
             .unwrap();
         let averaged_error = (averaged - exact_p99).abs() / exact_p99;
         assert!(
@@ -246,7 +246,7 @@ async fn an_outage_is_retried_with_a_bounded_buffer_and_the_backlog_arrives_in_o
     assert_eq!(sinks.backlog.get(&("prom".to_string(), 0)), Some(&0));
     let values = tokio::task::spawn_blocking(move || {
         (4..10i64)
-            .map(|minute| prometheus.query_value("jobs_sum", t0 + (minute + 1) * 60_000))
+            .map(|minute| prometheus.query_value("jobs:sum", t0 + (minute + 1) * 60_000))
             .collect::<Vec<_>>()
     })
     .await

@@ -167,11 +167,11 @@ async fn a_good_request_is_accepted_and_gauges_land_exactly() {
     let pod_a = [("__name__", "memory_bytes"), ("pod", "a")];
     assert_eq!(value(one(&records, &pod_a, T0)), 3.0, "last by event time");
     assert_eq!(
-        value(one(&records, &[("__name__", "memory_bytes_min"), ("pod", "a")], T0)),
+        value(one(&records, &[("__name__", "memory_bytes:min"), ("pod", "a")], T0)),
         3.0
     );
     assert_eq!(
-        value(one(&records, &[("__name__", "memory_bytes_max"), ("pod", "a")], T0)),
+        value(one(&records, &[("__name__", "memory_bytes:max"), ("pod", "a")], T0)),
         7.0
     );
     assert_eq!(value(one(&records, &pod_a, T0 + 10_000)), 9.0);
@@ -184,9 +184,9 @@ async fn a_good_request_is_accepted_and_gauges_land_exactly() {
         let name = format!("latency_seconds{suffix}");
         value(one(&records, &[("__name__", name.as_str()), ("pod", "a")], window))
     };
-    assert_eq!((latency("_count", T0), latency("_sum", T0)), (0.0, 0.0), "the baseline");
+    assert_eq!((latency(":count", T0), latency(":sum", T0)), (0.0, 0.0), "the baseline");
     assert_eq!(
-        (latency("_count", T0 + 10_000), latency("_sum", T0 + 10_000)),
+        (latency(":count", T0 + 10_000), latency(":sum", T0 + 10_000)),
         (4.0, 7.5),
         "the increase after the baseline"
     );
@@ -218,7 +218,7 @@ async fn cumulative_counters_become_increases_per_window() {
     service.flush_at(T0 + 120_000).await;
     let records = service.records();
     for (window, increase) in [(1, 5.0), (2, 0.0), (3, 2.0), (4, 3.0)] {
-        let record = one(&records, &[("__name__", "requests_total_sum")], T0 + 10_000 * window);
+        let record = one(&records, &[("__name__", "requests_total:sum")], T0 + 10_000 * window);
         assert_eq!(value(record), increase, "window {window}");
     }
     service.shutdown().await;

@@ -132,7 +132,7 @@ async fn a_30_second_prometheus_outage_loses_no_acknowledged_window() {
         let prometheus = prometheus.lock();
         let expected_len = expected.len();
         prometheus.wait_for(Duration::from_secs(20), |p| {
-            let result = p.query("outage_points_sum[10m]", last_end + 1);
+            let result = p.query("outage_points:sum[10m]", last_end + 1);
             let values = result.first()?["values"].as_array()?.clone();
             let found: BTreeMap<i64, f64> = values
                 .iter()

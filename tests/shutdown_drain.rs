@@ -64,7 +64,7 @@ async fn shutdown_keeps_retrying_until_a_late_downstream_takes_the_last_window()
     assert!(sinks.retries.get("prom").copied().unwrap_or(0) > 0, "{sinks:?}");
     assert_eq!(sinks.sent.get("prom").copied(), Some(1), "{sinks:?}");
     let value = tokio::task::spawn_blocking(move || {
-        prometheus.wait_for(Duration::from_secs(10), |p| p.query_value("drained_sum", t0 + 10_000))
+        prometheus.wait_for(Duration::from_secs(10), |p| p.query_value("drained:sum", t0 + 10_000))
     })
     .await
     .unwrap();

@@ -99,12 +99,12 @@ async fn sampled_counters_gauges_and_timers_land_exactly_under_their_tags() {
     assert!(records.iter().all(|record| record.tenant == "default"));
 
     let api = [("service", "api"), ("http_status", "200")];
-    let sum = one(&records, &[&[("__name__", "api_requests_sum")], &api[..]].concat(), T0);
+    let sum = one(&records, &[&[("__name__", "api_requests:sum")], &api[..]].concat(), T0);
     assert_eq!(value(sum), 40.0 * 2.0 + 2.5);
     assert_eq!(
         value(one(
             &records,
-            &[("__name__", "api_requests_rate"), ("service", "api")],
+            &[("__name__", "api_requests:rate"), ("service", "api")],
             T0
         )),
         82.5 / 10.0
@@ -112,14 +112,14 @@ async fn sampled_counters_gauges_and_timers_land_exactly_under_their_tags() {
     assert_eq!(
         value(one(
             &records,
-            &[("__name__", "api_requests_sum"), ("service", "web")],
+            &[("__name__", "api_requests:sum"), ("service", "web")],
             T0
         )),
         -1.5
     );
 
     let depth = [("service", "api")];
-    for (name, expected) in [("queue_depth", 7.0), ("queue_depth_min", 3.0), ("queue_depth_max", 9.0)] {
+    for (name, expected) in [("queue_depth", 7.0), ("queue_depth:min", 3.0), ("queue_depth:max", 9.0)] {
         assert_eq!(
             value(one(&records, &[&[("__name__", name)], &depth[..]].concat(), T0)),
             expected,
@@ -129,23 +129,27 @@ async fn sampled_counters_gauges_and_timers_land_exactly_under_their_tags() {
 
     let timer = |name| vec![("__name__", name), ("service", "api")];
     assert_eq!(
-        value(one(&records, &timer("api_latency_count"), T0)),
+        value(one(&records, &timer("api_latency:count"), T0)),
         10.0 * values.len() as f64
     );
     let exact_sum: f64 = values.iter().map(|value| value * 10.0).sum();
-    let sum = value(one(&records, &timer("api_latency_sum"), T0));
+    let sum = value(one(&records, &timer("api_latency:sum"), T0));
     assert!((sum - exact_sum).abs() <= exact_sum * 1e-12, "sum {sum} vs {exact_sum}");
     // The exact quantile of what the samples stand for: each value ten times.
     let mut expanded: Vec<f64> = values.iter().flat_map(|value| [*value; 10]).collect();
     expanded.sort_by(f64::total_cmp);
-    assert_eq!(value(one(&records, &timer("api_latency_min"), T0)), expanded[0]);
+    assert_eq!(value(one(&records, &timer("api_latency:min"), T0)), expanded[0]);
     assert_eq!(
-        value(one(&records, &timer("api_latency_max"), T0)),
+        value(one(&records, &timer("api_latency:max"), T0)),
         *expanded.last().unwrap()
     );
     for q in [0.5, 0.9, 0.99, 0.999] {
         let quantile = q.to_string();
-        let pairs = [("__name__", "api_latency"), ("service", "api"), ("quantile", &quantile)];
+        let pairs = [
+            ("__name__", "api_latency:quantile"),
+            ("service", "api"),
+            ("quantile", &quantile),
+        ];
         let reported = value(one(&records, &pairs, T0));
         let exact = exact_quantile(&expanded, q);
         let error = (reported - exact).abs() / exact;
@@ -163,7 +167,7 @@ async fn malformed_lines_are_refused_alone_and_counted_and_serving_goes_on() {
     let mut service = start_service_with("", T0 + 1_000, config).await;
     let address = statsd_addr(&service);
 
-    let mut mixed = b"good:1|c\nno_colon\nname:abc|c\ngood:2|c|#k:v\nname:1|s\nname:+1|g\n".to_vec();
+    let mut mixed = b"good:1|c\nno_colon\nname:abc|c\ngood:2|c|#k:v\nname:1|s\nname:+1:2|g\n".to_vec();
     mixed.extend_from_slice(b"\xff\xfe:1|c\nname:1|c|@0\ngood:3:4|c\n\n");
     send(&[mixed], address).await;
     let snapshot = wait_received(&service, 4 + 6).await;
@@ -181,15 +185,15 @@ async fn malformed_lines_are_refused_alone_and_counted_and_serving_goes_on() {
     service.flush_at(T0 + 30_000).await;
     let records = service.records();
     assert!(records.iter().all(|record| record.tenant == "team-a"));
-    let sums = find(&records, &[("__name__", "good_sum")]);
+    let sums = find(&records, &[("__name__", "good:sum")]);
     let untagged: Vec<f64> = sums
         .iter()
         .filter(|record| !record.labels.contains_key("k"))
         .map(|record| value(record))
         .collect();
     assert_eq!(untagged, [1.0 + 3.0 + 4.0 + 10.0]);
-    assert_eq!(value(one(&records, &[("__name__", "good_sum"), ("k", "v")], T0)), 2.0);
-    assert!(find(&records, &[("__name__", "name_sum")]).is_empty());
+    assert_eq!(value(one(&records, &[("__name__", "good:sum"), ("k", "v")], T0)), 2.0);
+    assert!(find(&records, &[("__name__", "name:sum")]).is_empty());
     service.shutdown().await;
 }
 
@@ -202,7 +206,7 @@ async fn shutdown_flushes_statsd_samples_and_releases_the_socket() {
 
     service.shutdown().await;
     let records = service.records();
-    let sum = one(&records, &[("__name__", "late_night_sum")], T0);
+    let sum = one(&records, &[("__name__", "late_night:sum")], T0);
     assert_eq!((value(sum), sum.partial), (9.0, true));
     // The listener task has ended and dropped its socket: the port is free again.
     UdpSocket::bind(address)

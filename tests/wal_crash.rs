@@ -262,7 +262,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_point_and_emits_no_window_twice(
     let records: Vec<JsonRecord> = common::read_json_lines(&store);
     let mut emitted: HashMap<(String, i64), f64> = HashMap::new();
     for record in &records {
-        assert_eq!(record.name, "load_sum", "{record:?}");
+        assert_eq!(record.name, "load:sum", "{record:?}");
         let request = record.labels["request"].clone();
         let value = record.value.as_f64().expect("a number");
         let previous = emitted.insert((request.clone(), record.window_start_ms), value);

@@ -32,7 +32,8 @@ pub enum Aggregation {
     /// Counter sum divided by the window length in seconds.
     Rate,
     /// A monotonic counter re-accumulated from the window sums, so that
-    /// downstream `rate()` reads it as the counter it was.
+    /// downstream `rate()` reads it as the counter it was; for a
+    /// distribution, its running count and sum (a summary's `_count`, `_sum`).
     Total,
     /// Gauge value with the latest timestamp.
     Last,
@@ -61,7 +62,7 @@ impl Aggregation {
         match kind {
             Kind::Counter => matches!(self, Count | Sum | Rate | Total),
             Kind::Gauge => matches!(self, Count | Sum | Last | Min | Max | Mean),
-            Kind::Distribution => !matches!(self, Rate | Last | Total),
+            Kind::Distribution => !matches!(self, Rate | Last),
         }
     }
 }

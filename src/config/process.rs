@@ -97,6 +97,10 @@ pub mod defaults {
     pub const STATSD_TENANT: &str = "default";
     /// Largest statsd datagram read whole; the most a UDP datagram can carry.
     pub const STATSD_MAX_PACKET_BYTES: usize = 65_535;
+    /// statsd gauges whose last value is held for relative changes.
+    pub const STATSD_MAX_GAUGES: usize = 100_000;
+    /// Idle time after which a held statsd gauge value is forgotten (1 h).
+    pub const STATSD_GAUGE_IDLE_MS: u64 = 3_600_000;
     /// Metric name of OTLP span durations (seconds).
     pub const OTLP_SPAN_METRIC: &str = "span_duration_seconds";
     /// Attribute-to-label mappings allowed for spans (bounds cardinality).

@@ -112,6 +112,11 @@ fn broken_configs_name_the_file_and_field() {
             "statsd: {max_packet_bytes: 70000}",
             "field statsd.max_packet_bytes: 70000 is outside",
         ),
+        ("statsd: {max_gauges: 0}", "field statsd.max_gauges: 0 must be at least 1"),
+        (
+            "statsd: {gauge_idle_ms: 10}",
+            "field statsd.gauge_idle_ms: 10 must be at least 1000",
+        ),
         ("statsd: {port: 8125}", "invalid yaml: statsd: unknown field `port`"),
     ] {
         let error = ServiceSettings::parse(text, path).unwrap_err().to_string();

@@ -18,6 +18,10 @@ pub struct StatsdConfig {
     pub tenant: Option<String>,
     /// Largest datagram read whole (1..=65535); a longer one loses its tail, counted as one malformed line. Default 65535.
     pub max_packet_bytes: Option<usize>,
+    /// Gauges whose last value is held, so that a relative change (`+3|g`) applies to it as in Etsy statsd (at least 1). Default 100000.
+    pub max_gauges: Option<usize>,
+    /// A held gauge value not updated for this long is forgotten; a later relative change starts from 0, as Etsy statsd's does for a gauge it does not have (at least 1000). Default 3600000 (1 h).
+    pub gauge_idle_ms: Option<u64>,
 }
 
 /// Checked statsd settings.
@@ -29,6 +33,10 @@ pub struct StatsdSettings {
     pub tenant: String,
     /// Largest datagram read whole.
     pub max_packet_bytes: usize,
+    /// Gauges whose last value is held for relative changes.
+    pub max_gauges: usize,
+    /// Idle time after which a held gauge value is forgotten.
+    pub gauge_idle_ms: u64,
     /// Label limits, shared with the other protocols (`ingest.*`).
     pub limits: IngestLimits,
 }
@@ -56,6 +64,17 @@ pub(super) fn check_statsd(
             format!("{max_packet_bytes} is outside 1..=65535"),
         ));
     }
+    let max_gauges = config.max_gauges.unwrap_or(defaults::STATSD_MAX_GAUGES);
+    if max_gauges == 0 {
+        return Err(invalid("statsd.max_gauges", "0 must be at least 1".to_string()));
+    }
+    let gauge_idle_ms = config.gauge_idle_ms.unwrap_or(defaults::STATSD_GAUGE_IDLE_MS);
+    if gauge_idle_ms < 1_000 {
+        return Err(invalid(
+            "statsd.gauge_idle_ms",
+            format!("{gauge_idle_ms} must be at least 1000"),
+        ));
+    }
     let Some(listen) = config.listen.as_deref() else {
         return Ok(None);
     };
@@ -69,6 +88,8 @@ pub(super) fn check_statsd(
         listen,
         tenant,
         max_packet_bytes,
+        max_gauges,
+        gauge_idle_ms,
         limits: limits.clone(),
     }))
 }

@@ -145,10 +145,10 @@ fn cumulative_histograms_become_per_window_deltas_with_the_raw_quantiles() {
     }
     let records = flush(&engine, T0 + 100_000);
     // The first window holds only the baseline: seen, but nothing counted.
-    assert_eq!(scalar(&records, "latency_count", Statistic::Count, T0), Some(0.0));
-    assert_eq!(scalar(&records, "latency_sum", Statistic::Sum, T0), Some(0.0));
+    assert_eq!(scalar(&records, "latency:count", Statistic::Count, T0), Some(0.0));
+    assert_eq!(scalar(&records, "latency:sum", Statistic::Sum, T0), Some(0.0));
     assert_eq!(
-        find(&records, "latency", Statistic::Quantile(0.5), T0).map(|r| r.window_start_ms),
+        find(&records, "latency:quantile", Statistic::Quantile(0.5), T0).map(|r| r.window_start_ms),
         None
     );
     for window in 1..4 {
@@ -156,18 +156,18 @@ fn cumulative_histograms_become_per_window_deltas_with_the_raw_quantiles() {
         let values = &per_window[window as usize];
         let expected = raw(values);
         assert_eq!(
-            scalar(&records, "latency_count", Statistic::Count, start),
+            scalar(&records, "latency:count", Statistic::Count, start),
             Some(values.len() as f64),
             "window {window}"
         );
-        let sum = scalar(&records, "latency_sum", Statistic::Sum, start).unwrap();
+        let sum = scalar(&records, "latency:sum", Statistic::Sum, start).unwrap();
         assert!(
             (sum - values.iter().sum::<f64>()).abs() < 1e-9,
             "window {window}: {sum}"
         );
         assert_eq!(buckets(&histogram(&records, "latency", start)), buckets(&expected));
         for q in [0.5, 0.9] {
-            let got = scalar(&records, "latency", Statistic::Quantile(q), start);
+            let got = scalar(&records, "latency:quantile", Statistic::Quantile(q), start);
             assert_eq!(got, Some(expected.quantile(q).unwrap().value), "window {window} q={q}");
         }
     }
@@ -204,10 +204,10 @@ fn a_rollup_of_two_pods_equals_the_merge_of_their_windows() {
         let got = histogram(&records, "latency:all", start);
         assert_eq!(buckets(&got), buckets(&expected), "window {window}");
         assert_eq!(got.exemplars().len(), 0, "window {window}");
-        let sum = scalar(&records, "latency:all_sum", Statistic::Sum, start).unwrap();
+        let sum = scalar(&records, "latency:all:sum", Statistic::Sum, start).unwrap();
         assert!((sum - expected.sum()).abs() < 1e-9);
         assert_eq!(
-            scalar(&records, "latency:all_count", Statistic::Count, start),
+            scalar(&records, "latency:all:count", Statistic::Count, start),
             Some(120.0)
         );
     }
@@ -237,7 +237,7 @@ fn exemplars_of_a_native_histogram_come_out_on_the_quantile_of_their_bucket() {
             .unwrap();
     }
     let records = flush(&engine, T0 + 100_000);
-    let p50 = find(&records, "latency", Statistic::Quantile(0.5), T0 + WINDOW).unwrap();
+    let p50 = find(&records, "latency:quantile", Statistic::Quantile(0.5), T0 + WINDOW).unwrap();
     let exemplar = p50.exemplar.expect("the median's bucket holds the exemplar");
     assert_eq!((exemplar.trace_id, exemplar.value), ([7; 16], median));
     assert_eq!(exemplar.timestamp_ms, T0 + 14_000);
@@ -278,7 +278,7 @@ fn a_late_histogram_is_too_late_and_a_gauge_histogram_folds_as_it_is() {
         buckets(&expected)
     );
     assert!(
-        find(&records, "latency_count", Statistic::Count, T0).is_none(),
+        find(&records, "latency:count", Statistic::Count, T0).is_none(),
         "emitted twice"
     );
 }
@@ -374,7 +374,7 @@ fn with_an_exemplar_scale_reduction_a_quantile_takes_its_coarse_buckets_exemplar
             )
             .unwrap();
         let records = flush(&engine, T0 + 100_000);
-        let p50 = find(&records, "latency", Statistic::Quantile(0.5), T0).unwrap();
+        let p50 = find(&records, "latency:quantile", Statistic::Quantile(0.5), T0).unwrap();
         let exemplar = p50.exemplar.as_ref().map(|e| (e.trace_id, e.value));
         assert_eq!(exemplar, expected, "reduction {reduction}");
         // Either way the window kept the one traced observation.

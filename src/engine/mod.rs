@@ -23,7 +23,7 @@
 //! assert_eq!(engine.ingest(&batch, 2_000).unwrap().accepted, 1);
 //! let mut records = Vec::new();
 //! engine.flush_due(60_000, |chunk| records.extend(chunk));
-//! assert!(records.iter().any(|r| r.output_name() == "requests_sum"));
+//! assert!(records.iter().any(|r| r.output_name() == "requests:sum"));
 //! ```
 
 mod cumulative;
@@ -35,6 +35,7 @@ mod record;
 mod route;
 mod settings;
 mod shard;
+mod totals;
 mod window;
 
 use std::borrow::Cow;

@@ -15,6 +15,7 @@ use crate::model::{series_hash, Kind, Labels, StoragePolicy};
 
 use super::route::{OutputTarget, PolicySlot};
 use super::shard::{ClosedWindow, WindowClass};
+use super::totals::RunningTotals;
 use super::window::WindowState;
 
 /// A window's state as plain data.
@@ -186,7 +187,7 @@ pub struct Assembler {
     /// Per policy, the end up to which assembled windows were taken.
     flushed_until: Vec<(StoragePolicy, i64)>,
     /// Running `total`s per (output, policy).
-    totals: HashMap<(u64, StoragePolicy), f64>,
+    totals: RunningTotals,
     histogram: HistogramConfig,
     rng: SmallRng,
 }
@@ -197,7 +198,7 @@ impl Assembler {
         Assembler {
             windows: HashMap::new(),
             flushed_until: Vec::new(),
-            totals: HashMap::new(),
+            totals: RunningTotals::default(),
             histogram,
             rng: SmallRng::seed_from_u64(0x0a55_e4b1),
         }
@@ -317,10 +318,17 @@ impl Assembler {
             }
             let running_total = match &state {
                 WindowState::Counter(counter) if assembly.class.keeps_total => {
-                    let total = self.totals.entry((assembly.target.key, policy)).or_insert(0.0);
-                    *total += counter.sum;
-                    Some(*total)
+                    Some(
+                        self.totals
+                            .add(assembly.target.key, policy, (counter.sum, counter.count as f64), end_ms),
+                    )
                 }
+                WindowState::Distribution(histogram) if assembly.class.keeps_total => Some(self.totals.add(
+                    assembly.target.key,
+                    policy,
+                    (histogram.sum(), histogram.count() as f64),
+                    end_ms,
+                )),
                 _ => None,
             };
             if until_of(skip_until, policy).is_some_and(|until| end_ms <= until) {

@@ -1,5 +1,6 @@
 //! Aggregate records: what a flushed window emits, one per statistic, and how
-//! each is named in Prometheus conventions (`_count`, `_sum`, `{quantile=..}`).
+//! each is named: per-window values recording-rule style (`<name>:count`,
+//! `<name>:quantile{quantile=..}`), cumulative series as counters (`_total`, `_count`, `_sum`).
 //! Sinks format these; they never see raw samples.
 
 use std::sync::Arc;
@@ -12,36 +13,43 @@ use crate::model::{Kind, Labels, StoragePolicy, METRIC_NAME_LABEL};
 use super::shard::{ClosedWindow, WindowClass};
 use super::window::WindowState;
 
-/// Which number of a window a record carries.
+/// Which number of a window a record carries. Per-window values are named
+/// recording-rule style, `<name>:<operation>`; only cumulative series (a
+/// running `total`, the native histogram downstream) keep the names Prometheus
+/// reserves for counters (`_total`, `_count`, `_sum`), so `rate()` reads them right.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Statistic {
-    /// Number of samples: `<name>_count`.
+    /// Number of samples in the window: `<name>:count`.
     Count,
-    /// Sum of samples: `<name>_sum`.
+    /// Sum of the window's samples: `<name>:sum`.
     Sum,
-    /// Counter increase per second: `<name>_rate`.
+    /// Counter increase per second over the window: `<name>:rate`.
     Rate,
     /// Running total of a counter: `<name>_total` (`<name>` when it already ends in `_total`).
     Total,
+    /// Running count of a distribution's samples: `<name>_count`.
+    TotalCount,
+    /// Running sum of a distribution's samples: `<name>_sum`.
+    TotalSum,
     /// Gauge last value: `<name>`.
     Last,
-    /// `<name>_min`.
+    /// `<name>:min`.
     Min,
-    /// `<name>_max`.
+    /// `<name>:max`.
     Max,
-    /// `<name>_mean`.
+    /// `<name>:mean`.
     Mean,
-    /// `<name>_stdev`.
+    /// `<name>:stdev`.
     Stdev,
-    /// `<name>{quantile="q"}`.
+    /// `<name>:quantile{quantile="q"}`.
     Quantile(f64),
-    /// Samples above the threshold: `<name>_above_count{threshold="t"}`.
+    /// Samples above the threshold: `<name>:above{threshold="t"}`.
     AboveCount(f64),
-    /// Fraction above: `<name>_above_ratio{threshold="t"}`.
+    /// Fraction above: `<name>:above_ratio{threshold="t"}`.
     AboveRatio(f64),
-    /// Samples at or below: `<name>_below_count{threshold="t"}`.
+    /// Samples at or below: `<name>:below{threshold="t"}`.
     BelowCount(f64),
-    /// Fraction at or below: `<name>_below_ratio{threshold="t"}`.
+    /// Fraction at or below: `<name>:below_ratio{threshold="t"}`.
     BelowRatio(f64),
     /// The histogram itself, under `<name>`.
     Histogram,
@@ -51,21 +59,29 @@ impl Statistic {
     /// The name suffix and the extra label this statistic adds to the output series.
     pub fn naming(&self) -> (&'static str, Option<(&'static str, f64)>) {
         match *self {
-            Statistic::Count => ("_count", None),
-            Statistic::Sum => ("_sum", None),
-            Statistic::Rate => ("_rate", None),
+            Statistic::Count => (":count", None),
+            Statistic::Sum => (":sum", None),
+            Statistic::Rate => (":rate", None),
             Statistic::Total => ("_total", None),
+            Statistic::TotalCount => ("_count", None),
+            Statistic::TotalSum => ("_sum", None),
             Statistic::Last | Statistic::Histogram => ("", None),
-            Statistic::Min => ("_min", None),
-            Statistic::Max => ("_max", None),
-            Statistic::Mean => ("_mean", None),
-            Statistic::Stdev => ("_stdev", None),
-            Statistic::Quantile(q) => ("", Some(("quantile", q))),
-            Statistic::AboveCount(t) => ("_above_count", Some(("threshold", t))),
-            Statistic::AboveRatio(t) => ("_above_ratio", Some(("threshold", t))),
-            Statistic::BelowCount(t) => ("_below_count", Some(("threshold", t))),
-            Statistic::BelowRatio(t) => ("_below_ratio", Some(("threshold", t))),
+            Statistic::Min => (":min", None),
+            Statistic::Max => (":max", None),
+            Statistic::Mean => (":mean", None),
+            Statistic::Stdev => (":stdev", None),
+            Statistic::Quantile(q) => (":quantile", Some(("quantile", q))),
+            Statistic::AboveCount(t) => (":above", Some(("threshold", t))),
+            Statistic::AboveRatio(t) => (":above_ratio", Some(("threshold", t))),
+            Statistic::BelowCount(t) => (":below", Some(("threshold", t))),
+            Statistic::BelowRatio(t) => (":below_ratio", Some(("threshold", t))),
         }
+    }
+
+    /// Whether the output series is cumulative (a counter downstream): its
+    /// first window starts from a zero sample at the window start.
+    pub fn is_cumulative(&self) -> bool {
+        matches!(self, Statistic::Total | Statistic::TotalCount | Statistic::TotalSum)
     }
 }
 
@@ -108,6 +124,10 @@ pub struct AggregateRecord {
     pub slowest: Vec<Exemplar>,
     /// Flushed before the window ended (at shutdown).
     pub partial: bool,
+    /// The first window of a cumulative series (a running `total`): nothing
+    /// of the series was sent before, so the sink starts it with a zero at
+    /// the window start and `increase()` sees this window too.
+    pub starts_series: bool,
 }
 
 impl AggregateRecord {
@@ -152,7 +172,8 @@ pub fn window_records(
 ) {
     let window_end_ms = slot.end_ms(window.start_ms);
     let target = &*window.target;
-    let mut emit = |aggregation: Aggregation, statistic, value, exemplar, slowest| {
+    let starts_series = window.running_total.is_some_and(|totals| totals.first);
+    let mut emit = |aggregation: Aggregation, statistic: Statistic, value, exemplar, slowest| {
         out.push(AggregateRecord {
             tenant: Arc::clone(&target.tenant),
             series: Arc::clone(&target.labels),
@@ -166,6 +187,7 @@ pub fn window_records(
             exemplar,
             slowest,
             partial: window.partial,
+            starts_series: starts_series && statistic.is_cumulative(),
         })
     };
     let scalar = RecordValue::Scalar;
@@ -177,7 +199,7 @@ pub fn window_records(
                     Aggregation::Sum => (Statistic::Sum, state.sum),
                     Aggregation::Rate => (Statistic::Rate, state.rate(slot.policy.resolution_ms)),
                     Aggregation::Total => match window.running_total {
-                        Some(total) => (Statistic::Total, total),
+                        Some(totals) => (Statistic::Total, totals.sum),
                         None => continue,
                     },
                     _ => continue,
@@ -260,7 +282,16 @@ pub fn window_records(
                         }
                     }
                     Aggregation::Histogram => wants_histogram = true,
-                    Aggregation::Rate | Aggregation::Last | Aggregation::Total => {}
+                    Aggregation::Total => {
+                        if let Some(totals) = window.running_total {
+                            for (statistic, value) in
+                                [(Statistic::TotalCount, totals.count), (Statistic::TotalSum, totals.sum)]
+                            {
+                                emit(aggregation, statistic, scalar(value), None, Vec::new());
+                            }
+                        }
+                    }
+                    Aggregation::Rate | Aggregation::Last => {}
                 }
             }
             if wants_histogram {

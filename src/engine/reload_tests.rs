@@ -66,9 +66,9 @@ fn a_staged_rule_set_takes_over_at_the_common_boundary_only() {
     assert_eq!(
         records,
         [
-            (50_000, "10s:1h".to_string(), "jobs_sum".to_string(), 3.0),
-            (60_000, "10s:1h".to_string(), "jobs_count".to_string(), 1.0),
-            (60_000, "1m:1d".to_string(), "jobs_count".to_string(), 1.0),
+            (50_000, "10s:1h".to_string(), "jobs:sum".to_string(), 3.0),
+            (60_000, "10s:1h".to_string(), "jobs:count".to_string(), 1.0),
+            (60_000, "1m:1d".to_string(), "jobs:count".to_string(), 1.0),
         ]
     );
     // The old set is retired once its windows are all due (boundary + 5 s lateness) ...

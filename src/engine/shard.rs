@@ -2,8 +2,6 @@
 //! here, and the per-policy watermark of what it has flushed, so a window is
 //! never emitted twice and a late sample never lands in another window.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -12,13 +10,13 @@ use rand::SeedableRng;
 
 use crate::aggregate::histogram::HistogramConfig;
 use crate::aggregate::Aggregation;
-use crate::model::{DropReason, Kind, NativeHistogram, SeriesKeyHasher, StoragePolicy, TraceContext};
+use crate::model::{DropReason, Kind, NativeHistogram, StoragePolicy, TraceContext};
 
 use super::histogram_route::RoutedHistogram;
 use super::route::{OutputTarget, PolicySlot};
+use super::totals::RunningTotals;
+pub use super::totals::Totals;
 use super::window::WindowState;
-
-type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<SeriesKeyHasher>>;
 
 /// Above this many slot classes in a shard, a flush first drops the unused ones.
 const MAX_CLASSES: usize = 64;
@@ -196,32 +194,6 @@ fn table_hash(key: u64) -> u64 {
     key.rotate_left(32)
 }
 
-/// The running `total` of one output under one policy.
-struct RunningTotal {
-    policy: StoragePolicy,
-    total: f64,
-    last_end_ms: i64,
-}
-
-/// Adds `sum` to the running total of (`key`, `policy`) and returns the new total.
-fn add_to_total(totals: &mut KeyMap<Vec<RunningTotal>>, key: u64, policy: StoragePolicy, sum: f64, end_ms: i64) -> f64 {
-    let entries = totals.entry(key).or_default();
-    let entry = match entries.iter_mut().position(|entry| entry.policy == policy) {
-        Some(index) => &mut entries[index],
-        None => {
-            entries.push(RunningTotal {
-                policy,
-                total: 0.0,
-                last_end_ms: end_ms,
-            });
-            entries.last_mut().expect("just pushed")
-        }
-    };
-    entry.total += sum;
-    entry.last_end_ms = end_ms;
-    entry.total
-}
-
 /// A window taken out of a shard at flush, ready to be turned into records.
 pub struct ClosedWindow {
     /// The output it belongs to.
@@ -234,8 +206,8 @@ pub struct ClosedWindow {
     pub state: WindowState,
     /// True when flushed before the window ended (shutdown).
     pub partial: bool,
-    /// For counters that keep a `total`: the running total including this window.
-    pub running_total: Option<f64>,
+    /// For outputs that keep a `total`: the running totals including this window.
+    pub running_total: Option<Totals>,
 }
 
 /// The state of one shard; the engine wraps each in a mutex.
@@ -249,7 +221,7 @@ pub struct Shard {
     rng: SmallRng,
     histogram: HistogramConfig,
     /// Running `total`s per output key, kept across windows.
-    totals: KeyMap<Vec<RunningTotal>>,
+    totals: RunningTotals,
     idle_series_ms: i64,
     last_total_eviction_ms: i64,
     /// The classes `OpenWindow::class` indexes.
@@ -265,7 +237,7 @@ impl Shard {
             flushed_until: Vec::new(),
             rng: SmallRng::seed_from_u64(seed),
             histogram,
-            totals: KeyMap::default(),
+            totals: RunningTotals::default(),
             idle_series_ms: idle_series_ms as i64,
             last_total_eviction_ms: i64::MIN / 2,
             classes: Vec::new(),
@@ -466,13 +438,16 @@ impl Shard {
                 }
                 let running_total = match &window.state {
                     WindowState::Counter(state) if class.keeps_total => {
-                        Some(add_to_total(totals, key, class.policy, state.sum, end_ms))
+                        Some(totals.add(key, class.policy, (state.sum, state.count as f64), end_ms))
+                    }
+                    WindowState::Distribution(histogram) if class.keeps_total => {
+                        Some(totals.add(key, class.policy, (histogram.sum(), histogram.count() as f64), end_ms))
                     }
                     _ => None,
                 };
                 Some((end_ms, running_total))
             };
-            let closed = |window: OpenWindow, end_ms: i64, running_total: Option<f64>| ClosedWindow {
+            let closed = |window: OpenWindow, end_ms: i64, running_total: Option<Totals>| ClosedWindow {
                 target: window.target,
                 class: window.class,
                 start_ms: window.start_ms,
@@ -521,11 +496,7 @@ impl Shard {
         }
         if now_ms - self.last_total_eviction_ms >= 60_000 {
             self.last_total_eviction_ms = now_ms;
-            let idle_ms = self.idle_series_ms;
-            self.totals.retain(|_, totals| {
-                totals.retain(|total| now_ms - total.last_end_ms < idle_ms);
-                !totals.is_empty()
-            });
+            self.totals.evict_idle(now_ms, self.idle_series_ms);
         }
     }
 

@@ -106,7 +106,7 @@ fn one_output_fed_by_two_kinds_refuses_the_second_kind() {
         .unwrap();
     assert_eq!(outcome.accepted, 1, "own output still lands");
     let records = flush(&engine, T0 + 60_000);
-    let rollup: Vec<_> = records.iter().filter(|r| r.output_name() == "x_all_count").collect();
+    let rollup: Vec<_> = records.iter().filter(|r| r.output_name() == "x_all:count").collect();
     assert_eq!(rollup.len(), 1);
     assert!(
         matches!(rollup[0].value, RecordValue::Scalar(v) if v == 1.0),
@@ -206,8 +206,8 @@ fn a_pod_restart_neither_dips_nor_spikes_a_rollup_and_total_stays_monotonic() {
         found.into_iter().map(|(_, v)| v).collect()
     };
     // First window is the baseline; then 10 + 10, then 10 + 4 (restart counts the new 4), then 10 + 10.
-    assert_eq!(values("http_requests_total:all_sum"), [0.0, 20.0, 14.0, 20.0]);
-    assert_eq!(values("http_requests_total:all_rate"), [0.0, 2.0, 1.4, 2.0]);
+    assert_eq!(values("http_requests_total:all:sum"), [0.0, 20.0, 14.0, 20.0]);
+    assert_eq!(values("http_requests_total:all:rate"), [0.0, 2.0, 1.4, 2.0]);
     assert_eq!(values("http_requests_total:all_total"), [0.0, 20.0, 34.0, 54.0]);
 }
 
@@ -228,9 +228,42 @@ fn weights_scale_counts_sums_and_histograms() {
             _ => f64::NAN,
         })
     };
-    assert_eq!(get("hits_sum"), Some(20.0));
-    assert_eq!(get("hits_count"), Some(10.0));
-    assert_eq!(get("lat_count"), Some(4.0));
+    assert_eq!(get("hits:sum"), Some(20.0));
+    assert_eq!(get("hits:count"), Some(10.0));
+    assert_eq!(get("lat:count"), Some(4.0));
+}
+
+#[test]
+fn a_distribution_total_is_a_running_count_and_sum_that_starts_its_series() {
+    let engine =
+        engine("defaults: {storage_policies: [\"10s:1h\"], distribution: {aggregations: [count, sum, total]}}");
+    let first = batch("lat", Kind::Distribution, &[(0.5, T0), (1.5, T0 + 1)]);
+    let second = batch(
+        "lat",
+        Kind::Distribution,
+        &[(1.0, T0 + 10_000), (2.0, T0 + 10_001), (4.0, T0 + 10_002)],
+    );
+    engine.ingest(&first, T0 + 2).unwrap();
+    engine.ingest(&second, T0 + 10_003).unwrap();
+    let records = flush(&engine, T0 + 100_000);
+    let values = |name: &str| -> Vec<(i64, f64, bool)> {
+        let mut found: Vec<_> = records
+            .iter()
+            .filter(|r| r.output_name() == name)
+            .map(|r| match r.value {
+                RecordValue::Scalar(v) => (r.window_start_ms, v, r.starts_series),
+                RecordValue::Histogram(_) => (r.window_start_ms, f64::NAN, r.starts_series),
+            })
+            .collect();
+        found.sort_by_key(|(start, _, _)| *start);
+        found
+    };
+    // Per window under `:`, cumulative under Prometheus' counter suffixes; only
+    // the first window of a cumulative series starts it.
+    assert_eq!(values("lat:count"), [(T0, 2.0, false), (T0 + 10_000, 3.0, false)]);
+    assert_eq!(values("lat:sum"), [(T0, 2.0, false), (T0 + 10_000, 7.0, false)]);
+    assert_eq!(values("lat_count"), [(T0, 2.0, true), (T0 + 10_000, 5.0, false)]);
+    assert_eq!(values("lat_sum"), [(T0, 2.0, true), (T0 + 10_000, 9.0, false)]);
 }
 
 #[test]

@@ -209,7 +209,7 @@ async fn write_remote(client: &reqwest::Client, url: &str, request: v1::WriteReq
                 response.text().await.unwrap_or_default().trim()
             ))
         }
-        Err(error) => Answer::Failed(error.to_string()),
+        Err(error) => Answer::Failed(crate::client_error::describe(&error, "--target")),
     }
 }
 
@@ -264,7 +264,11 @@ struct ServiceCounts {
 /// Reads `tailfold_samples_accepted_total` and `tailfold_samples_dropped_total`
 /// of `protocol="remote_write"` from the service's `/metrics`.
 async fn remote_write_counts(http: &reqwest::Client, url: &str) -> Result<ServiceCounts, String> {
-    let response = http.get(url).send().await.map_err(|error| error.to_string())?;
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|error| crate::client_error::describe(&error, "--target"))?;
     if !response.status().is_success() {
         return Err(format!("answered {}", response.status()));
     }
@@ -358,7 +362,7 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
                 .map_err(|error| connect_error(error.to_string()))?
                 .connect()
                 .await
-                .map_err(|error| connect_error(error.to_string()))?,
+                .map_err(|error| connect_error(crate::client_error::describe(&error, "--target")))?,
         ),
         Protocol::RemoteWrite => None,
     };
@@ -415,7 +419,7 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
             let mut sent_here = 0u64;
             while Instant::now() < deadline {
                 if per_worker_rate > 0.0 {
-                    let due = started + Duration::from_secs_f64(sent_here as f64 / per_worker_rate);
+                    let due = started + batch_due(sent_here, options.batch, per_worker_rate);
                     if due > deadline {
                         break;
                     }
@@ -506,9 +510,30 @@ pub async fn run(options: LoadgenOptions) -> Result<LoadgenReport, LoadgenError>
     Ok(shared.report)
 }
 
+/// When a worker sending `rate` points/s may send its next batch of `batch`
+/// points, `sent` points into the run: at the end of the time the batch
+/// stands for, not its start. Sending at the start would put one extra batch
+/// per worker into the run (batches at 0, 2, ... 28 s of a 30 s run at one
+/// batch per 2 s: 15 batches in 28 s, 7 % over the rate asked for).
+fn batch_due(sent: u64, batch: usize, rate: f64) -> Duration {
+    Duration::from_secs_f64((sent + batch as u64) as f64 / rate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_are_due_so_a_run_sends_the_rate_asked_for() {
+        // --rate 2000 over 4 workers, 1000-point batches, 30 s.
+        let (rate, batch, run) = (500.0, 1000, Duration::from_secs(30));
+        let mut sent = 0u64;
+        while batch_due(sent, batch, rate) <= run {
+            sent += batch as u64;
+        }
+        assert_eq!(sent as f64 / run.as_secs_f64(), rate);
+        assert_eq!(batch_due(0, batch, rate), Duration::from_secs(2));
+    }
 
     #[test]
     fn remote_write_counts_sum_tenants_and_reasons_of_remote_write_only() {

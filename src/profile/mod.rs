@@ -54,6 +54,7 @@ struct Periods {
     current: Sketches,
     previous: Sketches,
     previous_samples: u64,
+    previous_folded: u64,
     /// Label names, indexed like `Sketches::labels`.
     label_names: Vec<Box<str>>,
 }
@@ -62,18 +63,22 @@ struct Periods {
 #[derive(Debug, Default)]
 struct Usage {
     samples: AtomicU64,
+    /// For a drop rule: samples of its series that a rollup still folds
+    /// (accepted, not `dropped_by_rule`). Unused elsewhere.
+    folded: AtomicU64,
     periods: Mutex<Periods>,
 }
 
 impl Usage {
     fn roll(&self, skipped: bool) {
         let samples = self.samples.swap(0, Ordering::Relaxed);
+        let folded = self.folded.swap(0, Ordering::Relaxed);
         let mut periods = self.periods.lock();
         let current = std::mem::take(&mut periods.current);
-        (periods.previous, periods.previous_samples) = if skipped {
-            (Sketches::default(), 0)
+        (periods.previous, periods.previous_samples, periods.previous_folded) = if skipped {
+            (Sketches::default(), 0, 0)
         } else {
-            (current, samples)
+            (current, samples, folded)
         };
     }
 
@@ -83,6 +88,11 @@ impl Usage {
             && periods.previous_samples == 0
             && periods.current.series.count() == 0
             && periods.previous.series.count() == 0
+    }
+
+    /// Samples folded by a rollup though their series is dropped, over both periods.
+    fn folded(&self) -> u64 {
+        self.folded.load(Ordering::Relaxed) + self.periods.lock().previous_folded
     }
 
     /// Samples, distinct series, distinct outputs and label counts over both periods.
@@ -116,7 +126,22 @@ enum RuleKind {
     Rollup,
 }
 
+/// What one rule does to one series, as its accounting handle records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RuleRole {
+    /// Dropped, and no rollup folds it: its samples are `dropped_by_rule`.
+    Dropped,
+    /// Dropped, but a rollup still folds it: its samples are accepted.
+    DroppedFolded,
+    /// Folded into the rollup output with this key.
+    Rollup(u64),
+}
+
 type UsageMap<K> = HashMap<K, Arc<Usage>>;
+
+/// Rules are accounted per (tenant, metric name, rule, kind), so that the
+/// rule table answers `--tenant` and `--metric` too.
+type RuleKey = (Arc<str>, Box<str>, Arc<str>, RuleKind);
 
 /// Usage accounting for the whole service.
 pub struct Profiler {
@@ -130,8 +155,10 @@ pub struct Profiler {
     metrics: Mutex<UsageMap<(Arc<str>, Box<str>)>>,
     /// By (tenant, owner label value).
     owners: Mutex<UsageMap<(Arc<str>, Box<str>)>>,
-    /// By (rule name, what it does).
-    rules: Mutex<UsageMap<(Arc<str>, RuleKind)>>,
+    /// By (tenant, metric name, rule name, what it does).
+    rules: Mutex<UsageMap<RuleKey>>,
+    /// When the profiler started: rates are over the time it has seen.
+    started_ms: i64,
 }
 
 /// One series' accounting handles, kept in its cached route.
@@ -140,8 +167,8 @@ pub struct SeriesProfile {
     series: u64,
     metric: Arc<Usage>,
     owner: Option<Arc<Usage>>,
-    /// Rules acting on the series, each with the output key it feeds (0 for a drop).
-    rules: Box<[(Arc<Usage>, u64)]>,
+    /// Rules acting on the series, each with what it does to it.
+    rules: Box<[(Arc<Usage>, RuleRole)]>,
     /// (label index in the metric's usage, value hash), hashed once per route.
     labels: Box<[(u16, u64)]>,
     /// Period the series was last folded into the sketches.
@@ -157,8 +184,11 @@ impl SeriesProfile {
         if let Some(owner) = &self.owner {
             owner.samples.fetch_add(samples, Ordering::Relaxed);
         }
-        for (rule, _) in self.rules.iter() {
+        for (rule, role) in self.rules.iter() {
             rule.samples.fetch_add(samples, Ordering::Relaxed);
+            if *role == RuleRole::DroppedFolded {
+                rule.folded.fetch_add(samples, Ordering::Relaxed);
+            }
         }
         let period = profiler.period.load(Ordering::Relaxed);
         if self.seen_period.load(Ordering::Relaxed) != period
@@ -183,10 +213,10 @@ impl SeriesProfile {
         if let Some(owner) = &self.owner {
             owner.periods.lock().current.series.insert(self.series);
         }
-        for (rule, output) in self.rules.iter() {
+        for (rule, role) in self.rules.iter() {
             let mut periods = rule.periods.lock();
             periods.current.series.insert(self.series);
-            if *output != 0 {
+            if let RuleRole::Rollup(output) = role {
                 periods.current.outputs.insert(*output);
             }
         }
@@ -206,6 +236,7 @@ impl Profiler {
             metrics: Mutex::default(),
             owners: Mutex::default(),
             rules: Mutex::default(),
+            started_ms: now_ms,
         }
     }
 
@@ -218,17 +249,20 @@ impl Profiler {
     /// under `plan`. Called once per series and rule set, on a route-cache miss.
     pub fn series(&self, tenant: &Arc<str>, labels: &Labels, series: u64, plan: &SeriesPlan) -> SeriesProfile {
         let name = labels.metric_name().unwrap_or("");
-        let metric = {
+        let (metric, metric_name) = {
             let mut metrics = self.metrics.lock();
             let key = (Arc::clone(tenant), Box::<str>::from(name));
             match metrics.get(&key) {
-                Some(usage) => Arc::clone(usage),
-                None if metrics.len() >= self.settings.max_metrics => Arc::clone(
-                    metrics
-                        .entry((Arc::clone(tenant), Box::from(OTHER_METRICS)))
-                        .or_default(),
+                Some(usage) => (Arc::clone(usage), key.1),
+                None if metrics.len() >= self.settings.max_metrics => (
+                    Arc::clone(
+                        metrics
+                            .entry((Arc::clone(tenant), Box::from(OTHER_METRICS)))
+                            .or_default(),
+                    ),
+                    Box::from(OTHER_METRICS),
                 ),
-                None => Arc::clone(metrics.entry(key).or_default()),
+                None => (Arc::clone(metrics.entry(key.clone()).or_default()), key.1),
             }
         };
         let label_hashes = {
@@ -260,17 +294,26 @@ impl Profiler {
         let mut rules = Vec::new();
         {
             let mut known = self.rules.lock();
+            let mut usage = |rule: &Arc<str>, kind| {
+                let key = (Arc::clone(tenant), metric_name.clone(), Arc::clone(rule), kind);
+                Arc::clone(known.entry(key).or_default())
+            };
             if let Some(rule) = &plan.dropped_by {
-                rules.push((
-                    Arc::clone(known.entry((Arc::clone(rule), RuleKind::Drop)).or_default()),
-                    0,
-                ));
+                let folded = plan
+                    .outputs
+                    .iter()
+                    .any(|output| matches!(output.origin, OutputOrigin::Rollup { .. }));
+                let role = if folded {
+                    RuleRole::DroppedFolded
+                } else {
+                    RuleRole::Dropped
+                };
+                rules.push((usage(rule, RuleKind::Drop), role));
             }
             for output in &plan.outputs {
                 if let OutputOrigin::Rollup { rule } = &output.origin {
-                    let usage = Arc::clone(known.entry((Arc::clone(rule), RuleKind::Rollup)).or_default());
-                    // Never 0, which marks "no output".
-                    rules.push((usage, series_hash(tenant, &output.labels) | 1));
+                    let key = series_hash(tenant, &output.labels);
+                    rules.push((usage(rule, RuleKind::Rollup), RuleRole::Rollup(key)));
                 }
             }
         }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Profiler, RuleKind};
+use super::{Distinct, Profiler, RuleKind};
 
 /// What to report.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -49,6 +49,9 @@ pub struct MetricUsage {
     pub metric: String,
     /// Distinct series seen in the span.
     pub active_series: u64,
+    /// Whether `active_series` is exact (else a HyperLogLog estimate).
+    #[serde(default = "exact_by_default")]
+    pub active_series_exact: bool,
     /// Samples received in the span.
     pub samples: u64,
     /// `samples` over the span's length.
@@ -77,13 +80,18 @@ pub struct OwnerUsage {
     pub owner: String,
     /// Distinct series.
     pub active_series: u64,
+    /// Whether `active_series` is exact (else a HyperLogLog estimate).
+    #[serde(default = "exact_by_default")]
+    pub active_series_exact: bool,
     /// Samples received.
     pub samples: u64,
     /// `samples` over the span's length.
     pub samples_per_second: f64,
 }
 
-/// What one drop or rollup rule did.
+/// What one drop or rollup rule did to what storage receives. A drop rule
+/// removes the series it matches (their own outputs); a rollup removes
+/// nothing, it adds its output series. Drop a rollup's inputs to remove them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RuleUsage {
     /// Rule name.
@@ -92,19 +100,39 @@ pub struct RuleUsage {
     pub kind: String,
     /// Distinct input series the rule matched.
     pub input_series: u64,
-    /// Distinct series it emits instead (0 for a drop).
+    /// Samples of those series.
+    #[serde(default)]
+    pub input_samples: u64,
+    /// Distinct series a rollup emits (0 for a drop): series storage gains.
     pub output_series: u64,
-    /// `input_series - output_series`: series storage no longer sees.
+    /// Series storage no longer receives: a drop's input series; 0 for a rollup.
     pub series_removed: u64,
-    /// Input samples the rule dropped or folded away.
+    /// Samples of the removed series (never more than were sent); 0 for a rollup.
     pub samples_removed: u64,
+    /// Of `samples_removed`, those no rollup folds either: counted as
+    /// `dropped_by_rule` in write responses and `/metrics`. The rest were
+    /// accepted and folded into a rollup.
+    #[serde(default)]
+    pub samples_dropped: u64,
+    /// Whether the series counts are exact (else HyperLogLog estimates).
+    #[serde(default = "exact_by_default")]
+    pub exact: bool,
+}
+
+/// One rule's accounting merged over the selected (tenant, metric) parts:
+/// (rule, kind), samples, samples folded though dropped, input series, outputs.
+type RuleRow = ((String, RuleKind), u64, u64, Distinct, Distinct);
+
+fn exact_by_default() -> bool {
+    true
 }
 
 impl Profiler {
     /// The profile at `now_ms`.
     pub fn report(&self, now_ms: i64, query: &ProfileQuery) -> ProfileReport {
         let limit = query.limit.unwrap_or(20).max(1);
-        let from_ms = self.previous_start_ms.load(Ordering::Relaxed);
+        // Rates are over the time the process has seen, not a period that began before it.
+        let from_ms = self.previous_start_ms.load(Ordering::Relaxed).max(self.started_ms);
         let seconds = ((now_ms - from_ms) as f64 / 1000.0).max(1.0);
         let wanted_tenant = |tenant: &str| query.tenant.as_deref().is_none_or(|wanted| wanted == tenant);
         let mut metrics: Vec<MetricUsage> = self
@@ -133,6 +161,7 @@ impl Profiler {
                     tenant: tenant.to_string(),
                     metric: name.into(),
                     active_series: series.count(),
+                    active_series_exact: series.is_exact(),
                     samples,
                     samples_per_second: samples as f64 / seconds,
                     labels,
@@ -157,6 +186,7 @@ impl Profiler {
                     tenant: tenant.to_string(),
                     owner: owner.to_string(),
                     active_series: series.count(),
+                    active_series_exact: series.is_exact(),
                     samples,
                     samples_per_second: samples as f64 / seconds,
                 }
@@ -166,29 +196,53 @@ impl Profiler {
         owners.sort_by(|a, b| b.active_series.cmp(&a.active_series).then(a.owner.cmp(&b.owner)));
         owners.truncate(limit);
 
-        let mut rules: Vec<RuleUsage> = self
-            .rules
-            .lock()
-            .iter()
-            .map(|((rule, kind), usage)| {
-                let (samples, series, outputs, _) = usage.totals();
-                let (input_series, output_series) = (series.count(), outputs.count());
+        // One row per rule: the (tenant, metric) parts the query selects, merged.
+        let mut merged: Vec<RuleRow> = Vec::new();
+        for ((tenant, metric, rule, kind), usage) in self.rules.lock().iter() {
+            if !wanted_tenant(tenant) || query.metric.as_deref().is_some_and(|wanted| wanted != &**metric) {
+                continue;
+            }
+            let (samples, series, outputs, _) = usage.totals();
+            let folded = usage.folded();
+            let key = (rule.to_string(), *kind);
+            match merged.iter_mut().find(|row| row.0 == key) {
+                Some(row) => {
+                    row.1 += samples;
+                    row.2 += folded;
+                    row.3.merge(&series);
+                    row.4.merge(&outputs);
+                }
+                None => merged.push((key, samples, folded, series, outputs)),
+            }
+        }
+        let mut rules: Vec<RuleUsage> = merged
+            .into_iter()
+            .filter(|(_, samples, ..)| *samples > 0)
+            .map(|((rule, kind), samples, folded, series, outputs)| {
+                let input_series = series.count();
+                let (kind, output_series, series_removed, samples_removed, samples_dropped) = match kind {
+                    RuleKind::Drop => ("drop", 0, input_series, samples, samples - folded.min(samples)),
+                    RuleKind::Rollup => ("rollup", outputs.count(), 0, 0, 0),
+                };
                 RuleUsage {
-                    rule: rule.to_string(),
-                    kind: match kind {
-                        RuleKind::Drop => "drop",
-                        RuleKind::Rollup => "rollup",
-                    }
-                    .to_string(),
+                    rule,
+                    kind: kind.to_string(),
                     input_series,
+                    input_samples: samples,
                     output_series,
-                    series_removed: input_series.saturating_sub(output_series),
-                    samples_removed: samples,
+                    series_removed,
+                    samples_removed,
+                    samples_dropped,
+                    exact: series.is_exact() && outputs.is_exact(),
                 }
             })
-            .filter(|usage| usage.samples_removed > 0)
             .collect();
-        rules.sort_by(|a, b| b.series_removed.cmp(&a.series_removed).then(a.rule.cmp(&b.rule)));
+        rules.sort_by(|a, b| {
+            b.series_removed
+                .cmp(&a.series_removed)
+                .then(b.input_series.cmp(&a.input_series))
+                .then(a.rule.cmp(&b.rule))
+        });
         ProfileReport {
             now_ms,
             from_ms,

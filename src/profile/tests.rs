@@ -76,7 +76,38 @@ fn metrics_labels_owners_and_rules_are_accounted() {
         .map(|o| (o.owner.as_str(), o.active_series))
         .collect();
     assert_eq!(owners, [("web", 20), (NO_OWNER, 10)]);
-    let rules: Vec<_> = report
+    // A rollup alone removes nothing from storage: it adds its outputs.
+    assert_eq!(
+        rule_rows(&report),
+        [
+            ("drop-debug", "drop", 10, 10, 0, 10, 10, 10),
+            ("by-service", "rollup", 20, 60, 2, 0, 0, 0)
+        ]
+    );
+}
+
+const DROP_AND_ROLLUP: &str = r#"
+mapping_rules:
+  - name: drop-per-user
+    filter: '__name__:requests'
+    drop: true
+  - name: drop-debug
+    filter: '__name__:debug_*'
+    drop: true
+rollup_rules:
+  - name: by-route
+    filter: '__name__:requests'
+    rollup:
+      name: requests:by_route
+      without: [user]
+      aggregations: [sum]
+"#;
+
+/// (rule, kind, input series, input samples, added, removed, samples removed, dropped)
+type RuleRow<'a> = (&'a str, &'a str, u64, u64, u64, u64, u64, u64);
+
+fn rule_rows(report: &ProfileReport) -> Vec<RuleRow<'_>> {
+    report
         .rules
         .iter()
         .map(|r| {
@@ -84,19 +115,78 @@ fn metrics_labels_owners_and_rules_are_accounted() {
                 r.rule.as_str(),
                 r.kind.as_str(),
                 r.input_series,
+                r.input_samples,
                 r.output_series,
                 r.series_removed,
                 r.samples_removed,
+                r.samples_dropped,
             )
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_drop_on_what_a_rollup_folds_removes_the_inputs_once_and_drops_no_sample() {
+    let rules = RuleSet::parse(DROP_AND_ROLLUP, "test.yaml").unwrap();
+    let profiler = Profiler::new(settings(), 0);
+    // 50 users on 2 routes, 4 samples each: 200 samples sent to the rollup's inputs.
+    for user in 0..50 {
+        let user = user.to_string();
+        let route = if user.len() == 1 { "/a" } else { "/b" };
+        send(
+            &profiler,
+            &rules,
+            &[("__name__", "requests"), ("route", route), ("user", &user)],
+            4,
+        );
+    }
+    send(&profiler, &rules, &[("__name__", "debug_x")], 7);
+    let report = profiler.report(30_000, &ProfileQuery::default());
+    // The drop removes the 50 per-user series, and their 200 samples are
+    // accepted (the rollup folds them), so none is `dropped_by_rule`; the
+    // rollup adds 2 series and removes nothing. Removed samples never exceed
+    // the 207 sent.
     assert_eq!(
-        rules,
+        rule_rows(&report),
         [
-            ("by-service", "rollup", 20, 2, 18, 60),
-            ("drop-debug", "drop", 10, 0, 10, 10)
+            ("drop-per-user", "drop", 50, 200, 0, 50, 200, 0),
+            ("drop-debug", "drop", 1, 7, 0, 1, 7, 7),
+            ("by-route", "rollup", 50, 200, 2, 0, 0, 0),
         ]
     );
+    let removed: u64 = report.rules.iter().map(|r| r.samples_removed).sum();
+    assert!(removed <= 207);
+    assert!(report.rules.iter().all(|r| r.exact));
+}
+
+#[test]
+fn the_rule_table_answers_tenant_and_metric_filters_and_rates_cover_only_the_process_life() {
+    let rules = RuleSet::parse(DROP_AND_ROLLUP, "test.yaml").unwrap();
+    // Started 50 s into a 60 s period: rates are over 10 s, not 60.
+    let profiler = Profiler::new(settings(), 50_000);
+    send(&profiler, &rules, &[("__name__", "requests"), ("user", "1")], 20);
+    send(&profiler, &rules, &[("__name__", "debug_x")], 5);
+    let report = profiler.report(60_000, &ProfileQuery::default());
+    assert_eq!(report.from_ms, 50_000);
+    let requests = report.top_by_series.iter().find(|m| m.metric == "requests").unwrap();
+    assert_eq!(requests.samples_per_second, 2.0);
+    let only = |tenant: Option<&str>, metric: Option<&str>| {
+        let query = ProfileQuery {
+            tenant: tenant.map(str::to_string),
+            metric: metric.map(str::to_string),
+            limit: None,
+        };
+        profiler
+            .report(60_000, &query)
+            .rules
+            .into_iter()
+            .map(|r| r.rule)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(only(None, Some("debug_x")), ["drop-debug"]);
+    assert_eq!(only(None, Some("requests")), ["drop-per-user", "by-route"]);
+    assert!(only(Some("another"), None).is_empty());
+    assert_eq!(only(Some("t"), None).len(), 3);
 }
 
 #[test]

@@ -27,7 +27,7 @@ pub fn fetch(target: &str, query: &ProfileQuery) -> Result<ProfileReport, String
         .get(&url)
         .query(&params)
         .send()
-        .map_err(|error| format!("GET {url}: {error}"))?;
+        .map_err(|error| format!("GET {url}: {}", crate::client_error::describe(&error, "--target")))?;
     let status = response.status();
     let body = response.text().map_err(|error| format!("GET {url}: {error}"))?;
     if !status.is_success() {
@@ -38,6 +38,15 @@ pub fn fetch(target: &str, query: &ProfileQuery) -> Result<ProfileReport, String
 
 /// Labels shown per metric in the series table.
 const LABELS_SHOWN: usize = 3;
+
+/// A series count, `~`-marked when it is a HyperLogLog estimate.
+fn count(value: u64, exact: bool) -> String {
+    if exact {
+        value.to_string()
+    } else {
+        format!("~{value}")
+    }
+}
 
 /// The report as text tables, lines cut at `width` characters.
 pub fn render(report: &ProfileReport, width: usize) -> String {
@@ -73,7 +82,10 @@ pub fn render(report: &ProfileReport, width: usize) -> String {
         let _ = writeln!(
             out,
             "{:<12} {:<40} {:>12} {:>12.1}  {labels}",
-            usage.tenant, usage.metric, usage.active_series, usage.samples_per_second
+            usage.tenant,
+            usage.metric,
+            count(usage.active_series, usage.active_series_exact),
+            usage.samples_per_second
         );
     }
     if let [only] = &report.top_by_series[..] {
@@ -97,7 +109,10 @@ pub fn render(report: &ProfileReport, width: usize) -> String {
         let _ = writeln!(
             out,
             "{:<12} {:<40} {:>12.1} {:>12}",
-            usage.tenant, usage.metric, usage.samples_per_second, usage.active_series
+            usage.tenant,
+            usage.metric,
+            usage.samples_per_second,
+            count(usage.active_series, usage.active_series_exact)
         );
     }
     if let Some(owner_label) = &report.owner_label {
@@ -112,23 +127,34 @@ pub fn render(report: &ProfileReport, width: usize) -> String {
             let _ = writeln!(
                 out,
                 "{:<12} {:<40} {:>12} {:>12.1}",
-                usage.tenant, usage.owner, usage.active_series, usage.samples_per_second
+                usage.tenant,
+                usage.owner,
+                count(usage.active_series, usage.active_series_exact),
+                usage.samples_per_second
             );
         }
     }
     if !report.rules.is_empty() {
+        // What storage stops receiving (drop rules) and gains (rollups); a
+        // rollup alone removes nothing: drop its inputs to remove them.
         let _ = writeln!(out);
-        let _ = writeln!(out, "RULE EFFECT");
+        let _ = writeln!(out, "RULE EFFECT ON STORAGE");
         let _ = writeln!(
             out,
-            "{:<32} {:<7} {:>12} {:>12} {:>12} {:>14}",
-            "RULE", "KIND", "SERIES IN", "SERIES OUT", "REMOVED", "SAMPLES"
+            "{:<32} {:<7} {:>12} {:>12} {:>12} {:>14} {:>14}",
+            "RULE", "KIND", "SERIES IN", "ADDED", "REMOVED", "SAMPLES REMOVED", "DROPPED"
         );
         for rule in &report.rules {
             let _ = writeln!(
                 out,
-                "{:<32} {:<7} {:>12} {:>12} {:>12} {:>14}",
-                rule.rule, rule.kind, rule.input_series, rule.output_series, rule.series_removed, rule.samples_removed
+                "{:<32} {:<7} {:>12} {:>12} {:>12} {:>14} {:>14}",
+                rule.rule,
+                rule.kind,
+                count(rule.input_series, rule.exact),
+                count(rule.output_series, rule.exact),
+                count(rule.series_removed, rule.exact),
+                rule.samples_removed,
+                rule.samples_dropped
             );
         }
     }

@@ -28,8 +28,11 @@ pub(super) struct OtlpServers {
     pub(super) tasks: Vec<JoinHandle<()>>,
 }
 
-pub(super) async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServiceError> {
-    let bind_error = |source| ServiceError::Bind { addr, source };
+pub(super) async fn bind(
+    addr: SocketAddr,
+    key: &'static str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), ServiceError> {
+    let bind_error = |source| ServiceError::Bind { addr, key, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
     Ok((listener, local))
@@ -68,7 +71,7 @@ pub(super) async fn start_otlp(
         problem,
     };
     if let Some(addr) = settings.otlp.grpc_listen {
-        let (listener, local) = bind(addr).await?;
+        let (listener, local) = bind(addr, "otlp.grpc_listen").await?;
         servers.grpc_addr = Some(local);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let router = otlp_grpc_router(ingest.clone(), auth, settings.otlp.tls.as_ref())
@@ -81,7 +84,7 @@ pub(super) async fn start_otlp(
         }));
     }
     if let Some(addr) = settings.otlp.http_listen {
-        let (listener, local) = bind(addr).await?;
+        let (listener, local) = bind(addr, "otlp.http_listen").await?;
         servers.http_addr = Some(local);
         let router = auth.protect_answering(otlp_http_router(ingest), auth_refusal);
         let stop = closed(closing.clone());

@@ -49,13 +49,25 @@ use flush_loop::FlushLoop;
 use listeners::{start_otlp, watch_rules, HttpListener};
 
 /// Why the service could not start or stopped badly.
+/// What to do about a port another process holds: said with the config key,
+/// since "Address already in use" alone does not say which listener it was.
+fn busy_hint(source: &std::io::Error, key: &str) -> String {
+    if source.kind() == std::io::ErrorKind::AddrInUse {
+        format!("; another process holds this port: stop it, or set {key} to a free address")
+    } else {
+        String::new()
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ServiceError {
     /// The listen address cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} (config key {key}): {source}{}", busy_hint(source, key))]
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// The config key that set it, e.g. `http.listen`: it names the listener.
+        key: &'static str,
         /// Why.
         source: std::io::Error,
     },
@@ -243,27 +255,9 @@ pub async fn start(
             source,
         })?;
 
-    let listener = tokio::net::TcpListener::bind(settings.grpc_listen)
-        .await
-        .map_err(|source| ServiceError::Bind {
-            addr: settings.grpc_listen,
-            source,
-        })?;
-    let grpc_addr = listener.local_addr().map_err(|source| ServiceError::Bind {
-        addr: settings.grpc_listen,
-        source,
-    })?;
+    let (listener, grpc_addr) = listeners::bind(settings.grpc_listen, "grpc.listen").await?;
     let (closing, closing_receiver) = watch::channel(false);
-    let http_listener = tokio::net::TcpListener::bind(settings.http_listen)
-        .await
-        .map_err(|source| ServiceError::Bind {
-            addr: settings.http_listen,
-            source,
-        })?;
-    let http_addr = http_listener.local_addr().map_err(|source| ServiceError::Bind {
-        addr: settings.http_listen,
-        source,
-    })?;
+    let (http_listener, http_addr) = listeners::bind(settings.http_listen, "http.listen").await?;
     let local = LocalFold::new(Arc::clone(&engine), wal.clone());
     let cluster = match &settings.cluster {
         Some(cluster_settings) => Some(
@@ -290,6 +284,7 @@ pub async fn start(
     if let Some(statsd) = settings.statsd.clone() {
         let bind_error = |source| ServiceError::Bind {
             addr: statsd.listen,
+            key: "statsd.listen",
             source,
         };
         let socket = tokio::net::UdpSocket::bind(statsd.listen).await.map_err(bind_error)?;
@@ -341,6 +336,7 @@ pub async fn start(
             HttpListener::Tls(TlsListener::new(http_listener, Arc::new(config)).map_err(|source| {
                 ServiceError::Bind {
                     addr: settings.http_listen,
+                    key: "http.listen",
                     source,
                 }
             })?)
@@ -450,7 +446,7 @@ async fn start_cluster(
     logged: bool,
     mut closing: watch::Receiver<bool>,
 ) -> Result<ClusterRuntime, ServiceError> {
-    let (internal, internal_addr) = listeners::bind(cluster.listen).await?;
+    let (internal, internal_addr) = listeners::bind(cluster.listen, "cluster.listen").await?;
     let now_ms = clock.now_ms();
     let rules_hash = rules.newest_hash();
     let registration = Registration {

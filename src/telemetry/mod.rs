@@ -27,6 +27,7 @@ pub struct Telemetry {
     selections_emitted: AtomicU64,
     selections_lagged: AtomicU64,
     statsd_malformed_lines: AtomicU64,
+    statsd_name_collisions: AtomicU64,
     limit_drops: Mutex<BTreeMap<LimitDropKey, u64>>,
     overloaded_requests: Mutex<BTreeMap<String, u64>>,
     /// Received and ingested points per (protocol, tenant).
@@ -121,6 +122,9 @@ pub struct TelemetrySnapshot {
     pub selections_lagged: u64,
     /// statsd lines refused as malformed or unsupported (also in `ingest` as `invalid_series`).
     pub statsd_malformed_lines: u64,
+    /// statsd metric names that sanitise like another one sent before (`a.b`, `a_b`),
+    /// whose samples fold into that one's series; each name counted once.
+    pub statsd_name_collisions: u64,
     /// Samples dropped or refused by tenant limits, by tenant, reason and drop-priority rule
     /// (also in `ingest` as `rate_limited` / `series_limited`), and statsd samples
     /// dropped while ingest was saturated (`overloaded`).
@@ -158,6 +162,7 @@ impl Default for Telemetry {
             selections_emitted: AtomicU64::default(),
             selections_lagged: AtomicU64::default(),
             statsd_malformed_lines: AtomicU64::default(),
+            statsd_name_collisions: AtomicU64::default(),
             limit_drops: Mutex::default(),
             overloaded_requests: Mutex::default(),
             sources: Mutex::default(),
@@ -310,6 +315,11 @@ impl Telemetry {
         self.statsd_malformed_lines.fetch_add(lines, Ordering::Relaxed);
     }
 
+    /// Counts statsd metric names found to sanitise like another one.
+    pub fn statsd_name_collisions(&self, names: u64) {
+        self.statsd_name_collisions.fetch_add(names, Ordering::Relaxed);
+    }
+
     /// Counts samples of `tenant` a limit dropped (`reason`), under drop-priority entry `rule` ("" for none).
     pub fn limit_dropped(&self, tenant: &str, reason: DropReason, rule: &str, samples: u64) {
         if samples == 0 {
@@ -351,6 +361,7 @@ impl Telemetry {
             selections_emitted: self.selections_emitted.load(Ordering::Relaxed),
             selections_lagged: self.selections_lagged.load(Ordering::Relaxed),
             statsd_malformed_lines: self.statsd_malformed_lines.load(Ordering::Relaxed),
+            statsd_name_collisions: self.statsd_name_collisions.load(Ordering::Relaxed),
             limit_drops: self.limit_drops.lock().clone(),
             overloaded_requests: self.overloaded_requests.lock().clone(),
             bytes_in_flight: self.bytes_in_flight.load(Ordering::Relaxed),
@@ -398,6 +409,9 @@ impl TelemetrySnapshot {
         }
         if self.statsd_malformed_lines > 0 {
             line.push_str(&format!(" statsd_malformed_lines={}", self.statsd_malformed_lines));
+        }
+        if self.statsd_name_collisions > 0 {
+            line.push_str(&format!(" statsd_name_collisions={}", self.statsd_name_collisions));
         }
         for (protocol, requests) in &self.overloaded_requests {
             line.push_str(&format!(" overloaded_requests[{protocol}]={requests}"));

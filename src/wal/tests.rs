@@ -111,7 +111,7 @@ async fn committed_windows_are_not_replayed_and_their_segments_go() {
     let second = engine();
     let (wal, stats) = Wal::open(&settings(dir.path()), &second).unwrap();
     assert_eq!((stats.batches, stats.accepted), (1, 1));
-    assert_eq!(sums(&second, 15_000), vec![("a_sum".to_string(), 10_000, 5.0)]);
+    assert_eq!(sums(&second, 15_000), vec![("a:sum".to_string(), 10_000, 5.0)]);
 
     // A window already flushed stays refused after the restart even if its sample is replayed.
     let stale = batch("a", 7.0, 3_000);
@@ -169,12 +169,12 @@ async fn a_torn_tail_loses_only_the_unacknowledged_frame() {
     let (wal, stats) = Wal::open(&settings(dir.path()), &second).unwrap();
     assert_eq!((stats.batches, stats.accepted), (2, 2));
     assert_eq!(stats.skipped_bytes, (frame.len() / 2) as u64);
-    assert_eq!(sums(&second, 2_000), vec![("a_sum".to_string(), 0, 3.0)]);
+    assert_eq!(sums(&second, 2_000), vec![("a:sum".to_string(), 0, 3.0)]);
     // New appends go to a new segment, never after the torn frame.
     wal.append(&batch("a", 8.0, 1_000), 1_000).await.unwrap();
     drop(wal);
     let third = engine();
     let (_wal, stats) = Wal::open(&settings(dir.path()), &third).unwrap();
     assert_eq!((stats.segments, stats.batches), (2, 3));
-    assert_eq!(sums(&third, 2_000), vec![("a_sum".to_string(), 0, 11.0)]);
+    assert_eq!(sums(&third, 2_000), vec![("a:sum".to_string(), 0, 11.0)]);
 }

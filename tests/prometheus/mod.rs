@@ -1,13 +1,18 @@
 //! A real Prometheus server for end-to-end tests: the Debian package
 //! (`scripts/test.sh` installs it), started on a free loopback port with a
 //! temporary data directory, remote-write receiver and native histograms on,
-//! killed when dropped. Plus blocking helpers for its HTTP query API.
+//! killed when dropped. Plus blocking helpers for its HTTP query API, and a
+//! scrape target for it to scrape.
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -196,4 +201,79 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A scrape target on a free loopback port, on its own thread: answers each
+/// `GET /metrics` with the content type and body `serve` returns, one
+/// connection at a time (so a scrape is served whole before the next);
+/// stops when dropped.
+pub struct ScrapeTarget {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ScrapeTarget {
+    pub fn start(serve: impl Fn() -> (&'static str, Vec<u8>) + Send + 'static) -> ScrapeTarget {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(mut stream) = stream {
+                        let _ = answer(&mut stream, &serve);
+                    }
+                }
+            })
+        };
+        ScrapeTarget {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ScrapeTarget {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept; the thread sees `stop` and returns.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Answers one HTTP/1.1 request (`GET /metrics`, else 404) and closes the connection.
+fn answer(stream: &mut TcpStream, serve: &impl Fn() -> (&'static str, Vec<u8>)) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = Vec::new();
+    let mut buffer = [0u8; 2048];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = stream.read(&mut buffer)?;
+        if read == 0 || request.len() > 64 * 1024 {
+            return Ok(());
+        }
+        request.extend_from_slice(&buffer[..read]);
+    }
+    let (status, content_type, body) = if request.starts_with(b"GET /metrics ") {
+        let (content_type, body) = serve();
+        ("200 OK", content_type, body)
+    } else {
+        ("404 Not Found", "text/plain", Vec::new())
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(&body)?;
+    stream.flush()
 }

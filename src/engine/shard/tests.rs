@@ -110,7 +110,9 @@ fn windows_of_two_policies_flush_in_window_order_with_running_totals() {
     // Windows of one start may come in either policy order; the totals
     // tell whether each policy's windows came in window order.
     out.sort_by_key(|window| (window.start_ms, classes[window.class as usize].policy.resolution_ms));
-    let taken: Vec<(StoragePolicy, i64, f64, Option<f64>)> = out
+    // (policy, window start, window sum, (running total, starts the totals))
+    type Taken = (StoragePolicy, i64, f64, Option<(f64, bool)>);
+    let taken: Vec<Taken> = out
         .iter()
         .map(|window| {
             let policy = classes[window.class as usize].policy;
@@ -118,7 +120,7 @@ fn windows_of_two_policies_flush_in_window_order_with_running_totals() {
                 policy,
                 window.start_ms,
                 counter_sum(&window.state),
-                window.running_total,
+                window.running_total.map(|totals| (totals.sum, totals.first)),
             )
         })
         .collect();
@@ -126,9 +128,10 @@ fn windows_of_two_policies_flush_in_window_order_with_running_totals() {
     assert_eq!(
         taken,
         vec![
-            (ten_seconds, T0, 2.0, Some(2.0)),
-            (one_minute, T0, 5.0, Some(5.0)),
-            (ten_seconds, T0 + 10_000, 5.0, Some(7.0)),
+            // Each policy's first window starts its totals (the sink writes a zero before it).
+            (ten_seconds, T0, 2.0, Some((2.0, true))),
+            (one_minute, T0, 5.0, Some((5.0, true))),
+            (ten_seconds, T0 + 10_000, 5.0, Some((7.0, false))),
         ]
     );
     assert_eq!(shard.active_outputs(), 0);

@@ -21,7 +21,10 @@ use crate::ingest::validate::cut;
 use crate::model::{DropReason, IngestBatch, Kind, Outcome, SeriesBatch};
 use crate::telemetry::Telemetry;
 
-pub use parse::{parse_line, sanitize_name, stochastic_weight, StatsdError, StatsdLine};
+pub use parse::{
+    parse_line, sanitize_name, stochastic_weight, HeldGauges, NameCollisions, StatsdError, StatsdLine,
+    MAX_CHECKED_NAMES,
+};
 
 /// Malformed lines are logged at most this often; the rest are only counted.
 const WARN_EVERY: Duration = Duration::from_secs(1);
@@ -85,6 +88,7 @@ pub async fn serve_statsd(
         // `received` last: whoever sees it can rely on the outcome being counted.
         telemetry.ingested_by("statsd", &settings.tenant, &outcome);
         telemetry.statsd_malformed(tally.malformed_lines);
+        telemetry.statsd_name_collisions(tally.name_collisions);
         telemetry.received_by("statsd", &settings.tenant, tally.points + tally.malformed_lines);
     }
 }
@@ -96,6 +100,8 @@ pub struct DatagramTally {
     pub points: u64,
     /// Lines refused (each counted as one point, since its values are unknown).
     pub malformed_lines: u64,
+    /// Metric names first seen to sanitise like another one (see [`NameCollisions`]).
+    pub name_collisions: u64,
 }
 
 /// Turns datagrams into an [`IngestBatch`], reusing its buffers across datagrams.
@@ -110,6 +116,9 @@ pub struct DatagramDecoder {
     values: Vec<f64>,
     rng: SmallRng,
     warnings: WarnLimiter,
+    names: NameCollisions,
+    gauges: HeldGauges,
+    max_gauges: usize,
 }
 
 impl DatagramDecoder {
@@ -126,6 +135,9 @@ impl DatagramDecoder {
             values: Vec::new(),
             rng: SmallRng::from_rng(&mut rand::rng()),
             warnings: WarnLimiter::default(),
+            names: NameCollisions::default(),
+            gauges: HeldGauges::new(settings.max_gauges, settings.gauge_idle_ms),
+            max_gauges: settings.max_gauges,
         }
     }
 
@@ -153,7 +165,7 @@ impl DatagramDecoder {
             if raw.is_empty() {
                 continue;
             }
-            match self.decode_line(raw) {
+            match self.decode_line(raw, &mut tally.name_collisions) {
                 Ok(points) => tally.points += points as u64,
                 Err(error) => {
                     tally.malformed_lines += 1;
@@ -164,16 +176,41 @@ impl DatagramDecoder {
         tally
     }
 
-    fn decode_line(&mut self, raw: &[u8]) -> Result<usize, StatsdError> {
+    /// Adds the line's points to its series' batch; counts a name that
+    /// sanitises like another one into `collisions`.
+    fn decode_line(&mut self, raw: &[u8], collisions: &mut u64) -> Result<usize, StatsdError> {
         let text = std::str::from_utf8(raw).map_err(|_| StatsdError::NotUtf8 {
             line: cut(&String::from_utf8_lossy(raw)),
         })?;
         let line = parse_line(text, &mut self.values)?;
         let key = series_key(&line);
+        if line.kind == Kind::Gauge {
+            // Resolved here, line by line, so changes apply in the order sent.
+            let now = Instant::now();
+            for value in self.values.iter_mut() {
+                *value = self
+                    .gauges
+                    .apply(key, *value, line.relative, now)
+                    .ok_or_else(|| StatsdError::GaugesFull {
+                        line: cut(line.raw),
+                        max: self.max_gauges,
+                    })?;
+            }
+        }
         let index = match self.series_index.get(&key) {
             Some(index) => *index,
             None => {
                 let labels = line.labels(&self.limits)?;
+                let sanitized = labels.metric_name().unwrap_or_default();
+                if let Some(first) = self.names.check(line.name, sanitized) {
+                    *collisions += 1;
+                    // Once per name, so no limiter: a quiet warning would hide the merge.
+                    tracing::warn!(
+                        "statsd: {:?} and {:?} both become the metric {sanitized}, so their samples fold into one series (Etsy statsd keeps them apart): rename one",
+                        cut(first),
+                        cut(line.name),
+                    );
+                }
                 self.batch.series.push(SeriesBatch::new(
                     labels,
                     line.kind,
@@ -242,6 +279,8 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             tenant: "team-a".to_string(),
             max_packet_bytes,
+            max_gauges: 100,
+            gauge_idle_ms: 60_000,
             limits: IngestLimits::default(),
         })
     }
@@ -254,7 +293,8 @@ mod tests {
             tally,
             DatagramTally {
                 points: 6,
-                malformed_lines: 0
+                malformed_lines: 0,
+                name_collisions: 0
             }
         );
         assert_eq!(&*decoder.batch.tenant, "team-a");
@@ -283,6 +323,31 @@ mod tests {
     }
 
     #[test]
+    fn names_that_sanitise_alike_are_counted_once_across_datagrams() {
+        let mut decoder = decoder(1024);
+        assert_eq!(decoder.decode(b"api.latency:1|ms\napi.latency:2|ms").name_collisions, 0);
+        let tally = decoder.decode(b"api_latency:3|ms\napi-latency:4|ms\napi.latency:5|ms");
+        assert_eq!((tally.points, tally.name_collisions), (3, 2));
+        assert_eq!(decoder.decode(b"api_latency:6|ms").name_collisions, 0, "each name once");
+    }
+
+    #[test]
+    fn relative_gauges_apply_in_the_order_sent_across_datagrams() {
+        let mut decoder = decoder(1024);
+        let gauge = |decoder: &DatagramDecoder| -> Vec<f64> {
+            decoder.batch.series[0].points.iter().map(|p| p.value).collect()
+        };
+        decoder.decode(b"q:5|g\nq:+2|g\nq:9|g\nq:-4|g");
+        assert_eq!(gauge(&decoder), [5.0, 7.0, 9.0, 5.0]);
+        decoder.decode(b"q:+1.5|g|#other:tag\nq:+1|g");
+        assert_eq!(gauge(&decoder), [1.5], "another series starts from 0");
+        assert_eq!(
+            decoder.batch.series[1].points[0].value, 6.0,
+            "held from the datagram before"
+        );
+    }
+
+    #[test]
     fn refuses_bad_lines_alone() {
         let mut decoder = decoder(1024);
         let tally = decoder.decode(b"ok:1|c\nbad\n\xff\xfe:1|c\nok:2|c\nset:u|s");
@@ -290,7 +355,8 @@ mod tests {
             tally,
             DatagramTally {
                 points: 2,
-                malformed_lines: 3
+                malformed_lines: 3,
+                name_collisions: 0
             }
         );
         assert_eq!(decoder.batch.series.len(), 1);
@@ -306,7 +372,8 @@ mod tests {
             tally,
             DatagramTally {
                 points: 2,
-                malformed_lines: 1
+                malformed_lines: 1,
+                name_collisions: 0
             }
         );
         let tally = decoder.decode(b"0123456789abcdefg");
@@ -314,7 +381,8 @@ mod tests {
             tally,
             DatagramTally {
                 points: 0,
-                malformed_lines: 1
+                malformed_lines: 1,
+                name_collisions: 0
             }
         );
     }

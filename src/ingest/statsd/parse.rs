@@ -3,6 +3,8 @@
 //! form, then checked like gRPC labels) only when a series is first seen.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use thiserror::Error;
@@ -97,6 +99,20 @@ pub enum StatsdError {
         /// `@`, `#` or `T`.
         section: char,
     },
+    /// A relative gauge change for a gauge not held while `statsd.max_gauges` are.
+    #[error("{line:?}: relative gauge change, but statsd.max_gauges ({max}) gauges are held already and not this one: raise statsd.max_gauges or send the absolute value")]
+    GaugesFull {
+        /// The line, cut.
+        line: String,
+        /// `statsd.max_gauges`.
+        max: usize,
+    },
+    /// A gauge line with both relative (`+`/`-`) and absolute values.
+    #[error("{line:?}: a gauge line mixing relative (+/-) and absolute values; send them on lines of their own")]
+    MixedGauge {
+        /// The line, cut.
+        line: String,
+    },
     /// The name or tags break a label rule or limit (the same as for gRPC).
     #[error("{line:?}: {}", without_series_index(.source))]
     Labels {
@@ -131,6 +147,9 @@ pub struct StatsdLine<'a> {
     pub tags: &'a str,
     /// DogStatsD `|T<seconds>` as milliseconds; `None` means arrival time.
     pub timestamp_ms: Option<i64>,
+    /// A gauge's values were sent with a sign (`+3|g`, `-3|g`): changes of
+    /// the held value, as Etsy statsd reads them (see [`HeldGauges`]).
+    pub relative: bool,
 }
 
 /// Parses one line (without its newline) and puts its values into `values`
@@ -206,17 +225,17 @@ pub fn parse_line<'a>(raw: &'a str, values: &mut Vec<f64>) -> Result<StatsdLine<
         }
     }
 
+    let mut relative = None;
     for text in raw_values.split(':') {
         if text.is_empty() {
             return Err(StatsdError::EmptyValue { line: line() });
         }
-        // statsd reads `+3|g` / `-3|g` as "change the gauge by 3"; tailfold keeps
-        // no gauge state between windows to apply it to, so it refuses rather than guess.
-        if kind == Kind::Gauge && text.starts_with(['+', '-']) {
-            return Err(StatsdError::Unsupported {
-                line: line(),
-                what: "relative gauge change (+/- before a |g value); send the absolute value",
-            });
+        // statsd reads `+3|g` / `-3|g` as "change the gauge by 3".
+        if kind == Kind::Gauge {
+            let signed = text.starts_with(['+', '-']);
+            if *relative.get_or_insert(signed) != signed {
+                return Err(StatsdError::MixedGauge { line: line() });
+            }
         }
         match text.parse::<f64>() {
             Ok(value) if value.is_finite() => values.push(value),
@@ -236,6 +255,7 @@ pub fn parse_line<'a>(raw: &'a str, values: &mut Vec<f64>) -> Result<StatsdLine<
         sample_rate: sample_rate.unwrap_or(1.0),
         tags: tags.unwrap_or_default(),
         timestamp_ms,
+        relative: relative.unwrap_or(false),
     })
 }
 
@@ -287,6 +307,100 @@ pub fn sanitize_name(name: &str) -> Cow<'_, str> {
             .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }),
     );
     Cow::Owned(clean)
+}
+
+/// The last value of each statsd gauge, so that a relative change applies to
+/// it as in Etsy statsd: `q:5|g` then `q:+2|g` is 7, in the same window or a
+/// later one. At most `max` gauges are held; one not updated for `idle` is
+/// forgotten (a later change starts from 0, as statsd's does for a gauge it
+/// does not have).
+#[derive(Debug)]
+pub struct HeldGauges {
+    values: HashMap<u128, (f64, Instant)>,
+    max: usize,
+    idle: Duration,
+}
+
+impl HeldGauges {
+    /// Holds at most `max` gauges, each for `idle_ms` after its last update.
+    pub fn new(max: usize, idle_ms: u64) -> Self {
+        HeldGauges {
+            values: HashMap::new(),
+            max,
+            idle: Duration::from_millis(idle_ms),
+        }
+    }
+
+    /// The absolute value of a gauge `value` sent for series `key` at `now`
+    /// (`relative`: sent with a sign), which becomes the held value. `None`
+    /// when a relative change cannot be applied: the gauge is not held and
+    /// `max` others are (an absolute value then passes, unheld).
+    pub fn apply(&mut self, key: u128, value: f64, relative: bool, now: Instant) -> Option<f64> {
+        let idle = self.idle;
+        let held = match self.values.get(&key) {
+            Some(&(held, seen)) if now.duration_since(seen) < idle => held,
+            _ => 0.0,
+        };
+        let absolute = if relative { held + value } else { value };
+        if !self.values.contains_key(&key) && self.values.len() >= self.max {
+            self.values.retain(|_, (_, seen)| now.duration_since(*seen) < idle);
+            if self.values.len() >= self.max {
+                return (!relative).then_some(absolute);
+            }
+        }
+        self.values.insert(key, (absolute, now));
+        Some(absolute)
+    }
+
+    /// Gauges held now.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// Distinct metric names [`NameCollisions`] remembers; past it, new names are
+/// no longer checked (the memory stays bounded under a flood of names).
+pub const MAX_CHECKED_NAMES: usize = 100_000;
+
+/// Finds raw statsd names that sanitise alike (`api.latency`, `api-latency`
+/// and `api_latency` all become `api_latency`). Etsy statsd keeps such names
+/// apart; tailfold folds them into one series, so each is reported once.
+#[derive(Debug, Default)]
+pub struct NameCollisions {
+    /// Sanitised name -> the first raw name seen with it.
+    first: HashMap<Box<str>, Box<str>>,
+    /// Raw names already reported as colliding.
+    reported: HashMap<Box<str>, ()>,
+}
+
+impl NameCollisions {
+    /// Notes that `raw` was sent, sanitised to `sanitized`. Returns the raw
+    /// name seen first under `sanitized` when `raw` is another one not
+    /// reported before: the two merge into one series. Allocates only for a
+    /// name not seen before.
+    pub fn check(&mut self, raw: &str, sanitized: &str) -> Option<&str> {
+        let new_collision = match self.first.get(sanitized) {
+            Some(first) => {
+                **first != *raw && !self.reported.contains_key(raw) && self.reported.len() < MAX_CHECKED_NAMES
+            }
+            None => {
+                if self.first.len() < MAX_CHECKED_NAMES {
+                    self.first.insert(sanitized.into(), raw.into());
+                }
+                false
+            }
+        };
+        if !new_collision {
+            return None;
+        }
+        self.reported.insert(raw.into(), ());
+        self.first.get(sanitized).map(|first| &**first)
+    }
 }
 
 impl StatsdLine<'_> {

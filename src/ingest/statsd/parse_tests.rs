@@ -186,12 +186,8 @@ fn refuses_each_malformed_form_with_its_reason() {
         ),
         (":1|c", r#"":1|c": empty metric name"#),
         (
-            "name:+1|g",
-            r#""name:+1|g": unsupported: relative gauge change (+/- before a |g value); send the absolute value"#,
-        ),
-        (
-            "name:-1|g",
-            r#""name:-1|g": unsupported: relative gauge change (+/- before a |g value); send the absolute value"#,
+            "name:+1:2|g",
+            r#""name:+1:2|g": a gauge line mixing relative (+/-) and absolute values; send them on lines of their own"#,
         ),
         ("name:1|s", r#""name:1|s": unsupported: sets (|s)"#),
         ("name:user42|s", r#""name:user42|s": unsupported: sets (|s)"#),
@@ -235,4 +231,38 @@ fn refuses_each_malformed_form_with_its_reason() {
         line.labels(&limits).unwrap_err().to_string(),
         r#""a.b.c:1|c": label "__name__" has a value of 5 bytes, limit is 4 (ingest.max_label_value_bytes)"#
     );
+}
+
+#[test]
+fn names_that_sanitise_alike_are_reported_once_each_naming_the_first() {
+    let mut names = NameCollisions::default();
+    assert_eq!(names.check("api.latency", "api_latency"), None);
+    assert_eq!(names.check("api.latency", "api_latency"), None, "the same name again");
+    assert_eq!(names.check("api_latency", "api_latency"), Some("api.latency"));
+    assert_eq!(names.check("api-latency", "api_latency"), Some("api.latency"));
+    assert_eq!(names.check("api-latency", "api_latency"), None, "reported once");
+    assert_eq!(names.check("other", "other"), None);
+}
+
+#[test]
+fn relative_gauges_change_the_held_value_as_etsy_statsd_does() {
+    let (line, values) = parse("q:-2.5|g").unwrap();
+    assert!(line.relative);
+    assert_eq!(values, [-2.5]);
+    assert!(!parse("q:7|g").unwrap().0.relative);
+    let start = Instant::now();
+    let mut gauges = HeldGauges::new(2, 60_000);
+    // A change to a gauge not held starts from 0 (statsd: `-3` on a new gauge is -3).
+    assert_eq!(gauges.apply(1, 3.0, true, start), Some(3.0));
+    assert_eq!(gauges.apply(1, 5.0, false, start), Some(5.0));
+    assert_eq!(gauges.apply(1, -2.0, true, start), Some(3.0));
+    assert_eq!(gauges.apply(2, 1.0, false, start), Some(1.0));
+    // Full: an absolute value passes unheld, a change cannot be applied.
+    assert_eq!(gauges.apply(3, 4.0, false, start), Some(4.0));
+    assert_eq!(gauges.apply(3, 1.0, true, start), None);
+    assert_eq!(gauges.len(), 2);
+    // Idle past 60 s: forgotten, its place taken, and a change starts from 0 again.
+    let later = start + Duration::from_secs(61);
+    assert_eq!(gauges.apply(3, 1.0, true, later), Some(1.0));
+    assert_eq!(gauges.apply(1, 1.0, true, later), Some(1.0));
 }

@@ -73,10 +73,14 @@ impl Encoder {
         match &record.value {
             RecordValue::Scalar(value) => Some(Ok(prompb::TimeSeries {
                 labels: wire_labels,
-                samples: vec![prompb::Sample {
-                    value: *value,
-                    timestamp: record.window_end_ms,
-                }],
+                samples: series_start(record)
+                    .map(|timestamp| prompb::Sample { value: 0.0, timestamp })
+                    .into_iter()
+                    .chain([prompb::Sample {
+                        value: *value,
+                        timestamp: record.window_end_ms,
+                    }])
+                    .collect(),
                 exemplars: record.exemplar.iter().map(exemplar).collect(),
                 histograms: Vec::new(),
             })),
@@ -92,19 +96,32 @@ impl Encoder {
                 if running.histogram.scale() < PROMETHEUS_MIN_SCALE {
                     return Some(Err(Unencodable::Schema));
                 }
-                // The first histogram of a series since this process started says so:
-                // Prometheus may hold larger counts from before a restart.
-                let reset = if running.emitted {
-                    prompb::histogram::ResetHint::No
-                } else {
-                    prompb::histogram::ResetHint::Yes
-                };
+                // A series new since this process started begins with an empty
+                // histogram just after its first window's start, marked as a reset
+                // (Prometheus may hold larger counts from before a restart), so
+                // `increase()` over a range holding that window counts all of it.
+                let mut histograms = Vec::with_capacity(2);
+                if !running.emitted {
+                    let mut empty = native_histogram(
+                        &ExpHistogram::new(*window.config()),
+                        prompb::histogram::ResetHint::Yes,
+                        zero_sample_ms(record),
+                    );
+                    // No buckets, so any schema fits: the running one's keeps the series on one schema.
+                    empty.schema = i32::from(running.histogram.scale());
+                    histograms.push(empty);
+                }
                 running.emitted = true;
+                histograms.push(native_histogram(
+                    &running.histogram,
+                    prompb::histogram::ResetHint::No,
+                    record.window_end_ms,
+                ));
                 Some(Ok(prompb::TimeSeries {
                     labels: wire_labels,
                     samples: Vec::new(),
                     exemplars: Vec::new(),
-                    histograms: vec![native_histogram(&running.histogram, reset, record.window_end_ms)],
+                    histograms,
                 }))
             }
             RecordValue::Histogram(_) => None,
@@ -116,6 +133,21 @@ impl Encoder {
     pub fn evict_idle(&mut self, now_ms: i64, idle_ms: i64) {
         self.running.retain(|_, running| now_ms - running.last_end_ms < idle_ms);
     }
+}
+
+/// When `record` starts a cumulative series, the timestamp of the zero sample
+/// that goes before it.
+fn series_start(record: &AggregateRecord) -> Option<i64> {
+    record.starts_series.then(|| zero_sample_ms(record))
+}
+
+/// Where a new cumulative series starts from zero: 1 ms after its first
+/// window's start. Not at the start itself: after a restart, the previous
+/// run may have written this series' last value exactly there (the end of the
+/// window before), and Prometheus refuses a second, different value at one
+/// timestamp, with the whole request.
+fn zero_sample_ms(record: &AggregateRecord) -> i64 {
+    (record.window_start_ms + 1).min(record.window_end_ms - 1)
 }
 
 fn exemplar(exemplar: &Exemplar) -> prompb::Exemplar {
@@ -231,19 +263,57 @@ mod tests {
             exemplar: None,
             slowest: Vec::new(),
             partial: false,
+            starts_series: false,
         };
         let one = encoder.encode(&record(first, 60_000)).unwrap().unwrap();
         let two = encoder.encode(&record(second, 120_000)).unwrap().unwrap();
-        let count = |series: &prompb::TimeSeries| match series.histograms[0].count {
+        let count = |series: &prompb::TimeSeries, index: usize| match series.histograms[index].count {
             Some(prompb::histogram::Count::CountInt(n)) => n,
-            _ => 0,
+            _ => u64::MAX,
         };
-        assert_eq!((count(&one), count(&two)), (3, 4));
+        // The first window comes after an empty reset histogram just past its start.
+        assert_eq!(one.histograms.len(), 2);
+        assert_eq!((count(&one, 0), count(&one, 1), count(&two, 0)), (0, 3, 4));
         assert_eq!(one.histograms[0].reset_hint, prompb::histogram::ResetHint::Yes as i32);
+        assert_eq!(one.histograms[0].timestamp, 1);
+        assert_eq!(one.histograms[0].schema, one.histograms[1].schema);
+        assert_eq!(one.histograms[1].reset_hint, prompb::histogram::ResetHint::No as i32);
+        assert_eq!(two.histograms.len(), 1);
         assert_eq!(two.histograms[0].reset_hint, prompb::histogram::ResetHint::No as i32);
         assert_eq!(two.histograms[0].timestamp, 120_000);
         assert!(Encoder::new(None, false)
             .encode(&record(ExpHistogram::default(), 1))
             .is_none());
+    }
+
+    #[test]
+    fn a_new_cumulative_series_starts_from_zero_after_its_window_start() {
+        let mut encoder = Encoder::new(None, true);
+        let record = |statistic, value, starts_series| AggregateRecord {
+            tenant: Arc::from("t"),
+            series: Arc::new(Labels::from_pairs([("__name__", "requests")])),
+            kind: crate::model::Kind::Counter,
+            policy: "10s:1h".parse().unwrap(),
+            window_start_ms: 10_000,
+            window_end_ms: 20_000,
+            aggregation: crate::aggregate::Aggregation::Total,
+            statistic,
+            value: RecordValue::Scalar(value),
+            exemplar: None,
+            slowest: Vec::new(),
+            partial: false,
+            starts_series,
+        };
+        let samples = |series: prompb::TimeSeries| {
+            series
+                .samples
+                .iter()
+                .map(|sample| (sample.timestamp, sample.value))
+                .collect::<Vec<_>>()
+        };
+        let first = encoder.encode(&record(Statistic::Total, 7.0, true)).unwrap().unwrap();
+        assert_eq!(samples(first), [(10_001, 0.0), (20_000, 7.0)]);
+        let later = encoder.encode(&record(Statistic::Total, 9.0, false)).unwrap().unwrap();
+        assert_eq!(samples(later), [(20_000, 9.0)]);
     }
 }

@@ -307,6 +307,7 @@ mod shard_tests {
             exemplar: None,
             slowest: Vec::new(),
             partial: false,
+            starts_series: false,
         }
     }
 
