@@ -4,7 +4,7 @@
 use rand::Rng;
 
 /// One traced sample remembered by a histogram bucket.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Exemplar {
     /// W3C trace id of the sample.
     pub trace_id: [u8; 16],

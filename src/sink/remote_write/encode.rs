@@ -229,7 +229,8 @@ mod tests {
             statistic: Statistic::Histogram,
             value: RecordValue::Histogram(Arc::new(histogram)),
             exemplar: None,
-            slowest: Vec::new(),
+            tightness: None,
+            ranked: Vec::new(),
             partial: false,
         };
         let one = encoder.encode(&record(first, 60_000)).unwrap().unwrap();
