@@ -32,6 +32,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(false)
         .compile_fds(protox::compile(prometheus, ["proto"])?)?;
 
+    // The cluster's internal forwarding API: client and server, kept out of
+    // the reflection descriptors (not for clients).
+    let cluster = ["proto/tailfold/cluster/v1/cluster.proto"];
+    for proto in cluster {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure()
+        .bytes(".tailfold.cluster.v1.ForwardRequest")
+        .compile_fds(protox::compile(cluster, ["proto"])?)?;
+
     // OTLP (the official OpenTelemetry .proto files, vendored): messages plus the
     // trace and metrics collector services; a client too, for tests that send
     // hand-made (and broken) requests.
@@ -43,5 +53,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .codec_path("crate::ingest::otlp::OtlpCodec")
         .compile_fds(protox::compile(otlp, ["proto"])?)?;
+
+    // etcd's v3 API (vendored from release-3.4, gRPC-gateway and gogoproto
+    // options stripped): clients only, for the cluster's placement, leases,
+    // elections and watches. tailfold never serves it.
+    let etcd = ["proto/etcd/etcdserver/etcdserverpb/rpc.proto"];
+    println!("cargo:rerun-if-changed=proto/etcd");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_fds(protox::compile(etcd, ["proto"])?)?;
     Ok(())
 }

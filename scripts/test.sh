@@ -11,6 +11,13 @@ if ! command -v prometheus >/dev/null 2>&1 && [ ! -x /usr/bin/prometheus ]; then
   apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
 fi
 
+# Cluster tests start a real etcd (Debian's etcd-server).
+if ! command -v etcd >/dev/null 2>&1 && [ ! -x /usr/bin/etcd ]; then
+  echo "== installing etcd-server"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends etcd-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends etcd-server; }
+fi
+
 # OTLP end-to-end tests drive the real OpenTelemetry Python SDK (PyPI).
 if ! python3 -c "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.exporter.otlp.proto.http" >/dev/null 2>&1; then
   echo "== installing the OpenTelemetry Python SDK"

@@ -1,6 +1,7 @@
 //! The operator's HTTP endpoints, merged into the HTTP server next to ingest:
 //! `GET /metrics` (self-metrics, Prometheus text), `POST /-/reload` and
-//! `GET /-/rules` (hot reload), `GET /api/v1/profile` (the metrics profiler).
+//! `GET /-/rules` (hot reload), `GET /api/v1/profile` (the metrics profiler),
+//! `GET /api/v1/cluster` (placement, leaders, flush marks, from etcd).
 
 use std::sync::Arc;
 
@@ -28,6 +29,8 @@ pub struct AdminState {
     pub reloader: Arc<RulesReloader>,
     /// The service clock.
     pub clock: Arc<dyn Clock>,
+    /// In a cluster: etcd, for `GET /api/v1/cluster`.
+    pub cluster: Option<Arc<crate::cluster::coordinator::Coordinator>>,
 }
 
 /// The routes, ready to merge into the HTTP router.
@@ -37,6 +40,7 @@ pub fn admin_router(state: AdminState) -> Router {
         .route("/-/reload", post(reload))
         .route("/-/rules", get(rules))
         .route("/api/v1/profile", get(profile))
+        .route("/api/v1/cluster", get(cluster))
         .with_state(state)
 }
 
@@ -44,6 +48,27 @@ fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
     match serde_json::to_string_pretty(body) {
         Ok(text) => (status, [(header::CONTENT_TYPE, "application/json")], text + "\n").into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
+    }
+}
+
+/// The cluster's status as etcd has it (any instance answers for all).
+async fn cluster(State(state): State<AdminState>) -> Response {
+    let Some(coordinator) = &state.cluster else {
+        return (
+            StatusCode::NOT_FOUND,
+            "not a cluster instance: no cluster section in its config\n",
+        )
+            .into_response();
+    };
+    let cluster = &coordinator.view().settings().cluster;
+    match crate::cluster::status::ClusterStatus::read(coordinator.client(), cluster).await {
+        Ok(Some(status)) => json(StatusCode::OK, &status),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            format!("cluster {cluster}: no placement in etcd\n"),
+        )
+            .into_response(),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
     }
 }
 

@@ -7,6 +7,12 @@ pub mod v1 {
     tonic::include_proto!("tailfold.v1");
 }
 
+/// `tailfold.cluster.v1`: forwarding between the instances of a cluster.
+pub mod cluster_v1 {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("tailfold.cluster.v1");
+}
+
 /// `prometheus`: the remote write 1.0 messages (`WriteRequest` and its parts).
 pub mod prometheus {
     #![allow(missing_docs, clippy::all)]

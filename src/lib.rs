@@ -9,6 +9,7 @@ pub mod admin;
 pub mod aggregate;
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod fuzzing;

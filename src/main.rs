@@ -78,6 +78,11 @@ enum Command {
         #[arg(long)]
         width: Option<usize>,
     },
+    /// Create and inspect a cluster's placement in etcd.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Send realistic traffic over gRPC and account for every point.
     Loadgen {
         /// gRPC endpoint of tailfold.
@@ -114,11 +119,87 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Create the placement: shards, and shard sets of `--replicas` instances (in the order given).
+    Init {
+        /// etcd endpoint (repeat for several).
+        #[arg(long, required = true)]
+        etcd: Vec<String>,
+        /// Cluster id (`cluster.cluster` in each instance's config).
+        #[arg(long)]
+        cluster: String,
+        /// Virtual shards, fixed for the cluster's life.
+        #[arg(long, default_value_t = 1024)]
+        shards: u32,
+        /// Mirrored replicas per shard set (1 allowed).
+        #[arg(long, default_value_t = 2)]
+        replicas: u32,
+        /// `ID=HOST:PORT[,http=HOST:PORT]`: an instance and its forwarding (`cluster.listen`) and HTTP addresses.
+        #[arg(long = "instance", required = true)]
+        instances: Vec<String>,
+    },
+    /// Show the placement, live instances, leaders and flush marks.
+    Status {
+        /// etcd endpoint (repeat for several).
+        #[arg(long, required = true)]
+        etcd: Vec<String>,
+        /// Cluster id.
+        #[arg(long)]
+        cluster: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn cluster_command(command: ClusterCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("cannot start a runtime: {error}")),
+    };
+    match command {
+        ClusterCommand::Init {
+            etcd,
+            cluster,
+            shards,
+            replicas,
+            instances,
+        } => match runtime.block_on(tailfold::cluster::cli::init(
+            &etcd, &cluster, shards, replicas, &instances,
+        )) {
+            Ok(placement) => {
+                println!(
+                    "created cluster {cluster}: {} shards in {} sets of {replicas}",
+                    placement.shards,
+                    placement.sets.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(&error),
+        },
+        ClusterCommand::Status { etcd, cluster, json } => {
+            match runtime.block_on(tailfold::cluster::cli::status(&etcd, &cluster)) {
+                Ok(status) if json => {
+                    println!("{}", serde_json::to_string_pretty(&status).expect("status serialises"));
+                    ExitCode::SUCCESS
+                }
+                Ok(status) => {
+                    print!("{}", status.table());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => fail(&error),
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Cluster { command } => cluster_command(command),
         Command::Health { target } => {
             let url = format!("{}/-/healthy", target.trim_end_matches('/'));
             let client = match reqwest::blocking::Client::builder()

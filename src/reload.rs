@@ -213,6 +213,13 @@ impl RulesReloader {
         }
     }
 
+    /// Content hash (xxh3, hex) of the newest rules loaded: what a cluster
+    /// instance sends with every forward, and checks on every forward it takes.
+    pub fn newest_hash(&self) -> String {
+        let state = self.state.lock();
+        format!("{:016x}", state.loaded.last().map_or(0, |loaded| loaded.hash))
+    }
+
     /// Clock time the rule set in force now was loaded.
     pub fn loaded_at_ms(&self) -> i64 {
         let now_ms = self.clock.now_ms();

@@ -2,7 +2,7 @@
 //! Rate is derived at flush from the true window length, never averaged.
 
 /// Sum and sample count of counter deltas in one window.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CounterState {
     /// Sum of the deltas.
     pub sum: f64,

@@ -32,7 +32,7 @@ impl Exemplar {
 /// sample of this slot then survives with `(1/seen1) * seen1/(seen1+seen2)`,
 /// each of the other with `(1/seen2) * seen2/(seen1+seen2)`, i.e. both
 /// `1/(seen1+seen2)`, so merging (histogram merge or downscaling) stays uniform.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExemplarSlot {
     /// Bucket index at the owning histogram's current scale.
     pub index: i32,

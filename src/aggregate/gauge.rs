@@ -3,7 +3,7 @@
 //! of the inputs' current values (total memory of a service), not a random pod's.
 
 /// Gauge aggregates of one window.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GaugeState {
     last_timestamp_ms: i64,
     last: f64,
@@ -52,6 +52,32 @@ impl GaugeState {
                 Some(entry) if timestamp_ms >= entry.1 => *entry = (input, timestamp_ms, value),
                 Some(_) => {}
                 None => inputs.push((input, timestamp_ms, value)),
+            }
+        }
+    }
+
+    /// Adds `other` (the same output's window from another instance): the
+    /// later `last` wins, extremes and sums combine, and a rollup keeps each
+    /// input's latest value across both.
+    pub fn merge(&mut self, other: &GaugeState) {
+        if other.count == 0 {
+            return;
+        }
+        if other.last_timestamp_ms >= self.last_timestamp_ms {
+            self.last_timestamp_ms = other.last_timestamp_ms;
+            self.last = other.last;
+        }
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.sum += other.sum;
+        self.count += other.count;
+        if let (Some(mine), Some(theirs)) = (&mut self.inputs, &other.inputs) {
+            for &(input, timestamp_ms, value) in theirs {
+                match mine.iter_mut().find(|(key, _, _)| *key == input) {
+                    Some(entry) if timestamp_ms >= entry.1 => *entry = (input, timestamp_ms, value),
+                    Some(_) => {}
+                    None => mine.push((input, timestamp_ms, value)),
+                }
             }
         }
     }
@@ -109,6 +135,25 @@ mod tests {
         assert_eq!(state.last(), 7.0);
         assert_eq!((state.min(), state.max(), state.count()), (5.0, 9.0, 3));
         assert_eq!(state.mean(), 7.0);
+    }
+
+    #[test]
+    fn merged_rollup_keeps_each_inputs_latest_across_parts() {
+        let mut left = GaugeState::for_rollup();
+        left.record(1, 100.0, 1_000);
+        left.record(2, 50.0, 1_500);
+        let mut right = GaugeState::for_rollup();
+        right.record(3, 7.0, 1_100);
+        right.record(1, 120.0, 2_000);
+        left.merge(&right);
+        assert_eq!(left.last(), 177.0);
+        assert_eq!(
+            (left.min(), left.max(), left.count(), left.sum()),
+            (7.0, 120.0, 4, 277.0)
+        );
+        let mut empty = GaugeState::new();
+        empty.merge(&GaugeState::new());
+        assert_eq!(empty.count(), 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Configuration: the process config (`tailfold.yaml`) and the rules schema
 //! (`rules.yaml`), as serde types separate from the checked runtime types.
 
+mod cluster;
 mod error;
 mod limits;
 mod operations;
@@ -11,6 +12,7 @@ pub mod rules;
 mod security;
 mod statsd;
 
+pub use cluster::{ClusterConfig, ClusterSettings};
 pub use error::ConfigError;
 pub use limits::{DropPriority, DropPriorityConfig, LimitSettings, LimitsConfig, TenantLimit, TenantLimitsConfig};
 pub use operations::{ProfileConfig, ReloadConfig};

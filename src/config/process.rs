@@ -14,6 +14,7 @@ use crate::model::parse_duration_ms;
 use crate::sink::remote_write::RemoteWriteSettings;
 use crate::wal::WalSettings;
 
+use super::cluster::{check_cluster, ClusterConfig, ClusterSettings};
 use super::error::ConfigError;
 use super::limits::{check_limits, LimitSettings, LimitsConfig};
 use super::operations::{check_profile, ProfileConfig, ReloadConfig};
@@ -149,6 +150,8 @@ pub struct ProcessConfig {
     pub reload: ReloadConfig,
     /// Per-tenant bearer tokens on ingest and the selection stream; off unless tokens are listed.
     pub auth: AuthConfig,
+    /// Membership in a cluster coordinated through etcd; absent means a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Write-ahead log settings.
@@ -342,6 +345,8 @@ pub struct ServiceSettings {
     pub reload_watch_interval_ms: u64,
     /// Bearer tokens; `None` when auth is off.
     pub auth: Option<AuthSettings>,
+    /// Cluster membership; `None` for a single node.
+    pub cluster: Option<ClusterSettings>,
     /// TLS of the gRPC listener; `None` for plaintext.
     pub grpc_tls: Option<TlsSettings>,
     /// TLS of the HTTP listener; `None` for plaintext.
@@ -543,6 +548,17 @@ impl ServiceSettings {
         }
         let auth = check_auth(&config.auth, base, &invalid)?;
         let grpc_tls = check_tls(config.grpc.tls.as_ref(), "grpc", base, &invalid)?;
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(|cluster| check_cluster(cluster, &invalid))
+            .transpose()?;
+        if cluster.is_some() && config.wal.enabled == Some(true) {
+            return Err(invalid(
+                "wal.enabled",
+                "the write-ahead log is not yet supported in a cluster (replicas keep acknowledged samples); turn one off".into(),
+            ));
+        }
         let http_tls = check_tls(config.http.tls.as_ref(), "http", base, &invalid)?;
         let log_json = match config.log.format.as_deref() {
             None | Some("text") => false,
@@ -628,6 +644,7 @@ impl ServiceSettings {
             profile,
             reload_watch_interval_ms,
             auth,
+            cluster,
             grpc_tls,
             http_tls,
         })

@@ -30,6 +30,7 @@ mod cumulative;
 mod cumulative_histograms;
 mod generations;
 mod histogram_route;
+mod partials;
 mod record;
 mod route;
 mod settings;
@@ -51,6 +52,7 @@ use crate::model::{
 use crate::profile::Profiler;
 use crate::rules::{CacheReader, RuleSet};
 
+pub use partials::{PartialError, PartialState, PartialWindow};
 pub use record::{AggregateRecord, RecordValue, Statistic};
 pub use route::{OutputTarget, PolicySlot, SeriesRoute};
 pub use settings::{default_lateness_ms, default_shards, EngineSettings};
@@ -61,6 +63,7 @@ use cumulative::CumulativeCounters;
 use cumulative_histograms::CumulativeHistograms;
 use generations::{generation_at, generation_range, next_common_boundary, Generation};
 use histogram_route::RoutedHistogram;
+use partials::Assembler;
 use shard::{ClosedWindow, RoutedSample, Shard, WindowClass};
 
 /// Per-thread buffers reused across batches so ingest allocates nothing per sample.
@@ -114,6 +117,35 @@ pub struct Engine {
     cumulative_histograms: CumulativeHistograms,
     /// The limits stage every batch passes before its rules are applied.
     limits: Limits,
+    /// In a cluster: rollup windows are handed over as shares at flush, and
+    /// shares from other instances are assembled here, flushed this much
+    /// after their window's lateness.
+    forward_lateness_ms: Option<i64>,
+    assembler: Mutex<Assembler>,
+}
+
+/// What a cluster instance may flush, as the cluster stage knows it (plain
+/// data; a single node passes none).
+#[derive(Clone, Copy, Debug)]
+pub struct FlushGate<'a> {
+    /// This instance leads its shard set: it emits due windows. A follower
+    /// only drops the windows the leader recorded as flushed.
+    pub lead: bool,
+    /// Per policy, the end up to which the shard set's windows were flushed.
+    pub flushed_until: &'a [(StoragePolicy, i64)],
+    /// The same for the rollup windows assembled from forwarded shares.
+    pub rollups_until: &'a [(StoragePolicy, i64)],
+}
+
+/// What a gated flush did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GatedFlushStats {
+    /// Windows closed and records emitted.
+    pub flushed: FlushStats,
+    /// Rollup shares handed over for forwarding.
+    pub partials: usize,
+    /// Windows dropped unemitted because the shard set's leader had flushed them.
+    pub dropped: usize,
 }
 
 /// Ingest after [`Engine::close`]: the service is shutting down.
@@ -134,6 +166,7 @@ impl Engine {
             })
             .collect();
         let first = Arc::new(Generation::new(Arc::new(rules), i64::MIN, &settings));
+        let assembler = Mutex::new(Assembler::new(settings.histogram));
         Engine {
             settings,
             shards,
@@ -144,7 +177,71 @@ impl Engine {
             last_idle_eviction_ms: AtomicI64::new(i64::MIN),
             cumulative_histograms: CumulativeHistograms::default(),
             limits: Limits::unlimited(),
+            forward_lateness_ms: None,
+            assembler,
         }
+    }
+
+    /// The same engine as one instance of a cluster: rollup windows leave
+    /// at flush as shares ([`PartialWindow`]) for the rollup's owner, and
+    /// shares received ([`Engine::fold_partial`]) are merged and flushed
+    /// `forward_lateness_ms` after their window's lateness.
+    pub fn with_rollup_forwarding(mut self, forward_lateness_ms: u64) -> Self {
+        self.forward_lateness_ms = Some(forward_lateness_ms as i64);
+        self
+    }
+
+    /// Keeps `partial` as shard set `source`'s share of its rollup window
+    /// (replacing an earlier share from the same source).
+    pub fn fold_partial(&self, source: u32, partial: PartialWindow) -> Result<(), PartialError> {
+        self.assembler.lock().insert(source, partial)
+    }
+
+    /// Per policy of the rules kept, the end of the last window due at
+    /// `now_ms`: of the engine's own windows, and of assembled rollup windows.
+    pub fn due_until(&self, now_ms: i64) -> (PolicyMarks, PolicyMarks) {
+        let mut policies: Vec<StoragePolicy> = Vec::new();
+        for generation in self.generations().iter() {
+            for policy in generation.rules.storage_policies() {
+                if !policies.contains(&policy) {
+                    policies.push(policy);
+                }
+            }
+        }
+        let forward = self.forward_lateness_ms.unwrap_or(0);
+        let end_due = |policy: &StoragePolicy, delay: i64| {
+            let resolution = policy.resolution_ms as i64;
+            (now_ms - delay).div_euclid(resolution) * resolution
+        };
+        let own = policies
+            .iter()
+            .map(|policy| (*policy, end_due(policy, self.settings.lateness_ms(policy) as i64)))
+            .collect();
+        let rollups = policies
+            .iter()
+            .map(|policy| {
+                (
+                    *policy,
+                    end_due(policy, self.settings.lateness_ms(policy) as i64 + forward),
+                )
+            })
+            .collect();
+        (own, rollups)
+    }
+
+    /// Flush of a cluster instance: drops the windows `gate` says were
+    /// flushed already, then, when leading, closes the due ones (every one
+    /// when `everything`) and hands records to `emit` and rollup shares to
+    /// `forward`; assembled rollup windows likewise.
+    pub fn flush_gated(
+        &self,
+        now_ms: i64,
+        everything: bool,
+        gate: FlushGate<'_>,
+        emit: impl FnMut(Vec<AggregateRecord>),
+        forward: impl FnMut(Vec<PartialWindow>),
+    ) -> GatedFlushStats {
+        self.flush_with(now_ms, everything, Some(gate), emit, forward)
     }
 
     /// The same engine with tenant limits applied to every batch before its rules.
@@ -605,17 +702,54 @@ impl Engine {
         self.limits.evict_idle(now_ms);
     }
 
-    fn flush(&self, now_ms: i64, everything: bool, mut emit: impl FnMut(Vec<AggregateRecord>)) -> FlushStats {
-        let mut stats = FlushStats::default();
+    fn flush(&self, now_ms: i64, everything: bool, emit: impl FnMut(Vec<AggregateRecord>)) -> FlushStats {
+        self.flush_with(now_ms, everything, None, emit, |_| {}).flushed
+    }
+
+    fn flush_with(
+        &self,
+        now_ms: i64,
+        everything: bool,
+        gate: Option<FlushGate<'_>>,
+        mut emit: impl FnMut(Vec<AggregateRecord>),
+        mut forward: impl FnMut(Vec<PartialWindow>),
+    ) -> GatedFlushStats {
+        let mut gated = GatedFlushStats::default();
         self.evict_idle_series(now_ms);
         let mut closed: Vec<ClosedWindow> = Vec::new();
+        let mut dropped: Vec<ClosedWindow> = Vec::new();
         let mut classes: Vec<WindowClass> = Vec::new();
+        let lead = gate.is_none_or(|gate| gate.lead);
         for shard in self.shards.iter() {
-            shard.lock().take_windows(now_ms, everything, &mut closed, &mut classes);
+            let mut locked = shard.lock();
+            if let Some(gate) = gate {
+                locked.take_windows(now_ms, false, Some(gate.flushed_until), &mut dropped, &mut classes);
+            }
+            if lead {
+                locked.take_windows(now_ms, everything, None, &mut closed, &mut classes);
+            }
+            drop(locked);
+            gated.dropped += dropped.len();
+            dropped.clear();
             if closed.is_empty() {
                 continue;
             }
+            let stats = &mut gated.flushed;
             stats.windows += closed.len();
+            if self.forward_lateness_ms.is_some() {
+                let mut shares = Vec::new();
+                closed.retain_mut(|window| {
+                    if !window.target.rollup {
+                        return true;
+                    }
+                    shares.push(partials::share_of(window, &classes[window.class as usize]));
+                    false
+                });
+                if !shares.is_empty() {
+                    gated.partials += shares.len();
+                    forward(shares);
+                }
+            }
             let mut records = Vec::with_capacity(closed.len() * 4);
             let mut windows = closed.drain(..);
             loop {
@@ -635,7 +769,24 @@ impl Engine {
             stats.records += records.len();
             emit(records);
         }
-        stats
+        if let Some(forward_lateness_ms) = self.forward_lateness_ms {
+            let rollups_until = gate.map_or(&[][..], |gate| gate.rollups_until);
+            let (taken, dropped) =
+                self.assembler
+                    .lock()
+                    .take_due(now_ms, forward_lateness_ms, everything, rollups_until, lead);
+            gated.dropped += dropped;
+            if !taken.is_empty() {
+                gated.flushed.windows += taken.len();
+                let mut records = Vec::new();
+                for (window, class) in taken {
+                    record::window_records(window, &class, self.settings.above_max_traces, &mut records);
+                }
+                gated.flushed.records += records.len();
+                emit(records);
+            }
+        }
+        gated
     }
 
     /// Per shard, per policy: the window end up to which that shard has
@@ -709,6 +860,11 @@ impl Engine {
         self.shards.iter().map(|shard| shard.lock().open_windows()).sum()
     }
 
+    /// Rollup windows being assembled from forwarded shares.
+    pub fn assembling_windows(&self) -> usize {
+        self.assembler.lock().open_windows()
+    }
+
     /// Input series whose route is cached.
     pub fn cached_series(&self) -> usize {
         self.generations()
@@ -728,6 +884,9 @@ fn first_event_ms(series: &crate::model::SeriesBatch, now_ms: i64) -> i64 {
         .or_else(|| series.histograms.first().and_then(|histogram| histogram.timestamp_ms))
         .unwrap_or(now_ms)
 }
+
+/// Per storage policy, a window end (what was flushed, or is due).
+pub type PolicyMarks = Vec<(StoragePolicy, i64)>;
 
 /// Per shard, per storage policy: the end up to which windows were flushed.
 pub type Watermarks = Vec<Vec<(StoragePolicy, i64)>>;

@@ -418,10 +418,15 @@ impl Shard {
     ///
     /// Runs under the shard lock, so it reads only the windows themselves and
     /// the shard's few classes, never a window's `target`.
+    ///
+    /// With `only_until`, takes instead exactly the windows that end at or
+    /// before their policy's mark there, due or not (in a cluster: windows
+    /// another instance already flushed, which this one drops).
     pub fn take_windows(
         &mut self,
         now_ms: i64,
         everything: bool,
+        only_until: Option<&[(StoragePolicy, i64)]>,
         out: &mut Vec<ClosedWindow>,
         classes: &mut Vec<WindowClass>,
     ) {
@@ -445,10 +450,16 @@ impl Shard {
             // adding a counter's sum to its running total (in window order).
             let mut take = |window: &OpenWindow| {
                 let class = &shard_classes[window.class as usize];
-                if !(everything || class.is_due(window.start_ms, now_ms)) {
+                let end_ms = class.end_ms(window.start_ms);
+                let taken = match only_until {
+                    Some(marks) => marks
+                        .iter()
+                        .any(|(policy, until)| *policy == class.policy && end_ms <= *until),
+                    None => everything || class.is_due(window.start_ms, now_ms),
+                };
+                if !taken {
                     return None;
                 }
-                let end_ms = class.end_ms(window.start_ms);
                 match flushed.iter_mut().find(|(flushed, _)| *flushed == class.policy) {
                     Some((_, until)) => *until = (*until).max(end_ms),
                     None => flushed.push((class.policy, end_ms)),

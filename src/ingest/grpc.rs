@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::v1;
 use crate::clock::Clock;
+use crate::cluster::stage::{Stage, StageError};
 use crate::config::IngestLimits;
 use crate::engine::Engine;
 use crate::model::{DropReason, IngestBatch, Outcome};
@@ -26,25 +27,31 @@ pub struct GrpcIngest {
     limits: IngestLimits,
     clock: Arc<dyn Clock>,
     telemetry: Arc<Telemetry>,
-    /// When on, a batch is logged (and on disk) before the engine folds it.
-    wal: Option<Arc<Wal>>,
+    /// Where admitted batches go: logged and folded here, or routed to their shards' replicas.
+    stage: Stage,
 }
 
 impl GrpcIngest {
     /// A handler feeding `engine`.
     pub fn new(engine: Arc<Engine>, limits: IngestLimits, clock: Arc<dyn Clock>, telemetry: Arc<Telemetry>) -> Self {
         GrpcIngest {
+            stage: Stage::local(Arc::clone(&engine), None),
             engine,
             limits,
             clock,
             telemetry,
-            wal: None,
         }
     }
 
     /// Logs every batch in `wal` before folding it.
     pub fn with_wal(mut self, wal: Option<Arc<Wal>>) -> Self {
-        self.wal = wal;
+        self.stage = Stage::local(Arc::clone(&self.engine), wal);
+        self
+    }
+
+    /// Hands admitted batches to `stage` (a cluster's router).
+    pub fn with_stage(mut self, stage: Stage) -> Self {
+        self.stage = stage;
         self
     }
 
@@ -125,17 +132,13 @@ impl v1::ingest_server::Ingest for GrpcIngest {
 
         let now_ms = self.clock.now_ms();
         let (admitted, limited) = self.engine.admit(&batch, now_ms);
-        if let (Some(wal), false) = (&self.wal, admitted.series.is_empty()) {
-            // Acknowledged only once on disk; a failed append is UNAVAILABLE, which clients retry.
-            // Log only what passed every admission check, limits included: replay folds it without checking again.
-            wal.append(&admitted, now_ms)
-                .await
-                .map_err(|error| Status::unavailable(error.to_string()))?;
-        }
+        // Acknowledged only once logged (WAL) or taken by every live replica; a failure is
+        // UNAVAILABLE, which clients retry. Only what passed the limits goes on.
         let folded = self
-            .engine
-            .fold_admitted(&admitted, now_ms, limited)
-            .map_err(|closed| Status::unavailable(closed.to_string()))?;
+            .stage
+            .fold(&admitted, now_ms, limited)
+            .await
+            .map_err(|error: StageError| Status::unavailable(error.to_string()))?;
         outcome.merge(&folded);
         self.telemetry.ingested_by("grpc", &batch_tenant, &outcome);
         if let Some(message) = rate_limited_message(&batch.tenant, &folded) {

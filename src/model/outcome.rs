@@ -31,11 +31,14 @@ pub enum DropReason {
     SeriesLimited,
     /// Ingest was saturated (requests in flight at the limit); statsd has no way to push back.
     Overloaded,
+    /// In a cluster: no replica of the series' shard could take it (every
+    /// one down or refusing); nothing of it was folded.
+    Unavailable,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::InvalidSeries,
         DropReason::InvalidValue,
         DropReason::InvalidTraceId,
@@ -48,6 +51,7 @@ impl DropReason {
         DropReason::RateLimited,
         DropReason::SeriesLimited,
         DropReason::Overloaded,
+        DropReason::Unavailable,
     ];
 
     /// The `reason` label value.
@@ -65,6 +69,7 @@ impl DropReason {
             DropReason::RateLimited => "rate_limited",
             DropReason::SeriesLimited => "series_limited",
             DropReason::Overloaded => "overloaded",
+            DropReason::Unavailable => "unavailable",
         }
     }
 }

@@ -36,7 +36,7 @@ pub enum PolicyError {
 /// assert_eq!(policy.to_string(), "10s:2d");
 /// assert_eq!(policy.window_start(25_000), 20_000);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct StoragePolicy {
     /// Window length; windows are `[k*resolution, (k+1)*resolution)` from the epoch.
     pub resolution_ms: u64,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::Labels;
 
 /// How a series' points are folded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// A counter delta: the increase since the last report.
     Counter,

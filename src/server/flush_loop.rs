@@ -25,6 +25,8 @@ pub(super) struct FlushLoop {
     pub(super) store_paths: Option<FileStore>,
     /// Store writes that failed; a flush during which one failed is not committed.
     pub(super) store_failures: Arc<AtomicU64>,
+    /// In a cluster: leadership and flush marks decide what is flushed.
+    pub(super) cluster: Option<super::cluster_flush::ClusterFlush>,
 }
 
 /// Every store file the records will be appended to, with its length now.
@@ -96,6 +98,9 @@ impl FlushLoop {
 
     /// Flushes due (or all) windows on a blocking thread; waits for sinks when `settle`.
     pub(super) async fn flush(self: &Arc<Self>, everything: bool, settle: bool) -> FlushStats {
+        if let Some(cluster) = &self.cluster {
+            return self.flush_clustered(cluster, settle).await;
+        }
         let engine = Arc::clone(&self.engine);
         let sinks = Arc::clone(&self.sinks);
         let now_ms = self.clock.now_ms();

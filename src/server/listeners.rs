@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
+use crate::cluster::stage::Stage;
 use crate::config::ServiceSettings;
 use crate::engine::Engine;
 use crate::ingest::auth::Auth;
@@ -17,7 +18,6 @@ use crate::ingest::otlp::{otlp_grpc_router, otlp_http_router, OtlpIngest};
 use crate::reload::RulesReloader;
 use crate::telemetry::Telemetry;
 use crate::tls::TlsListener;
-use crate::wal::Wal;
 
 use super::ServiceError;
 
@@ -43,7 +43,7 @@ pub(super) async fn start_otlp(
     engine: &Arc<Engine>,
     clock: &Arc<dyn Clock>,
     telemetry: &Arc<Telemetry>,
-    wal: Option<&Arc<Wal>>,
+    stage: &Stage,
     auth: &Auth,
     closing: &watch::Receiver<bool>,
 ) -> Result<OtlpServers, ServiceError> {
@@ -53,7 +53,7 @@ pub(super) async fn start_otlp(
         settings.otlp.clone(),
         Arc::clone(clock),
         Arc::clone(telemetry),
-        wal.cloned(),
+        stage.clone(),
     );
     let mut servers = OtlpServers {
         grpc_addr: None,

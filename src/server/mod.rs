@@ -2,6 +2,7 @@
 //! ticks, flush work off the async threads), feeds the sinks, logs progress,
 //! and on shutdown stops ingest, flushes every open window and drains sinks.
 
+mod cluster_flush;
 mod flush_loop;
 mod listeners;
 
@@ -20,6 +21,10 @@ use tokio::task::JoinHandle;
 use crate::admin::{admin_router, AdminState};
 use crate::api::{self, v1};
 use crate::clock::Clock;
+use crate::cluster::coordinator::{ClusterError, Coordinator, Registration};
+use crate::cluster::router::Router;
+use crate::cluster::service::ForwardService;
+use crate::cluster::stage::{LocalFold, Stage};
 use crate::config::ServiceSettings;
 use crate::engine::{Engine, FlushStats};
 use crate::ingest::auth::Auth;
@@ -82,6 +87,9 @@ pub enum ServiceError {
         /// What is wrong.
         problem: String,
     },
+    /// The cluster cannot be joined (etcd, placement).
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
     /// Shutdown did not finish within the grace period.
     #[error("shutdown took longer than the {0} ms grace period; windows still open were lost")]
     ShutdownTimeout(u64),
@@ -118,14 +126,14 @@ pub fn grpc_router(
     telemetry: Arc<Telemetry>,
     hub: SelectionHub,
     closing: watch::Receiver<bool>,
-    wal: Option<Arc<Wal>>,
+    stage: Stage,
 ) -> Result<tonic::transport::server::Router, ServiceError> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|error| ServiceError::Reflection(error.to_string()))?;
     let gate = engine.limits().gate().clone();
-    let ingest = GrpcIngest::new(engine, settings.ingest.clone(), clock, Arc::clone(&telemetry)).with_wal(wal);
+    let ingest = GrpcIngest::new(engine, settings.ingest.clone(), clock, Arc::clone(&telemetry)).with_stage(stage);
     let ingest = Backpressure::new(ingest.into_server(), gate, Arc::clone(&telemetry));
     let selections = GrpcSelections::new(hub, settings.ingest.tenant_header.clone(), telemetry, closing);
     let auth = Auth::new(settings.auth.as_ref(), &settings.ingest.tenant_header);
@@ -154,6 +162,9 @@ pub async fn start(
     let telemetry = Arc::new(Telemetry::default());
     let limits = Limits::new(settings.limits.clone(), Arc::clone(&telemetry));
     let mut engine = Engine::new(settings.engine.clone(), rules).with_limits(limits);
+    if let Some(cluster) = &settings.cluster {
+        engine = engine.with_rollup_forwarding(cluster.forward_lateness_ms);
+    }
     if let Some(profile) = settings.profile.clone() {
         engine = engine.with_profiler(Arc::new(Profiler::new(profile, clock.now_ms())));
     }
@@ -242,6 +253,37 @@ pub async fn start(
         source,
     })?;
     let (closing, closing_receiver) = watch::channel(false);
+    let http_listener = tokio::net::TcpListener::bind(settings.http_listen)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            addr: settings.http_listen,
+            source,
+        })?;
+    let http_addr = http_listener.local_addr().map_err(|source| ServiceError::Bind {
+        addr: settings.http_listen,
+        source,
+    })?;
+    let local = LocalFold::new(Arc::clone(&engine), wal.clone());
+    let cluster = match &settings.cluster {
+        Some(cluster_settings) => Some(
+            start_cluster(
+                cluster_settings,
+                http_addr,
+                &local,
+                &reloader,
+                &clock,
+                &telemetry,
+                wal.is_some(),
+                closing_receiver.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let stage = match &cluster {
+        Some(cluster) => Stage::clustered(local.clone(), Arc::clone(&cluster.router)),
+        None => Stage::local(Arc::clone(&engine), wal.clone()),
+    };
     let mut statsd_addr = None;
     let mut statsd_task = None;
     if let Some(statsd) = settings.statsd.clone() {
@@ -253,7 +295,7 @@ pub async fn start(
         statsd_addr = Some(socket.local_addr().map_err(bind_error)?);
         statsd_task = Some(tokio::spawn(serve_statsd(
             socket,
-            Arc::clone(&engine),
+            stage.clone(),
             Arc::clone(&clock),
             Arc::clone(&telemetry),
             statsd,
@@ -261,16 +303,7 @@ pub async fn start(
         )));
     }
     let auth = Auth::new(settings.auth.as_ref(), &settings.ingest.tenant_header);
-    let otlp = start_otlp(
-        &settings,
-        &engine,
-        &clock,
-        &telemetry,
-        wal.as_ref(),
-        &auth,
-        &closing_receiver,
-    )
-    .await?;
+    let otlp = start_otlp(&settings, &engine, &clock, &telemetry, &stage, &auth, &closing_receiver).await?;
     // Listening for SIGHUP from here on (not from whenever the task first
     // runs), so a SIGHUP after `start` returns never meets the default action.
     #[cfg(unix)]
@@ -295,18 +328,8 @@ pub async fn start(
         Arc::clone(&telemetry),
         hub.clone(),
         closing_receiver,
-        wal.clone(),
+        stage.clone(),
     )?;
-    let http_listener = tokio::net::TcpListener::bind(settings.http_listen)
-        .await
-        .map_err(|source| ServiceError::Bind {
-            addr: settings.http_listen,
-            source,
-        })?;
-    let http_addr = http_listener.local_addr().map_err(|source| ServiceError::Bind {
-        addr: settings.http_listen,
-        source,
-    })?;
     let http_listener = match &settings.http_tls {
         Some(tls) => {
             let config =
@@ -329,7 +352,7 @@ pub async fn start(
         Arc::clone(&clock),
         Arc::clone(&telemetry),
     )
-    .with_wal(wal.clone());
+    .with_stage(stage.clone());
 
     let (commands, command_receiver) = mpsc::channel(16);
     let (stop, stop_receiver) = oneshot::channel();
@@ -352,6 +375,7 @@ pub async fn start(
                     telemetry: Arc::clone(&telemetry),
                     reloader: Arc::clone(&reloader),
                     clock: Arc::clone(&clock),
+                    cluster: cluster.as_ref().map(|cluster| Arc::clone(&cluster.coordinator)),
                 })),
             http_listener,
             http_state,
@@ -369,6 +393,10 @@ pub async fn start(
                 .store_enabled
                 .then(|| FileStore::new(&store_root, settings.segment_duration_ms)),
             store_failures,
+            cluster: cluster.map(|cluster| cluster_flush::ClusterFlush {
+                coordinator: cluster.coordinator,
+                router: cluster.router,
+            }),
         },
         settings.clone(),
         command_receiver,
@@ -392,6 +420,76 @@ pub async fn start(
         grace_ms: settings.shutdown_grace_ms,
         wal,
     })
+}
+
+/// A started cluster membership: the coordinator (etcd) and the router.
+struct ClusterRuntime {
+    coordinator: Arc<Coordinator>,
+    router: Arc<Router>,
+}
+
+/// Joins the cluster: binds the internal forwarding listener, registers in
+/// etcd (reading the placement) and serves forwards until `closing`.
+#[allow(clippy::too_many_arguments)]
+async fn start_cluster(
+    cluster: &crate::config::ClusterSettings,
+    http_addr: SocketAddr,
+    local: &LocalFold,
+    rules: &Arc<RulesReloader>,
+    clock: &Arc<dyn Clock>,
+    telemetry: &Arc<Telemetry>,
+    logged: bool,
+    mut closing: watch::Receiver<bool>,
+) -> Result<ClusterRuntime, ServiceError> {
+    let (internal, internal_addr) = listeners::bind(cluster.listen).await?;
+    let now_ms = clock.now_ms();
+    let rules_hash = rules.newest_hash();
+    let registration = Registration {
+        id: cluster.instance.clone(),
+        endpoint: internal_addr.to_string(),
+        http: http_addr.to_string(),
+        started_ms: now_ms,
+        rules_hash,
+    };
+    // A replica that just started has not seen the windows open now: it may
+    // lead only once every window it could flush opened after its start.
+    let warm_at_ms = if logged {
+        now_ms
+    } else {
+        now_ms + local.engine().flush_horizon_ms()
+    };
+    let time = Arc::clone(clock);
+    let coordinator = Coordinator::start(
+        cluster.clone(),
+        registration,
+        warm_at_ms,
+        move || time.now_ms(),
+        Arc::clone(telemetry),
+    )
+    .await?;
+    let view = Arc::clone(coordinator.view());
+    let router = Arc::new(Router::new(
+        Arc::clone(&view),
+        local.clone(),
+        Arc::clone(telemetry),
+        Arc::clone(rules),
+    ));
+    let service = ForwardService::new(view, local.clone(), Arc::clone(telemetry), Arc::clone(rules)).into_server();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(internal);
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = closing.wait_for(|closed| *closed).await;
+        };
+        if let Err(error) = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await
+        {
+            tracing::error!(%error, "cluster forwarding server failed");
+        }
+    });
+    tracing::info!(cluster = %cluster.cluster, instance = %cluster.instance, forwarding = %internal_addr, "joined the cluster");
+    Ok(ClusterRuntime { coordinator, router })
 }
 
 /// The bound servers `run` serves until shutdown.
@@ -485,7 +583,12 @@ async fn run(
     // UNAVAILABLE / 503), so the final flush sees every accepted sample.
     servers.http_state.set_ready(false);
     flusher.engine.close();
-    let stats = flusher.flush(true, true).await;
+    // In a cluster the set's other replica keeps the open windows: flush what
+    // is due, then hand leadership over at once instead of after the lease TTL.
+    let stats = flusher.flush(flusher.cluster.is_none(), true).await;
+    if let Some(cluster) = &flusher.cluster {
+        cluster.coordinator.resign().await;
+    }
     tracing::info!(
         windows = stats.windows,
         records = stats.records,

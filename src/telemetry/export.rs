@@ -73,6 +73,25 @@ impl Exporter {
         });
     }
 
+    /// Adds `n` to counter `name` with `labels` (the cluster's events: forwards,
+    /// refusals, waits), recorded as they happen.
+    pub fn count(&self, name: &'static str, labels: &[(&'static str, String)], n: u64) {
+        let labels: Vec<metrics::Label> = labels
+            .iter()
+            .map(|(key, value)| metrics::Label::new(*key, value.clone()))
+            .collect();
+        with_local_recorder(&self.recorder, || counter!(name, labels).increment(n));
+    }
+
+    /// Sets gauge `name` with `labels` (the cluster's state: leadership, flush marks).
+    pub fn set(&self, name: &'static str, labels: &[(&'static str, String)], value: f64) {
+        let labels: Vec<metrics::Label> = labels
+            .iter()
+            .map(|(key, value)| metrics::Label::new(*key, value.clone()))
+            .collect();
+        with_local_recorder(&self.recorder, || gauge!(name, labels).set(value));
+    }
+
     /// Records one remote-write send's duration.
     pub fn observe_sink_send(&self, sink: &str, duration: Duration) {
         let sink = sink.to_string();

@@ -15,13 +15,24 @@ pub const HEADER_BYTES: usize = 12;
 /// latest event time in it (points without a timestamp count at `now_ms`;
 /// `i64::MIN` for a batch without points).
 pub fn encode(batch: &IngestBatch, now_ms: i64, out: &mut Vec<u8>) -> i64 {
+    encode_series(&batch.tenant, batch.series.iter(), now_ms, out)
+}
+
+/// The same for some series of a batch of `tenant` (what one cluster
+/// instance forwards to another).
+pub fn encode_series<'a>(
+    tenant: &str,
+    series: impl ExactSizeIterator<Item = &'a SeriesBatch>,
+    now_ms: i64,
+    out: &mut Vec<u8>,
+) -> i64 {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_BYTES]);
     let mut latest = i64::MIN;
     put_i64(out, now_ms);
-    put_str(out, &batch.tenant);
-    put_u32(out, batch.series.len() as u32);
-    for series in &batch.series {
+    put_str(out, tenant);
+    put_u32(out, series.len() as u32);
+    for series in series {
         put_u32(out, series.labels.len() as u32);
         for label in series.labels.iter() {
             put_str(out, label.name);

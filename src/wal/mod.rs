@@ -17,7 +17,7 @@
 //! part of the checkpoint.
 
 mod checkpoint;
-mod codec;
+pub mod codec;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod etcd;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

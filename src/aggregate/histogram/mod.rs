@@ -8,6 +8,7 @@ mod cells;
 mod config;
 mod links;
 mod mapping;
+mod parts;
 mod reservoirs;
 mod store;
 #[cfg(test)]
@@ -23,6 +24,7 @@ pub use config::{HistogramConfig, HistogramError, MAX_EXEMPLAR_SCALE_REDUCTION, 
 use links::{pos_of, rank_of, Order};
 pub use links::{LinkPlan, Links, Tightness, BAND_SIGMAS, OPEN_SLOTS};
 pub use mapping::{bucket_bounds, bucket_index, relative_error, MAX_SCALE, MIN_SCALE};
+pub use parts::{HistogramParts, PartsError};
 use store::Side;
 
 /// Identifies one bucket at a histogram's current scale.

@@ -148,6 +148,12 @@ impl Reservoirs {
         }
     }
 
+    /// Adds `slot` as the reservoir of a key that has none (callers check).
+    pub(super) fn insert(&mut self, slot: &ExemplarSlot) {
+        debug_assert!(self.position(slot.index).is_none(), "key {} taken", slot.index);
+        self.push(slot);
+    }
+
     fn push(&mut self, slot: &ExemplarSlot) {
         let key = slot.index;
         if self.positions.is_empty() {

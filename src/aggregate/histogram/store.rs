@@ -193,6 +193,11 @@ impl Side {
         }
     }
 
+    /// Adds a reservoir whose key no reservoir of this side has yet (rebuilding from parts).
+    pub(super) fn insert_slot(&mut self, slot: &ExemplarSlot) {
+        self.exemplars.insert(slot);
+    }
+
     pub(super) fn clear(&mut self) {
         self.counts.clear();
         self.exemplars.clear();

@@ -69,7 +69,7 @@ fn a_second_window_moves_to_the_heap_and_a_flush_brings_the_last_one_back_inline
     assert_eq!(shard.open_windows(), 2);
     // The first window is due (10 s + 5 s lateness), the second is not.
     let (mut out, mut classes) = (Vec::new(), Vec::new());
-    shard.take_windows(first + 15_000, false, &mut out, &mut classes);
+    shard.take_windows(first + 15_000, false, None, &mut out, &mut classes);
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].start_ms, counter_sum(&out[0].state)), (first, 5.0));
     assert_eq!(layout(&shard, target.key), Some((true, 1)));
@@ -77,7 +77,7 @@ fn a_second_window_moves_to_the_heap_and_a_flush_brings_the_last_one_back_inline
     shard.fold(&target, &sample(second, 1.0), T0 + 15_001).unwrap();
     assert_eq!(shard.peek_state(target.key, 0, second).map(counter_sum), Some(8.0));
     out.clear();
-    shard.take_windows(second + 15_000, false, &mut out, &mut classes);
+    shard.take_windows(second + 15_000, false, None, &mut out, &mut classes);
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].start_ms, counter_sum(&out[0].state)), (second, 8.0));
     assert_eq!(
@@ -106,7 +106,7 @@ fn windows_of_two_policies_flush_in_window_order_with_running_totals() {
     shard.fold(&target, &slot_sample(1, T0, 1.0), T0).unwrap();
     assert_eq!(layout(&shard, target.key), Some((false, 3)));
     let (mut out, mut classes) = (Vec::new(), Vec::new());
-    shard.take_windows(T0 + 1_000_000, false, &mut out, &mut classes);
+    shard.take_windows(T0 + 1_000_000, false, None, &mut out, &mut classes);
     // Windows of one start may come in either policy order; the totals
     // tell whether each policy's windows came in window order.
     out.sort_by_key(|window| (window.start_ms, classes[window.class as usize].policy.resolution_ms));
@@ -166,7 +166,7 @@ fn a_reloaded_target_shares_a_window_only_under_the_same_policy() {
     shard.fold(&other_policy, &sample(T0, 4.0), T0).unwrap();
     assert_eq!(layout(&shard, old.key), Some((false, 2)));
     let (mut out, mut classes) = (Vec::new(), Vec::new());
-    shard.take_windows(T0 + 1_000_000, false, &mut out, &mut classes);
+    shard.take_windows(T0 + 1_000_000, false, None, &mut out, &mut classes);
     out.sort_by_key(|window| classes[window.class as usize].policy.resolution_ms);
     let taken: Vec<(StoragePolicy, f64, bool)> = out
         .iter()

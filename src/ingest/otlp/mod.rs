@@ -15,11 +15,12 @@ use thiserror::Error;
 
 use crate::api::otlp::common::v1::{any_value, KeyValue};
 use crate::clock::Clock;
+use crate::cluster::stage::{Stage, StageError};
 use crate::config::{IngestLimits, OtlpSettings};
 use crate::engine::{Engine, EngineClosed};
 use crate::model::{DropReason, IngestBatch, Outcome, SeriesBatch};
 use crate::telemetry::Telemetry;
-use crate::wal::{Wal, WalError};
+use crate::wal::WalError;
 
 pub use codec::{OtlpCodec, OtlpDecoder};
 pub use metrics::{decode_metrics, explicit_histogram, exponential_histogram, sanitize_name};
@@ -96,6 +97,15 @@ pub enum FoldError {
     Wal(#[from] WalError),
 }
 
+impl From<StageError> for FoldError {
+    fn from(error: StageError) -> Self {
+        match error {
+            StageError::Closed(closed) => FoldError::Closed(closed),
+            StageError::Wal(wal) => FoldError::Wal(wal),
+        }
+    }
+}
+
 /// What both OTLP transports share: decode, fold, tally.
 #[derive(Clone)]
 pub struct OtlpIngest(Arc<Shared>);
@@ -107,11 +117,12 @@ struct Shared {
     histogram_scale: i8,
     clock: Arc<dyn Clock>,
     telemetry: Arc<Telemetry>,
-    wal: Option<Arc<Wal>>,
+    /// Where admitted batches go: logged and folded here, or routed to their shards' replicas.
+    stage: Stage,
 }
 
 impl OtlpIngest {
-    /// Feeds `engine`, logging every admitted batch in `wal` first when it is on;
+    /// Feeds `engine` through `stage` (which logs every admitted batch first when the log is on);
     /// explicit-bucket histograms are laid out at the engine's histogram scale.
     pub fn new(
         engine: Arc<Engine>,
@@ -119,7 +130,7 @@ impl OtlpIngest {
         settings: OtlpSettings,
         clock: Arc<dyn Clock>,
         telemetry: Arc<Telemetry>,
-        wal: Option<Arc<Wal>>,
+        stage: Stage,
     ) -> Self {
         let histogram_scale = engine.settings().histogram.scale;
         OtlpIngest(Arc::new(Shared {
@@ -129,7 +140,7 @@ impl OtlpIngest {
             histogram_scale,
             clock,
             telemetry,
-            wal,
+            stage,
         }))
     }
 
@@ -171,12 +182,13 @@ impl OtlpIngest {
         };
         let now_ms = self.0.clock.now_ms();
         let (admitted, limited) = self.0.engine.admit(&batch, now_ms);
-        let logged = match (&self.0.wal, admitted.series.is_empty()) {
-            // Acknowledged only once on disk; only what the limits admitted is logged (replay folds it unchecked).
-            (Some(wal), false) => wal.append_blocking(&admitted, now_ms).map_err(FoldError::from),
-            _ => Ok(()),
-        };
-        let folded = match logged.and_then(|()| Ok(self.0.engine.fold_admitted(&admitted, now_ms, limited)?)) {
+        // Acknowledged only once logged (WAL) or taken by every live replica; only what the limits admitted goes on.
+        let folded = match self
+            .0
+            .stage
+            .fold_blocking(&admitted, now_ms, limited)
+            .map_err(FoldError::from)
+        {
             Ok(folded) => folded,
             Err(error) => {
                 self.0.telemetry.ingested_by("otlp", &batch.tenant, &outcome);

@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::clock::Clock;
+use crate::cluster::stage::Stage;
 use crate::config::IngestLimits;
 use crate::engine::Engine;
 use crate::ingest::grpc::rate_limited_message;
@@ -39,28 +40,34 @@ struct Shared {
     clock: Arc<dyn Clock>,
     telemetry: Arc<Telemetry>,
     ready: AtomicBool,
-    /// When on, a batch is logged (and on disk) before the engine folds it.
-    wal: Option<Arc<Wal>>,
+    /// Where admitted batches go: logged and folded here, or routed to their shards' replicas.
+    stage: Stage,
 }
 
 impl HttpState {
     /// State feeding `engine`, ready from the start.
     pub fn new(engine: Arc<Engine>, limits: IngestLimits, clock: Arc<dyn Clock>, telemetry: Arc<Telemetry>) -> Self {
         HttpState(Arc::new(Shared {
+            stage: Stage::local(Arc::clone(&engine), None),
             engine,
             limits,
             clock,
             telemetry,
             ready: AtomicBool::new(true),
-            wal: None,
         }))
     }
 
     /// Logs every batch in `wal` before folding it (call before the state is cloned).
-    pub fn with_wal(mut self, wal: Option<Arc<Wal>>) -> Self {
+    pub fn with_wal(self, wal: Option<Arc<Wal>>) -> Self {
+        let stage = Stage::local(Arc::clone(&self.0.engine), wal);
+        self.with_stage(stage)
+    }
+
+    /// Hands admitted batches to `stage` (a cluster's router; call before the state is cloned).
+    pub fn with_stage(mut self, stage: Stage) -> Self {
         match Arc::get_mut(&mut self.0) {
-            Some(shared) => shared.wal = wal,
-            None => tracing::error!("HttpState::with_wal after the state was shared; writes are not logged"),
+            Some(shared) => shared.stage = stage,
+            None => tracing::error!("HttpState::with_stage after the state was shared; the stage is not used"),
         }
         self
     }
@@ -217,16 +224,12 @@ impl Shared {
         }
         let now_ms = self.clock.now_ms();
         let (admitted, limited) = self.engine.admit(&decoded.batch, now_ms);
-        if let (Some(wal), false) = (&self.wal, admitted.series.is_empty()) {
-            // Acknowledged only once on disk; a failed append is a 503 the sender retries.
-            // Log only what passed every admission check, limits included: replay folds it without checking again.
-            wal.append_blocking(&admitted, now_ms)
-                .map_err(|error| (StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
-        }
+        // Acknowledged only once logged (WAL) or taken by every live replica; a failure is a 503
+        // the sender retries. Only what passed the limits goes on.
         let folded = self
-            .engine
-            .fold_admitted(&admitted, now_ms, limited)
-            .map_err(|closed| (StatusCode::SERVICE_UNAVAILABLE, closed.to_string()))?;
+            .stage
+            .fold_blocking(&admitted, now_ms, limited)
+            .map_err(|error| (StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
         let mut outcome = decoded.outcome.clone();
         outcome.merge(&folded);
         self.telemetry.ingested_by("remote_write", &tenant_name, &outcome);

@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::clock::Clock;
+use crate::cluster::stage::Stage;
 use crate::config::{IngestLimits, StatsdSettings};
-use crate::engine::Engine;
 use crate::ingest::validate::cut;
 use crate::model::{DropReason, IngestBatch, Kind, Outcome, SeriesBatch};
 use crate::telemetry::Telemetry;
@@ -30,7 +30,7 @@ const WARN_EVERY: Duration = Duration::from_secs(1);
 /// configured tenant until `closing` turns true or the engine closes.
 pub async fn serve_statsd(
     socket: UdpSocket,
-    engine: Arc<Engine>,
+    stage: Stage,
     clock: Arc<dyn Clock>,
     telemetry: Arc<Telemetry>,
     settings: StatsdSettings,
@@ -39,6 +39,7 @@ pub async fn serve_statsd(
     // One byte more than allowed tells an over-long datagram from one of exactly the limit.
     let mut buffer = vec![0u8; settings.max_packet_bytes + 1];
     let mut decoder = DatagramDecoder::new(&settings);
+    let engine = Arc::clone(stage.engine());
     while !*closing.borrow() {
         let length = tokio::select! {
             changed = closing.changed() => {
@@ -69,10 +70,12 @@ pub async fn serve_statsd(
             outcome.reject(DropReason::Overloaded, tally.points);
             outcome
         } else {
-            match engine.ingest(&decoder.batch, clock.now_ms()) {
+            let now_ms = clock.now_ms();
+            let (admitted, limited) = engine.admit(&decoder.batch, now_ms);
+            match stage.fold(&admitted, now_ms, limited).await {
                 Ok(outcome) => outcome,
-                Err(closed) => {
-                    tracing::info!(%closed, "statsd listener stops");
+                Err(error) => {
+                    tracing::info!(%error, "statsd listener stops");
                     break;
                 }
             }

@@ -1,0 +1,77 @@
+//! The logic behind `tailfold cluster init` and `tailfold cluster status`:
+//! instance specs parsed with clear errors, the placement created in etcd,
+//! the status read back.
+
+use std::time::Duration;
+
+use super::etcd::EtcdClient;
+use super::placement::{InstanceSpec, Placement};
+use super::status::ClusterStatus;
+
+/// Parses `ID=HOST:PORT,http=HOST:PORT` (the http part optional).
+///
+/// ```
+/// let spec = tailfold::cluster::cli::parse_instance("a=127.0.0.1:4772,http=127.0.0.1:4771").unwrap();
+/// assert_eq!((spec.id.as_str(), spec.endpoint.as_str(), spec.http.as_str()), ("a", "127.0.0.1:4772", "127.0.0.1:4771"));
+/// assert!(tailfold::cluster::cli::parse_instance("a").unwrap_err().contains("ID=HOST:PORT"));
+/// ```
+pub fn parse_instance(text: &str) -> Result<InstanceSpec, String> {
+    let usage = || format!("--instance {text:?}: expected ID=HOST:PORT[,http=HOST:PORT]");
+    let (id, rest) = text.split_once('=').ok_or_else(usage)?;
+    let mut parts = rest.split(',');
+    let endpoint = parts.next().unwrap_or_default();
+    let mut http = String::new();
+    for part in parts {
+        match part.split_once('=') {
+            Some(("http", address)) => http = address.to_string(),
+            _ => return Err(format!("{}: unknown part {part:?}", usage())),
+        }
+    }
+    let valid_id = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid_id {
+        return Err(format!("{}: the id {id:?} is not 1 or more of [A-Za-z0-9._-]", usage()));
+    }
+    for address in std::iter::once(endpoint).chain((!http.is_empty()).then_some(http.as_str())) {
+        if address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("{}: {address:?} is not HOST:PORT", usage()));
+        }
+    }
+    Ok(InstanceSpec {
+        id: id.to_string(),
+        endpoint: endpoint.to_string(),
+        http,
+    })
+}
+
+async fn connect(etcd: &[String]) -> Result<EtcdClient, String> {
+    EtcdClient::connect(etcd, Duration::from_secs(5))
+        .await
+        .map_err(|error| error.to_string())
+}
+
+/// Creates the placement of `cluster`; returns what was created.
+pub async fn init(
+    etcd: &[String],
+    cluster: &str,
+    shards: u32,
+    replicas: u32,
+    instances: &[String],
+) -> Result<Placement, String> {
+    let specs = instances
+        .iter()
+        .map(|text| parse_instance(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let placement = Placement::initial(cluster, shards, replicas, specs).map_err(|error| error.to_string())?;
+    let client = connect(etcd).await?;
+    placement.create(&client).await.map_err(|error| error.to_string())?;
+    Ok(placement)
+}
+
+/// Reads the status of `cluster`.
+pub async fn status(etcd: &[String], cluster: &str) -> Result<ClusterStatus, String> {
+    let client = connect(etcd).await?;
+    ClusterStatus::read(&client, cluster)
+        .await
+        .map_err(|error| error.to_string())?
+        .ok_or_else(|| format!("cluster {cluster}: no placement in etcd; create it with `tailfold cluster init`"))
+}

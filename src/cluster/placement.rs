@@ -1,0 +1,346 @@
+//! Placement: a fixed number of virtual shards, grouped into shard sets of
+//! mirrored replicas, kept in etcd as one small value per set; and the
+//! stable shard hash every instance and every version computes alike.
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::model::Labels;
+
+use super::etcd::{EtcdClient, EtcdError};
+
+/// The shard of a series of `tenant` with `labels`: xxh3-64 of
+/// `tenant 0x00 (name 0x00 value 0x00)*` over the labels sorted by name,
+/// modulo `shards`. Pinned by test vectors: it must never change.
+pub fn shard_of(tenant: &str, labels: &Labels, shards: u32) -> u32 {
+    let mut hasher = Xxh3::new();
+    hasher.update(tenant.as_bytes());
+    hasher.update(&[0]);
+    for label in labels.iter() {
+        hasher.update(label.name.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(label.value.as_bytes());
+        hasher.update(&[0]);
+    }
+    (hasher.digest() % u64::from(shards.max(1))) as u32
+}
+
+/// The etcd keys of a cluster, in one place.
+pub mod keys {
+    /// Root of every key of `cluster`.
+    pub fn root(cluster: &str) -> String {
+        format!("/tailfold/{cluster}/")
+    }
+    /// The placement's shard count, replicas and version.
+    pub fn meta(cluster: &str) -> String {
+        format!("{}placement/meta", root(cluster))
+    }
+    /// Prefix of the shard sets.
+    pub fn sets_prefix(cluster: &str) -> String {
+        format!("{}placement/sets/", root(cluster))
+    }
+    /// Prefix of the live instances' registrations.
+    pub fn instances_prefix(cluster: &str) -> String {
+        format!("{}instances/", root(cluster))
+    }
+    /// One instance's registration (under its lease).
+    pub fn instance(cluster: &str, id: &str) -> String {
+        format!("{}{id}", instances_prefix(cluster))
+    }
+    /// Prefix of a shard set's election.
+    pub fn election_prefix(cluster: &str, set: u32) -> String {
+        format!("{}elections/{set}/", root(cluster))
+    }
+    /// Prefix of a shard set's flush marks (one key per policy).
+    pub fn flush_prefix(cluster: &str, set: u32) -> String {
+        format!("{}flush/{set}/", root(cluster))
+    }
+}
+
+/// One instance as the placement names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    /// Instance id.
+    pub id: String,
+    /// Address of its forwarding API.
+    pub endpoint: String,
+    /// Address of its HTTP API (status, fan-out queries).
+    pub http: String,
+}
+
+/// Mirrored replicas owning the same shards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSet {
+    /// Set id.
+    pub set: u32,
+    /// Its replicas.
+    pub instances: Vec<InstanceSpec>,
+    /// Shard ranges `[from, to)`.
+    pub shards: Vec<(u32, u32)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    cluster: String,
+    shards: u32,
+    replicas: u32,
+    version: u64,
+}
+
+/// The placement of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// Cluster id.
+    pub cluster: String,
+    /// Virtual shards, fixed at creation.
+    pub shards: u32,
+    /// Replicas per set.
+    pub replicas: u32,
+    /// Bumped by every change.
+    pub version: u64,
+    /// The shard sets.
+    pub sets: Vec<ShardSet>,
+    /// Index in `sets` of each shard's set.
+    set_of: Vec<u32>,
+}
+
+/// A placement that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    /// Read or written badly.
+    #[error("placement: {0}")]
+    Etcd(#[from] EtcdError),
+    /// Not consistent.
+    #[error("placement of cluster {cluster}: {problem}")]
+    Invalid {
+        /// Cluster id.
+        cluster: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// One already exists.
+    #[error("cluster {0} already has a placement in etcd")]
+    Exists(String),
+}
+
+impl Placement {
+    /// Checks and indexes a placement.
+    pub fn new(
+        cluster: &str,
+        shards: u32,
+        replicas: u32,
+        version: u64,
+        sets: Vec<ShardSet>,
+    ) -> Result<Self, PlacementError> {
+        let invalid = |problem: String| PlacementError::Invalid {
+            cluster: cluster.to_string(),
+            problem,
+        };
+        if shards == 0 {
+            return Err(invalid("0 shards".into()));
+        }
+        let mut set_of = vec![u32::MAX; shards as usize];
+        let mut ids = std::collections::HashSet::new();
+        for (index, set) in sets.iter().enumerate() {
+            if set.instances.len() != replicas as usize {
+                return Err(invalid(format!(
+                    "set {} has {} instances, replicas is {replicas}",
+                    set.set,
+                    set.instances.len()
+                )));
+            }
+            for instance in &set.instances {
+                if !ids.insert(instance.id.clone()) {
+                    return Err(invalid(format!("instance {} is in two places", instance.id)));
+                }
+            }
+            for &(from, to) in &set.shards {
+                if from >= to || to > shards {
+                    return Err(invalid(format!(
+                        "set {} has shard range {from}..{to} outside 0..{shards}",
+                        set.set
+                    )));
+                }
+                for shard in from..to {
+                    if set_of[shard as usize] != u32::MAX {
+                        return Err(invalid(format!("shard {shard} is in two sets")));
+                    }
+                    set_of[shard as usize] = index as u32;
+                }
+            }
+        }
+        if let Some(shard) = set_of.iter().position(|set| *set == u32::MAX) {
+            return Err(invalid(format!("shard {shard} is in no set")));
+        }
+        Ok(Placement {
+            cluster: cluster.to_string(),
+            shards,
+            replicas,
+            version,
+            sets,
+            set_of,
+        })
+    }
+
+    /// The first placement: consecutive groups of `replicas` instances form
+    /// sets 0, 1, ...; the shards split into equal contiguous ranges.
+    pub fn initial(
+        cluster: &str,
+        shards: u32,
+        replicas: u32,
+        instances: Vec<InstanceSpec>,
+    ) -> Result<Self, PlacementError> {
+        let invalid = |problem: String| PlacementError::Invalid {
+            cluster: cluster.to_string(),
+            problem,
+        };
+        if replicas == 0 || instances.is_empty() || instances.len() % replicas as usize != 0 {
+            return Err(invalid(format!(
+                "{} instances cannot form sets of {replicas} replicas",
+                instances.len()
+            )));
+        }
+        let count = (instances.len() / replicas as usize) as u32;
+        if shards < count {
+            return Err(invalid(format!("{shards} shards for {count} sets")));
+        }
+        let sets = instances
+            .chunks(replicas as usize)
+            .enumerate()
+            .map(|(index, chunk)| {
+                let index = index as u32;
+                ShardSet {
+                    set: index,
+                    instances: chunk.to_vec(),
+                    shards: vec![(
+                        (u64::from(shards) * u64::from(index) / u64::from(count)) as u32,
+                        (u64::from(shards) * u64::from(index + 1) / u64::from(count)) as u32,
+                    )],
+                }
+            })
+            .collect();
+        Placement::new(cluster, shards, replicas, 1, sets)
+    }
+
+    /// The set owning `shard`.
+    pub fn set_of_shard(&self, shard: u32) -> &ShardSet {
+        &self.sets[self.set_index_of_shard(shard)]
+    }
+
+    /// Index in `sets` of the set owning `shard`.
+    pub fn set_index_of_shard(&self, shard: u32) -> usize {
+        self.set_of[(shard % self.shards) as usize] as usize
+    }
+
+    /// The set of instance `id`.
+    pub fn set_of_instance(&self, id: &str) -> Option<&ShardSet> {
+        self.sets
+            .iter()
+            .find(|set| set.instances.iter().any(|instance| instance.id == id))
+    }
+
+    /// Reads the placement of `cluster`, if it was created.
+    pub async fn load(client: &EtcdClient, cluster: &str) -> Result<Option<Placement>, PlacementError> {
+        let Some(meta) = client.get(&keys::meta(cluster)).await? else {
+            return Ok(None);
+        };
+        let invalid = |problem: String| PlacementError::Invalid {
+            cluster: cluster.to_string(),
+            problem,
+        };
+        let meta: Meta = serde_json::from_slice(&meta.value).map_err(|error| invalid(format!("meta: {error}")))?;
+        let mut sets = Vec::new();
+        for kv in client.get_prefix(&keys::sets_prefix(cluster)).await? {
+            sets.push(
+                serde_json::from_slice::<ShardSet>(&kv.value)
+                    .map_err(|error| invalid(format!("{}: {error}", kv.key)))?,
+            );
+        }
+        sets.sort_by_key(|set| set.set);
+        Placement::new(cluster, meta.shards, meta.replicas, meta.version, sets).map(Some)
+    }
+
+    /// Writes a new placement; refuses when `cluster` has one.
+    pub async fn create(&self, client: &EtcdClient) -> Result<(), PlacementError> {
+        for set in &self.sets {
+            let value = serde_json::to_vec(set).expect("a set serialises");
+            client
+                .put(&format!("{}{}", keys::sets_prefix(&self.cluster), set.set), value, None)
+                .await?;
+        }
+        let meta = Meta {
+            cluster: self.cluster.clone(),
+            shards: self.shards,
+            replicas: self.replicas,
+            version: self.version,
+        };
+        let value = serde_json::to_vec(&meta).expect("meta serialises");
+        if !client.create(&keys::meta(&self.cluster), value, None).await? {
+            return Err(PlacementError::Exists(self.cluster.clone()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str) -> InstanceSpec {
+        InstanceSpec {
+            id: id.into(),
+            endpoint: "127.0.0.1:1".into(),
+            http: String::new(),
+        }
+    }
+
+    /// The shard of a series must never change between versions: these
+    /// vectors were computed once and are fixed.
+    #[test]
+    fn the_shard_hash_is_pinned_by_fixed_vectors() {
+        let cases: [(&str, &[(&str, &str)]); 6] = [
+            ("default", &[]),
+            ("default", &[("__name__", "http_requests_total")]),
+            ("team-a", &[("__name__", "http_requests_total")]),
+            ("default", &[("__name__", "lat"), ("pod", "a"), ("service", "api")]),
+            ("default", &[("service", "api"), ("__name__", "lat"), ("pod", "a")]),
+            ("ü", &[("__name__", "größe"), ("région", "€")]),
+        ];
+        let got: Vec<(u32, u32)> = cases
+            .iter()
+            .map(|(tenant, pairs)| {
+                let labels = Labels::from_pairs(pairs.iter().copied());
+                (shard_of(tenant, &labels, 1024), shard_of(tenant, &labels, 7))
+            })
+            .collect();
+        assert_eq!(got, PINNED, "the shard hash changed: every cluster would re-shard");
+        assert_eq!(got[3], got[4], "label order does not matter");
+        assert_ne!(got[1], got[2], "the tenant is part of the identity");
+    }
+
+    /// Computed independently with Python's `xxhash.xxh3_64_intdigest` over
+    /// the canonical bytes, modulo 1024 and 7.
+    const PINNED: [(u32, u32); 6] = [(343, 0), (740, 3), (125, 5), (457, 1), (457, 1), (866, 1)];
+
+    #[test]
+    fn the_initial_placement_splits_shards_evenly_and_checks_its_input() {
+        let placement = Placement::initial("c", 10, 2, ["a", "b", "c", "d"].map(spec).to_vec()).unwrap();
+        assert_eq!(placement.sets.len(), 2);
+        assert_eq!(placement.sets[0].shards, vec![(0, 5)]);
+        assert_eq!(placement.sets[1].shards, vec![(5, 10)]);
+        assert_eq!(placement.set_of_shard(7).set, 1);
+        assert_eq!(placement.set_of_instance("c").map(|set| set.set), Some(1));
+        let refused = |result: Result<Placement, PlacementError>| result.unwrap_err().to_string();
+        assert!(
+            refused(Placement::initial("c", 10, 2, ["a", "b", "c"].map(spec).to_vec())).contains("cannot form sets")
+        );
+        assert!(refused(Placement::initial("c", 1, 1, ["a", "b"].map(spec).to_vec())).contains("1 shards for 2 sets"));
+        assert!(refused(Placement::initial("c", 4, 1, ["a", "a"].map(spec).to_vec())).contains("two places"));
+        let gap = vec![ShardSet {
+            set: 0,
+            instances: vec![spec("a")],
+            shards: vec![(0, 3)],
+        }];
+        assert!(refused(Placement::new("c", 4, 1, 1, gap)).contains("shard 3 is in no set"));
+    }
+}

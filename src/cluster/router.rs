@@ -1,0 +1,338 @@
+//! Routing on a receiving instance: each series goes to its shard (a stable
+//! hash of tenant and labels), and to every replica of that shard's set, one
+//! forward per replica per request. The write is answered once every live
+//! replica took its part, with the tally of the first replica of each set.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::api::cluster_v1::cluster_client::ClusterClient;
+use crate::api::cluster_v1::{ForwardRequest, ShareRequest};
+use crate::engine::PartialWindow;
+use crate::model::{DropReason, IngestBatch, Outcome};
+use crate::reload::RulesReloader;
+use crate::telemetry::Telemetry;
+use crate::wal::codec;
+
+use super::placement::{shard_of, InstanceSpec};
+use super::stage::{LocalFold, StageError};
+use super::view::{outcome_from_wire, ClusterView};
+
+/// Why one replica did not take its part.
+#[derive(Debug, thiserror::Error)]
+enum ReplicaError {
+    /// etcd no longer lists it: it is not a replica to wait for.
+    #[error("instance {0} is not registered (lost)")]
+    NotLive(String),
+    /// It refused the batch outright (wrong cluster, not the owner, malformed).
+    #[error("instance {instance} refused the batch: {message}")]
+    Refused {
+        /// The replica.
+        instance: String,
+        /// Its answer.
+        message: String,
+    },
+    /// Still registered but unreachable for the whole forward timeout.
+    #[error("instance {0} did not answer within cluster.forward_timeout_ms")]
+    Timeout(String),
+    /// This instance's own fold failed.
+    #[error("{0}")]
+    Local(StageError),
+}
+
+/// Routes admitted batches to the replicas of their shards.
+pub struct Router {
+    view: Arc<ClusterView>,
+    local: LocalFold,
+    clients: Mutex<HashMap<String, ClusterClient<Channel>>>,
+    telemetry: Arc<Telemetry>,
+    rules: Arc<RulesReloader>,
+}
+
+impl Router {
+    /// A router for this instance, folding its own part through `local`.
+    /// Forwards carry the hash of `rules`' newest rules.
+    pub fn new(view: Arc<ClusterView>, local: LocalFold, telemetry: Arc<Telemetry>, rules: Arc<RulesReloader>) -> Self {
+        Router {
+            view,
+            local,
+            clients: Mutex::new(HashMap::new()),
+            telemetry,
+            rules,
+        }
+    }
+
+    /// A client of `instance`'s forwarding API (connected on first use).
+    fn client(&self, instance: &InstanceSpec) -> Result<ClusterClient<Channel>, String> {
+        let mut clients = self.clients.lock();
+        if let Some(client) = clients.get(&instance.id) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", instance.endpoint))
+            .map_err(|error| format!("endpoint {:?} of instance {}: {error}", instance.endpoint, instance.id))?
+            .connect_timeout(Duration::from_millis(1_000))
+            .tcp_nodelay(true);
+        let client = ClusterClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        clients.insert(instance.id.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// Folds `batch` on the replicas of its series' shards; the outcome adds to `limited`.
+    pub async fn route(&self, batch: &IngestBatch, now_ms: i64, limited: Outcome) -> Result<Outcome, StageError> {
+        let placement = self.view.placement();
+        let mut by_set: Vec<Vec<usize>> = vec![Vec::new(); placement.sets.len()];
+        for (index, series) in batch.series.iter().enumerate() {
+            let shard = shard_of(&batch.tenant, &series.labels, placement.shards);
+            by_set[placement.set_index_of_shard(shard)].push(index);
+        }
+        let parts = by_set
+            .iter()
+            .enumerate()
+            .filter(|(_, indices)| !indices.is_empty())
+            .map(|(set, indices)| {
+                let mut frame = Vec::new();
+                codec::encode_series(
+                    &batch.tenant,
+                    indices.iter().map(|index| &batch.series[*index]),
+                    now_ms,
+                    &mut frame,
+                );
+                let points: u64 = indices
+                    .iter()
+                    .map(|index| {
+                        let series = &batch.series[*index];
+                        (series.points.len() + series.histograms.len()) as u64
+                    })
+                    .sum();
+                self.to_set(
+                    &placement.sets[set].instances,
+                    Bytes::from(frame),
+                    placement.version,
+                    points,
+                )
+            });
+        let mut outcome = limited;
+        for result in futures::future::join_all(parts).await {
+            outcome.merge(&result?);
+        }
+        Ok(outcome)
+    }
+
+    /// Sends one set's part to each of its replicas at once. Answers with the
+    /// first replica's tally; when none took it, its points are `unavailable`.
+    async fn to_set(
+        &self,
+        replicas: &[InstanceSpec],
+        frame: Bytes,
+        version: u64,
+        points: u64,
+    ) -> Result<Outcome, StageError> {
+        let sends = replicas
+            .iter()
+            .map(|replica| self.to_replica(replica, frame.clone(), version));
+        let mut taken = None;
+        let mut closing = None;
+        for (replica, result) in replicas.iter().zip(futures::future::join_all(sends).await) {
+            match result {
+                Ok(outcome) => {
+                    self.telemetry.exporter().count(
+                        "tailfold_cluster_forwarded_points_total",
+                        &[("instance", replica.id.clone())],
+                        points,
+                    );
+                    taken.get_or_insert(outcome);
+                }
+                Err(ReplicaError::NotLive(_)) => {}
+                Err(ReplicaError::Local(StageError::Closed(closed))) => closing = Some(StageError::Closed(closed)),
+                Err(ReplicaError::Local(error)) => return Err(error),
+                Err(error) => {
+                    tracing::warn!(%error, points, "a replica missed a forwarded batch");
+                    let reason = match error {
+                        ReplicaError::Refused { .. } => "refused",
+                        _ => "timeout",
+                    };
+                    self.telemetry.exporter().count(
+                        "tailfold_cluster_forward_failures_total",
+                        &[("instance", replica.id.clone()), ("reason", reason.to_string())],
+                        points,
+                    );
+                }
+            }
+        }
+        match (taken, closing) {
+            (Some(outcome), _) => Ok(outcome),
+            (None, Some(closed)) => Err(closed),
+            (None, None) => {
+                let mut outcome = Outcome::default();
+                outcome.reject(DropReason::Unavailable, points);
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// Hands rollup shares of shard set `source` to every replica of each
+    /// rollup's shard (this instance keeps its own). Returns the shares some
+    /// replica of their owner kept; the others are counted as lost.
+    pub async fn share(&self, source: u32, shares: Vec<PartialWindow>) -> usize {
+        let placement = self.view.placement();
+        let mut by_set: Vec<Vec<PartialWindow>> = vec![Vec::new(); placement.sets.len()];
+        for share in shares {
+            let labels = crate::model::Labels::from_pairs(
+                share.labels.iter().map(|(name, value)| (name.as_str(), value.as_str())),
+            );
+            by_set[placement.set_index_of_shard(shard_of(&share.tenant, &labels, placement.shards))].push(share);
+        }
+        let sends = by_set
+            .into_iter()
+            .enumerate()
+            .filter(|(_, shares)| !shares.is_empty())
+            .map(|(set, shares)| {
+                let replicas = placement.sets[set].instances.clone();
+                async move {
+                    let count = shares.len();
+                    let encoded: Vec<Bytes> = shares
+                        .iter()
+                        .map(|share| Bytes::from(postcard::to_allocvec(share).expect("a share serialises")))
+                        .collect();
+                    let mut kept = false;
+                    for replica in &replicas {
+                        if self.share_with(replica, source, &shares, &encoded).await {
+                            kept = true;
+                        }
+                    }
+                    if !kept {
+                        tracing::error!(count, set, "no replica of the rollups' shard set kept their shares");
+                        self.telemetry.exporter().count(
+                            "tailfold_cluster_rollup_shares_lost_total",
+                            &[("set", set.to_string())],
+                            count as u64,
+                        );
+                    }
+                    if kept {
+                        count
+                    } else {
+                        0
+                    }
+                }
+            });
+        futures::future::join_all(sends).await.into_iter().sum()
+    }
+
+    /// Sends shares to one replica, retried like a forward; true when kept.
+    async fn share_with(
+        &self,
+        replica: &InstanceSpec,
+        source: u32,
+        shares: &[PartialWindow],
+        encoded: &[Bytes],
+    ) -> bool {
+        let settings = self.view.settings();
+        if replica.id == settings.instance {
+            let mut kept = true;
+            for share in shares {
+                if let Err(error) = self.local.engine().fold_partial(source, share.clone()) {
+                    tracing::warn!(%error, "own rollup share refused");
+                    kept = false;
+                }
+            }
+            return kept;
+        }
+        let deadline = Instant::now() + Duration::from_millis(settings.forward_timeout_ms);
+        let mut backoff = Duration::from_millis(25);
+        loop {
+            if !self.view.is_live(&replica.id) {
+                return false;
+            }
+            let Ok(mut client) = self.client(replica) else {
+                return false;
+            };
+            let request = ShareRequest {
+                cluster: settings.cluster.clone(),
+                from_instance: settings.instance.clone(),
+                source_set: source,
+                shares: encoded.iter().map(|bytes| bytes.to_vec()).collect(),
+                rules_hash: self.rules.newest_hash(),
+            };
+            match client.share(request).await {
+                Ok(answer) => return answer.get_ref().kept > 0 || answer.get_ref().too_late == 0,
+                Err(status) if status.code() != tonic::Code::Unavailable || Instant::now() + backoff > deadline => {
+                    tracing::warn!(instance = %replica.id, %status, "rollup shares not delivered to a replica");
+                    return false;
+                }
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// One replica: this instance folds its part itself; another is called,
+    /// and retried while etcd still lists it, up to the forward timeout.
+    async fn to_replica(&self, replica: &InstanceSpec, frame: Bytes, version: u64) -> Result<Outcome, ReplicaError> {
+        let settings = self.view.settings();
+        if replica.id == settings.instance {
+            let decoded = codec::decode(&frame).map_err(|torn| ReplicaError::Refused {
+                instance: replica.id.clone(),
+                message: format!("{torn:?}"),
+            })?;
+            return self
+                .local
+                .fold(&decoded.batch, decoded.now_ms, Outcome::default())
+                .await
+                .map_err(ReplicaError::Local);
+        }
+        let deadline = Instant::now() + Duration::from_millis(settings.forward_timeout_ms);
+        let mut backoff = Duration::from_millis(25);
+        loop {
+            if !self.view.is_live(&replica.id) {
+                return Err(ReplicaError::NotLive(replica.id.clone()));
+            }
+            let mut client = self.client(replica).map_err(|message| ReplicaError::Refused {
+                instance: replica.id.clone(),
+                message,
+            })?;
+            let request = ForwardRequest {
+                cluster: settings.cluster.clone(),
+                placement_version: version,
+                from_instance: settings.instance.clone(),
+                batch: frame.clone(),
+                rules_hash: self.rules.newest_hash(),
+            };
+            match client.forward(request).await {
+                Ok(response) => return Ok(outcome_from_wire(response.get_ref())),
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    return Err(ReplicaError::Refused {
+                        instance: replica.id.clone(),
+                        message: status.message().to_string(),
+                    });
+                }
+                Err(status) => {
+                    if Instant::now() + backoff > deadline {
+                        tracing::debug!(instance = %replica.id, %status, "giving up on a replica");
+                        return Err(ReplicaError::Timeout(replica.id.clone()));
+                    }
+                    self.telemetry.exporter().count(
+                        "tailfold_cluster_forward_retries_total",
+                        &[("instance", replica.id.clone())],
+                        1,
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The internal forwarding API an instance serves to the others: it folds
+//! the batches of the shards it owns and keeps rollup shares of the rollups
+//! it owns. Anything else (another cluster, other rules, a shard it does not
+//! own, a malformed batch) is refused with the reason and counted.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::api::cluster_v1::cluster_server::{Cluster, ClusterServer};
+use crate::api::cluster_v1::{ForwardRequest, ForwardResponse, ShareRequest, ShareResponse};
+use crate::engine::{PartialError, PartialWindow};
+use crate::model::{Labels, Outcome};
+use crate::reload::RulesReloader;
+use crate::telemetry::Telemetry;
+use crate::wal::codec;
+
+use super::placement::shard_of;
+use super::stage::{LocalFold, StageError};
+use super::view::{outcome_to_wire, ClusterView};
+
+/// The `tailfold.cluster.v1.Cluster` service of one instance.
+pub struct ForwardService {
+    view: Arc<ClusterView>,
+    local: LocalFold,
+    telemetry: Arc<Telemetry>,
+    rules: Arc<RulesReloader>,
+}
+
+impl ForwardService {
+    /// Folds what it owns through `local`.
+    /// Refuses forwards made under other rules than `rules`' newest.
+    pub fn new(view: Arc<ClusterView>, local: LocalFold, telemetry: Arc<Telemetry>, rules: Arc<RulesReloader>) -> Self {
+        ForwardService {
+            view,
+            local,
+            telemetry,
+            rules,
+        }
+    }
+
+    /// The tonic service, taking batches as large as a sender may send.
+    pub fn into_server(self) -> ClusterServer<Self> {
+        ClusterServer::new(self).max_decoding_message_size(usize::MAX)
+    }
+
+    fn refuse(&self, reason: &'static str, from: &str, status: Status) -> Status {
+        tracing::warn!(from, reason, message = status.message(), "refused a forwarded batch");
+        self.telemetry.exporter().count(
+            "tailfold_cluster_refused_total",
+            &[("reason", reason.to_string()), ("from", from.to_string())],
+            1,
+        );
+        status
+    }
+
+    fn check_cluster(&self, cluster: &str, from: &str) -> Result<(), Status> {
+        let mine = &self.view.settings().cluster;
+        if cluster != mine {
+            return Err(self.refuse(
+                "wrong_cluster",
+                from,
+                Status::permission_denied(format!(
+                    "cluster id {cluster:?} is not this instance's {mine:?}: check cluster.cluster on {from}"
+                )),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses what was routed under other rules: folding it here would mix
+    /// two rule sets in one window.
+    fn check_rules(&self, theirs: &str, from: &str) -> Result<(), Status> {
+        let mine = self.rules.newest_hash();
+        if theirs != mine {
+            return Err(self.refuse(
+                "rules_differ",
+                from,
+                Status::failed_precondition(format!(
+                    "rules differ: {from} folds with rules {theirs:?}, instance {} with {mine:?}; load the same rules file on every instance",
+                    self.view.settings().instance
+                )),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a series whose shard this instance's set does not own.
+    fn check_owner(&self, tenant: &str, labels: &Labels, from: &str, version: u64) -> Result<(), Status> {
+        let placement = self.view.placement();
+        let shard = shard_of(tenant, labels, placement.shards);
+        let owner = placement.set_of_shard(shard);
+        if owner
+            .instances
+            .iter()
+            .any(|instance| instance.id == self.view.settings().instance)
+        {
+            return Ok(());
+        }
+        Err(self.refuse(
+            "not_owner",
+            from,
+            Status::failed_precondition(format!(
+                "instance {} does not own shard {shard} (placement version {}, sender routed by version {version})",
+                self.view.settings().instance,
+                placement.version
+            )),
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ForwardService {
+    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
+        let request = request.into_inner();
+        let from = request.from_instance.as_str();
+        self.check_cluster(&request.cluster, from)?;
+        self.check_rules(&request.rules_hash, from)?;
+        let decoded = codec::decode(&request.batch).map_err(|torn| {
+            self.refuse(
+                "malformed",
+                from,
+                Status::invalid_argument(format!("malformed forwarded batch from {from:?}: {torn:?} frame")),
+            )
+        })?;
+        for series in &decoded.batch.series {
+            self.check_owner(&decoded.batch.tenant, &series.labels, from, request.placement_version)?;
+            if let Some(point) = series
+                .points
+                .iter()
+                .find(|point| !point.value.is_finite() || point.weight == 0)
+            {
+                return Err(self.refuse(
+                    "malformed",
+                    from,
+                    Status::invalid_argument(format!(
+                        "forwarded batch from {from:?}: point {} (weight {}) of {:?} is not finite or weighs nothing",
+                        point.value, point.weight, series.labels
+                    )),
+                ));
+            }
+        }
+        match self
+            .local
+            .fold(&decoded.batch, decoded.now_ms, Outcome::default())
+            .await
+        {
+            Ok(outcome) => Ok(Response::new(outcome_to_wire(&outcome))),
+            Err(StageError::Closed(closed)) => Err(Status::unavailable(closed.to_string())),
+            Err(error) => Err(Status::unavailable(error.to_string())),
+        }
+    }
+
+    async fn share(&self, request: Request<ShareRequest>) -> Result<Response<ShareResponse>, Status> {
+        let request = request.into_inner();
+        let from = request.from_instance.as_str();
+        self.check_cluster(&request.cluster, from)?;
+        self.check_rules(&request.rules_hash, from)?;
+        let mut shares = Vec::with_capacity(request.shares.len());
+        for bytes in &request.shares {
+            let share: PartialWindow = postcard::from_bytes(bytes).map_err(|error| {
+                self.refuse(
+                    "malformed",
+                    from,
+                    Status::invalid_argument(format!("malformed rollup share from {from:?}: {error}")),
+                )
+            })?;
+            let labels = Labels::from_pairs(share.labels.iter().map(|(name, value)| (name.as_str(), value.as_str())));
+            self.check_owner(&share.tenant, &labels, from, 0)?;
+            shares.push(share);
+        }
+        let mut answer = ShareResponse::default();
+        for share in shares {
+            match self.local.engine().fold_partial(request.source_set, share) {
+                Ok(()) => answer.kept += 1,
+                Err(PartialError::TooLate { .. }) => answer.too_late += 1,
+                Err(error) => {
+                    return Err(self.refuse("malformed", from, Status::invalid_argument(error.to_string())));
+                }
+            }
+        }
+        if answer.too_late > 0 {
+            self.telemetry.exporter().count(
+                "tailfold_cluster_rollup_shares_too_late_total",
+                &[("from", from.to_string())],
+                u64::from(answer.too_late),
+            );
+        }
+        Ok(Response::new(answer))
+    }
+}

@@ -1,0 +1,156 @@
+//! What `tailfold cluster status` and `GET /api/v1/cluster` show: the
+//! placement, which instances are registered (live), each set's leader and
+//! its flush marks, read from etcd.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::coordinator::{FlushMark, Registration};
+use super::etcd::{Election, EtcdClient};
+use super::placement::{keys, Placement, PlacementError};
+
+/// One instance in the status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// Instance id.
+    pub id: String,
+    /// Forwarding API address.
+    pub endpoint: String,
+    /// HTTP API address.
+    pub http: String,
+    /// Registered in etcd under a live lease.
+    pub live: bool,
+    /// When it started, if live.
+    pub started_ms: Option<i64>,
+    /// Hash of its rules file, if live.
+    pub rules_hash: Option<String>,
+}
+
+/// One shard set in the status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SetStatus {
+    /// Set id.
+    pub set: u32,
+    /// Shard ranges `[from, to)`.
+    pub shards: Vec<(u32, u32)>,
+    /// Its leader's id, if elected.
+    pub leader: Option<String>,
+    /// Its replicas.
+    pub instances: Vec<InstanceStatus>,
+    /// Flush marks by policy.
+    pub flushed: BTreeMap<String, FlushMark>,
+}
+
+/// The whole cluster.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Cluster id.
+    pub cluster: String,
+    /// Virtual shards.
+    pub shards: u32,
+    /// Replicas per set.
+    pub replicas: u32,
+    /// Placement version.
+    pub version: u64,
+    /// The sets.
+    pub sets: Vec<SetStatus>,
+}
+
+impl ClusterStatus {
+    /// Reads the status of `cluster` from etcd; `None` without a placement.
+    pub async fn read(client: &EtcdClient, cluster: &str) -> Result<Option<ClusterStatus>, PlacementError> {
+        let Some(placement) = Placement::load(client, cluster).await? else {
+            return Ok(None);
+        };
+        let prefix = keys::instances_prefix(cluster);
+        let registered: BTreeMap<String, Registration> = client
+            .get_prefix(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|kv| {
+                serde_json::from_slice(&kv.value)
+                    .ok()
+                    .map(|r: Registration| (r.id.clone(), r))
+            })
+            .collect();
+        let mut sets = Vec::new();
+        for set in &placement.sets {
+            let leader = Election::new(client.clone(), &keys::election_prefix(cluster, set.set))
+                .leader()
+                .await?
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            let flush_prefix = keys::flush_prefix(cluster, set.set);
+            let flushed = client
+                .get_prefix(&flush_prefix)
+                .await?
+                .into_iter()
+                .filter_map(|kv| {
+                    let policy = kv.key.strip_prefix(&flush_prefix)?.to_string();
+                    Some((policy, serde_json::from_slice(&kv.value).ok()?))
+                })
+                .collect();
+            sets.push(SetStatus {
+                set: set.set,
+                shards: set.shards.clone(),
+                leader,
+                instances: set
+                    .instances
+                    .iter()
+                    .map(|instance| {
+                        let registration = registered.get(&instance.id);
+                        InstanceStatus {
+                            id: instance.id.clone(),
+                            endpoint: instance.endpoint.clone(),
+                            http: instance.http.clone(),
+                            live: registration.is_some(),
+                            started_ms: registration.map(|r| r.started_ms),
+                            rules_hash: registration.map(|r| r.rules_hash.clone()),
+                        }
+                    })
+                    .collect(),
+                flushed,
+            });
+        }
+        Ok(Some(ClusterStatus {
+            cluster: cluster.to_string(),
+            shards: placement.shards,
+            replicas: placement.replicas,
+            version: placement.version,
+            sets,
+        }))
+    }
+
+    /// The status as a table for people.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "cluster {}  placement version {}  {} shards  {} replicas per set\n",
+            self.cluster, self.version, self.shards, self.replicas
+        );
+        for set in &self.sets {
+            let ranges: Vec<String> = set.shards.iter().map(|(from, to)| format!("{from}..{to}")).collect();
+            out.push_str(&format!(
+                "set {}  shards {}  leader {}\n",
+                set.set,
+                ranges.join(","),
+                set.leader.as_deref().unwrap_or("(none)")
+            ));
+            for instance in &set.instances {
+                out.push_str(&format!(
+                    "  {:<12} {:<22} http {:<22} {}\n",
+                    instance.id,
+                    instance.endpoint,
+                    instance.http,
+                    if instance.live { "live" } else { "DOWN" }
+                ));
+            }
+            for (policy, mark) in &set.flushed {
+                out.push_str(&format!(
+                    "  flushed {policy}: until {} (rollups until {}) by {}\n",
+                    mark.until_ms, mark.rollups_until_ms, mark.leader
+                ));
+            }
+        }
+        out
+    }
+}

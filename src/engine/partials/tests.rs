@@ -1,0 +1,223 @@
+//! Rollups assembled from forwarded shares equal a single node's, bucket for
+//! bucket; a re-sent share replaces, never adds; a follower drops what its
+//! leader flushed; hostile shares are refused.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::engine::{AggregateRecord, Engine, EngineSettings, FlushGate, RecordValue};
+use crate::model::{IngestBatch, Point, SeriesBatch, TraceContext};
+use crate::rules::RuleSet;
+
+const T0: i64 = 1_800_000_000_000;
+const RULES: &str = "defaults: {storage_policies: [\"10s:1h\"]}\nrollup_rules:\n  - name: by-service\n    filter: '__name__:lat'\n    rollup: {name: lat_by_service, group_by: [service], aggregations: [count, sum, min, max, p50, p99, histogram]}\n  - name: req\n    filter: '__name__:req'\n    rollup: {name: req_all, group_by: [], aggregations: [sum, total]}\n  - name: mem\n    filter: '__name__:mem'\n    rollup: {name: mem_all, group_by: [], aggregations: [last, max]}\n";
+
+fn engine(forwarding: bool) -> Engine {
+    let engine = Engine::new(EngineSettings::default(), RuleSet::parse(RULES, "test.yaml").unwrap());
+    if forwarding {
+        engine.with_rollup_forwarding(5_000)
+    } else {
+        engine
+    }
+}
+
+/// Series `pod` of three kinds, with values that depend on the pod.
+fn batch(pod: usize) -> IngestBatch {
+    let pod_name = format!("pod-{pod}");
+    let series = |name: &str, kind: Kind, points: Vec<Point>| SeriesBatch {
+        labels: Labels::from_pairs([("__name__", name), ("service", "api"), ("pod", pod_name.as_str())]),
+        kind,
+        cumulative: false,
+        histograms: Vec::new(),
+        points,
+    };
+    let traced = |n: usize| {
+        Some(TraceContext {
+            trace_id: [n as u8 + 1; 16],
+            span_id: [1; 8],
+        })
+    };
+    let latencies = (0..50)
+        .map(|n| Point::new(0.01 * (1 + n * (pod + 1)) as f64, Some(T0 + n as i64), traced(n)))
+        .collect();
+    IngestBatch {
+        tenant: Arc::from("t"),
+        series: vec![
+            series("lat", Kind::Distribution, latencies),
+            series(
+                "req",
+                Kind::Counter,
+                vec![Point::new(pod as f64 + 1.0, Some(T0 + 5), None)],
+            ),
+            series(
+                "mem",
+                Kind::Gauge,
+                vec![Point::new(100.0 * pod as f64, Some(T0 + 7), None)],
+            ),
+        ],
+    }
+}
+
+fn rollup_records(records: &[AggregateRecord]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = records
+        .iter()
+        .filter(|record| record.series.get("pod").is_none())
+        .map(|record| {
+            let value = match &record.value {
+                // Sums of floats differ in the last bit with the order of addition.
+                RecordValue::Scalar(value) => format!("{value:.9}"),
+                RecordValue::Histogram(histogram) => format!("{:?}", histogram.to_parts().positive),
+            };
+            (format!("{}{:?}", record.output_name(), record.aggregation), value)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+const LEAD: FlushGate<'static> = FlushGate {
+    lead: true,
+    flushed_until: &[],
+    rollups_until: &[],
+};
+
+#[test]
+fn a_rollup_assembled_from_shares_equals_a_single_nodes() {
+    let single = engine(false);
+    for pod in 0..4 {
+        single.ingest(&batch(pod), T0 + 100).unwrap();
+    }
+    let mut expected = Vec::new();
+    single.flush_due(T0 + 60_000, |chunk| expected.extend(chunk));
+
+    // Pods 0 and 1 on one shard set, 2 and 3 on another; a third owns the rollups.
+    let owners = [engine(true), engine(true)];
+    let rollup_owner = engine(true);
+    let mut own_records = Vec::new();
+    for (source, owner) in owners.iter().enumerate() {
+        for pod in [source * 2, source * 2 + 1] {
+            owner.ingest(&batch(pod), T0 + 100).unwrap();
+        }
+        let mut shares = Vec::new();
+        let stats = owner.flush_gated(
+            T0 + 15_000,
+            false,
+            LEAD,
+            |chunk| own_records.extend(chunk),
+            |chunk| shares.extend(chunk),
+        );
+        assert_eq!(stats.partials, 3, "one share per rollup output");
+        for share in shares {
+            // Encoded and decoded as the wire carries it.
+            let bytes = postcard::to_allocvec(&share).unwrap();
+            let share: PartialWindow = postcard::from_bytes(&bytes).unwrap();
+            rollup_owner.fold_partial(source as u32, share.clone()).unwrap();
+            // A new leader re-sending the same share replaces it.
+            rollup_owner.fold_partial(source as u32, share).unwrap();
+        }
+    }
+    let mut assembled = Vec::new();
+    let early = rollup_owner.flush_gated(T0 + 15_000, false, LEAD, |chunk| assembled.extend(chunk), |_| {});
+    assert_eq!(
+        early.flushed.windows, 0,
+        "assembled windows wait out the forwarding lateness"
+    );
+    rollup_owner.flush_gated(T0 + 20_000, false, LEAD, |chunk| assembled.extend(chunk), |_| {});
+    assert_eq!(rollup_records(&assembled), rollup_records(&expected));
+    assert!(!rollup_records(&expected).is_empty());
+    assert!(
+        rollup_records(&own_records).is_empty(),
+        "input owners emit no rollup records"
+    );
+    let late = PartialWindow {
+        start_ms: T0,
+        ..share_fixture()
+    };
+    assert!(matches!(
+        rollup_owner.fold_partial(0, late),
+        Err(PartialError::TooLate { .. })
+    ));
+}
+
+fn share_fixture() -> PartialWindow {
+    PartialWindow {
+        tenant: "t".into(),
+        labels: vec![("__name__".into(), "req_all".into())],
+        kind: Kind::Counter,
+        policy: "10s:1h".parse().unwrap(),
+        lateness_ms: 5_000,
+        aggregations: vec!["sum".into()],
+        start_ms: T0 + 600_000,
+        state: PartialState::Counter(CounterState { sum: 2.0, count: 1 }),
+    }
+}
+
+#[test]
+fn a_follower_drops_exactly_what_its_leader_recorded() {
+    let follower = engine(true);
+    follower.ingest(&batch(0), T0 + 100).unwrap();
+    let later = IngestBatch {
+        series: batch(0)
+            .series
+            .into_iter()
+            .map(|mut series| {
+                for point in &mut series.points {
+                    point.timestamp_ms = point.timestamp_ms.map(|t| t + 10_000);
+                }
+                series
+            })
+            .collect(),
+        ..batch(0)
+    };
+    follower.ingest(&later, T0 + 10_100).unwrap();
+    let policy: StoragePolicy = "10s:1h".parse().unwrap();
+    let mut emitted = 0;
+    let gate = FlushGate {
+        lead: false,
+        flushed_until: &[(policy, T0 + 10_000)],
+        rollups_until: &[],
+    };
+    let stats = follower.flush_gated(T0 + 30_000, false, gate, |chunk| emitted += chunk.len(), |_| {});
+    assert_eq!((emitted, stats.partials), (0, 0), "a follower emits nothing");
+    assert_eq!(stats.dropped, 6, "the first window of each of the six outputs");
+    // Taking over, it emits the windows after the recorded flush and forwards their shares.
+    let stats = follower.flush_gated(
+        T0 + 30_000,
+        false,
+        FlushGate { lead: true, ..gate },
+        |chunk| emitted += chunk.len(),
+        |_| {},
+    );
+    assert_eq!((stats.flushed.windows, stats.partials, stats.dropped), (6, 3, 0));
+    assert!(emitted > 0);
+}
+
+#[test]
+fn hostile_shares_are_refused_with_the_reason() {
+    let owner = engine(true);
+    let refused = |edit: &dyn Fn(&mut PartialWindow)| {
+        let mut share = share_fixture();
+        edit(&mut share);
+        owner.fold_partial(0, share).expect_err("refused").to_string()
+    };
+    assert!(refused(&|s| s.aggregations = vec!["p99".into()]).contains("does not apply"));
+    assert!(refused(&|s| s.aggregations = vec!["p1000x".into()]).contains("aggregation"));
+    assert!(refused(&|s| s.labels.clear()).contains("labels"));
+    assert!(refused(&|s| s.start_ms += 1).contains("not aligned"));
+    assert!(refused(&|s| s.state = PartialState::Gauge(GaugeState::new())).contains("not a counter"));
+    assert!(refused(&|s| s.policy.resolution_ms = 0).contains("not aligned"));
+    let mut histogram = ExpHistogram::default().to_parts();
+    histogram.count = 5;
+    let share = PartialWindow {
+        kind: Kind::Distribution,
+        aggregations: vec!["count".into()],
+        state: PartialState::Distribution(histogram),
+        ..share_fixture()
+    };
+    assert!(owner
+        .fold_partial(0, share)
+        .unwrap_err()
+        .to_string()
+        .contains("count says 5"));
+    owner.fold_partial(0, share_fixture()).expect("a good share is kept");
+}

@@ -1,0 +1,121 @@
+//! The flush of a cluster instance: read the shard set's flush marks from
+//! etcd, drop what the leader flushed, and when leading flush what is due,
+//! hand rollup shares to their owners and record the new marks after the
+//! store has the records. Without etcd nothing is flushed (late, never lost).
+
+use std::sync::Arc;
+
+use crate::cluster::coordinator::{Coordinator, FlushMark, FlushMarks, Role};
+use crate::cluster::router::Router;
+use crate::engine::{FlushGate, FlushStats, PolicyMarks};
+
+use super::flush_loop::FlushLoop;
+
+/// The cluster parts the flush loop needs.
+pub(super) struct ClusterFlush {
+    pub(super) coordinator: Arc<Coordinator>,
+    pub(super) router: Arc<Router>,
+}
+
+impl FlushLoop {
+    /// One flush of a cluster instance (see the module docs). `everything` is
+    /// never asked of a cluster: open windows stay with the set's other replica.
+    pub(super) async fn flush_clustered(self: &Arc<Self>, cluster: &ClusterFlush, settle: bool) -> FlushStats {
+        let now_ms = self.clock.now_ms();
+        let role = cluster.coordinator.role();
+        let exporter = self.telemetry.exporter();
+        let marks = match cluster.coordinator.read_marks().await {
+            Ok(marks) => marks,
+            Err(error) => {
+                tracing::warn!(%error, "etcd unreachable: flushing waits (windows are kept, ingest goes on)");
+                exporter.count(
+                    "tailfold_cluster_flush_waits_total",
+                    &[("reason", "etcd".to_string())],
+                    1,
+                );
+                return FlushStats::default();
+            }
+        };
+        let lead = matches!(role, Role::Leading { .. }) && cluster.coordinator.still_leads(&role).await;
+        if matches!(role, Role::Unknown) {
+            exporter.count(
+                "tailfold_cluster_flush_waits_total",
+                &[("reason", "no_leadership".to_string())],
+                1,
+            );
+        }
+        let own: PolicyMarks = marks.iter().map(|(policy, mark)| (*policy, mark.until_ms)).collect();
+        let rollups: PolicyMarks = marks
+            .iter()
+            .map(|(policy, mark)| (*policy, mark.rollups_until_ms))
+            .collect();
+        let (due_own, due_rollups) = self.engine.due_until(now_ms);
+        let this = Arc::clone(self);
+        let work = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let mut shares = Vec::new();
+            let gate = FlushGate {
+                lead,
+                flushed_until: &own,
+                rollups_until: &rollups,
+            };
+            let stats = this.engine.flush_gated(
+                now_ms,
+                false,
+                gate,
+                |records| this.sinks.deliver(records, now_ms),
+                |chunk| shares.extend(chunk),
+            );
+            this.telemetry
+                .flushed(stats.flushed.windows as u64, stats.flushed.records as u64);
+            this.sinks.tick(now_ms);
+            if lead || settle {
+                // The marks are recorded only once the store has the records.
+                if this.store_paths.is_some() {
+                    this.sinks.barrier_of("store");
+                }
+                if settle {
+                    this.sinks.barrier();
+                }
+            }
+            this.telemetry.flush_completed(now_ms, started.elapsed());
+            this.telemetry.exporter().upkeep();
+            (stats, shares)
+        });
+        let Ok((stats, shares)) = work.await else {
+            tracing::error!("cluster flush task failed");
+            return FlushStats::default();
+        };
+        if stats.dropped > 0 {
+            exporter.count("tailfold_cluster_windows_dropped_total", &[], stats.dropped as u64);
+        }
+        if !lead {
+            return stats.flushed;
+        }
+        if !shares.is_empty() {
+            cluster.router.share(cluster.coordinator.set(), shares).await;
+        }
+        let mut recorded: FlushMarks = marks;
+        let leader = cluster.coordinator.view().settings().instance.clone();
+        for ((policy, own_due), (_, rollups_due)) in due_own.iter().zip(&due_rollups) {
+            let mark = recorded.entry(*policy).or_insert_with(|| FlushMark {
+                until_ms: i64::MIN,
+                rollups_until_ms: i64::MIN,
+                leader: leader.clone(),
+            });
+            mark.until_ms = mark.until_ms.max(*own_due);
+            mark.rollups_until_ms = mark.rollups_until_ms.max(*rollups_due);
+            mark.leader = leader.clone();
+        }
+        match cluster.coordinator.record_marks(&role, &recorded).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "leadership lost before the flush was recorded; the next leader flushes after the last recorded mark"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "cannot record the flush marks; the next leader may flush these windows again")
+            }
+        }
+        stats.flushed
+    }
+}

@@ -1,0 +1,331 @@
+//! A real cluster for tests: a real etcd, `tailfold cluster init`, and real
+//! `tailfold run` processes on free loopback ports, each with its own data
+//! directory; `kill -9` stands in for a lost machine. Every process is killed
+//! when the harness drops.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tailfold::api::v1;
+use tailfold::sink::JsonRecord;
+
+use super::etcd::EtcdServer;
+
+/// A free loopback port (bound, then released for the process to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One `tailfold run` process.
+pub struct Instance {
+    pub id: String,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub internal: SocketAddr,
+    pub dir: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Instance {
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("tailfold.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tailfold"))
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tailfold");
+        self.child = Some(child);
+    }
+
+    /// Waits until `GET /-/ready` answers 200.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().unwrap()) {
+                panic!("instance {} exited with {status}:\n{}", self.id, self.log());
+            }
+            if http_get(self.http, "/-/ready").is_some_and(|(status, _)| status == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("instance {} never became ready:\n{}", self.id, self.log());
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe_sigterm(child.id());
+            let _ = child.wait();
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tailfold.log")).unwrap_or_default()
+    }
+
+    /// The records of this instance's store; a line cut by `kill -9` is skipped.
+    pub fn records(&self) -> Vec<JsonRecord> {
+        let mut files = Vec::new();
+        collect(&self.dir.join("data/store"), &mut files);
+        files.sort();
+        let mut out = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for line in text.lines() {
+                if let Ok(record) = serde_json::from_str(line) {
+                    out.push(record);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect(&path, out);
+        } else if path.extension().is_some_and(|e| e == "jsonl") {
+            out.push(path);
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())?;
+    Some((status, body))
+}
+
+/// Settings of a test cluster.
+pub struct ClusterSpec {
+    pub instances: usize,
+    pub replicas: usize,
+    pub shards: u32,
+    pub rules: String,
+    pub lease_ttl_s: u64,
+    pub flush_interval_ms: u64,
+}
+
+/// etcd, the instances, and a single node fed the same samples for comparison.
+pub struct TestCluster {
+    pub etcd: EtcdServer,
+    pub instances: Vec<Instance>,
+    pub single: Option<Instance>,
+    pub spec: ClusterSpec,
+    _dir: tempfile::TempDir,
+}
+
+const CLUSTER_ID: &str = "test-cluster";
+
+impl TestCluster {
+    /// Starts etcd, creates the placement and starts every instance (and a single node).
+    pub fn start(spec: ClusterSpec) -> TestCluster {
+        let etcd = EtcdServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let rules_file = dir.path().join("rules.yaml");
+        std::fs::write(&rules_file, &spec.rules).unwrap();
+        let mut instances = Vec::new();
+        for index in 0..spec.instances {
+            let id = format!("i{index}");
+            instances.push(make_instance(
+                dir.path(),
+                &id,
+                &rules_file,
+                &spec,
+                Some(&etcd.endpoint()),
+            ));
+        }
+        let mut init = Command::new(env!("CARGO_BIN_EXE_tailfold"));
+        init.args([
+            "cluster",
+            "init",
+            "--etcd",
+            &etcd.endpoint(),
+            "--cluster",
+            CLUSTER_ID,
+            "--shards",
+            &spec.shards.to_string(),
+            "--replicas",
+            &spec.replicas.to_string(),
+        ]);
+        for instance in &instances {
+            init.args([
+                "--instance",
+                &format!("{}={},http={}", instance.id, instance.internal, instance.http),
+            ]);
+        }
+        let output = init.output().expect("run tailfold cluster init");
+        assert!(
+            output.status.success(),
+            "cluster init failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut single = make_instance(dir.path(), "single", &rules_file, &spec, None);
+        single.spawn();
+        for instance in &mut instances {
+            instance.spawn();
+        }
+        for instance in instances.iter_mut().chain(std::iter::once(&mut single)) {
+            instance.wait_ready();
+        }
+        let cluster = TestCluster {
+            etcd,
+            instances,
+            single: Some(single),
+            spec,
+            _dir: dir,
+        };
+        // Every instance registered (each does before it is ready; the others' view follows within 250 ms).
+        let all_live = |status: &serde_json::Value| {
+            status["sets"].as_array().is_some_and(|sets| {
+                sets.iter()
+                    .flat_map(|set| set["instances"].as_array().cloned().unwrap_or_default())
+                    .all(|instance| instance["live"] == true)
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !all_live(&cluster.status()) {
+            assert!(
+                Instant::now() < deadline,
+                "instances never all registered: {}",
+                cluster.status()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        cluster
+    }
+
+    /// `tailfold cluster status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let output = Command::new(env!("CARGO_BIN_EXE_tailfold"))
+            .args([
+                "cluster",
+                "status",
+                "--etcd",
+                &self.etcd.endpoint(),
+                "--cluster",
+                CLUSTER_ID,
+                "--json",
+            ])
+            .output()
+            .expect("run tailfold cluster status");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("status json")
+    }
+
+    /// Every record of every instance's store (the killed ones' included).
+    pub fn records(&self) -> Vec<JsonRecord> {
+        self.instances.iter().flat_map(Instance::records).collect()
+    }
+
+    pub fn logs(&self) -> String {
+        self.instances
+            .iter()
+            .map(|instance| format!("==== {}\n{}", instance.id, instance.log()))
+            .collect()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for instance in self.instances.iter_mut().chain(self.single.as_mut()) {
+            instance.kill9();
+        }
+    }
+}
+
+fn make_instance(root: &Path, id: &str, rules: &Path, spec: &ClusterSpec, etcd: Option<&str>) -> Instance {
+    let dir = root.join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let (grpc, http, internal) = (loopback(free_port()), loopback(free_port()), loopback(free_port()));
+    let cluster = match etcd {
+        Some(endpoint) => format!(
+            "cluster:\n  etcd_endpoints: [\"{endpoint}\"]\n  cluster: {CLUSTER_ID}\n  instance: {id}\n  listen: \"{internal}\"\n  lease_ttl_s: {ttl}\n  forward_timeout_ms: {forward}\n  forward_lateness_ms: {lateness}\n",
+            ttl = spec.lease_ttl_s,
+            forward = spec.lease_ttl_s * 1_000 + 3_000,
+            lateness = spec.lease_ttl_s * 1_000 + 2_000,
+        ),
+        None => String::new(),
+    };
+    let config = format!(
+        "grpc: {{listen: \"{grpc}\"}}\nhttp: {{listen: \"{http}\"}}\nrules_file: {rules}\ndata_dir: {data}\nflush: {{interval_ms: {flush}, jitter_ms: 0, progress_interval_ms: 0}}\nlog: {{format: json}}\n{cluster}",
+        rules = rules.display(),
+        data = dir.join("data").display(),
+        flush = spec.flush_interval_ms,
+    );
+    let config_file = dir.join("tailfold.yaml");
+    std::fs::write(&config_file, config).unwrap();
+    Instance {
+        id: id.to_string(),
+        grpc,
+        http,
+        internal,
+        dir,
+        config: config_file,
+        child: None,
+    }
+}
+
+/// A gRPC client of `instance`.
+pub async fn client(addr: SocketAddr) -> v1::ingest_client::IngestClient<tonic::transport::Channel> {
+    v1::ingest_client::IngestClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+}
+
+/// Records keyed by (name, labels, window start, aggregation); panics on a key seen twice.
+pub fn by_identity(records: &[JsonRecord]) -> BTreeMap<(String, String, i64, String), &JsonRecord> {
+    let mut out = BTreeMap::new();
+    for record in records {
+        let key = (
+            record.name.clone(),
+            format!("{:?}", record.labels),
+            record.window_start_ms,
+            record.aggregation.clone(),
+        );
+        if let Some(earlier) = out.insert(key.clone(), record) {
+            panic!("record emitted twice: {key:?}\nfirst: {earlier:?}\nagain: {record:?}");
+        }
+    }
+    out
+}
