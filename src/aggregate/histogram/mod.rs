@@ -91,6 +91,17 @@ impl Default for ExpHistogram {
     }
 }
 
+/// The bucket a finite `value` falls in at `scale`.
+fn bucket_ref_of(scale: i8, zero_threshold: f64, value: f64) -> BucketRef {
+    if value.abs() <= zero_threshold {
+        BucketRef::Zero
+    } else if value < 0.0 {
+        BucketRef::Negative(bucket_index(scale, value))
+    } else {
+        BucketRef::Positive(bucket_index(scale, value))
+    }
+}
+
 /// Smallest `k <= limit` with `(hi >> k) - (lo >> k) + 1 <= max`.
 fn shift_needed(lo: i32, hi: i32, max: usize, limit: u32) -> u32 {
     let mut k = 0;
@@ -532,15 +543,7 @@ impl ExpHistogram {
 
     /// The bucket `value` falls in at the current scale (`None` for NaN).
     fn bucket_of_value(&self, value: f64) -> Option<BucketRef> {
-        if value.is_nan() {
-            None
-        } else if value.abs() <= self.config.zero_threshold {
-            Some(BucketRef::Zero)
-        } else if value < 0.0 {
-            Some(BucketRef::Negative(bucket_index(self.scale, value)))
-        } else {
-            Some(BucketRef::Positive(bucket_index(self.scale, value)))
-        }
+        (!value.is_nan()).then(|| bucket_ref_of(self.scale, self.config.zero_threshold, value))
     }
 
     /// Value bounds of `bucket` at the current scale (lower exclusive for

@@ -368,6 +368,22 @@ impl Bands {
         }
     }
 
+    /// Checks reservoirs read from another process: ascending keys, each
+    /// with a sample in the bucket it names; drops the bands.
+    pub fn check(&mut self, bucket_of: impl Fn(f64) -> i32) -> Result<(), String> {
+        self.cursors.clear();
+        let ordered = self.slots.windows(2).all(|w| w[0].key < w[1].key);
+        let placed = self
+            .slots
+            .iter()
+            .all(|slot| slot.seen > 0 && slot.exemplar.value.is_finite() && bucket_of(slot.exemplar.value) == slot.key);
+        if ordered && placed {
+            Ok(())
+        } else {
+            Err("reservoirs out of order, empty, or not in the bucket they name".into())
+        }
+    }
+
     /// The exemplar kept for bucket `pos`.
     pub fn get(&self, pos: i32) -> Option<Exemplar> {
         self.slots

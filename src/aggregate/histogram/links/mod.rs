@@ -234,6 +234,45 @@ impl Links {
         self.bands.iter()
     }
 
+    /// Checks links read from another process (cluster parts): counts per
+    /// threshold, extremes within their caps and in order, reservoirs in
+    /// order and each in the bucket its key names (`bucket_of` a value).
+    /// Bands are dropped; [`Links::replace`] places them again.
+    pub(in crate::aggregate::histogram) fn check(&mut self, bucket_of: impl Fn(f64) -> i32) -> Result<(), String> {
+        let plan = &self.plan;
+        if plan.quantiles.iter().any(|q| !(0.0..=1.0).contains(q))
+            || plan.thresholds.iter().any(|t| !t.is_finite())
+            || plan.quantiles.windows(2).any(|w| w[0] >= w[1])
+            || plan.thresholds.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err("plan with unsorted, repeated or out-of-range quantiles or thresholds".into());
+        }
+        if self.above.len() != plan.thresholds.len() {
+            return Err(format!(
+                "{} threshold counts for {} thresholds",
+                self.above.len(),
+                plan.thresholds.len()
+            ));
+        }
+        for (list, cap, slowest) in [
+            (&self.slowest, plan.slowest, true),
+            (&self.fastest, plan.fastest, false),
+        ] {
+            let kept = list.kept();
+            let ordered = kept.windows(2).all(|w| {
+                if slowest {
+                    w[0].value >= w[1].value
+                } else {
+                    w[0].value <= w[1].value
+                }
+            });
+            if kept.len() > usize::from(cap) || !ordered || kept.iter().any(|e| !e.value.is_finite()) {
+                return Err("extremes over their cap, out of order or not finite".into());
+            }
+        }
+        self.bands.check(bucket_of)
+    }
+
     /// Empties the links, keeping the plan and the capacity.
     pub fn clear(&mut self) {
         self.above.iter_mut().for_each(|count| *count = 0);

@@ -211,3 +211,26 @@ fn bucket_lists_make_threshold_counts_estimates_and_say_so() {
     assert_eq!(h.count_above(1.5), 4);
     assert!(!h.count_above_is_exact(1.5));
 }
+
+#[test]
+fn links_travel_in_parts_and_broken_ones_are_refused() {
+    let plan = plan(&["p50", "p99", "above(1.5)"]);
+    let h = window(&slow_tail(2_000, 3), &plan, 1);
+    let parts = h.to_parts();
+    let back = ExpHistogram::from_parts(HistogramConfig::default(), &parts).unwrap();
+    assert_eq!(back.count_above(1.5), h.count_above(1.5));
+    assert_eq!(back.exemplars_above(1.5, 10), h.exemplars_above(1.5, 10));
+    for q in [0.5, 0.99] {
+        assert_eq!(back.quantile(q).unwrap().exemplar, h.quantile(q).unwrap().exemplar);
+        assert_eq!(back.quantile(q).unwrap().tightness, h.quantile(q).unwrap().tightness);
+    }
+    let mut json = serde_json::to_value(&parts).unwrap();
+    json["links"]["above"] = serde_json::json!([]);
+    let broken: HistogramParts = serde_json::from_value(json).unwrap();
+    let error = ExpHistogram::from_parts(HistogramConfig::default(), &broken).unwrap_err();
+    assert!(matches!(error, PartsError::Links(_)), "{error}");
+    assert!(
+        error.to_string().contains("0 threshold counts for 1 thresholds"),
+        "{error}"
+    );
+}
