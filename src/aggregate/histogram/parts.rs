@@ -47,7 +47,7 @@ pub struct HistogramParts {
     /// With a link plan: its threshold counts, extremes and reservoirs
     /// (absent from parts of a histogram without one).
     #[serde(default)]
-    pub links: Option<Links>,
+    pub links: Option<Box<Links>>,
 }
 
 /// Why parts cannot be a histogram (hostile or corrupt input).
@@ -112,7 +112,7 @@ impl ExpHistogram {
             positive_exemplars: self.positive.slots(),
             negative_exemplars: self.negative().slots(),
             zero_exemplar: self.zero_exemplar.as_deref().copied(),
-            links: self.links.as_deref().cloned(),
+            links: self.links.clone(),
         }
     }
 
@@ -189,7 +189,7 @@ impl ExpHistogram {
             let bucket_of = |value: f64| super::links::pos_of(super::bucket_ref_of(scale, zero_threshold, value));
             let mut links = links.clone();
             links.check(bucket_of).map_err(PartsError::Links)?;
-            histogram.links = Some(Box::new(links));
+            histogram.links = Some(links);
             histogram.keeps_exemplars = false;
             let count = histogram.count;
             if let Some((links, order)) = histogram.links_and_order() {
