@@ -381,6 +381,7 @@ async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
         from_instance: "intruder".to_string(),
         batch: batch.into(),
         rules_hash: rules_hash.clone(),
+        batch_id: 1,
     };
 
     let wrong = forward
@@ -435,6 +436,41 @@ async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
     assert_eq!(not_owner.code(), tonic::Code::FailedPrecondition);
     assert!(not_owner.message().contains("does not own shard"), "{not_owner}");
 
+    // A retry of a batch taken (same sender and id) gets the first answer
+    // and is not folded again; another id is another batch.
+    let mine = status["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|set| set["instances"].as_array().unwrap().iter().any(|i| i["id"] == "i0"))
+        .unwrap();
+    let (from, to) = (
+        mine["shards"][0][0].as_u64().unwrap() as u32,
+        mine["shards"][0][1].as_u64().unwrap() as u32,
+    );
+    let own = (0..)
+        .map(|n| format!("series_{n}"))
+        .find(|name| {
+            let shard = tailfold::cluster::placement::shard_of(
+                "default",
+                &Labels::from_pairs([("__name__", name.as_str())]),
+                64,
+            );
+            (from..to).contains(&shard)
+        })
+        .unwrap();
+    let batch = frame(&own);
+    for id in [7, 7, 8] {
+        let taken = forward
+            .forward(ForwardRequest {
+                batch_id: id,
+                ..request("test-cluster", batch.clone())
+            })
+            .await
+            .unwrap();
+        assert_eq!(taken.get_ref().accepted, 1, "batch {id}");
+    }
+
     let share = ShareRequest {
         cluster: "test-cluster".into(),
         from_instance: "intruder".into(),
@@ -460,6 +496,11 @@ async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
             .unwrap_or_else(|| panic!("no {reason} counter in\n{metrics}"));
         assert!(line.ends_with(&format!(" {count}")), "{line}");
     }
+    let retried = metrics
+        .lines()
+        .find(|line| line.starts_with("tailfold_cluster_forward_retries_answered_total"))
+        .unwrap_or_else(|| panic!("no retry counter in\n{metrics}"));
+    assert!(retried.ends_with(" 1"), "{retried}");
     // The instance still serves: a real write through it is taken.
     let mut writer = client(target.grpc).await;
     let answer = writer

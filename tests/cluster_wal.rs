@@ -1,7 +1,8 @@
 //! A cluster whose shard sets have one replica each relies on the
 //! write-ahead log: an instance stopped under load (`kill -9`, or SIGTERM)
 //! and started again on the same data directory replays what it acknowledged,
-//! leads its set again and flushes every acknowledged sample exactly once.
+//! leads its set again and flushes every acknowledged sample exactly once,
+//! in its own series' record and in the rollup (whose shares are logged too).
 
 mod common;
 
@@ -20,6 +21,10 @@ const RULES: &str = r#"
 defaults:
   storage_policies: ["2s:1h"]
   counter: { aggregations: [sum, count] }
+rollup_rules:
+  - name: requests-all
+    filter: '__name__:req'
+    rollup: {name: req_all, group_by: [], aggregations: [sum]}
 "#;
 
 const TTL_S: u64 = 2;
@@ -147,6 +152,30 @@ async fn restart_under_load(stop_how: Stop) {
         missing.len(),
         acked.len(),
         &missing[..missing.len().min(5)],
+        cluster.logs()
+    );
+    // The rollup of each window holds exactly what its inputs' records hold,
+    // whichever instance owned it and whichever was restarted.
+    let mut inputs: std::collections::BTreeMap<i64, f64> = Default::default();
+    for ((name, _, window, aggregation), record) in &records {
+        if name == "req:sum" && aggregation == "sum" {
+            *inputs.entry(*window).or_default() += record.value.as_f64().unwrap();
+        }
+    }
+    assert!(inputs.len() >= 4, "windows: {inputs:?}");
+    let rollups: std::collections::BTreeMap<i64, f64> = records
+        .iter()
+        .filter(|((name, _, _, _), _)| name == "req_all:sum")
+        .map(|((_, _, start, _), record)| (*start, record.value.as_f64().unwrap()))
+        .collect();
+    let wrong: Vec<_> = inputs
+        .iter()
+        .filter(|(window, sum)| rollups.get(window) != Some(sum))
+        .map(|(window, sum)| (window, sum, rollups.get(window)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{stop_how:?}: rollups differ from their inputs (window, inputs, rollup): {wrong:?}\nall inputs {inputs:?}\n{}",
         cluster.logs()
     );
 }

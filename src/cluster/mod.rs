@@ -8,6 +8,7 @@ pub mod cli;
 pub mod coordinator;
 pub mod etcd;
 pub mod placement;
+pub mod retries;
 pub mod router;
 pub mod service;
 pub mod stage;

@@ -52,6 +52,9 @@ pub struct Router {
     clients: Mutex<HashMap<String, ClusterClient<Channel>>>,
     telemetry: Arc<Telemetry>,
     rules: Arc<RulesReloader>,
+    /// The id of the next forwarded batch: started at the clock's nanoseconds,
+    /// so ids stay unique across this instance's restarts.
+    next_batch_id: std::sync::atomic::AtomicU64,
 }
 
 impl Router {
@@ -64,6 +67,11 @@ impl Router {
             clients: Mutex::new(HashMap::new()),
             telemetry,
             rules,
+            next_batch_id: std::sync::atomic::AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_nanos() as u64),
+            ),
         }
     }
 
@@ -134,9 +142,10 @@ impl Router {
         version: u64,
         points: u64,
     ) -> Result<Outcome, StageError> {
+        let id = self.next_batch_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sends = replicas
             .iter()
-            .map(|replica| self.to_replica(replica, frame.clone(), version));
+            .map(|replica| self.to_replica(replica, frame.clone(), version, id));
         let mut taken = None;
         let mut closing = None;
         for (replica, result) in replicas.iter().zip(futures::future::join_all(sends).await) {
@@ -203,9 +212,17 @@ impl Router {
                         .collect();
                     let mut kept = false;
                     for replica in &replicas {
-                        if self.share_with(replica, source, &shares, &encoded).await {
+                        if self.share_with(replica, source, &shares, &encoded, false).await {
                             kept = true;
                         }
+                    }
+                    // No replica is live (a one-replica set restarting, or all of them):
+                    // wait for one up to the forward timeout, as a sender of writes would.
+                    for replica in &replicas {
+                        if kept {
+                            break;
+                        }
+                        kept = self.share_with(replica, source, &shares, &encoded, true).await;
                     }
                     if !kept {
                         tracing::error!(count, set, "no replica of the rollups' shard set kept their shares");
@@ -225,29 +242,38 @@ impl Router {
         futures::future::join_all(sends).await.into_iter().sum()
     }
 
-    /// Sends shares to one replica, retried like a forward; true when kept.
+    /// Sends shares to one replica, retried like a forward (also while etcd
+    /// lists it as gone, when `even_not_live`); true when kept.
     async fn share_with(
         &self,
         replica: &InstanceSpec,
         source: u32,
         shares: &[PartialWindow],
         encoded: &[Bytes],
+        even_not_live: bool,
     ) -> bool {
         let settings = self.view.settings();
         if replica.id == settings.instance {
-            let mut kept = true;
-            for share in shares {
-                if let Err(error) = self.local.engine().fold_partial(source, share.clone()) {
-                    tracing::warn!(%error, "own rollup share refused");
-                    kept = false;
+            // Logged like a share from another instance: the windows it came
+            // from are flushed, so the log is the share's only copy here.
+            return match self.local.fold_shares(source, shares.to_vec()).await {
+                Ok(answers) => answers.into_iter().fold(true, |kept, answer| match answer {
+                    Ok(()) => kept,
+                    Err(error) => {
+                        tracing::warn!(%error, "own rollup share refused");
+                        false
+                    }
+                }),
+                Err(error) => {
+                    tracing::warn!(%error, "own rollup shares not kept");
+                    false
                 }
-            }
-            return kept;
+            };
         }
         let deadline = Instant::now() + Duration::from_millis(settings.forward_timeout_ms);
         let mut backoff = Duration::from_millis(25);
         loop {
-            if !self.view.is_live(&replica.id) {
+            if !even_not_live && !self.view.is_live(&replica.id) {
                 return false;
             }
             let Ok(mut client) = self.client(replica) else {
@@ -276,7 +302,13 @@ impl Router {
 
     /// One replica: this instance folds its part itself; another is called,
     /// and retried while etcd still lists it, up to the forward timeout.
-    async fn to_replica(&self, replica: &InstanceSpec, frame: Bytes, version: u64) -> Result<Outcome, ReplicaError> {
+    async fn to_replica(
+        &self,
+        replica: &InstanceSpec,
+        frame: Bytes,
+        version: u64,
+        id: u64,
+    ) -> Result<Outcome, ReplicaError> {
         let settings = self.view.settings();
         if replica.id == settings.instance {
             let decoded = codec::decode(&frame).map_err(|torn| ReplicaError::Refused {
@@ -305,6 +337,7 @@ impl Router {
                 from_instance: settings.instance.clone(),
                 batch: frame.clone(),
                 rules_hash: self.rules.newest_hash(),
+                batch_id: id,
             };
             match client.forward(request).await {
                 Ok(response) => return Ok(outcome_from_wire(response.get_ref())),

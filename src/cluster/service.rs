@@ -10,13 +10,14 @@ use tonic::{Request, Response, Status};
 use crate::api::cluster_v1::cluster_server::{Cluster, ClusterServer};
 use crate::api::cluster_v1::{ForwardRequest, ForwardResponse, ShareRequest, ShareResponse};
 use crate::engine::{PartialError, PartialWindow};
-use crate::model::{Labels, Outcome};
+use crate::model::Labels;
 use crate::reload::RulesReloader;
 use crate::telemetry::Telemetry;
 use crate::wal::codec;
 
 use super::placement::shard_of;
-use super::stage::{LocalFold, StageError};
+use super::retries::{Retries, Seen};
+use super::stage::LocalFold;
 use super::view::{outcome_to_wire, ClusterView};
 
 /// The `tailfold.cluster.v1.Cluster` service of one instance.
@@ -25,17 +26,33 @@ pub struct ForwardService {
     local: LocalFold,
     telemetry: Arc<Telemetry>,
     rules: Arc<RulesReloader>,
+    /// Forwarded batches taken lately, to answer a retry without folding it again.
+    retries: Retries,
 }
 
 impl ForwardService {
     /// Folds what it owns through `local`.
     /// Refuses forwards made under other rules than `rules`' newest.
     pub fn new(view: Arc<ClusterView>, local: LocalFold, telemetry: Arc<Telemetry>, rules: Arc<RulesReloader>) -> Self {
+        // A sender retries a batch for up to its forward timeout; twice that covers
+        // the retries of a sender whose timeout is longer than this instance's.
+        let retries = Retries::new(view.settings().forward_timeout_ms.saturating_mul(2));
+        if let Some(wal) = local.wal() {
+            for forward in wal.take_replayed_forwards() {
+                retries.replayed(
+                    forward.from,
+                    forward.id,
+                    forward.now_ms,
+                    outcome_to_wire(&forward.outcome),
+                );
+            }
+        }
         ForwardService {
             view,
             local,
             telemetry,
             rules,
+            retries,
         }
     }
 
@@ -140,14 +157,37 @@ impl Cluster for ForwardService {
                 ));
             }
         }
+        let id = request.batch_id;
+        match self.retries.check_in(from, id, decoded.now_ms) {
+            Seen::New => {}
+            Seen::InFlight => {
+                return Err(Status::unavailable(format!(
+                    "batch {id} from {from:?} is being folded by an earlier attempt; retry"
+                )))
+            }
+            Seen::Done(answer) => {
+                self.telemetry.exporter().count(
+                    "tailfold_cluster_forward_retries_answered_total",
+                    &[("from", from.to_string())],
+                    1,
+                );
+                return Ok(Response::new(answer));
+            }
+        }
         match self
             .local
-            .fold(&decoded.batch, decoded.now_ms, Outcome::default())
+            .fold_forwarded(from, id, &decoded.batch, decoded.now_ms)
             .await
         {
-            Ok(outcome) => Ok(Response::new(outcome_to_wire(&outcome))),
-            Err(StageError::Closed(closed)) => Err(Status::unavailable(closed.to_string())),
-            Err(error) => Err(Status::unavailable(error.to_string())),
+            Ok(outcome) => {
+                let answer = outcome_to_wire(&outcome);
+                self.retries.done(from, id, answer.clone());
+                Ok(Response::new(answer))
+            }
+            Err(error) => {
+                self.retries.failed(from, id);
+                Err(Status::unavailable(error.to_string()))
+            }
         }
     }
 
@@ -170,14 +210,20 @@ impl Cluster for ForwardService {
             shares.push(share);
         }
         let mut answer = ShareResponse::default();
-        for share in shares {
-            match self.local.engine().fold_partial(request.source_set, share) {
+        let folded = match self.local.fold_shares(request.source_set, shares).await {
+            Ok(folded) => folded,
+            Err(error) => return Err(Status::unavailable(error.to_string())),
+        };
+        let mut malformed = None;
+        for result in folded {
+            match result {
                 Ok(()) => answer.kept += 1,
                 Err(PartialError::TooLate { .. }) => answer.too_late += 1,
-                Err(error) => {
-                    return Err(self.refuse("malformed", from, Status::invalid_argument(error.to_string())));
-                }
+                Err(error) => malformed = Some(error),
             }
+        }
+        if let Some(error) = malformed {
+            return Err(self.refuse("malformed", from, Status::invalid_argument(error.to_string())));
         }
         if answer.too_late > 0 {
             self.telemetry.exporter().count(

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::engine::{Engine, EngineClosed};
+use crate::engine::{Engine, EngineClosed, PartialError, PartialWindow};
 use crate::model::{IngestBatch, Outcome};
 use crate::wal::{Wal, WalError};
 
@@ -48,6 +48,54 @@ impl LocalFold {
             return Ok(self.engine.fold_admitted(batch, now_ms, limited)?);
         }
         Ok(self.engine.fold_admitted(batch, now_ms, limited)?)
+    }
+
+    /// The write-ahead log, when on.
+    pub fn wal(&self) -> Option<&Arc<Wal>> {
+        self.wal.as_ref()
+    }
+
+    /// [`LocalFold::fold`] of a batch instance `from` forwarded under `id`
+    /// (logged with them, so a retry after a restart is recognised).
+    pub async fn fold_forwarded(
+        &self,
+        from: &str,
+        id: u64,
+        batch: &IngestBatch,
+        now_ms: i64,
+    ) -> Result<Outcome, StageError> {
+        if let (Some(wal), false) = (&self.wal, batch.series.is_empty()) {
+            let _admitted = wal.admit().await.ok_or(EngineClosed)?;
+            wal.append_forwarded(from, id, batch, now_ms).await?;
+            return Ok(self.engine.fold_admitted(batch, now_ms, Outcome::default())?);
+        }
+        Ok(self.engine.fold_admitted(batch, now_ms, Outcome::default())?)
+    }
+
+    /// Logs the rollup `shares` shard set `source` handed over (when the log
+    /// is on) and keeps each in its rollup window; one answer per share.
+    pub async fn fold_shares(
+        &self,
+        source: u32,
+        shares: Vec<PartialWindow>,
+    ) -> Result<Vec<Result<(), PartialError>>, StageError> {
+        let _admitted = match &self.wal {
+            Some(wal) if !shares.is_empty() => {
+                let admitted = wal.admit().await.ok_or(EngineClosed)?;
+                let latest_ms = shares
+                    .iter()
+                    .map(|share| self.engine.share_due_ms(share))
+                    .max()
+                    .unwrap_or(i64::MIN);
+                wal.append_shares(source, &shares, latest_ms).await?;
+                Some(admitted)
+            }
+            _ => None,
+        };
+        Ok(shares
+            .into_iter()
+            .map(|share| self.engine.fold_partial(source, share))
+            .collect())
     }
 
     /// The same from a blocking thread.

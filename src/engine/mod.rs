@@ -192,6 +192,16 @@ impl Engine {
         self
     }
 
+    /// When a forwarded share's rollup window flushes at the latest: its end,
+    /// the input owner's lateness and the forwarding lateness after it.
+    pub fn share_due_ms(&self, partial: &PartialWindow) -> i64 {
+        partial
+            .start_ms
+            .saturating_add(partial.policy.resolution_ms as i64)
+            .saturating_add(partial.lateness_ms)
+            .saturating_add(self.forward_lateness_ms.unwrap_or(0))
+    }
+
     /// Keeps `partial` as shard set `source`'s share of its rollup window
     /// (replacing an earlier share from the same source).
     pub fn fold_partial(&self, source: u32, partial: PartialWindow) -> Result<(), PartialError> {

@@ -121,6 +121,12 @@ impl Outcome {
         self.rejected[reason as usize]
     }
 
+    /// Counts the points rejected for `reason` as accepted instead (a replay
+    /// finding points whose window the store already holds).
+    pub fn move_to_accepted(&mut self, reason: DropReason) {
+        self.accepted += std::mem::take(&mut self.rejected[reason as usize]);
+    }
+
     /// All rejected points.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().sum()

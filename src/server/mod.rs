@@ -201,6 +201,8 @@ pub async fn start(
                 skipped_already_flushed = replay.already_flushed,
                 refused = replay.refused,
                 skipped_bytes = replay.skipped_bytes,
+                rollup_shares = replay.shares,
+                rollup_shares_already_flushed = replay.shares_already_flushed,
                 dir = %wal_settings.dir.display(),
                 "write-ahead log replayed (points of windows flushed before the stop are skipped: they are in the store)"
             );

@@ -1,12 +1,20 @@
 //! The byte form of one logged batch: the arrival time and the validated
 //! `IngestBatch`, little-endian, framed as `len u32 | xxh3 u64 | payload` so a
-//! torn or corrupt tail is detected on replay.
+//! torn or corrupt tail is detected on replay. A cluster instance also logs
+//! the rollup shares other instances hand it, in frames of their own.
 
 use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::engine::PartialWindow;
 use crate::model::{IngestBatch, Kind, Labels, NativeHistogram, Point, SeriesBatch, TraceContext};
+
+/// What a share frame's payload starts with where a batch frame has its
+/// arrival time (which is never `i64::MIN`).
+const SHARES_MARK: i64 = i64::MIN;
+/// The same for a forwarded batch's frame (its id and sender first).
+const FORWARD_MARK: i64 = i64::MIN + 1;
 
 /// Bytes of a frame header: payload length and checksum.
 pub const HEADER_BYTES: usize = 12;
@@ -28,6 +36,31 @@ pub fn encode_series<'a>(
 ) -> i64 {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_BYTES]);
+    let latest = put_batch(tenant, series, now_ms, out);
+    seal_frame(out, start);
+    latest
+}
+
+/// The frame of a batch another instance forwarded, under the id its sender
+/// gave it (kept across the sender's retries), so that a retry of a batch
+/// logged before a crash is recognised after the replay.
+pub fn encode_forwarded(from: &str, id: u64, batch: &IngestBatch, now_ms: i64, out: &mut Vec<u8>) -> i64 {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_BYTES]);
+    put_i64(out, FORWARD_MARK);
+    out.extend_from_slice(&id.to_le_bytes());
+    put_str(out, from);
+    let latest = put_batch(&batch.tenant, batch.series.iter(), now_ms, out);
+    seal_frame(out, start);
+    latest
+}
+
+fn put_batch<'a>(
+    tenant: &str,
+    series: impl ExactSizeIterator<Item = &'a SeriesBatch>,
+    now_ms: i64,
+    out: &mut Vec<u8>,
+) -> i64 {
     let mut latest = i64::MIN;
     put_i64(out, now_ms);
     put_str(out, tenant);
@@ -76,10 +109,6 @@ pub fn encode_series<'a>(
             latest = latest.max(histogram.timestamp_ms.unwrap_or(now_ms));
         }
     }
-    let payload_len = (out.len() - start - HEADER_BYTES) as u32;
-    let checksum = xxh3_64(&out[start + HEADER_BYTES..]);
-    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
-    out[start + 4..start + HEADER_BYTES].copy_from_slice(&checksum.to_le_bytes());
     latest
 }
 
@@ -104,8 +133,91 @@ pub enum Torn {
     Corrupt,
 }
 
-/// Reads the frame at the start of `bytes`.
-pub fn decode(bytes: &[u8]) -> Result<Decoded, Torn> {
+/// Appends a frame of the rollup `shares` an instance of shard set `source`
+/// handed over; `latest_ms` stands for its event time in segment bookkeeping
+/// (when the last of their rollup windows may flush).
+pub fn encode_shares(source: u32, shares: &[PartialWindow], latest_ms: i64, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_BYTES]);
+    put_i64(out, SHARES_MARK);
+    put_u32(out, source);
+    put_i64(out, latest_ms);
+    let shares = postcard::to_allocvec(shares).expect("shares serialise");
+    out.extend_from_slice(&shares);
+    seal_frame(out, start);
+}
+
+/// One frame of a segment read back.
+pub enum Frame {
+    /// A logged batch.
+    Batch(Decoded),
+    /// A batch another instance forwarded, with its sender and id.
+    Forwarded {
+        /// The sending instance.
+        from: String,
+        /// The id the sender gave the batch.
+        id: u64,
+        /// The batch.
+        decoded: Decoded,
+    },
+    /// Logged rollup shares.
+    Shares {
+        /// The shard set that sent them.
+        source: u32,
+        /// The shares.
+        shares: Vec<PartialWindow>,
+        /// Their bookkeeping time (see [`encode_shares`]).
+        latest_ms: i64,
+        /// Frame length, header included.
+        frame_bytes: usize,
+    },
+}
+
+impl Frame {
+    /// Frame length, header included.
+    pub fn frame_bytes(&self) -> usize {
+        match self {
+            Frame::Batch(decoded) | Frame::Forwarded { decoded, .. } => decoded.frame_bytes,
+            Frame::Shares { frame_bytes, .. } => *frame_bytes,
+        }
+    }
+}
+
+/// Reads the frame at the start of `bytes`, of either kind.
+pub fn decode_frame(bytes: &[u8]) -> Result<Frame, Torn> {
+    let payload = checked_payload(bytes)?;
+    if payload.len() >= 20 && payload[..8] == SHARES_MARK.to_le_bytes() {
+        let source = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes"));
+        let latest_ms = i64::from_le_bytes(payload[12..20].try_into().expect("8 bytes"));
+        let shares = postcard::from_bytes(&payload[20..]).map_err(|_| Torn::Corrupt)?;
+        return Ok(Frame::Shares {
+            source,
+            shares,
+            latest_ms,
+            frame_bytes: HEADER_BYTES + payload.len(),
+        });
+    }
+    if payload.len() >= 8 && payload[..8] == FORWARD_MARK.to_le_bytes() {
+        let mut reader = Reader { bytes: &payload[8..] };
+        let id = reader.u64().ok_or(Torn::Corrupt)?;
+        let from = reader.str().ok_or(Torn::Corrupt)?.to_string();
+        let (batch, now_ms, latest_ms) = reader.batch().ok_or(Torn::Corrupt)?;
+        if !reader.bytes.is_empty() {
+            return Err(Torn::Corrupt);
+        }
+        let decoded = Decoded {
+            batch,
+            now_ms,
+            latest_ms,
+            frame_bytes: HEADER_BYTES + payload.len(),
+        };
+        return Ok(Frame::Forwarded { from, id, decoded });
+    }
+    decode(bytes).map(Frame::Batch)
+}
+
+/// The payload of the frame at the start of `bytes`, its checksum checked.
+fn checked_payload(bytes: &[u8]) -> Result<&[u8], Torn> {
     if bytes.len() < HEADER_BYTES {
         return Err(Torn::Truncated);
     }
@@ -117,6 +229,20 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, Torn> {
     if xxh3_64(payload) != checksum {
         return Err(Torn::Corrupt);
     }
+    Ok(payload)
+}
+
+/// Fills in the header of the frame that starts at `start` of `out`.
+fn seal_frame(out: &mut [u8], start: usize) {
+    let payload_len = (out.len() - start - HEADER_BYTES) as u32;
+    let checksum = xxh3_64(&out[start + HEADER_BYTES..]);
+    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+    out[start + 4..start + HEADER_BYTES].copy_from_slice(&checksum.to_le_bytes());
+}
+
+/// Reads the batch frame at the start of `bytes`.
+pub fn decode(bytes: &[u8]) -> Result<Decoded, Torn> {
+    let payload = checked_payload(bytes)?;
     let mut reader = Reader { bytes: payload };
     let (batch, now_ms, latest_ms) = reader.batch().ok_or(Torn::Corrupt)?;
     if !reader.bytes.is_empty() {
@@ -126,7 +252,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, Torn> {
         batch,
         now_ms,
         latest_ms,
-        frame_bytes: HEADER_BYTES + payload_len,
+        frame_bytes: HEADER_BYTES + payload.len(),
     })
 }
 

@@ -31,12 +31,12 @@ use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::engine::{Engine, Watermarks};
+use crate::engine::{Engine, PartialError, PartialWindow, Watermarks};
 use crate::model::{DropReason, IngestBatch, Outcome};
 
 pub use checkpoint::sync_dir;
 use checkpoint::Checkpoint;
-pub use codec::{decode, encode, Decoded, Torn};
+pub use codec::{decode, decode_frame, encode, encode_forwarded, encode_shares, Decoded, Frame, Torn};
 
 /// Errors of the write-ahead log.
 #[derive(Debug, Error)]
@@ -99,6 +99,10 @@ pub struct ReplayStats {
     pub refused: u64,
     /// Bytes of torn or corrupt tails skipped (a crash mid-append).
     pub skipped_bytes: u64,
+    /// Rollup shares (cluster) assembled again.
+    pub shares: u64,
+    /// Rollup shares skipped because their rollup window had flushed.
+    pub shares_already_flushed: u64,
 }
 
 /// One segment file and the latest event time it holds.
@@ -134,6 +138,39 @@ pub struct Wal {
     /// no batch is logged that the engine then refuses as closed (a sender
     /// retrying it would find it twice after replay).
     open: tokio::sync::RwLock<bool>,
+    /// The forwarded batches replayed at open, for the cluster service to
+    /// recognise their senders' retries.
+    replayed_forwards: Mutex<Vec<ReplayedForward>>,
+}
+
+/// A forwarded batch found in the log at start.
+#[derive(Debug)]
+pub struct ReplayedForward {
+    /// The instance that forwarded it.
+    pub from: String,
+    /// The id it gave the batch.
+    pub id: u64,
+    /// The arrival time stamped on it.
+    pub now_ms: i64,
+    /// What its points came to: accepted, or refused with the reason (points
+    /// of windows flushed before the stop count as accepted: the store has them).
+    pub outcome: Outcome,
+}
+
+/// Folds one logged batch again, at the arrival time it was first folded at
+/// (the same windows accept it; the limits admitted it already). Returns what
+/// its points came to, windows flushed before the stop counting as accepted.
+fn replay_batch(engine: &Engine, frame: &Decoded, stats: &mut ReplayStats) -> Option<Outcome> {
+    stats.batches += 1;
+    let mut outcome = engine
+        .fold_admitted(&frame.batch, frame.now_ms, Outcome::default())
+        .ok()?;
+    stats.accepted += outcome.accepted;
+    let flushed = outcome.rejected_for(DropReason::TooLate);
+    stats.already_flushed += flushed;
+    stats.refused += outcome.rejected_total() - flushed;
+    outcome.move_to_accepted(DropReason::TooLate);
+    Some(outcome)
 }
 
 /// Appends a writer takes into one write and one fsync, at most.
@@ -164,24 +201,48 @@ impl Wal {
             .collect();
         names.sort();
         let mut stats = ReplayStats::default();
+        let mut forwards = Vec::new();
         let mut list = Vec::with_capacity(names.len() + 1);
         for (_, path) in &names {
             let bytes = fs::read(path).map_err(|source| WalError::io(path, source))?;
             let mut offset = 0;
             let mut latest_ms = i64::MIN;
             while offset < bytes.len() {
-                match decode(&bytes[offset..]) {
-                    Ok(frame) => {
+                match decode_frame(&bytes[offset..]) {
+                    Ok(Frame::Shares {
+                        source,
+                        shares,
+                        latest_ms: frame_latest_ms,
+                        frame_bytes,
+                    }) => {
+                        offset += frame_bytes;
+                        latest_ms = latest_ms.max(frame_latest_ms);
+                        for share in shares {
+                            match engine.fold_partial(source, share) {
+                                Ok(()) => stats.shares += 1,
+                                Err(PartialError::TooLate { .. }) => stats.shares_already_flushed += 1,
+                                Err(error) => {
+                                    tracing::warn!(file = %path.display(), %error, "logged rollup share refused on replay");
+                                    stats.refused += 1;
+                                }
+                            }
+                        }
+                    }
+                    Ok(Frame::Batch(frame)) => {
                         offset += frame.frame_bytes;
                         latest_ms = latest_ms.max(frame.latest_ms);
-                        stats.batches += 1;
-                        // The arrival time it was first folded at: the same windows accept it.
-                        // Logged batches were admitted by the limits already; they are not met twice.
-                        if let Ok(outcome) = engine.fold_admitted(&frame.batch, frame.now_ms, Outcome::default()) {
-                            stats.accepted += outcome.accepted;
-                            let flushed = outcome.rejected_for(DropReason::TooLate);
-                            stats.already_flushed += flushed;
-                            stats.refused += outcome.rejected_total() - flushed;
+                        replay_batch(engine, &frame, &mut stats);
+                    }
+                    Ok(Frame::Forwarded { from, id, decoded }) => {
+                        offset += decoded.frame_bytes;
+                        latest_ms = latest_ms.max(decoded.latest_ms);
+                        if let Some(outcome) = replay_batch(engine, &decoded, &mut stats) {
+                            forwards.push(ReplayedForward {
+                                from,
+                                id,
+                                now_ms: decoded.now_ms,
+                                outcome,
+                            });
                         }
                     }
                     Err(torn) => {
@@ -223,6 +284,7 @@ impl Wal {
                 roll,
                 checkpoint: Mutex::new(checkpoint),
                 flushed_everything: AtomicBool::new(false),
+                replayed_forwards: Mutex::new(forwards),
                 open: tokio::sync::RwLock::new(true),
             },
             stats,
@@ -252,6 +314,11 @@ impl Wal {
     pub async fn append(&self, batch: &IngestBatch, now_ms: i64) -> Result<(), WalError> {
         let mut frame = Vec::with_capacity(256);
         let latest_ms = encode(batch, now_ms, &mut frame);
+        self.send(frame, latest_ms).await
+    }
+
+    /// Hands one frame to the writer; resolves once it is on disk.
+    async fn send(&self, frame: Vec<u8>, latest_ms: i64) -> Result<(), WalError> {
         let (done, wait) = oneshot::channel();
         let sender = self.sender.lock().clone().ok_or(WalError::Closed)?;
         // The queue is bounded: a full one means the disk is behind; wait off the async threads.
@@ -267,6 +334,32 @@ impl Wal {
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(WalError::Closed),
         }
         wait.await.map_err(|_| WalError::Closed)?.map_err(WalError::Append)
+    }
+
+    /// The forwarded batches replayed at open (taken once).
+    pub fn take_replayed_forwards(&self) -> Vec<ReplayedForward> {
+        std::mem::take(&mut *self.replayed_forwards.lock())
+    }
+
+    /// Appends a batch instance `from` forwarded under `id`; resolves once it is on disk.
+    pub async fn append_forwarded(
+        &self,
+        from: &str,
+        id: u64,
+        batch: &IngestBatch,
+        now_ms: i64,
+    ) -> Result<(), WalError> {
+        let mut frame = Vec::with_capacity(256);
+        let latest_ms = encode_forwarded(from, id, batch, now_ms, &mut frame);
+        self.send(frame, latest_ms).await
+    }
+
+    /// Appends the rollup `shares` handed over by shard set `source` (see
+    /// [`encode_shares`]); resolves once they are on disk.
+    pub async fn append_shares(&self, source: u32, shares: &[PartialWindow], latest_ms: i64) -> Result<(), WalError> {
+        let mut frame = Vec::with_capacity(1024);
+        encode_shares(source, shares, latest_ms, &mut frame);
+        self.send(frame, latest_ms).await
     }
 
     /// [`Wal::append`] for a blocking thread (not an async one).
