@@ -9,6 +9,7 @@ pub mod coordinator;
 pub mod etcd;
 pub mod placement;
 pub mod router;
+pub mod rules;
 pub mod service;
 pub mod stage;
 pub mod status;

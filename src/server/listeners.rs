@@ -91,8 +91,11 @@ pub(super) async fn start_otlp(
         let task = match &settings.otlp.tls {
             Some(tls) => {
                 let config = crate::tls::server_config(tls, &[b"h2", b"http/1.1"]).map_err(tls_error)?;
-                let listener = TlsListener::new(listener, Arc::new(config))
-                    .map_err(|source| ServiceError::Bind { addr, source })?;
+                let listener = TlsListener::new(listener, Arc::new(config)).map_err(|source| ServiceError::Bind {
+                    addr,
+                    key: "otlp.http_listen",
+                    source,
+                })?;
                 tokio::spawn(async move {
                     if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
                         tracing::error!(%error, "otlp http server failed");
