@@ -326,33 +326,39 @@ impl RulesReloader {
     }
 
     fn stage_published(&self, state: &mut State, cluster: &str, published: &PublishedRules) -> Result<(), String> {
-        let Some(from_ms) = published.effective_from_ms else {
-            return Err(format!(
-                "the cluster's rules version {} were published without an effective time (the rules key was recreated): restart this instance to fold them",
-                published.version
-            ));
-        };
-        let rules =
-            cluster_rules::compile(cluster, published.version, &published.source).map_err(|error| error.to_string())?;
+        let rules = cluster_rules::compile(cluster, published.version, &published.source).map_err(|error| error.to_string())?;
         let rule_count = rules.rule_count();
-        self.engine
-            .stage_rules_at(rules, from_ms)
-            .map_err(|error| format!("cluster rules version {}: {error}", published.version))?;
         let now_ms = self.clock.now_ms();
-        if from_ms < now_ms {
-            tracing::error!(version = published.version, effective_from_ms = from_ms, late_ms = now_ms - from_ms, "the cluster's rules reached this instance after their effective time: windows since then hold samples folded by the old rules here");
-            self.telemetry
-                .exporter()
-                .count("tailfold_cluster_rules_late_total", &[], 1);
-        }
-        state.loaded.push(Loaded {
-            from_ms,
+        let loaded = Loaded {
+            from_ms: published.effective_from_ms.unwrap_or(i64::MIN),
             loaded_at_ms: now_ms,
             hash: xxh3_64(published.source.as_bytes()),
             source: published.source.clone(),
-        });
+        };
+        match published.effective_from_ms {
+            Some(from_ms) => {
+                self.engine
+                    .stage_rules_at(rules, from_ms)
+                    .map_err(|error| format!("cluster rules version {}: {error}", published.version))?;
+                if from_ms < now_ms {
+                    tracing::error!(version = published.version, effective_from_ms = from_ms, late_ms = now_ms - from_ms, "the cluster's rules reached this instance after their effective time: windows since then hold samples folded here by the old rules");
+                    self.telemetry
+                        .exporter()
+                        .count("tailfold_cluster_rules_late_total", &[], 1);
+                }
+            }
+            None => {
+                // Rules for every event time (the cluster's first set), met by
+                // an instance that folded other rules: it took nothing while it
+                // differed (no forwards, no leading), so it switches at once.
+                tracing::warn!(version = published.version, "the cluster's rules apply from the start: switching every window at once");
+                self.engine.replace_rules(rules);
+                state.loaded.clear();
+            }
+        }
+        state.loaded.push(loaded);
         self.telemetry.rules_reloaded(true);
-        tracing::info!(version = published.version, hash = %published.hash, rules = rule_count, effective_from_ms = from_ms, by = %published.published_by, "the cluster's new rules are staged; they apply from their boundary on every instance");
+        tracing::info!(version = published.version, hash = %published.hash, rules = rule_count, effective_from_ms = published.effective_from_ms, by = %published.published_by, "the cluster's rules are staged; they apply from their boundary on every instance");
         Ok(())
     }
 

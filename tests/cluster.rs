@@ -380,6 +380,7 @@ async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
         from_instance: "intruder".to_string(),
         batch: batch.into(),
         rules_hash: rules_hash.clone(),
+        rules_version: 1,
     };
 
     let wrong = forward
@@ -440,6 +441,7 @@ async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
         source_set: 0,
         shares: vec![vec![0xff; 10]],
         rules_hash: rules_hash.clone(),
+        rules_version: 1,
     };
     let bad_share = forward.share(share).await.unwrap_err();
     assert_eq!(bad_share.code(), tonic::Code::InvalidArgument);

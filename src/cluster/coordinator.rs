@@ -333,6 +333,7 @@ async fn campaign(
             }
             tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
         }
+        let rules_changed_meanwhile = watched.rules.has_changed().unwrap_or(false);
         // Re-registers with what the rules agreement says now.
         let reregister = |agreement: Agreement| {
             let value = serde_json::to_vec(&registration.with_rules(&agreement)).expect("a registration serialises");
@@ -344,6 +345,10 @@ async fn campaign(
                 }
             }
         };
+        if rules_changed_meanwhile {
+            let agreement = watched.rules.borrow_and_update().clone();
+            reregister(agreement).await;
+        }
         'lease: loop {
             // Neither campaigns nor leads while its rules differ from the cluster's.
             while watched.rules.borrow_and_update().differs.is_some() {
