@@ -297,19 +297,20 @@ impl RulesReloader {
         let Some(link) = &self.cluster else { return };
         let mut state = self.state.lock();
         let newest = state.loaded.last().map(|loaded| format!("{:016x}", loaded.hash));
+        let file_hash = || {
+            std::fs::read_to_string(&self.path)
+                .map(|text| cluster_rules::hash_text(&text))
+                .unwrap_or_default()
+        };
         let differs = if newest.as_deref() == Some(published.hash.as_str()) {
             None
-        } else if link.settings.rules_source == RulesSource::File
-            && std::fs::read_to_string(&self.path)
-                .map(|text| cluster_rules::hash_text(&text))
-                .ok()
-                != Some(published.hash.clone())
-        {
+        } else if link.settings.rules_source == RulesSource::File && file_hash() != published.hash {
             Some(format!(
-                "the cluster published rules version {} (hash {}), which differ from the rules file {} and cluster.rules_source is file",
+                "the rules file {} (hash {}) differs from the cluster's rules version {} (hash {}) and cluster.rules_source is file",
+                self.path.display(),
+                file_hash(),
                 published.version,
-                published.hash,
-                self.path.display()
+                published.hash
             ))
         } else {
             self.stage_published(&mut state, &link.settings.cluster, published)
@@ -326,7 +327,8 @@ impl RulesReloader {
     }
 
     fn stage_published(&self, state: &mut State, cluster: &str, published: &PublishedRules) -> Result<(), String> {
-        let rules = cluster_rules::compile(cluster, published.version, &published.source).map_err(|error| error.to_string())?;
+        let rules =
+            cluster_rules::compile(cluster, published.version, &published.source).map_err(|error| error.to_string())?;
         let rule_count = rules.rule_count();
         let now_ms = self.clock.now_ms();
         let loaded = Loaded {
@@ -351,7 +353,10 @@ impl RulesReloader {
                 // Rules for every event time (the cluster's first set), met by
                 // an instance that folded other rules: it took nothing while it
                 // differed (no forwards, no leading), so it switches at once.
-                tracing::warn!(version = published.version, "the cluster's rules apply from the start: switching every window at once");
+                tracing::warn!(
+                    version = published.version,
+                    "the cluster's rules apply from the start: switching every window at once"
+                );
                 self.engine.replace_rules(rules);
                 state.loaded.clear();
             }

@@ -143,10 +143,9 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 /// The `sum` records named `name`, by their labels other than `__name__` and window start.
 fn sums(records: &[JsonRecord], name: &str) -> BTreeMap<(Vec<(String, String)>, i64), f64> {
     let mut out = BTreeMap::new();
-    for record in records
-        .iter()
-        .filter(|record| record.aggregation == "sum" && record.labels.get("__name__").is_some_and(|n| n.starts_with(name)))
-    {
+    for record in records.iter().filter(|record| {
+        record.aggregation == "sum" && record.labels.get("__name__").is_some_and(|n| n.starts_with(name))
+    }) {
         let labels = record
             .labels
             .iter()
@@ -160,7 +159,10 @@ fn sums(records: &[JsonRecord], name: &str) -> BTreeMap<(Vec<(String, String)>, 
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +203,11 @@ async fn a_reload_under_load_takes_effect_on_every_instance_at_one_boundary() {
                 v1::Kind::Counter,
                 vec![point(1.0, at_ms)],
             ),
-            series(&[("__name__", "noise"), ("pod", &pod)], v1::Kind::Counter, vec![point(1.0, at_ms)]),
+            series(
+                &[("__name__", "noise"), ("pod", &pod)],
+                v1::Kind::Counter,
+                vec![point(1.0, at_ms)],
+            ),
         ];
         let target = rng.random_range(0..clients.len());
         let answer = clients[target]
@@ -217,7 +223,11 @@ async fn a_reload_under_load_takes_effect_on_every_instance_at_one_boundary() {
             .map(|reason| reason.count)
             .sum();
         assert_eq!(answer.accepted + dropped, 2, "{answer:?}");
-        assert_eq!(dropped, u64::from(effective_from_ms.is_some_and(|from| at_ms >= from)), "{answer:?} at {at_ms}");
+        assert_eq!(
+            dropped,
+            u64::from(effective_from_ms.is_some_and(|from| at_ms >= from)),
+            "{answer:?} at {at_ms}"
+        );
         sent.push((at_ms, pod, zone));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -239,7 +249,11 @@ async fn a_reload_under_load_takes_effect_on_every_instance_at_one_boundary() {
     let status = cluster.status();
     assert_eq!(status["rules"]["version"], 2, "{status}");
     assert_eq!(status["rules"]["effective_from_ms"], from, "{status}");
-    assert_eq!(status["rules"]["previous_hash"], hash_text(RULES_V1).as_str(), "{status}");
+    assert_eq!(
+        status["rules"]["previous_hash"],
+        hash_text(RULES_V1).as_str(),
+        "{status}"
+    );
 
     tokio::time::sleep(Duration::from_millis(
         (WINDOW_MS + 1_000 + TTL_S as i64 * 1_000 + 2_000 + 3_000) as u64,
@@ -270,10 +284,27 @@ async fn a_reload_under_load_takes_effect_on_every_instance_at_one_boundary() {
         by_zone.len()
     );
     let records = cluster.records();
-    assert_eq!(sums(&records, "hits"), hits, "hits per series and window\n{}", cluster.logs());
-    assert_eq!(sums(&records, "total_hits"), total, "the rollup of every hit, per window");
-    assert_eq!(sums(&records, "zone_hits"), by_zone, "the new rollup: windows from the boundary on only");
-    assert_eq!(sums(&records, "noise"), noise, "the dropped metric: windows before the boundary only");
+    assert_eq!(
+        sums(&records, "hits"),
+        hits,
+        "hits per series and window\n{}",
+        cluster.logs()
+    );
+    assert_eq!(
+        sums(&records, "total_hits"),
+        total,
+        "the rollup of every hit, per window"
+    );
+    assert_eq!(
+        sums(&records, "zone_hits"),
+        by_zone,
+        "the new rollup: windows from the boundary on only"
+    );
+    assert_eq!(
+        sums(&records, "noise"),
+        noise,
+        "the dropped metric: windows before the boundary only"
+    );
 
     for instance in &cluster.instances {
         let metrics = metrics_of(instance);
@@ -304,7 +335,10 @@ async fn a_broken_reload_is_refused_and_check_compares_with_the_cluster() {
     assert!(text.contains("matches the cluster's rules"), "{text}");
     for instance in &cluster.instances {
         assert!(
-            text.contains(&format!("instance {}: folds {v1_hash} (cluster version 1)", instance.id)),
+            text.contains(&format!(
+                "instance {}: folds {v1_hash} (cluster version 1)",
+                instance.id
+            )),
             "{text}"
         );
     }
@@ -348,7 +382,10 @@ async fn a_broken_reload_is_refused_and_check_compares_with_the_cluster() {
     let etcd = tailfold::cluster::etcd::EtcdClient::connect(&[cluster.etcd.endpoint()], Duration::from_secs(5))
         .await
         .unwrap();
-    let stale = tailfold::cluster::rules::read(&etcd, cluster.id()).await.unwrap().unwrap();
+    let stale = tailfold::cluster::rules::read(&etcd, cluster.id())
+        .await
+        .unwrap()
+        .unwrap();
     let rules = tailfold::rules::RuleSet::parse(RULES_V2, "v2").unwrap();
     let publish = |by| tailfold::cluster::rules::Publish {
         cluster: cluster.id(),
@@ -373,7 +410,10 @@ async fn a_broken_reload_is_refused_and_check_compares_with_the_cluster() {
     // Every instance follows the winner.
     let v2_hash = hash_text(RULES_V2);
     wait_for("every instance to stage version 2", Duration::from_secs(10), || {
-        cluster.instances.iter().all(|instance| newest_hash(instance) == v2_hash)
+        cluster
+            .instances
+            .iter()
+            .all(|instance| newest_hash(instance) == v2_hash)
     });
     let (ok, text) = check(&broken.config);
     assert!(ok && text.contains("matches the cluster's rules"), "{text}");
@@ -398,7 +438,11 @@ async fn an_instance_with_another_rules_file_follows_etcd_or_neither_leads_nor_f
     follower.restart_with("");
     assert_eq!(newest_hash(follower), v1_hash);
     let answer = client(follower.grpc).await.write(hit()).await.unwrap();
-    assert_eq!(answer.get_ref().accepted, 1, "the cluster's rules keep hits: {answer:?}");
+    assert_eq!(
+        answer.get_ref().accepted,
+        1,
+        "the cluster's rules keep hits: {answer:?}"
+    );
 
     // Following its file: it says so, neither leads nor forwards.
     let loner = &mut cluster.instances[1];
@@ -407,8 +451,15 @@ async fn an_instance_with_another_rules_file_follows_etcd_or_neither_leads_nor_f
     loner.restart_with("  rules_source: file\n");
     let rules = rules_of(loner);
     let differs = rules["cluster"]["differs"].as_str().unwrap_or_default().to_string();
-    assert!(differs.contains("differs from the cluster's rules version 1"), "{rules}");
-    assert!(loner.log().contains("RULES DIFFER FROM THE CLUSTER'S"), "{}", loner.log());
+    assert!(
+        differs.contains("differs from the cluster's rules version 1"),
+        "{rules}"
+    );
+    assert!(
+        loner.log().contains("RULES DIFFER FROM THE CLUSTER'S"),
+        "{}",
+        loner.log()
+    );
     let refused = client(loner.grpc).await.write(hit()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     assert!(
@@ -433,7 +484,12 @@ async fn an_instance_with_another_rules_file_follows_etcd_or_neither_leads_nor_f
     };
     let status = cluster.status();
     let reason = set_of(&status)["instances"][0]["rules_differ"].clone();
-    assert!(reason.as_str().is_some_and(|reason| reason.contains("rules_source is file")), "{status}");
+    assert!(
+        reason
+            .as_str()
+            .is_some_and(|reason| reason.contains("rules_source is file")),
+        "{status}"
+    );
     let (ok, text) = check(&cluster.instances[1].config);
     assert!(!ok, "{text}");
     assert!(text.contains(&format!("instance {loner_id}: RULES DIFFER")), "{text}");

@@ -81,7 +81,7 @@ pub enum ClusterRulesError {
         /// Its version.
         version: u64,
         /// The compile error.
-        error: RulesError,
+        error: Box<RulesError>,
     },
     /// Another publish changed the key since it was read.
     #[error("cluster {cluster}: another publish won; etcd now holds rules version {version} (hash {hash}) from {by}: nothing was published, reload again to publish over it")]
@@ -146,7 +146,7 @@ pub fn compile(cluster: &str, version: u64, source: &str) -> Result<RuleSet, Clu
     RuleSet::parse(source, &format!("etcd rules version {version}")).map_err(|error| ClusterRulesError::Invalid {
         cluster: cluster.to_string(),
         version,
-        error,
+        error: Box::new(error),
     })
 }
 
