@@ -511,4 +511,27 @@ async fn an_instance_with_another_rules_file_follows_etcd_or_neither_leads_nor_f
     assert_eq!(answer.get_ref().accepted, 1);
     let status = cluster.status();
     assert!(set_of(&status)["instances"][0]["rules_differ"].is_null(), "{status}");
+
+    // The cluster moves on to rules its file does not hold: it steps down.
+    std::fs::write(&cluster.instances[0].rules_file, RULES_V2).unwrap();
+    let (status, body) = http_post(cluster.instances[0].http, "/-/reload").unwrap();
+    assert_eq!(status, 200, "{body}");
+    wait_for("the instance to resign", Duration::from_secs(10), || {
+        set_of(&cluster.status())["leader"].is_null()
+    });
+    let status = cluster.status();
+    let reason = set_of(&status)["instances"][0]["rules_differ"].clone();
+    assert!(
+        reason
+            .as_str()
+            .is_some_and(|reason| reason.contains("cluster's rules version 2")),
+        "{status}"
+    );
+    let metrics = metrics_of(&cluster.instances[1]);
+    assert_eq!(
+        metric(&metrics, "tailfold_cluster_rules_resignations_total"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "tailfold_cluster_rules_agree"), 0.0);
 }
