@@ -394,7 +394,12 @@ impl RulesReloader {
             if agreement.differs.is_none() { 1.0 } else { 0.0 },
         );
         exporter.set("tailfold_cluster_rules_version", &[], agreement.cluster_version as f64);
-        self.agreement.send_replace(agreement);
+        // Only a real change wakes the campaign (it re-registers on each).
+        self.agreement.send_if_modified(|current| {
+            let changed = *current != agreement;
+            *current = agreement;
+            changed
+        });
     }
 
     /// Where this instance stands with the cluster's rules (always agreeing on a single node).
