@@ -135,9 +135,9 @@ fn counters(series: usize, make: fn(usize) -> Labels, shape: &str) {
     );
 }
 
-/// The distribution lines under `histogram`, a variant of the default named by `knob`.
-fn distributions(series: usize, histogram: HistogramConfig, knob: &str) {
-    const OBSERVATIONS: usize = 100;
+/// The distribution lines under `histogram`, a variant of the default named
+/// by `knob`, at `observations` traced observations per series and window.
+fn distributions(series: usize, observations: usize, histogram: HistogramConfig, knob: &str) {
     let labels = common::label_table(series, common::distribution_labels);
     let engine = warmed_engine(
         Kind::Distribution,
@@ -145,7 +145,7 @@ fn distributions(series: usize, histogram: HistogramConfig, knob: &str) {
         common::distribution_labels,
         histogram,
     );
-    let mut indices: Vec<usize> = (0..series).flat_map(|i| std::iter::repeat_n(i, OBSERVATIONS)).collect();
+    let mut indices: Vec<usize> = (0..series).flat_map(|i| std::iter::repeat_n(i, observations)).collect();
     indices.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(3));
     // Batches are built and dropped one at a time: only what the engine keeps stays live.
     let ingest_window = |window_start_ms: i64, seed: u64| {
@@ -162,16 +162,64 @@ fn distributions(series: usize, histogram: HistogramConfig, knob: &str) {
         }
     };
     measure(
-        &format!("distribution series, first window (100 traced obs, {series} series{knob})"),
+        &format!("distribution series, first window ({observations} traced obs, {series} series{knob})"),
         series,
         || ingest_window(WINDOW_START_MS, 1_000),
     );
     measure(
-        &format!("distribution series-window, next window (100 traced obs, {series}{knob})"),
+        &format!("distribution series-window, next window ({observations} traced obs, {series}{knob})"),
         series,
         || ingest_window(WINDOW_START_MS + RESOLUTION_MS, 2_000_000),
     );
     assert_eq!(engine.open_windows(), 2 * series + BATCH);
+}
+
+/// One histogram's bytes (inline and heap) after `observations` traced
+/// log-normal samples with a 5 % slow tail, largest of `windows`: without a
+/// link plan (the per-bucket reservoirs, `max_exemplars` 24: what windows
+/// kept before links) and with the default aggregations' plan.
+fn histograms(observations: usize, windows: u64) {
+    use rand::Rng;
+    use rand_distr::{Distribution, LogNormal};
+    use tailfold::aggregate::exemplar::Exemplar;
+    use tailfold::aggregate::histogram::{ExpHistogram, LinkPlan};
+    use tailfold::aggregate::Aggregation;
+
+    let aggregations: Vec<Aggregation> = ["count", "sum", "min", "max", "p50", "p90", "p99", "p999"]
+        .iter()
+        .map(|text| text.parse().unwrap())
+        .collect();
+    let plan = LinkPlan::of(&aggregations, 10);
+    let body = LogNormal::new(0.25f64.ln(), 0.6).unwrap();
+    let tail = LogNormal::new(1.2f64.ln(), 0.4).unwrap();
+    let mut largest = [0usize; 2];
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+    for _ in 0..windows.min(if observations > 1_000 { 10 } else { windows }) {
+        let mut without = ExpHistogram::new(HistogramConfig::default());
+        let mut with = ExpHistogram::with_plan(HistogramConfig::default(), plan.as_ref());
+        for tag in 0..observations {
+            let value = if rng.random_bool(0.05) {
+                tail.sample(&mut rng)
+            } else {
+                body.sample(&mut rng)
+            };
+            let exemplar = Exemplar {
+                trace_id: [(tag % 251) as u8 + 1; 16],
+                span_id: [1; 8],
+                value,
+                timestamp_ms: 0,
+            };
+            without.record(value, Some(exemplar), &mut rng);
+            with.record(value, Some(exemplar), &mut rng);
+        }
+        for (largest, h) in largest.iter_mut().zip([&without, &with]) {
+            *largest = (*largest).max(size_of::<ExpHistogram>() + h.heap_bytes());
+        }
+    }
+    println!(
+        "histogram alone, {observations} traced slow-tailed obs (largest): per-bucket reservoirs {} B, link plan {} B",
+        largest[0], largest[1]
+    );
 }
 
 fn main() {
@@ -186,17 +234,11 @@ fn main() {
         counters(1_000_000 / scale, one_label, "1 label");
     }
     let default = HistogramConfig::default();
-    distributions(10_000 / scale, default, "");
-    let coarse = HistogramConfig {
-        exemplar_scale_reduction: 4,
-        ..default
-    };
-    distributions(10_000 / scale, coarse, ", exemplar_scale_reduction 4");
-    let unlimited = HistogramConfig {
-        max_exemplars: 0,
-        ..default
-    };
-    distributions(10_000 / scale, unlimited, ", max_exemplars 0");
+    distributions(10_000 / scale, 100, default, "");
+    distributions((2_000 / scale).max(2), 50_000, default, "");
+    for observations in [100, 50_000] {
+        histograms(observations, 200);
+    }
     println!(
         "sizes (bytes, inline): Labels {}, WindowState {}, SeriesRoute {}, \
          OutputTarget {}, PolicySlot {} (+16 per Arc header)",

@@ -79,6 +79,7 @@ fn spec() -> ClusterSpec {
         rules: RULES_V1.to_string(),
         lease_ttl_s: TTL_S,
         flush_interval_ms: 200,
+        wal: false,
     }
 }
 

@@ -212,12 +212,6 @@ async fn quantiles_exemplars_and_inverse_quantiles_hold_on_lognormal_and_bimodal
         let histogram = one(&records, &with_name("latency_seconds", &base), T0);
         assert_eq!(histogram.aggregation, "histogram");
         let scale = histogram.value["scale"].as_i64().unwrap() as i8;
-        // Default `max_exemplars`: past 24 traced buckets the reservoirs coarsen.
-        let exemplar_scale = histogram.value["exemplar_scale"].as_i64().unwrap() as i8;
-        assert!(
-            exemplar_scale < scale,
-            "{shape}: 2,000+ spread samples fill more than 24 buckets"
-        );
         let bound = relative_error(scale);
         assert!(
             bound <= 0.01,
@@ -258,7 +252,7 @@ async fn quantiles_exemplars_and_inverse_quantiles_hold_on_lognormal_and_bimodal
             );
 
             // The exemplar is a real sample of this window and series, in the
-            // bucket at the exemplar scale that holds the quantile.
+            // bucket that holds the quantile, and the record says so.
             let exemplar = record
                 .exemplar
                 .as_ref()
@@ -272,29 +266,24 @@ async fn quantiles_exemplars_and_inverse_quantiles_hold_on_lognormal_and_bimodal
             assert_eq!((exemplar.value, exemplar.timestamp_ms), (*sent_value, *sent_timestamp));
             assert!((T0..T0 + 10_000).contains(&exemplar.timestamp_ms));
             assert_eq!(
-                bucket_index(exemplar_scale, exemplar.value),
-                bucket_index(exemplar_scale, reported),
+                bucket_index(scale, exemplar.value),
+                bucket_index(scale, reported),
                 "{shape} {aggregation}: exemplar {} not in the bucket of {reported}",
                 exemplar.value
             );
+            let link = record.link.as_ref().expect("a linked record states its tightness");
+            assert_eq!((link.tightness.as_str(), link.scale), ("own_bucket", Some(scale)));
             assert!(exemplar.span_id.as_ref().is_some_and(|s| s.len() == 16));
         }
 
-        // Inverse quantiles: exact at a bucket boundary (1.0 is one at every scale),
-        // otherwise off by at most the samples of the bucket holding the threshold.
+        // Inverse quantiles: exact, at a bucket boundary (1.0) or not (0.3).
         for threshold in [1.0, 0.3] {
             let exact = sorted.iter().filter(|v| **v > threshold).count() as f64;
             let label_value = threshold.to_string();
             let mut pairs = with_name("latency_seconds:above", &base);
             pairs.push(("threshold", &label_value));
             let count = value(one(&records, &pairs, T0));
-            let straddling = bucket_index(scale, threshold);
-            let in_bucket = sorted.iter().filter(|v| bucket_index(scale, **v) == straddling).count() as f64;
-            let allowed = if threshold == 1.0 { 0.0 } else { in_bucket };
-            assert!(
-                (count - exact).abs() <= allowed,
-                "{shape} above({threshold}): {count} vs exact {exact} (bucket holds {in_bucket})"
-            );
+            assert_eq!(count, exact, "{shape} above({threshold})");
             let mut ratio_pairs = with_name("latency_seconds:above_ratio", &base);
             ratio_pairs.push(("threshold", &label_value));
             let ratio = value(one(&records, &ratio_pairs, T0));

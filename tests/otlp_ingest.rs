@@ -41,7 +41,6 @@ mapping_rules:
 const OTLP_CONFIG: &str = r#"
 otlp: {grpc_listen: "127.0.0.1:0", http_listen: "127.0.0.1:0"}
 selections: {above_max_traces: 5}
-engine: {histogram: {max_exemplars: 0}}
 "#;
 
 /// One span the SDK sent, as the script reports it.
@@ -159,40 +158,37 @@ fn check_spans(service: &TestService, sent: &[SentSpan]) {
                 "{name} {window} p{label}: selected span {} s is not in the quantile's bucket ({reported})",
                 seconds(span)
             );
+            let link = picked[0].link.as_ref().expect("a selection states its tightness");
+            assert_eq!(link.tightness, "own_bucket", "{name} {window} p{label}");
+            assert_eq!(link.scale, Some(SCALE));
+            let (lower, upper) = (link.bucket_lower.unwrap(), link.bucket_upper.unwrap());
+            assert!(lower < seconds(span) && seconds(span) <= upper);
         }
-        // above(0.2): the slowest traces beyond the threshold, slowest first, at most 5.
+        // above(0.2): exactly the 5 slowest spans beyond the threshold, slowest first.
         let above: Vec<&SelectionRecord> = selections
             .iter()
             .filter(|s| s.window_start_ms == *window && s.aggregation == "above(0.2)")
             .filter(|s| s.series.get("service_name").map(String::as_str) == Some(*name))
             .collect();
         let slow = durations.iter().filter(|d| **d > 0.2).count();
-        let slow_buckets: BTreeSet<i32> = durations
-            .iter()
-            .filter(|d| **d > 0.2)
-            .map(|d| bucket_index(SCALE, *d))
-            .collect();
-        assert_eq!(
-            above.len(),
-            slow_buckets.len().min(5),
-            "{name} {window}: {slow} slow spans"
-        );
-        let mut previous = f64::INFINITY;
+        let slowest: Vec<f64> = durations.iter().rev().copied().filter(|d| *d > 0.2).take(5).collect();
+        assert_eq!(above.len(), slowest.len(), "{name} {window}: {slow} slow spans");
         for (rank, selection) in above.iter().enumerate() {
             assert_eq!(selection.rank, Some(rank as u32));
             let span = by_trace[selection.exemplar.trace_id.as_str()];
-            assert!(
-                seconds(span) > 0.2 && seconds(span) < previous,
-                "{name} {window}: ranks slowest first"
-            );
-            previous = seconds(span);
-            let expected_bucket = slow_buckets.iter().rev().nth(rank).unwrap();
-            assert_eq!(
-                bucket_index(SCALE, seconds(span)),
-                *expected_bucket,
-                "{name} {window}: rank {rank}"
-            );
+            assert_eq!(seconds(span), slowest[rank], "{name} {window}: rank {rank}");
+            assert_eq!(selection.link.as_ref().map(|l| l.tightness.as_str()), Some("ranked"));
         }
+        let above_count = value(one(
+            &records,
+            &[
+                ("__name__", "span_duration_seconds:above"),
+                base[1],
+                ("threshold", "0.2"),
+            ],
+            *window,
+        ));
+        assert_eq!(above_count, slow as f64, "{name} {window}: above(0.2) counts exactly");
     }
 }
 

@@ -292,7 +292,7 @@ pub struct SelectionsConfig {
     pub file: Option<bool>,
     /// Selections buffered per stream subscriber. Default 65536.
     pub stream_buffer: Option<usize>,
-    /// Traces selected per `above(threshold)` output and window, slowest first (one per exemplar reservoir: a histogram bucket, or the group of buckets `exemplar_scale_reduction` and `max_exemplars` make it). Default 10.
+    /// Traces selected per `above(threshold)` (`below(threshold)`) output and window: exactly the slowest (fastest) traced samples beyond the threshold, most extreme first. Default 10.
     pub above_max_traces: Option<usize>,
 }
 
@@ -574,12 +574,6 @@ impl ServiceSettings {
             .as_ref()
             .map(|cluster| check_cluster(cluster, &invalid))
             .transpose()?;
-        if cluster.is_some() && config.wal.enabled == Some(true) {
-            return Err(invalid(
-                "wal.enabled",
-                "the write-ahead log is not yet supported in a cluster (replicas keep acknowledged samples); turn one off".into(),
-            ));
-        }
         let http_tls = check_tls(config.http.tls.as_ref(), "http", base, &invalid)?;
         let log_json = match config.log.format.as_deref() {
             None | Some("text") => false,

@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, LogNormal};
 
 use super::*;
-use crate::aggregate::histogram::{bucket_index, ExpHistogram, HistogramConfig};
+use crate::aggregate::histogram::{bucket_index, ExpHistogram, HistogramConfig, Tightness};
 use crate::model::{Labels, NativeHistogram, SeriesBatch, TraceContext};
 
 const T0: i64 = 1_800_000_000_000;
@@ -350,36 +350,42 @@ fn every_histogram_is_accepted_or_refused_exactly_once() {
 }
 
 #[test]
-fn with_an_exemplar_scale_reduction_a_quantile_takes_its_coarse_buckets_exemplar() {
-    // At scale 3, 1.05 and 1.9 lie in buckets 0 and 7; with a reduction of 3
-    // both share the scale-0 bucket (1, 2], whose reservoir the median then reads.
+fn a_quantile_whose_bucket_kept_no_trace_names_the_nearest_and_how_far() {
+    // At scale 3, 1.05 and 1.9 lie in buckets 0 and 7: the median's bucket
+    // saw no traced sample, so its link is the one trace, said to be 7 away.
     let mut values = vec![1.05; 10];
     values.push(1.9);
     let mut sent = native(&values, T0 + 5_000);
     sent.exemplars = vec![(1.9, T0 + 5_000, trace(7))];
-    for (reduction, expected) in [(0u8, None), (3, Some(([7; 16], 1.9)))] {
-        let settings = EngineSettings {
-            shards: 4,
-            histogram: HistogramConfig {
-                exemplar_scale_reduction: reduction,
-                ..HistogramConfig::default()
-            },
-            ..EngineSettings::default()
-        };
-        let engine = Engine::new(settings, crate::rules::RuleSet::parse(RULES, "test.yaml").unwrap());
-        engine
-            .ingest(
-                &batch(vec![series("latency", "a", false, vec![sent.clone()])]),
-                T0 + 5_001,
-            )
-            .unwrap();
-        let records = flush(&engine, T0 + 100_000);
-        let p50 = find(&records, "latency:quantile", Statistic::Quantile(0.5), T0).unwrap();
-        let exemplar = p50.exemplar.as_ref().map(|e| (e.trace_id, e.value));
-        assert_eq!(exemplar, expected, "reduction {reduction}");
-        // Either way the window kept the one traced observation.
-        let kept: Vec<_> = histogram(&records, "latency", T0).exemplars();
-        assert_eq!(kept.len(), 1, "reduction {reduction}");
-        assert_eq!((kept[0].1.trace_id, kept[0].1.value), ([7; 16], 1.9));
+    let settings = EngineSettings {
+        shards: 4,
+        ..EngineSettings::default()
+    };
+    let engine = Engine::new(settings, crate::rules::RuleSet::parse(RULES, "test.yaml").unwrap());
+    engine
+        .ingest(
+            &batch(vec![series("latency", "a", false, vec![sent.clone()])]),
+            T0 + 5_001,
+        )
+        .unwrap();
+    let records = flush(&engine, T0 + 100_000);
+    let p50 = find(&records, "latency:quantile", Statistic::Quantile(0.5), T0).unwrap();
+    let exemplar = p50.exemplar.as_ref().map(|e| (e.trace_id, e.value));
+    assert_eq!(exemplar, Some(([7; 16], 1.9)));
+    match p50.tightness {
+        Some(Tightness::Nearest {
+            scale,
+            lower,
+            upper,
+            buckets_away,
+        }) => {
+            assert_eq!(scale, 3);
+            assert!(lower < 1.9 && 1.9 <= upper);
+            assert_eq!(buckets_away, 7);
+        }
+        other => panic!("p50 link {other:?} is not said to be a neighbour's"),
     }
+    let kept: Vec<_> = histogram(&records, "latency", T0).exemplars();
+    assert_eq!(kept.len(), 1);
+    assert_eq!((kept[0].1.trace_id, kept[0].1.value), ([7; 16], 1.9));
 }

@@ -234,6 +234,8 @@ impl Assembler {
                 lateness_ms,
                 keeps_total: aggregations.contains(&Aggregation::Total),
                 aggregations: Arc::clone(&aggregations),
+                // No window is opened from this slot: the shares bring their links in their parts.
+                links: None,
             };
             Assembly {
                 class: WindowClass {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::aggregate::exemplar::Exemplar;
-use crate::aggregate::histogram::ExpHistogram;
+use crate::aggregate::histogram::{ExpHistogram, Tightness};
 use crate::aggregate::Aggregation;
 use crate::model::{Kind, Labels, StoragePolicy, METRIC_NAME_LABEL};
 
@@ -115,13 +115,17 @@ pub struct AggregateRecord {
     pub statistic: Statistic,
     /// The number (or histogram).
     pub value: RecordValue,
-    /// For quantiles, the exemplar of the bucket holding the quantile; for
-    /// `above`, a traced sample above the threshold.
+    /// For quantiles, a traced sample of the bucket holding the quantile
+    /// (see `tightness`); for `above` (`below`) counts, the slowest (fastest)
+    /// traced sample beyond the threshold.
     pub exemplar: Option<Exemplar>,
-    /// For `above` counts: the slowest traces beyond the threshold, slowest
-    /// first, one per histogram bucket, at most `engine.above_max_traces`
+    /// How tightly `exemplar` is linked to the value (present with it).
+    pub tightness: Option<Tightness>,
+    /// For `above` counts: the slowest traced samples beyond the threshold,
+    /// slowest first; for `below` counts: the fastest at or below it,
+    /// fastest first. Exactly those, at most `selections.above_max_traces`
     /// (the first is `exemplar`). Empty for every other statistic.
-    pub slowest: Vec<Exemplar>,
+    pub ranked: Vec<Exemplar>,
     /// Flushed before the window ended (at shutdown).
     pub partial: bool,
     /// The first window of a cumulative series (a running `total`): nothing
@@ -162,8 +166,8 @@ pub fn warm(windows: &[ClosedWindow]) {
 }
 
 /// Turns a closed window of class `slot` (its policy slot, as the shard keeps
-/// it) into its records, appending to `out`; an `above` count carries up to
-/// `above_max_traces` of the slowest traces beyond it.
+/// it) into its records, appending to `out`; an `above` (`below`) count carries up to
+/// `above_max_traces` of the slowest (fastest) traces beyond it.
 pub fn window_records(
     window: ClosedWindow,
     slot: &WindowClass,
@@ -173,7 +177,7 @@ pub fn window_records(
     let window_end_ms = slot.end_ms(window.start_ms);
     let target = &*window.target;
     let starts_series = window.running_total.is_some_and(|totals| totals.first);
-    let mut emit = |aggregation: Aggregation, statistic: Statistic, value, exemplar, slowest| {
+    let mut emit = |aggregation: Aggregation, statistic, value, link: Option<(Exemplar, Tightness)>, ranked| {
         out.push(AggregateRecord {
             tenant: Arc::clone(&target.tenant),
             series: Arc::clone(&target.labels),
@@ -184,8 +188,9 @@ pub fn window_records(
             aggregation,
             statistic,
             value,
-            exemplar,
-            slowest,
+            exemplar: link.map(|(exemplar, _)| exemplar),
+            tightness: link.map(|(_, tightness)| tightness),
+            ranked,
             partial: window.partial,
             starts_series: starts_series && statistic.is_cumulative(),
         })
@@ -251,7 +256,7 @@ pub fn window_records(
                                 aggregation,
                                 Statistic::Quantile(q),
                                 scalar(estimate.value),
-                                estimate.exemplar,
+                                estimate.exemplar.zip(estimate.tightness),
                                 Vec::new(),
                             );
                         }
@@ -259,23 +264,25 @@ pub fn window_records(
                     Aggregation::Above(t) | Aggregation::Below(t) => {
                         let total = h.count() as f64;
                         let above = h.count_above(t) as f64;
-                        let (count_stat, ratio_stat, count, slowest) = if let Aggregation::Above(_) = aggregation {
+                        let limit = above_max_traces.max(1);
+                        let (count_stat, ratio_stat, count, ranked) = if let Aggregation::Above(_) = aggregation {
                             (
                                 Statistic::AboveCount(t),
                                 Statistic::AboveRatio(t),
                                 above,
-                                h.exemplars_above(t, above_max_traces.max(1)),
+                                h.exemplars_above(t, limit),
                             )
                         } else {
                             (
                                 Statistic::BelowCount(t),
                                 Statistic::BelowRatio(t),
                                 total - above,
-                                Vec::new(),
+                                h.exemplars_at_or_below(t, limit),
                             )
                         };
-                        let exemplar = slowest.first().copied();
-                        emit(aggregation, count_stat, scalar(count), exemplar, slowest);
+                        // A ranked list is exact by construction (with a link plan).
+                        let link = ranked.first().map(|first| (*first, Tightness::Ranked));
+                        emit(aggregation, count_stat, scalar(count), link, ranked);
                         // A native histogram's baseline leaves a window empty: 0/0 is no ratio.
                         if total > 0.0 {
                             emit(aggregation, ratio_stat, scalar(count / total), None, Vec::new());

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 
+use crate::aggregate::histogram::LinkPlan;
 use crate::aggregate::Aggregation;
 use crate::model::{series_hash, Kind, Labels, StoragePolicy};
 use crate::profile::SeriesProfile;
@@ -45,6 +46,9 @@ pub struct PolicySlot {
     pub aggregations: Arc<[Aggregation]>,
     /// Whether a running total is kept across windows (`total` asked for).
     pub keeps_total: bool,
+    /// What a distribution window links and counts at ingest: the quantiles
+    /// and thresholds among `aggregations` (none: it keeps no exemplars).
+    pub links: Option<Arc<LinkPlan>>,
 }
 
 impl PolicySlot {
@@ -120,6 +124,7 @@ impl SeriesRoute {
                         lateness_ms: settings.lateness_ms(&entry.policy) as i64,
                         aggregations: Arc::clone(&entry.aggregations),
                         keeps_total: entry.aggregations.contains(&Aggregation::Total),
+                        links: LinkPlan::of(&entry.aggregations, settings.above_max_traces),
                     })
                     .collect();
                 let slots = slot_sets.shared(slots);

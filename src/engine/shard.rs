@@ -324,7 +324,7 @@ impl Shard {
             slot: slot_index,
             class: class_of(classes, slot),
             start_ms: window_start_ms,
-            state: WindowState::new(target.kind, target.rollup, histogram),
+            state: WindowState::new(target.kind, target.rollup, histogram, slot.links.as_ref()),
         };
         let entry = match self
             .outputs

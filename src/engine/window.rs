@@ -1,10 +1,12 @@
 //! The state of one open window of one output: a counter, gauge or
 //! distribution accumulator, created empty on the first sample.
 
+use std::sync::Arc;
+
 use rand::Rng;
 
 use crate::aggregate::exemplar::Exemplar;
-use crate::aggregate::histogram::{bucket_index, BucketCounts, ExpHistogram, HistogramConfig};
+use crate::aggregate::histogram::{bucket_index, BucketCounts, ExpHistogram, HistogramConfig, LinkPlan};
 use crate::aggregate::{CounterState, GaugeState};
 use crate::model::{DropReason, Kind, NativeHistogram, TraceContext};
 
@@ -16,18 +18,20 @@ pub enum WindowState {
     /// Gauge: last, min, max, sum, count. Boxed so that the far more
     /// numerous counter windows stay small (the enum is as large as its largest variant).
     Gauge(Box<GaugeState>),
-    /// Distribution: the exponential histogram with per-bucket exemplars.
+    /// Distribution: the exponential histogram with the exemplars and
+    /// threshold counts its link plan asks for.
     Distribution(Box<ExpHistogram>),
 }
 
 impl WindowState {
-    /// Empty state for `kind`.
-    pub fn new(kind: Kind, rollup: bool, histogram: &HistogramConfig) -> Self {
+    /// Empty state for `kind`; a distribution keeps what `links` (its slot's
+    /// plan) says the window will emit.
+    pub fn new(kind: Kind, rollup: bool, histogram: &HistogramConfig, links: Option<&Arc<LinkPlan>>) -> Self {
         match kind {
             Kind::Counter => WindowState::Counter(CounterState::default()),
             Kind::Gauge if rollup => WindowState::Gauge(Box::new(GaugeState::for_rollup())),
             Kind::Gauge => WindowState::Gauge(Box::default()),
-            Kind::Distribution => WindowState::Distribution(Box::new(ExpHistogram::new(*histogram))),
+            Kind::Distribution => WindowState::Distribution(Box::new(ExpHistogram::with_plan(*histogram, links))),
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::exemplar::Exemplar;
+use crate::aggregate::histogram::Tightness;
 use crate::engine::{AggregateRecord, RecordValue};
 use crate::model::Labels;
 
@@ -31,6 +32,10 @@ pub struct JsonRecord {
     /// The exemplar of the bucket holding a quantile (or a traced sample above a threshold).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exemplar: Option<JsonExemplar>,
+    /// How tightly `exemplar` is linked (present with it; absent in records
+    /// written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<JsonLink>,
     /// True when written at shutdown before the window ended.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub partial: bool,
@@ -48,6 +53,55 @@ pub struct JsonExemplar {
     pub value: f64,
     /// The traced sample's own timestamp.
     pub timestamp_ms: i64,
+}
+
+/// How tightly an exemplar is linked to what it stands for.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct JsonLink {
+    /// `own_bucket`: the exemplar's value lies in the bucket holding the
+    /// reported quantile, `(bucket_lower, bucket_upper]` at `scale`, the
+    /// histogram's own; `nearest_bucket`: no kept traced sample lay in that
+    /// bucket, this is the nearest kept one, in `(bucket_lower,
+    /// bucket_upper]`, `buckets_away` from it; `coarse_bucket`: in the
+    /// coarser bucket at `scale` holding the quantile's; `ranked`: exactly
+    /// the slowest (fastest) traced sample(s) beyond an `above` (`below`) threshold.
+    pub tightness: String,
+    /// Scale of the bucket the exemplar was chosen from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<i8>,
+    /// Lower bound of that bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_lower: Option<f64>,
+    /// Upper bound of that bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_upper: Option<f64>,
+    /// For `nearest_bucket`: buckets between the exemplar's and the quantile's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets_away: Option<u32>,
+}
+
+impl From<&Tightness> for JsonLink {
+    fn from(tightness: &Tightness) -> Self {
+        let (scale, lower, upper, away) = match *tightness {
+            Tightness::OwnBucket { scale, lower, upper } | Tightness::CoarseBucket { scale, lower, upper } => {
+                (Some(scale), Some(lower), Some(upper), None)
+            }
+            Tightness::Nearest {
+                scale,
+                lower,
+                upper,
+                buckets_away,
+            } => (Some(scale), Some(lower), Some(upper), Some(buckets_away)),
+            Tightness::Ranked => (None, None, None, None),
+        };
+        JsonLink {
+            tightness: tightness.name().to_string(),
+            scale,
+            bucket_lower: lower,
+            bucket_upper: upper,
+            buckets_away: away,
+        }
+    }
 }
 
 /// A histogram value: the exponential layout of Prometheus native histograms.
@@ -118,6 +172,7 @@ pub fn record_json(record: &AggregateRecord) -> JsonRecord {
         aggregation: record.aggregation.to_string(),
         value,
         exemplar: record.exemplar.as_ref().map(JsonExemplar::from),
+        link: record.tightness.as_ref().map(JsonLink::from),
         partial: record.partial,
     }
 }

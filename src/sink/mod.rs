@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::engine::AggregateRecord;
 
-pub use json::{record_json, JsonRecord};
+pub use json::{record_json, JsonLink, JsonRecord};
 
 /// Errors of sinks.
 #[derive(Debug, Error)]

@@ -21,7 +21,7 @@ use crate::model::METRIC_NAME_LABEL;
 use crate::telemetry::Telemetry;
 
 use super::file_store::utc_compact;
-use super::json::{labels_map, JsonExemplar};
+use super::json::{labels_map, JsonExemplar, JsonLink};
 use super::{SinkError, SinkWriter};
 
 /// One picked exemplar: the trace that sat at a quantile of a window.
@@ -46,23 +46,29 @@ pub struct SelectionRecord {
     pub reported_value: f64,
     /// The traced sample.
     pub exemplar: JsonExemplar,
-    /// For `above` outputs: 0 for the slowest selected trace, 1 for the next, ...
+    /// For `above` outputs: 0 for the slowest selected trace, 1 for the
+    /// next, ...; for `below` outputs: 0 for the fastest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank: Option<u32>,
+    /// How tightly the trace is linked (absent in files written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<JsonLink>,
 }
 
 impl SelectionRecord {
-    /// Every selection of a record: the quantile's exemplar, or for an `above`
-    /// count each of the slowest traces beyond the threshold, ranked.
+    /// Every selection of a record: the quantile's exemplar, or for an
+    /// `above` (`below`) count each of the slowest (fastest) traces beyond
+    /// the threshold, ranked.
     pub fn all_of(record: &AggregateRecord) -> Vec<SelectionRecord> {
         let Some(first) = SelectionRecord::of(record) else {
             return Vec::new();
         };
-        if !matches!(record.statistic, Statistic::AboveCount(_)) || record.slowest.is_empty() {
+        let ranked = matches!(record.statistic, Statistic::AboveCount(_) | Statistic::BelowCount(_));
+        if !ranked || record.ranked.is_empty() {
             return vec![first];
         }
         record
-            .slowest
+            .ranked
             .iter()
             .enumerate()
             .map(|(rank, exemplar)| SelectionRecord {
@@ -78,7 +84,7 @@ impl SelectionRecord {
         let exemplar = record.exemplar.as_ref()?;
         let quantile = match record.statistic {
             Statistic::Quantile(q) => Some(q),
-            Statistic::AboveCount(_) => None,
+            Statistic::AboveCount(_) | Statistic::BelowCount(_) => None,
             _ => return None,
         };
         let RecordValue::Scalar(reported_value) = record.value else {
@@ -95,6 +101,7 @@ impl SelectionRecord {
             reported_value,
             exemplar: JsonExemplar::from(exemplar),
             rank: None,
+            link: record.tightness.as_ref().map(JsonLink::from),
         })
     }
 
@@ -126,6 +133,15 @@ impl SelectionRecord {
             exemplar_value: self.exemplar.value,
             exemplar_timestamp_ms: self.exemplar.timestamp_ms,
             rank: self.rank.unwrap_or(0),
+            tightness: self
+                .link
+                .as_ref()
+                .map(|link| link.tightness.clone())
+                .unwrap_or_default(),
+            bucket_scale: self.link.as_ref().and_then(|link| link.scale).map_or(0, i32::from),
+            bucket_lower: self.link.as_ref().and_then(|link| link.bucket_lower).unwrap_or(0.0),
+            bucket_upper: self.link.as_ref().and_then(|link| link.bucket_upper).unwrap_or(0.0),
+            buckets_away: self.link.as_ref().and_then(|link| link.buckets_away).unwrap_or(0),
         }
     }
 }

@@ -6,7 +6,7 @@ use rand::Rng;
 
 use super::mapping::{bucket_bounds, bucket_index, representative, MAX_SCALE, MIN_SCALE};
 use super::store::Side;
-use super::{shift_needed, ExpHistogram, HistogramError};
+use super::{links, shift_needed, BucketRef, ExpHistogram, HistogramError};
 use crate::aggregate::exemplar::{Exemplar, ExemplarSlot};
 
 /// A histogram as bucket lists, in [`ExpHistogram`]'s layout: bucket `i` at
@@ -119,6 +119,19 @@ impl ExpHistogram {
         if count == 0 {
             return Ok(());
         }
+        // Bucket lists say nothing finer than their buckets: a counted
+        // threshold gains the estimate of the lists' own histogram.
+        if self
+            .links
+            .as_ref()
+            .is_some_and(|links| !links.plan().thresholds.is_empty())
+        {
+            let mut part = ExpHistogram::new(self.config);
+            part.merge_buckets(other, rng)?;
+            if let Some(links) = &mut self.links {
+                links.add_estimates(|t| part.count_above(t));
+            }
+        }
         // Settle the final scale first, so the dense ranges never grow past max_buckets.
         let mut target = self.scale.min(other.scale);
         let at_target =
@@ -162,6 +175,10 @@ impl ExpHistogram {
         self.sum += sum;
         self.min = self.min.min(min);
         self.max = self.max.max(max);
+        let total = self.count;
+        if let Some((links, order)) = self.links_and_order() {
+            links.replace(total, &order);
+        }
         Ok(())
     }
 
@@ -179,6 +196,14 @@ impl ExpHistogram {
             if self.zero_count == 0 {
                 return false;
             }
+            let count = self.count;
+            if let Some((links, order)) = self.links_and_order() {
+                links.offer(0, exemplar, count, &order, rng);
+                return true;
+            }
+            if !self.keeps_exemplars {
+                return false;
+            }
             match &mut self.zero_exemplar {
                 Some(slot) => slot.offer(exemplar, rng),
                 None => self.zero_exemplar = Some(Box::new(ExemplarSlot::new(0, exemplar))),
@@ -186,6 +211,25 @@ impl ExpHistogram {
             return true;
         }
         let index = bucket_index(self.scale, value);
+        if self.links.is_some() {
+            let bucket = if value < 0.0 {
+                BucketRef::Negative(index)
+            } else {
+                BucketRef::Positive(index)
+            };
+            let side = if value < 0.0 { self.negative() } else { &self.positive };
+            if side.count_at(index) == 0 {
+                return false;
+            }
+            let count = self.count;
+            if let Some((links, order)) = self.links_and_order() {
+                links.offer(links::pos_of(bucket), exemplar, count, &order, rng);
+            }
+            return true;
+        }
+        if !self.keeps_exemplars {
+            return false;
+        }
         let side = if value < 0.0 {
             match &mut self.negative {
                 Some(side) => side,
@@ -210,7 +254,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::aggregate::histogram::{BucketRef, HistogramConfig};
+    use crate::aggregate::histogram::HistogramConfig;
 
     fn config(scale: i8) -> HistogramConfig {
         HistogramConfig {

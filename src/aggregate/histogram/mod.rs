@@ -1,10 +1,12 @@
 //! Sparse base-2 exponential histogram (Prometheus native / OTLP exponential
-//! bucket layout) with one-sample exemplar reservoirs per bucket (bounded in number), used by
-//! tailfold to aggregate latency-like streams and answer quantile queries.
+//! bucket layout) that keeps exemplars where its window's emitted
+//! aggregations need them (see `links`), used by tailfold to aggregate
+//! latency-like streams and answer quantile queries.
 
 mod buckets;
 mod cells;
 mod config;
+mod links;
 mod mapping;
 mod parts;
 mod reservoirs;
@@ -12,11 +14,15 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use rand::Rng;
 
 use crate::aggregate::exemplar::{Exemplar, ExemplarSlot};
 pub use buckets::BucketCounts;
 pub use config::{HistogramConfig, HistogramError, MAX_EXEMPLAR_SCALE_REDUCTION, MIN_MAX_EXEMPLARS};
+use links::{pos_of, rank_of, Order};
+pub use links::{LinkPlan, Links, Tightness, BAND_SIGMAS, OPEN_SLOTS};
 pub use mapping::{bucket_bounds, bucket_index, relative_error, MAX_SCALE, MIN_SCALE};
 pub use parts::{HistogramParts, PartsError};
 use store::Side;
@@ -42,8 +48,11 @@ pub struct QuantileEstimate {
     /// The exemplar kept by that bucket's reservoir, if it saw a traced
     /// sample: with an exemplar shift n > 0 (see
     /// [`ExpHistogram::exemplar_shift`]) the reservoir covers the `2^n`
-    /// buckets `(i >> n) << n ..` around `bucket`'s index `i`.
+    /// buckets `(i >> n) << n ..` around `bucket`'s index `i`. With a link
+    /// plan: a kept exemplar in `bucket`, else the nearest kept one.
     pub exemplar: Option<Exemplar>,
+    /// How tightly `exemplar` is linked to `bucket` (present with it).
+    pub tightness: Option<Tightness>,
 }
 
 /// Base-2 exponential histogram with count/sum/min/max/stdev and per-bucket
@@ -62,6 +71,11 @@ pub struct ExpHistogram {
     zero_count: u64,
     /// Boxed for the same reason: few windows see a zero with a trace.
     zero_exemplar: Option<Box<ExemplarSlot>>,
+    /// With a link plan: the exemplars and counts the plan asks for, kept
+    /// instead of the per-bucket reservoirs above.
+    links: Option<Box<Links>>,
+    /// False for a window that emits nothing an exemplar could link to.
+    keeps_exemplars: bool,
     count: u64,
     sum: f64,
     min: f64,
@@ -74,6 +88,17 @@ pub struct ExpHistogram {
 impl Default for ExpHistogram {
     fn default() -> Self {
         Self::new(HistogramConfig::default())
+    }
+}
+
+/// The bucket a finite `value` falls in at `scale`.
+fn bucket_ref_of(scale: i8, zero_threshold: f64, value: f64) -> BucketRef {
+    if value.abs() <= zero_threshold {
+        BucketRef::Zero
+    } else if value < 0.0 {
+        BucketRef::Negative(bucket_index(scale, value))
+    } else {
+        BucketRef::Positive(bucket_index(scale, value))
     }
 }
 
@@ -113,6 +138,8 @@ impl ExpHistogram {
             negative: None,
             zero_count: 0,
             zero_exemplar: None,
+            links: None,
+            keeps_exemplars: true,
             count: 0,
             sum: 0.0,
             min: f64::INFINITY,
@@ -120,6 +147,33 @@ impl ExpHistogram {
             mean: 0.0,
             m2: 0.0,
         }
+    }
+
+    /// An empty histogram for a window that emits what `plan` says: it
+    /// keeps the exemplars and threshold counts the plan needs and no
+    /// per-bucket reservoirs; without a plan it keeps no exemplars at all.
+    pub fn with_plan(config: HistogramConfig, plan: Option<&Arc<LinkPlan>>) -> Self {
+        Self {
+            links: plan.map(|plan| Box::new(Links::new(Arc::clone(plan)))),
+            keeps_exemplars: false,
+            ..Self::new(config)
+        }
+    }
+
+    /// The links, when the histogram follows a plan.
+    pub fn links(&self) -> Option<&Links> {
+        self.links.as_deref()
+    }
+
+    /// The links and the bucket order they walk, borrowed together.
+    fn links_and_order(&mut self) -> Option<(&mut Links, Order<'_>)> {
+        let links = self.links.as_deref_mut()?;
+        let order = Order {
+            positive: &self.positive,
+            negative: self.negative.as_deref().unwrap_or(&store::NO_SAMPLES),
+            zero: self.zero_count,
+        };
+        Some((links, order))
     }
 
     /// An empty histogram, or the configuration error.
@@ -160,8 +214,16 @@ impl ExpHistogram {
         self.m2 += delta * (value - self.mean) * n as f64;
 
         let exemplar = exemplar.map(|e| Exemplar { value, ..e });
+        let count = self.count;
         if value.abs() <= self.config.zero_threshold {
             self.zero_count += n;
+            if let Some((links, order)) = self.links_and_order() {
+                links.record(value, 0, n, exemplar, count, &order, rng);
+                return;
+            }
+            if !self.keeps_exemplars {
+                return;
+            }
             if let Some(ex) = exemplar {
                 match &mut self.zero_exemplar {
                     Some(slot) => slot.offer(ex, rng),
@@ -187,7 +249,23 @@ impl ExpHistogram {
             &mut self.positive
         };
         side.add(index, n);
-        if let Some(ex) = exemplar {
+        if self.links.is_some() {
+            let bucket = if negative {
+                BucketRef::Negative(index)
+            } else {
+                BucketRef::Positive(index)
+            };
+            if let Some((links, order)) = self.links_and_order() {
+                links.record(value, pos_of(bucket), n, exemplar, count, &order, rng);
+            }
+            return;
+        }
+        if let Some(ex) = exemplar.filter(|_| self.keeps_exemplars) {
+            let side = if negative {
+                self.negative.get_or_insert_default()
+            } else {
+                &mut self.positive
+            };
             if side.offer(index, self.exemplar_shift, ex, rng) {
                 self.enforce_max_exemplars(rng);
             }
@@ -243,6 +321,9 @@ impl ExpHistogram {
     /// before recording any, so their misses overlap.
     #[inline]
     pub fn prefetch_record(&self, value: f64, traced: bool) {
+        if let Some(links) = &self.links {
+            crate::prefetch::prefetch(&**links);
+        }
         if let Some((side, index)) = self.side_of(value) {
             side.prefetch_count(index);
             if traced {
@@ -276,6 +357,9 @@ impl ExpHistogram {
         if let Some(negative) = &mut self.negative {
             negative.downscale(k, rng);
         }
+        if let Some(links) = &mut self.links {
+            links.downscale(k, rng);
+        }
         self.scale -= k as i8;
     }
 
@@ -296,6 +380,11 @@ impl ExpHistogram {
     /// config wins: zero counts are summed as they are (the zero thresholds
     /// are assumed equal), and `max_buckets` and `max_exemplars` are enforced
     /// afterwards. Spread is combined with Chan et al.'s parallel formula.
+    ///
+    /// Links (see [`Links::merge`]): threshold counts add exactly where both
+    /// sides count the threshold; the slowest and fastest lists are those of
+    /// the union; reservoirs of both are pooled and the bands re-placed on
+    /// the merged counts. A histogram without links does not gain them.
     pub fn merge<R: Rng + ?Sized>(&mut self, other: &ExpHistogram, rng: &mut R) {
         if other.count == 0 {
             return;
@@ -336,8 +425,15 @@ impl ExpHistogram {
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
+        if let Some(links) = &mut self.links {
+            links.merge(other.links.as_deref(), |t| other.count_above(t), rng);
+        }
         self.enforce_max_buckets(rng);
         self.enforce_max_exemplars(rng);
+        let count = self.count;
+        if let Some((links, order)) = self.links_and_order() {
+            links.replace(count, &order);
+        }
     }
 
     /// Number of recorded samples.
@@ -399,12 +495,36 @@ impl ExpHistogram {
     /// an exemplar shift n > 0 (see [`ExpHistogram::exemplar_shift`]): by
     /// the reservoir of the `2^n` buckets around it, so it lies in the bucket
     /// at scale `scale() - n` holding the quantile's).
+    ///
+    /// With a link plan, the exemplar is a kept traced sample of the
+    /// quantile's bucket (`Tightness::OwnBucket`); when none was kept, the
+    /// nearest kept one, and `tightness` names how far it is.
     pub fn quantile(&self, q: f64) -> Option<QuantileEstimate> {
         if self.count == 0 || !(0.0..=1.0).contains(&q) {
             return None;
         }
-        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let rank = rank_of(q, self.count);
         let (bucket, value, slot) = self.bucket_of_rank(rank)?;
+        let (exemplar, tightness) = match &self.links {
+            Some(links) => match links.link(pos_of(bucket), |v| self.bucket_of_value(v) == Some(bucket)) {
+                Some((exemplar, _, 0)) => (Some(exemplar), Some(self.own_bucket(bucket))),
+                Some((exemplar, key, buckets_away)) => {
+                    let (lower, upper) = self.bounds_of(links::bucket_of(key));
+                    let nearest = Tightness::Nearest {
+                        scale: self.scale,
+                        lower,
+                        upper,
+                        buckets_away,
+                    };
+                    (Some(exemplar), Some(nearest))
+                }
+                None => (None, None),
+            },
+            None => {
+                let exemplar = slot.map(|s| s.exemplar);
+                (exemplar, exemplar.map(|_| self.reservoir_tightness(bucket)))
+            }
+        };
         // The extreme ranks are the tracked min and max themselves.
         let value = if rank == 1 {
             self.min
@@ -416,8 +536,61 @@ impl ExpHistogram {
         Some(QuantileEstimate {
             value,
             bucket,
-            exemplar: slot.map(|s| s.exemplar),
+            exemplar,
+            tightness,
         })
+    }
+
+    /// The bucket `value` falls in at the current scale (`None` for NaN).
+    fn bucket_of_value(&self, value: f64) -> Option<BucketRef> {
+        (!value.is_nan()).then(|| bucket_ref_of(self.scale, self.config.zero_threshold, value))
+    }
+
+    /// Value bounds of `bucket` at the current scale (lower exclusive for
+    /// positive buckets, upper exclusive for negative ones).
+    fn bounds_of(&self, bucket: BucketRef) -> (f64, f64) {
+        match bucket {
+            BucketRef::Zero => (-self.config.zero_threshold, self.config.zero_threshold),
+            BucketRef::Positive(i) => bucket_bounds(self.scale, i),
+            BucketRef::Negative(i) => {
+                let (l, u) = bucket_bounds(self.scale, i);
+                (-u, -l)
+            }
+        }
+    }
+
+    fn own_bucket(&self, bucket: BucketRef) -> Tightness {
+        let (lower, upper) = self.bounds_of(bucket);
+        Tightness::OwnBucket {
+            scale: self.scale,
+            lower,
+            upper,
+        }
+    }
+
+    /// How tight the per-bucket reservoir of `bucket` is (no link plan).
+    fn reservoir_tightness(&self, bucket: BucketRef) -> Tightness {
+        let shift = self.exemplar_shift;
+        let coarse = |i: i32| ((i >> shift) << shift, ((i >> shift) << shift) + (1 << shift) - 1);
+        match bucket {
+            BucketRef::Positive(i) if shift > 0 => {
+                let (first, last) = coarse(i);
+                Tightness::CoarseBucket {
+                    scale: self.scale - shift as i8,
+                    lower: bucket_bounds(self.scale, first).0,
+                    upper: bucket_bounds(self.scale, last).1,
+                }
+            }
+            BucketRef::Negative(i) if shift > 0 => {
+                let (first, last) = coarse(i);
+                Tightness::CoarseBucket {
+                    scale: self.scale - shift as i8,
+                    lower: -bucket_bounds(self.scale, last).1,
+                    upper: -bucket_bounds(self.scale, first).0,
+                }
+            }
+            _ => self.own_bucket(bucket),
+        }
     }
 
     /// The bucket holding the `rank`-th smallest sample, its representative
@@ -450,7 +623,13 @@ impl ExpHistogram {
     /// one bucket straddling `threshold` contributes its count times the share
     /// of its log-span (narrowed to `[min, max]`; linear for the zero bucket)
     /// above `threshold`, rounded: the error is at most that bucket's count.
+    /// With a link plan that counts `threshold` (an `above` or `below` of the
+    /// window), the count kept at ingest, exact for every sample recorded
+    /// one by one (see [`ExpHistogram::count_above_is_exact`]).
     pub fn count_above(&self, threshold: f64) -> u64 {
+        if let Some((count, _)) = self.links.as_ref().and_then(|links| links.count_above(threshold)) {
+            return count;
+        }
         if self.count == 0 || threshold.is_nan() || threshold >= self.max {
             return 0;
         }
@@ -485,6 +664,16 @@ impl ExpHistogram {
         }
     }
 
+    /// Whether [`ExpHistogram::count_above`] of `threshold` is exact: a
+    /// threshold the link plan counts, over samples recorded one by one; or
+    /// one outside `[min, max)`.
+    pub fn count_above_is_exact(&self, threshold: f64) -> bool {
+        match self.links.as_ref().and_then(|links| links.count_above(threshold)) {
+            Some((_, exact)) => exact,
+            None => self.count == 0 || threshold >= self.max || threshold < self.min,
+        }
+    }
+
     /// Number of samples `<= threshold`: `count() - count_above(threshold)`.
     pub fn count_at_or_below(&self, threshold: f64) -> u64 {
         self.count - self.count_above(threshold)
@@ -504,7 +693,13 @@ impl ExpHistogram {
     /// Kept exemplars whose value is `> threshold`, slowest bucket first, at
     /// most `limit`: the slowest traced samples beyond an SLO, one per bucket
     /// (a bucket keeps one exemplar, so two slow traces in one bucket yield one).
+    /// With a link plan that keeps the slowest traced samples: exactly the
+    /// slowest traced samples `> threshold`, slowest first, several per bucket.
     pub fn exemplars_above(&self, threshold: f64, limit: usize) -> Vec<Exemplar> {
+        if let Some(links) = self.links.as_ref().filter(|links| links.plan().slowest > 0) {
+            let beyond = links.slowest().iter().filter(|e| e.value > threshold);
+            return beyond.take(limit).copied().collect();
+        }
         let positive = self.positive.slots();
         let negative = self.negative().slots();
         positive
@@ -516,6 +711,16 @@ impl ExpHistogram {
             .filter(|e| e.value > threshold)
             .take(limit)
             .collect()
+    }
+
+    /// With a link plan that keeps the fastest traced samples: exactly the
+    /// fastest traced samples `<= threshold`, fastest first (else none).
+    pub fn exemplars_at_or_below(&self, threshold: f64, limit: usize) -> Vec<Exemplar> {
+        let Some(links) = &self.links else {
+            return Vec::new();
+        };
+        let within = links.fastest().iter().filter(|e| e.value <= threshold);
+        within.take(limit).copied().collect()
     }
 
     /// Non-empty positive buckets as `(index, count)`, ascending index.
@@ -533,6 +738,9 @@ impl ExpHistogram {
     /// buckets by ascending index, then the zero bucket, then positive buckets
     /// by ascending index (one per reservoir, see [`ExpHistogram::exemplar_shift`]).
     pub fn exemplars(&self) -> Vec<(BucketRef, Exemplar)> {
+        if let Some(links) = &self.links {
+            return links.reservoirs().map(|(key, e)| (links::bucket_of(key), e)).collect();
+        }
         let negative = self.negative().slots();
         let positive = self.positive.slots();
         // A reservoir's exemplar lies in its own bucket; its key names that
@@ -555,6 +763,10 @@ impl ExpHistogram {
                 .as_ref()
                 .map_or(0, |side| size_of::<Side>() + side.heap_bytes())
             + self.zero_exemplar.as_ref().map_or(0, |_| size_of::<ExemplarSlot>())
+            + self
+                .links
+                .as_ref()
+                .map_or(0, |links| size_of::<Links>() + links.heap_bytes())
     }
 
     /// The negative side, empty until a negative sample arrived.
@@ -566,9 +778,15 @@ impl ExpHistogram {
     /// allocated capacity.
     pub fn clear(&mut self) {
         let (positive, negative) = (std::mem::take(&mut self.positive), std::mem::take(&mut self.negative));
+        let mut links = self.links.take();
+        if let Some(links) = &mut links {
+            links.clear();
+        }
         *self = Self {
             positive,
             negative,
+            links,
+            keeps_exemplars: self.keeps_exemplars,
             ..Self::new(self.config)
         };
         self.positive.clear();

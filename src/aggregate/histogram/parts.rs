@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::mapping::MIN_SCALE;
 use super::store::Side;
-use super::{ExpHistogram, HistogramConfig, MAX_EXEMPLAR_SCALE_REDUCTION};
+use super::{ExpHistogram, HistogramConfig, Links, MAX_EXEMPLAR_SCALE_REDUCTION};
 use crate::aggregate::exemplar::ExemplarSlot;
 
 /// Largest bucket index magnitude accepted from parts: finite values map
@@ -44,6 +44,10 @@ pub struct HistogramParts {
     pub negative_exemplars: Vec<ExemplarSlot>,
     /// The zero bucket's reservoir.
     pub zero_exemplar: Option<ExemplarSlot>,
+    /// With a link plan: its threshold counts, extremes and reservoirs
+    /// (absent from parts of a histogram without one).
+    #[serde(default)]
+    pub links: Option<Box<Links>>,
 }
 
 /// Why parts cannot be a histogram (hostile or corrupt input).
@@ -82,6 +86,9 @@ pub enum PartsError {
     /// A reservoir with no sample, a non-finite value, or a key outside the buckets.
     #[error("histogram parts: bad exemplar reservoir at key {0}")]
     Exemplar(i32),
+    /// Links that break their own invariants (see the message).
+    #[error("histogram parts: links {0}")]
+    Links(String),
     /// A non-finite statistic, or min above max.
     #[error("histogram parts: statistics are not finite or min > max")]
     Statistics,
@@ -105,6 +112,7 @@ impl ExpHistogram {
             positive_exemplars: self.positive.slots(),
             negative_exemplars: self.negative().slots(),
             zero_exemplar: self.zero_exemplar.as_deref().copied(),
+            links: self.links.clone(),
         }
     }
 
@@ -174,6 +182,19 @@ impl ExpHistogram {
             histogram.max = parts.max;
             histogram.mean = parts.mean;
             histogram.m2 = parts.m2;
+        }
+        if let Some(links) = &parts.links {
+            let scale = histogram.scale;
+            let zero_threshold = histogram.config.zero_threshold;
+            let bucket_of = |value: f64| super::links::pos_of(super::bucket_ref_of(scale, zero_threshold, value));
+            let mut links = links.clone();
+            links.check(bucket_of).map_err(PartsError::Links)?;
+            histogram.links = Some(links);
+            histogram.keeps_exemplars = false;
+            let count = histogram.count;
+            if let Some((links, order)) = histogram.links_and_order() {
+                links.replace(count, &order);
+            }
         }
         Ok(histogram)
     }

@@ -9,6 +9,7 @@ use super::*;
 mod compact;
 mod exemplars;
 mod limit;
+mod links;
 
 pub(super) fn rng(seed: u64) -> SmallRng {
     SmallRng::seed_from_u64(seed)

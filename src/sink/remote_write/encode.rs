@@ -261,7 +261,8 @@ mod tests {
             statistic: Statistic::Histogram,
             value: RecordValue::Histogram(Arc::new(histogram)),
             exemplar: None,
-            slowest: Vec::new(),
+            tightness: None,
+            ranked: Vec::new(),
             partial: false,
             starts_series: false,
         };
@@ -300,7 +301,8 @@ mod tests {
             statistic,
             value: RecordValue::Scalar(value),
             exemplar: None,
-            slowest: Vec::new(),
+            tightness: None,
+            ranked: Vec::new(),
             partial: false,
             starts_series,
         };

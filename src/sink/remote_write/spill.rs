@@ -305,7 +305,8 @@ mod shard_tests {
             statistic: Statistic::Sum,
             value: RecordValue::Scalar(1.0),
             exemplar: None,
-            slowest: Vec::new(),
+            tightness: None,
+            ranked: Vec::new(),
             partial: false,
             starts_series: false,
         }
