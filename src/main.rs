@@ -41,6 +41,7 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a process config (and the rules file it names) or a rules file; non-zero exit on error.
+    /// A config with a `cluster:` section is also compared with the cluster's rules in etcd (non-zero when they differ).
     Check {
         /// The file to check. A file with any process setting (grpc, http, rules_file, data_dir, engine, flush,
         /// ingest, store, selections, statsd, otlp, limits, auth, log, wal, profile, reload) is a process config;
@@ -392,13 +393,13 @@ fn is_process_config(path: &Path) -> bool {
 }
 
 fn check(path: &Path) -> ExitCode {
-    let (rules_file, via) = if is_process_config(path) {
+    let (rules_file, via, cluster) = if is_process_config(path) {
         match ServiceSettings::load(path) {
-            Ok(settings) => (settings.rules_file.clone(), Some(settings.rules_file)),
+            Ok(settings) => (settings.rules_file.clone(), Some(settings.rules_file), settings.cluster),
             Err(error) => return fail(&error.to_string()),
         }
     } else {
-        (path.to_path_buf(), None)
+        (path.to_path_buf(), None, None)
     };
     match RuleSet::load(&rules_file) {
         Ok(rules) => {
@@ -411,9 +412,36 @@ fn check(path: &Path) -> ExitCode {
                 rules.rule_count(),
                 policies_text(&rules)
             );
-            ExitCode::SUCCESS
+            match cluster {
+                Some(cluster) => check_cluster_rules(&cluster, &rules_file),
+                None => ExitCode::SUCCESS,
+            }
         }
         Err(error) => fail(&error.to_string()),
+    }
+}
+
+/// A cluster instance's config: compares its rules file with the cluster's
+/// rules in etcd; non-zero exit when they differ or etcd cannot be read.
+fn check_cluster_rules(cluster: &tailfold::config::ClusterSettings, rules_file: &Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("cannot start a runtime: {error}")),
+    };
+    match runtime.block_on(tailfold::cluster::cli::check_rules(
+        &cluster.etcd_endpoints,
+        &cluster.cluster,
+        rules_file,
+    )) {
+        Ok(check) => {
+            print!("{}", check.report);
+            if check.matches {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => fail(&format!("cluster {}: {error}", cluster.cluster)),
     }
 }
 

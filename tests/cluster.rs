@@ -382,6 +382,7 @@ async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
         batch: batch.into(),
         rules_hash: rules_hash.clone(),
         batch_id: 1,
+        rules_version: 1,
     };
 
     let wrong = forward
@@ -477,6 +478,7 @@ async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
         source_set: 0,
         shares: vec![vec![0xff; 10]],
         rules_hash: rules_hash.clone(),
+        rules_version: 1,
     };
     let bad_share = forward.share(share).await.unwrap_err();
     assert_eq!(bad_share.code(), tonic::Code::InvalidArgument);

@@ -75,3 +75,68 @@ pub async fn status(etcd: &[String], cluster: &str) -> Result<ClusterStatus, Str
         .map_err(|error| error.to_string())?
         .ok_or_else(|| format!("cluster {cluster}: no placement in etcd; create it with `tailfold cluster init`"))
 }
+
+/// What `tailfold check` says of a cluster instance's rules file.
+pub struct RulesCheck {
+    /// Whether the file's content is the cluster's rules.
+    pub matches: bool,
+    /// The report, one line per fact.
+    pub report: String,
+}
+
+/// Compares the rules file `file` with the cluster's rules in etcd and
+/// lists the rules every registered instance folds.
+pub async fn check_rules(etcd: &[String], cluster: &str, file: &std::path::Path) -> Result<RulesCheck, String> {
+    let client = connect(etcd).await?;
+    let text = std::fs::read_to_string(file).map_err(|error| format!("rules file {}: {error}", file.display()))?;
+    let file_hash = super::rules::hash_text(&text);
+    let stored = super::rules::read(&client, cluster)
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut report = String::new();
+    let matches = match &stored {
+        None => {
+            report.push_str(&format!(
+                "cluster {cluster}: no rules published yet (the first instance to start publishes its file)\n"
+            ));
+            false
+        }
+        Some(stored) => {
+            let rules = &stored.rules;
+            report.push_str(&format!(
+                "cluster {cluster}: rules version {} (hash {}, effective from {}, published by {})\n",
+                rules.version,
+                rules.hash,
+                rules
+                    .effective_from_ms
+                    .map_or("the start".to_string(), |from| format!("{from} ms")),
+                rules.published_by
+            ));
+            let matches = rules.hash == file_hash;
+            report.push_str(&format!(
+                "  rules file {} (hash {file_hash}): {}\n",
+                file.display(),
+                if matches {
+                    "matches the cluster's rules"
+                } else {
+                    "DIFFERS from the cluster's rules"
+                }
+            ));
+            matches
+        }
+    };
+    if let Some(status) = ClusterStatus::read(&client, cluster)
+        .await
+        .map_err(|error| error.to_string())?
+    {
+        for instance in status.sets.iter().flat_map(|set| &set.instances) {
+            let line = match (&instance.rules_hash, &instance.rules_differ) {
+                (_, Some(reason)) => format!("RULES DIFFER: {reason}"),
+                (Some(hash), None) => format!("folds {hash} (cluster version {})", instance.rules_version.unwrap_or(0)),
+                (None, None) => "not registered (down)".to_string(),
+            };
+            report.push_str(&format!("  instance {}: {line}\n", instance.id));
+        }
+    }
+    Ok(RulesCheck { matches, report })
+}

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::config::ClusterSettings;
 use crate::model::StoragePolicy;
+use crate::reload::Agreement;
 use crate::telemetry::Telemetry;
 
 use super::etcd::{Election, Leadership};
@@ -77,8 +78,25 @@ pub struct Registration {
     pub http: String,
     /// When it started (ms since the epoch).
     pub started_ms: i64,
-    /// Hash of the rules it folds with.
+    /// Hash of the newest rules it folds with.
     pub rules_hash: String,
+    /// Version of the cluster's rules it has seen.
+    #[serde(default)]
+    pub rules_version: u64,
+    /// Why it does not fold the cluster's rules (then it neither leads nor forwards).
+    #[serde(default)]
+    pub rules_differ: Option<String>,
+}
+
+impl Registration {
+    fn with_rules(&self, agreement: &Agreement) -> Registration {
+        Registration {
+            rules_hash: agreement.hash.clone(),
+            rules_version: agreement.cluster_version,
+            rules_differ: agreement.differs.clone(),
+            ..self.clone()
+        }
+    }
 }
 
 /// The etcd side of one cluster instance.
@@ -97,10 +115,12 @@ impl Coordinator {
     /// lease and starts campaigning for its set once it has seen every window
     /// the set may still flush: `warm_after_ms` after its start, unless the
     /// write-ahead log (`logged`) holds them and the set has no other replica
-    /// that took writes while this one was down.
+    /// that took writes while this one was down; and only for as long as
+    /// `rules` says it folds the cluster's rules.
     pub async fn start(
         settings: ClusterSettings,
         registration: Registration,
+        rules: watch::Receiver<Agreement>,
         logged: bool,
         warm_after_ms: i64,
         now_ms: impl Fn() -> i64 + Send + Sync + 'static,
@@ -131,6 +151,7 @@ impl Coordinator {
         });
         // Registered before the first write is taken, so the others count this
         // instance as a replica from the start.
+        let registration = registration.with_rules(&rules.borrow());
         let first = register(&client, &settings, &registration).await?;
         read_liveness(&client, &settings.cluster, &view).await?;
         tokio::spawn(campaign(
@@ -139,10 +160,13 @@ impl Coordinator {
             set,
             registration,
             Some(first),
-            warm_at_ms,
-            now_ms,
-            role_sender,
-            telemetry,
+            Campaign {
+                rules,
+                warm_at_ms,
+                now_ms,
+                role: role_sender,
+                telemetry,
+            },
         ));
         tokio::spawn(watch_liveness(client, settings.cluster.clone(), view));
         Ok(coordinator)
@@ -255,24 +279,45 @@ async fn register(
     Ok((lease, keeper))
 }
 
+/// What the campaign watches and tells.
+struct Campaign<F> {
+    rules: watch::Receiver<Agreement>,
+    warm_at_ms: i64,
+    now_ms: F,
+    role: watch::Sender<Role>,
+    telemetry: Arc<Telemetry>,
+}
+
+/// Resolves on the next change of the rules agreement (never once its sender is gone).
+async fn rules_changed(rules: &mut watch::Receiver<Agreement>) {
+    if rules.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Registers (the first time with the lease `start` already took),
-/// campaigns and leads for as long as the lease lives; starts over with a
-/// new lease when it is lost.
-#[allow(clippy::too_many_arguments)]
+/// campaigns and leads for as long as the lease lives and this instance
+/// folds the cluster's rules (it steps down when they differ); starts over
+/// with a new lease when the lease is lost.
 async fn campaign(
     client: EtcdClient,
     settings: ClusterSettings,
     set: u32,
     registration: Registration,
     mut first: Option<(LeaseId, LeaseKeeper)>,
-    warm_at_ms: i64,
-    now_ms: impl Fn() -> i64,
-    role: watch::Sender<Role>,
-    telemetry: Arc<Telemetry>,
+    mut watched: Campaign<impl Fn() -> i64>,
 ) {
     let election = Election::new(client.clone(), &keys::election_prefix(&settings.cluster, set));
+    let candidate_prefix = format!(
+        "{}/",
+        keys::election_prefix(&settings.cluster, set).trim_end_matches('/')
+    );
+    let role = &watched.role;
+    let telemetry = &watched.telemetry;
+    let instance_key = keys::instance(&settings.cluster, &settings.instance);
     let mut announced_wait = false;
     loop {
+        let registration = registration.with_rules(&watched.rules.borrow_and_update());
         let registered = match first.take() {
             Some(registered) => Ok(registered),
             None => register(&client, &settings, &registration).await,
@@ -280,13 +325,13 @@ async fn campaign(
         let (lease, keeper) = match registered {
             Ok(registered) => registered,
             Err(error) => {
-                wait_for_etcd(&telemetry, &error, "registration").await;
+                wait_for_etcd(telemetry, &error, "registration").await;
                 continue;
             }
         };
         let mut alive = keeper.alive();
         let _ = role.send(Role::Following);
-        let wait_ms = warm_at_ms - now_ms();
+        let wait_ms = watched.warm_at_ms - (watched.now_ms)();
         if wait_ms > 0 {
             if !announced_wait {
                 tracing::info!(
@@ -297,38 +342,97 @@ async fn campaign(
             }
             tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
         }
-        let campaign = election.campaign(lease, settings.instance.as_bytes().to_vec());
-        let leadership: Leadership = tokio::select! {
-            won = campaign => match won {
-                Ok(leadership) => leadership,
-                Err(error) => {
-                    let _ = role.send(Role::Unknown);
-                    wait_for_etcd(&telemetry, &error, "election").await;
-                    let _ = client.lease_revoke(lease).await;
-                    continue;
+        let rules_changed_meanwhile = watched.rules.has_changed().unwrap_or(false);
+        // Re-registers with what the rules agreement says now.
+        let reregister = |agreement: Agreement| {
+            let value = serde_json::to_vec(&registration.with_rules(&agreement)).expect("a registration serialises");
+            let client = client.clone();
+            let key = instance_key.clone();
+            async move {
+                if let Err(error) = client.put(&key, value, Some(lease)).await {
+                    tracing::warn!(%error, "cannot update the registration's rules; it shows the old ones");
                 }
-            },
-            _ = lost(&mut alive) => {
-                let _ = role.send(Role::Unknown);
-                tracing::warn!("lease lost while campaigning; registering again");
-                let _ = client.lease_revoke(lease).await;
-                continue;
             }
         };
-        tracing::info!(set, instance = %settings.instance, "leading the shard set");
-        telemetry
-            .exporter()
-            .set("tailfold_cluster_leader", &[("set", set.to_string())], 1.0);
-        let _ = role.send(Role::Leading {
-            key: leadership.key.clone(),
-            lease,
-        });
-        lost(&mut alive).await;
+        if rules_changed_meanwhile {
+            let agreement = watched.rules.borrow_and_update().clone();
+            reregister(agreement).await;
+        }
+        'lease: loop {
+            // Neither campaigns nor leads while its rules differ from the cluster's.
+            while watched.rules.borrow_and_update().differs.is_some() {
+                let _ = role.send(Role::Following);
+                tokio::select! {
+                    _ = rules_changed(&mut watched.rules) => {
+                        let agreement = watched.rules.borrow_and_update().clone();
+                        reregister(agreement).await;
+                    }
+                    _ = lost(&mut alive) => break 'lease,
+                }
+            }
+            let campaign = election.campaign(lease, settings.instance.as_bytes().to_vec());
+            let leadership: Leadership = tokio::select! {
+                won = campaign => match won {
+                    Ok(leadership) => leadership,
+                    Err(error) => {
+                        let _ = role.send(Role::Unknown);
+                        wait_for_etcd(telemetry, &error, "election").await;
+                        break 'lease;
+                    }
+                },
+                _ = lost(&mut alive) => {
+                    tracing::warn!("lease lost while campaigning; registering again");
+                    break 'lease;
+                }
+                _ = rules_changed(&mut watched.rules) => {
+                    let agreement = watched.rules.borrow().clone();
+                    let differs = agreement.differs.is_some();
+                    reregister(agreement).await;
+                    if differs {
+                        // Out of the line: a key left in it would lead one day with nobody acting.
+                        let _ = client.delete(&format!("{candidate_prefix}{lease:x}")).await;
+                    }
+                    continue 'lease;
+                }
+            };
+            tracing::info!(set, instance = %settings.instance, "leading the shard set");
+            telemetry
+                .exporter()
+                .set("tailfold_cluster_leader", &[("set", set.to_string())], 1.0);
+            let _ = role.send(Role::Leading {
+                key: leadership.key.clone(),
+                lease,
+            });
+            loop {
+                tokio::select! {
+                    _ = lost(&mut alive) => {
+                        telemetry
+                            .exporter()
+                            .set("tailfold_cluster_leader", &[("set", set.to_string())], 0.0);
+                        tracing::warn!(set, "lease lost: stopped flushing until leadership is known again");
+                        break 'lease;
+                    }
+                    _ = rules_changed(&mut watched.rules) => {
+                        let agreement = watched.rules.borrow().clone();
+                        let differs = agreement.differs.is_some();
+                        reregister(agreement).await;
+                        if differs {
+                            let _ = role.send(Role::Following);
+                            telemetry
+                                .exporter()
+                                .set("tailfold_cluster_leader", &[("set", set.to_string())], 0.0);
+                            telemetry.exporter().count("tailfold_cluster_rules_resignations_total", &[], 1);
+                            tracing::error!(set, "resigning the shard set's leadership: this instance's rules differ from the cluster's");
+                            if let Err(error) = client.delete(&leadership.key).await {
+                                tracing::warn!(%error, "cannot resign; the follower takes over after the lease TTL");
+                            }
+                            continue 'lease;
+                        }
+                    }
+                }
+            }
+        }
         let _ = role.send(Role::Unknown);
-        telemetry
-            .exporter()
-            .set("tailfold_cluster_leader", &[("set", set.to_string())], 0.0);
-        tracing::warn!(set, "lease lost: stopped flushing until leadership is known again");
         let _ = client.lease_revoke(lease).await;
     }
 }

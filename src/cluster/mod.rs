@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod placement;
 pub mod retries;
 pub mod router;
+pub mod rules;
 pub mod service;
 pub mod stage;
 pub mod status;

@@ -51,6 +51,14 @@ pub mod keys {
     pub fn election_prefix(cluster: &str, set: u32) -> String {
         format!("{}elections/{set}/", root(cluster))
     }
+    /// The cluster's rule set (see [`crate::cluster::rules`]).
+    pub fn rules(cluster: &str) -> String {
+        format!("{}rules/current", root(cluster))
+    }
+    /// Prefix of the rules keys (watched).
+    pub fn rules_prefix(cluster: &str) -> String {
+        format!("{}rules/", root(cluster))
+    }
     /// Prefix of a shard set's flush marks (one key per policy).
     pub fn flush_prefix(cluster: &str, set: u32) -> String {
         format!("{}flush/{set}/", root(cluster))

@@ -93,7 +93,20 @@ impl Router {
     }
 
     /// Folds `batch` on the replicas of its series' shards; the outcome adds to `limited`.
+    /// Refused while this instance does not fold the cluster's rules.
     pub async fn route(&self, batch: &IngestBatch, now_ms: i64, limited: Outcome) -> Result<Outcome, StageError> {
+        if let Some(reason) = self.rules.differs() {
+            self.telemetry.exporter().count(
+                "tailfold_cluster_rules_differ_refused_points_total",
+                &[],
+                batch
+                    .series
+                    .iter()
+                    .map(|series| (series.points.len() + series.histograms.len()) as u64)
+                    .sum(),
+            );
+            return Err(StageError::RulesDiffer(reason));
+        }
         let placement = self.view.placement();
         let mut by_set: Vec<Vec<usize>> = vec![Vec::new(); placement.sets.len()];
         for (index, series) in batch.series.iter().enumerate() {
@@ -285,6 +298,7 @@ impl Router {
                 source_set: source,
                 shares: encoded.iter().map(|bytes| bytes.to_vec()).collect(),
                 rules_hash: self.rules.newest_hash(),
+                rules_version: self.rules.cluster_version(),
             };
             match client.share(request).await {
                 Ok(answer) => return answer.get_ref().kept > 0 || answer.get_ref().too_late == 0,
@@ -338,6 +352,7 @@ impl Router {
                 batch: frame.clone(),
                 rules_hash: self.rules.newest_hash(),
                 batch_id: id,
+                rules_version: self.rules.cluster_version(),
             };
             match client.forward(request).await {
                 Ok(response) => return Ok(outcome_from_wire(response.get_ref())),

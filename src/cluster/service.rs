@@ -32,7 +32,7 @@ pub struct ForwardService {
 
 impl ForwardService {
     /// Folds what it owns through `local`.
-    /// Refuses forwards made under other rules than `rules`' newest.
+    /// Refuses forwards made under rules `rules` folds no window with.
     pub fn new(view: Arc<ClusterView>, local: LocalFold, telemetry: Arc<Telemetry>, rules: Arc<RulesReloader>) -> Self {
         // A sender retries a batch for up to its forward timeout; twice that covers
         // the retries of a sender whose timeout is longer than this instance's.
@@ -85,21 +85,34 @@ impl ForwardService {
         Ok(())
     }
 
-    /// Refuses what was routed under other rules: folding it here would mix
-    /// two rule sets in one window.
-    fn check_rules(&self, theirs: &str, from: &str) -> Result<(), Status> {
+    /// Refuses what was routed under rules this instance folds no window
+    /// with: folding it here would mix two rule sets in one window. A sender
+    /// that has seen a newer cluster version than this instance is told to
+    /// retry (UNAVAILABLE): the watch brings it here within moments.
+    fn check_rules(&self, theirs: &str, version: u64, from: &str) -> Result<(), Status> {
+        if self.rules.knows_hash(theirs) {
+            return Ok(());
+        }
         let mine = self.rules.newest_hash();
-        if theirs != mine {
+        let my_version = self.rules.cluster_version();
+        if version > my_version && self.rules.differs().is_none() {
             return Err(self.refuse(
-                "rules_differ",
+                "rules_pending",
                 from,
-                Status::failed_precondition(format!(
-                    "rules differ: {from} folds with rules {theirs:?}, instance {} with {mine:?}; load the same rules file on every instance",
+                Status::unavailable(format!(
+                    "rules version {version} of {from} not yet loaded on instance {} (it has version {my_version}); retry",
                     self.view.settings().instance
                 )),
             ));
         }
-        Ok(())
+        Err(self.refuse(
+            "rules_differ",
+            from,
+            Status::failed_precondition(format!(
+                "rules differ: {from} folds with rules {theirs:?} (cluster version {version}), instance {} with {mine:?} (cluster version {my_version}); every instance must fold the cluster's rules (see /api/v1/cluster)",
+                self.view.settings().instance
+            )),
+        ))
     }
 
     /// Refuses a series whose shard this instance's set does not own.
@@ -132,7 +145,7 @@ impl Cluster for ForwardService {
         let request = request.into_inner();
         let from = request.from_instance.as_str();
         self.check_cluster(&request.cluster, from)?;
-        self.check_rules(&request.rules_hash, from)?;
+        self.check_rules(&request.rules_hash, request.rules_version, from)?;
         let decoded = codec::decode(&request.batch).map_err(|torn| {
             self.refuse(
                 "malformed",
@@ -195,7 +208,7 @@ impl Cluster for ForwardService {
         let request = request.into_inner();
         let from = request.from_instance.as_str();
         self.check_cluster(&request.cluster, from)?;
-        self.check_rules(&request.rules_hash, from)?;
+        self.check_rules(&request.rules_hash, request.rules_version, from)?;
         let mut shares = Vec::with_capacity(request.shares.len());
         for bytes in &request.shares {
             let share: PartialWindow = postcard::from_bytes(bytes).map_err(|error| {

@@ -19,6 +19,9 @@ pub enum StageError {
     /// The service is shutting down.
     #[error("{0}")]
     Closed(#[from] EngineClosed),
+    /// This cluster instance does not fold the cluster's rules: it forwards nothing.
+    #[error("this instance does not fold the cluster's rules ({0}); send to another instance")]
+    RulesDiffer(String),
 }
 
 /// Logging then folding on this instance: what a single node does with every

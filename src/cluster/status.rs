@@ -23,8 +23,31 @@ pub struct InstanceStatus {
     pub live: bool,
     /// When it started, if live.
     pub started_ms: Option<i64>,
-    /// Hash of its rules file, if live.
+    /// Hash of the newest rules it folds, if live.
     pub rules_hash: Option<String>,
+    /// Version of the cluster's rules it has seen, if live.
+    #[serde(default)]
+    pub rules_version: Option<u64>,
+    /// Why it does not fold the cluster's rules (it neither leads nor forwards then).
+    #[serde(default)]
+    pub rules_differ: Option<String>,
+}
+
+/// The cluster's rules as etcd holds them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RulesSummary {
+    /// Version.
+    pub version: u64,
+    /// Content hash.
+    pub hash: String,
+    /// First event time they apply to (`null`: from the start).
+    pub effective_from_ms: Option<i64>,
+    /// Who published them.
+    pub published_by: String,
+    /// When.
+    pub published_ms: i64,
+    /// Hash of the set they replaced (in force before `effective_from_ms`).
+    pub previous_hash: Option<String>,
 }
 
 /// One shard set in the status.
@@ -53,6 +76,8 @@ pub struct ClusterStatus {
     pub replicas: u32,
     /// Placement version.
     pub version: u64,
+    /// The cluster's rules (`null` until published).
+    pub rules: Option<RulesSummary>,
     /// The sets.
     pub sets: Vec<SetStatus>,
 }
@@ -106,13 +131,31 @@ impl ClusterStatus {
                             live: registration.is_some(),
                             started_ms: registration.map(|r| r.started_ms),
                             rules_hash: registration.map(|r| r.rules_hash.clone()),
+                            rules_version: registration.map(|r| r.rules_version),
+                            rules_differ: registration.and_then(|r| r.rules_differ.clone()),
                         }
                     })
                     .collect(),
                 flushed,
             });
         }
+        let rules = match super::rules::read(client, cluster).await {
+            Ok(stored) => stored.map(|stored| RulesSummary {
+                version: stored.rules.version,
+                hash: stored.rules.hash,
+                effective_from_ms: stored.rules.effective_from_ms,
+                published_by: stored.rules.published_by,
+                published_ms: stored.rules.published_ms,
+                previous_hash: stored.rules.previous.map(|previous| previous.hash),
+            }),
+            Err(super::rules::ClusterRulesError::Etcd(error)) => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(%error, "the cluster's rules are unreadable; status shows none");
+                None
+            }
+        };
         Ok(Some(ClusterStatus {
+            rules,
             cluster: cluster.to_string(),
             shards: placement.shards,
             replicas: placement.replicas,
@@ -127,6 +170,18 @@ impl ClusterStatus {
             "cluster {}  placement version {}  {} shards  {} replicas per set\n",
             self.cluster, self.version, self.shards, self.replicas
         );
+        match &self.rules {
+            Some(rules) => out.push_str(&format!(
+                "rules version {}  hash {}  effective from {}  published by {}\n",
+                rules.version,
+                rules.hash,
+                rules
+                    .effective_from_ms
+                    .map_or("the start".to_string(), |from| format!("{from} ms")),
+                rules.published_by
+            )),
+            None => out.push_str("rules: none published yet\n"),
+        }
         for set in &self.sets {
             let ranges: Vec<String> = set.shards.iter().map(|(from, to)| format!("{from}..{to}")).collect();
             out.push_str(&format!(
@@ -143,6 +198,9 @@ impl ClusterStatus {
                     instance.http,
                     if instance.live { "live" } else { "DOWN" }
                 ));
+                if let Some(reason) = &instance.rules_differ {
+                    out.push_str(&format!("    RULES DIFFER (not leading, not forwarding): {reason}\n"));
+                }
             }
             for (policy, mark) in &set.flushed {
                 out.push_str(&format!(

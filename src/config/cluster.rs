@@ -18,6 +18,19 @@ pub mod defaults {
     pub const FORWARD_TIMEOUT_MS: u64 = 15_000;
     /// Assembled rollup windows wait this long after their lateness for every input owner's share.
     pub const FORWARD_LATENESS_MS: u64 = 15_000;
+    /// A published rule set takes effect at the first common window boundary at least this far ahead, so every instance has it staged first.
+    pub const RULES_MARGIN_MS: u64 = 5_000;
+}
+
+/// Which rules a cluster instance folds with.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RulesSource {
+    /// The cluster's rules in etcd (its local file is only published by a reload).
+    #[default]
+    Etcd,
+    /// Its own rules file: when that differs from the cluster's, it neither leads nor forwards.
+    File,
 }
 
 /// Membership in a cluster of tailfold instances coordinated through etcd.
@@ -44,6 +57,12 @@ pub struct ClusterConfig {
     /// How long after its lateness a rollup window waits for the shares of every input owner, in ms; must exceed the lease TTL plus a flush interval, so a new input leader's share still arrives. Default 15000.
     #[serde(default)]
     pub forward_lateness_ms: Option<u64>,
+    /// Which rules this instance folds with: `etcd` (the cluster's, as published by any instance's reload; default) or `file` (its own file; when that differs from the cluster's the instance says so and neither leads nor forwards).
+    #[serde(default)]
+    pub rules_source: Option<RulesSource>,
+    /// How far ahead of the publish a new rule set takes effect, in ms: the first window boundary common to both sets' policies at least this far ahead. Must cover the time etcd takes to tell every instance. Default 5000.
+    #[serde(default)]
+    pub rules_margin_ms: Option<u64>,
 }
 
 /// Checked cluster settings.
@@ -65,6 +84,10 @@ pub struct ClusterSettings {
     pub forward_timeout_ms: u64,
     /// Rollup assembly wait in ms.
     pub forward_lateness_ms: u64,
+    /// Which rules the instance folds with.
+    pub rules_source: RulesSource,
+    /// Publish-to-effect margin of a new rule set, in ms.
+    pub rules_margin_ms: u64,
 }
 
 /// Checks the `cluster` section.
@@ -131,6 +154,13 @@ pub(super) fn check_cluster(
             ),
         ));
     }
+    let rules_margin_ms = config.rules_margin_ms.unwrap_or(defaults::RULES_MARGIN_MS);
+    if !(100..=3_600_000).contains(&rules_margin_ms) {
+        return Err(invalid(
+            "cluster.rules_margin_ms",
+            format!("{rules_margin_ms} is outside 100..=3600000"),
+        ));
+    }
     Ok(ClusterSettings {
         etcd_endpoints: config.etcd_endpoints.clone(),
         cluster: config.cluster.clone(),
@@ -140,5 +170,7 @@ pub(super) fn check_cluster(
         etcd_timeout_ms,
         forward_timeout_ms,
         forward_lateness_ms,
+        rules_source: config.rules_source.unwrap_or_default(),
+        rules_margin_ms,
     })
 }

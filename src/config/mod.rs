@@ -12,7 +12,7 @@ pub mod rules;
 mod security;
 mod statsd;
 
-pub use cluster::{ClusterConfig, ClusterSettings};
+pub use cluster::{ClusterConfig, ClusterSettings, RulesSource};
 pub use error::ConfigError;
 pub use limits::{DropPriority, DropPriorityConfig, LimitSettings, LimitsConfig, TenantLimit, TenantLimitsConfig};
 pub use operations::{ProfileConfig, ReloadConfig};

@@ -62,7 +62,8 @@ pub use window::WindowState;
 use crate::prefetch::prefetch;
 use cumulative::CumulativeCounters;
 use cumulative_histograms::CumulativeHistograms;
-use generations::{generation_at, generation_range, next_common_boundary, Generation};
+pub use generations::next_common_boundary;
+use generations::{generation_at, generation_range, Generation};
 use histogram_route::RoutedHistogram;
 use partials::Assembler;
 use shard::{ClosedWindow, RoutedSample, Shard, WindowClass};
@@ -147,6 +148,16 @@ pub struct GatedFlushStats {
     pub partials: usize,
     /// Windows dropped unemitted because the shard set's leader had flushed them.
     pub dropped: usize,
+}
+
+/// A rule set staged at a time not after the newest set's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("rules effective from {from_ms} ms cannot follow the rules already effective from {newest_from_ms} ms")]
+pub struct StageRulesError {
+    /// The time asked for.
+    pub from_ms: i64,
+    /// Start of the newest set kept.
+    pub newest_from_ms: i64,
 }
 
 /// Ingest after [`Engine::close`]: the service is shutting down.
@@ -305,6 +316,25 @@ impl Engine {
         next.push(staged);
         *generations = next.into();
         from_ms
+    }
+
+    /// Schedules `rules` to take over at `from_ms`, a boundary chosen
+    /// elsewhere (a cluster's publisher chose it once for every instance).
+    /// Refused unless it comes after the newest set's start.
+    pub fn stage_rules_at(&self, rules: RuleSet, from_ms: i64) -> Result<i64, StageRulesError> {
+        let mut generations = self.generations.write();
+        let newest = generations.last().expect("at least one generation");
+        if from_ms <= newest.from_ms {
+            return Err(StageRulesError {
+                from_ms,
+                newest_from_ms: newest.from_ms,
+            });
+        }
+        let staged = Arc::new(Generation::new(Arc::new(rules), from_ms, &self.settings));
+        let mut next: Vec<Arc<Generation>> = generations.iter().cloned().collect();
+        next.push(staged);
+        *generations = next.into();
+        Ok(from_ms)
     }
 
     /// The rule set in force for events at `timestamp_ms`.

@@ -96,3 +96,35 @@ fn a_drop_rule_staged_applies_per_point() {
     // Before the boundary nothing changes, even for events sent afterwards.
     assert!(engine.rules_at(T0 + 9_999).rule_count() == 0 && engine.rules_at(T0 + 10_000).rule_count() == 1);
 }
+
+#[test]
+fn a_rule_set_staged_at_a_given_boundary_takes_over_there_and_not_before_the_newest() {
+    let engine = engine(
+        "mapping_rules:\n  - {name: r, filter: '__name__:jobs', aggregations: [sum], storage_policies: [\"10s:1h\"]}",
+    );
+    // A cluster's publisher chose T0 + 20 s: later than this engine's own next boundary.
+    assert_eq!(
+        engine.stage_rules_at(rules("count", "\"10s:1h\""), T0 + 20_000),
+        Ok(T0 + 20_000)
+    );
+    // Not at or before the newest set's start: that would fold some windows twice.
+    assert_eq!(
+        engine.stage_rules_at(rules("sum", "\"10s:1h\""), T0 + 20_000),
+        Err(StageRulesError {
+            from_ms: T0 + 20_000,
+            newest_from_ms: T0 + 20_000
+        })
+    );
+    engine
+        .ingest(&batch(&[(1.0, T0 + 15_000), (2.0, T0 + 21_000)]), T0 + 22_000)
+        .unwrap();
+    let mut records: Vec<_> = flush(&engine, T0 + 200_000)
+        .iter()
+        .map(|r| (r.window_start_ms - T0, r.output_name()))
+        .collect();
+    records.sort();
+    assert_eq!(
+        records,
+        [(10_000, "jobs:sum".to_string()), (20_000, "jobs:count".to_string())]
+    );
+}

@@ -22,6 +22,7 @@ use crate::admin::{admin_router, AdminAccess, AdminState};
 use crate::api::{self, v1};
 use crate::clock::Clock;
 use crate::cluster::coordinator::{ClusterError, Coordinator, Registration};
+use crate::cluster::etcd::EtcdClient;
 use crate::cluster::router::Router;
 use crate::cluster::service::ForwardService;
 use crate::cluster::stage::{LocalFold, Stage};
@@ -34,7 +35,7 @@ use crate::ingest::remote_write::{ingest_router, probe_router, HttpState};
 use crate::ingest::statsd::serve_statsd;
 use crate::limits::Limits;
 use crate::profile::Profiler;
-use crate::reload::RulesReloader;
+use crate::reload::{ClusterLink, RulesReloader};
 use crate::rules::RuleSet;
 use crate::sink::file_store::FileStore;
 use crate::sink::remote_write::RemoteWriteShard;
@@ -102,6 +103,9 @@ pub enum ServiceError {
     /// The cluster cannot be joined (etcd, placement).
     #[error("{0}")]
     Cluster(#[from] ClusterError),
+    /// The cluster's rules cannot be read or published.
+    #[error("{0}")]
+    ClusterRules(#[from] crate::cluster::rules::ClusterRulesError),
     /// Shutdown did not finish within the grace period.
     #[error("shutdown took longer than the {0} ms grace period; windows still open were lost")]
     ShutdownTimeout(u64),
@@ -173,6 +177,24 @@ pub async fn start(
 ) -> Result<ServiceHandle, ServiceError> {
     let telemetry = Arc::new(Telemetry::default());
     let limits = Limits::new(settings.limits.clone(), Arc::clone(&telemetry));
+    // A cluster instance folds the cluster's rules from etcd (see `cluster::rules`).
+    let cluster_rules = match &settings.cluster {
+        Some(cluster) => {
+            let timeout = std::time::Duration::from_millis(cluster.etcd_timeout_ms);
+            let client = EtcdClient::connect(&cluster.etcd_endpoints, timeout)
+                .await
+                .map_err(ClusterError::from)?;
+            let start =
+                crate::cluster::rules::at_start(&client, cluster, &settings.rules_file, rules.clone(), clock.now_ms())
+                    .await?;
+            Some((client, start))
+        }
+        None => None,
+    };
+    let rules = match &cluster_rules {
+        Some((_, start)) => start.sets[0].1.clone(),
+        None => rules,
+    };
     let mut engine = Engine::new(settings.engine.clone(), rules).with_limits(limits);
     if let Some(cluster) = &settings.cluster {
         engine = engine.with_rollup_forwarding(cluster.forward_lateness_ms);
@@ -181,12 +203,40 @@ pub async fn start(
         engine = engine.with_profiler(Arc::new(Profiler::new(profile, clock.now_ms())));
     }
     let engine = Arc::new(engine);
-    let reloader = Arc::new(RulesReloader::new(
-        &settings.rules_file,
-        Arc::clone(&engine),
-        Arc::clone(&clock),
-        Arc::clone(&telemetry),
-    ));
+    let reloader = match (cluster_rules, &settings.cluster) {
+        (Some((client, start)), Some(cluster)) => {
+            for (from_ms, rules, _) in &start.sets[1..] {
+                let from_ms = from_ms.expect("later sets have an effective time");
+                engine
+                    .stage_rules_at(rules.clone(), from_ms)
+                    .expect("the sets of one published value follow each other");
+            }
+            let link = ClusterLink {
+                client: client.clone(),
+                settings: cluster.clone(),
+            };
+            let reloader = Arc::new(RulesReloader::clustered(
+                &settings.rules_file,
+                Arc::clone(&engine),
+                Arc::clone(&clock),
+                Arc::clone(&telemetry),
+                link,
+                &start,
+            ));
+            tokio::spawn(crate::cluster::rules::follow(
+                client,
+                cluster.cluster.clone(),
+                Arc::clone(&reloader),
+            ));
+            reloader
+        }
+        _ => Arc::new(RulesReloader::new(
+            &settings.rules_file,
+            Arc::clone(&engine),
+            Arc::clone(&clock),
+            Arc::clone(&telemetry),
+        )),
+    };
     let hub = SelectionHub::new(settings.selection_stream_buffer);
     let store_root = settings.data_dir.join("store");
     let wal = match &settings.wal {
@@ -450,13 +500,14 @@ async fn start_cluster(
 ) -> Result<ClusterRuntime, ServiceError> {
     let (internal, internal_addr) = listeners::bind(cluster.listen, "cluster.listen").await?;
     let now_ms = clock.now_ms();
-    let rules_hash = rules.newest_hash();
     let registration = Registration {
         id: cluster.instance.clone(),
         endpoint: internal_addr.to_string(),
         http: http_addr.to_string(),
         started_ms: now_ms,
-        rules_hash,
+        rules_hash: rules.newest_hash(),
+        rules_version: 0,
+        rules_differ: None,
     };
     // A replica that just started has not seen the windows open now: it may
     // lead only once every window it could flush opened after its start.
@@ -464,6 +515,7 @@ async fn start_cluster(
     let coordinator = Coordinator::start(
         cluster.clone(),
         registration,
+        rules.subscribe(),
         logged,
         local.engine().flush_horizon_ms(),
         move || time.now_ms(),

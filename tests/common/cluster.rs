@@ -27,7 +27,9 @@ pub struct Instance {
     pub http: SocketAddr,
     pub internal: SocketAddr,
     pub dir: PathBuf,
-    config: PathBuf,
+    /// Its own rules file (each instance has one, as on separate machines).
+    pub rules_file: PathBuf,
+    pub config: PathBuf,
     child: Option<Child>,
     /// Logs of the runs before the last restart.
     earlier_log: String,
@@ -45,6 +47,15 @@ impl Instance {
             .spawn()
             .expect("spawn tailfold");
         self.child = Some(child);
+    }
+
+    /// Starts it again (after `stop` or `kill9`), with `cluster_extra` lines
+    /// added to its `cluster:` section, and waits until it is ready.
+    pub fn restart_with(&mut self, cluster_extra: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, format!("{config}{cluster_extra}")).unwrap();
+        self.spawn();
+        self.wait_ready();
     }
 
     /// Waits until `GET /-/ready` answers 200.
@@ -148,6 +159,22 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A plain HTTP/1.1 POST without a body on loopback: status and body.
+pub fn http_post(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())?;
+    Some((status, body))
+}
+
 /// Settings of a test cluster.
 pub struct ClusterSpec {
     pub instances: usize,
@@ -176,18 +203,10 @@ impl TestCluster {
     pub fn start(spec: ClusterSpec) -> TestCluster {
         let etcd = EtcdServer::start();
         let dir = tempfile::tempdir().unwrap();
-        let rules_file = dir.path().join("rules.yaml");
-        std::fs::write(&rules_file, &spec.rules).unwrap();
         let mut instances = Vec::new();
         for index in 0..spec.instances {
             let id = format!("i{index}");
-            instances.push(make_instance(
-                dir.path(),
-                &id,
-                &rules_file,
-                &spec,
-                Some(&etcd.endpoint()),
-            ));
+            instances.push(make_instance(dir.path(), &id, &spec, Some(&etcd.endpoint())));
         }
         let mut init = Command::new(env!("CARGO_BIN_EXE_tailfold"));
         init.args([
@@ -214,7 +233,7 @@ impl TestCluster {
             "cluster init failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let mut single = make_instance(dir.path(), "single", &rules_file, &spec, None);
+        let mut single = make_instance(dir.path(), "single", &spec, None);
         single.spawn();
         for instance in &mut instances {
             instance.spawn();
@@ -248,6 +267,11 @@ impl TestCluster {
         }
         std::thread::sleep(Duration::from_millis(300));
         cluster
+    }
+
+    /// The cluster id every instance uses.
+    pub fn id(&self) -> &'static str {
+        CLUSTER_ID
     }
 
     /// `tailfold cluster status --json`, parsed.
@@ -289,9 +313,11 @@ impl Drop for TestCluster {
     }
 }
 
-fn make_instance(root: &Path, id: &str, rules: &Path, spec: &ClusterSpec, etcd: Option<&str>) -> Instance {
+fn make_instance(root: &Path, id: &str, spec: &ClusterSpec, etcd: Option<&str>) -> Instance {
     let dir = root.join(id);
     std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("rules.yaml");
+    std::fs::write(&rules, &spec.rules).unwrap();
     let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let (grpc, http, internal) = (loopback(free_port()), loopback(free_port()), loopback(free_port()));
     let cluster = match etcd {
@@ -318,6 +344,7 @@ fn make_instance(root: &Path, id: &str, rules: &Path, spec: &ClusterSpec, etcd: 
         http,
         internal,
         dir,
+        rules_file: rules,
         config: config_file,
         child: None,
         earlier_log: String::new(),

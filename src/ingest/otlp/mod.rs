@@ -97,6 +97,9 @@ pub enum FoldError {
     /// The write-ahead log did not take the batch, so it is not acknowledged.
     #[error(transparent)]
     Wal(#[from] WalError),
+    /// A cluster instance whose rules differ from the cluster's forwards nothing.
+    #[error("this instance does not fold the cluster's rules ({0}); send to another instance")]
+    RulesDiffer(String),
 }
 
 impl From<StageError> for FoldError {
@@ -104,6 +107,7 @@ impl From<StageError> for FoldError {
         match error {
             StageError::Closed(closed) => FoldError::Closed(closed),
             StageError::Wal(wal) => FoldError::Wal(wal),
+            StageError::RulesDiffer(reason) => FoldError::RulesDiffer(reason),
         }
     }
 }

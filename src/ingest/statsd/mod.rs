@@ -77,6 +77,13 @@ pub async fn serve_statsd(
             let (admitted, limited) = engine.admit(&decoder.batch, now_ms);
             match stage.fold(&admitted, now_ms, limited).await {
                 Ok(outcome) => outcome,
+                Err(crate::cluster::stage::StageError::RulesDiffer(reason)) => {
+                    // Nothing is forwarded until the rules agree; counted, and the listener goes on.
+                    tracing::warn!(%reason, points = tally.points, "statsd datagram dropped: this instance's rules differ from the cluster's");
+                    let mut outcome = Outcome::default();
+                    outcome.reject(DropReason::Unavailable, tally.points);
+                    outcome
+                }
                 Err(error) => {
                     tracing::info!(%error, "statsd listener stops");
                     break;
