@@ -42,6 +42,7 @@ pub fn encode_series<'a>(
             Kind::Counter => 0,
             Kind::Gauge => 1,
             Kind::Distribution => 2,
+            Kind::Set => 3,
         });
         out.push(u8::from(series.cumulative));
         put_u32(out, series.points.len() as u32);
@@ -250,6 +251,7 @@ impl<'a> Reader<'a> {
                 0 => Kind::Counter,
                 1 => Kind::Gauge,
                 2 => Kind::Distribution,
+                3 => Kind::Set,
                 _ => return None,
             };
             let cumulative = self.u8()? == 1;

@@ -245,6 +245,7 @@ fn kind_byte(kind: Kind) -> u8 {
         Kind::Counter => 0,
         Kind::Gauge => 1,
         Kind::Distribution => 2,
+        Kind::Set => 3,
     }
 }
 

@@ -46,13 +46,13 @@ pub enum StatsdError {
         line: String,
     },
     /// No `|type` section.
-    #[error("{line:?}: no '|type' after the value (c, g, ms, h or d)")]
+    #[error("{line:?}: no '|type' after the value (c, g, ms, h, d or s)")]
     MissingType {
         /// The line, cut.
         line: String,
     },
-    /// A type other than `c`, `g`, `ms`, `h`, `d` (or `s`, refused as unsupported).
-    #[error("{line:?}: unknown type {kind:?}: expected c, g, ms, h or d")]
+    /// A type other than `c`, `g`, `ms`, `h`, `d`, `s`.
+    #[error("{line:?}: unknown type {kind:?}: expected c, g, ms, h, d or s")]
     UnknownType {
         /// The line, cut.
         line: String,
@@ -139,7 +139,7 @@ pub struct StatsdLine<'a> {
     pub raw: &'a str,
     /// Metric name as sent; [`StatsdLine::labels`] sanitises it.
     pub name: &'a str,
-    /// `c` counter, `g` gauge, `ms` / `h` / `d` distribution.
+    /// `c` counter, `g` gauge, `ms` / `h` / `d` distribution, `s` set.
     pub kind: Kind,
     /// `@rate` in (0, 1]; 1 when absent.
     pub sample_rate: f64,
@@ -190,12 +190,7 @@ pub fn parse_line<'a>(raw: &'a str, values: &mut Vec<f64>) -> Result<StatsdLine<
         Some("c") => Kind::Counter,
         Some("g") => Kind::Gauge,
         Some("ms" | "h" | "d") => Kind::Distribution,
-        Some("s") => {
-            return Err(StatsdError::Unsupported {
-                line: line(),
-                what: "sets (|s)",
-            })
-        }
+        Some("s") => Kind::Set,
         Some(other) => {
             return Err(StatsdError::UnknownType {
                 line: line(),
@@ -231,6 +226,11 @@ pub fn parse_line<'a>(raw: &'a str, values: &mut Vec<f64>) -> Result<StatsdLine<
             return Err(StatsdError::EmptyValue { line: line() });
         }
         // statsd reads `+3|g` / `-3|g` as "change the gauge by 3".
+        if kind == Kind::Set {
+            // A member is any text, as in statsd ("1" and "1.0" are two members).
+            values.push(set_member(text));
+            continue;
+        }
         if kind == Kind::Gauge {
             let signed = text.starts_with(['+', '-']);
             if *relative.get_or_insert(signed) != signed {
@@ -288,6 +288,13 @@ fn parse_timestamp(raw: &str, text: &str) -> Result<i64, StatsdError> {
             line: cut(raw),
             text: cut(text),
         })
+}
+
+/// A set member as the engine takes it: a 52-bit hash of its text, an
+/// integral f64 (exact in a point's value); two members collide with
+/// probability about n²/2^53 among n, e.g. 1e-6 among 100,000.
+pub fn set_member(text: &str) -> f64 {
+    (xxhash_rust::xxh3::xxh3_64(text.as_bytes()) >> 12) as f64
 }
 
 /// A statsd name in Prometheus form: every character outside `[a-zA-Z0-9_]`
@@ -441,7 +448,8 @@ impl StatsdLine<'_> {
             let mut point = Point::new(*value, self.timestamp_ms, None);
             match self.kind {
                 Kind::Counter => point.value /= self.sample_rate,
-                Kind::Gauge => {}
+                // A member is in the set or not: statsd ignores a set's rate too.
+                Kind::Gauge | Kind::Set => {}
                 Kind::Distribution => point.weight = stochastic_weight(self.sample_rate, rng),
             }
             point
