@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use rand::Rng;
 use thiserror::Error;
@@ -148,7 +147,7 @@ pub struct StatsdLine<'a> {
     /// DogStatsD `|T<seconds>` as milliseconds; `None` means arrival time.
     pub timestamp_ms: Option<i64>,
     /// A gauge's values were sent with a sign (`+3|g`, `-3|g`): changes of
-    /// the held value, as Etsy statsd reads them (see [`HeldGauges`]).
+    /// the held value, as Etsy statsd reads them (see `HeldGauges`).
     pub relative: bool,
 }
 
@@ -314,60 +313,6 @@ pub fn sanitize_name(name: &str) -> Cow<'_, str> {
             .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }),
     );
     Cow::Owned(clean)
-}
-
-/// The last value of each statsd gauge, so that a relative change applies to
-/// it as in Etsy statsd: `q:5|g` then `q:+2|g` is 7, in the same window or a
-/// later one. At most `max` gauges are held; one not updated for `idle` is
-/// forgotten (a later change starts from 0, as statsd's does for a gauge it
-/// does not have).
-#[derive(Debug)]
-pub struct HeldGauges {
-    values: HashMap<u128, (f64, Instant)>,
-    max: usize,
-    idle: Duration,
-}
-
-impl HeldGauges {
-    /// Holds at most `max` gauges, each for `idle_ms` after its last update.
-    pub fn new(max: usize, idle_ms: u64) -> Self {
-        HeldGauges {
-            values: HashMap::new(),
-            max,
-            idle: Duration::from_millis(idle_ms),
-        }
-    }
-
-    /// The absolute value of a gauge `value` sent for series `key` at `now`
-    /// (`relative`: sent with a sign), which becomes the held value. `None`
-    /// when a relative change cannot be applied: the gauge is not held and
-    /// `max` others are (an absolute value then passes, unheld).
-    pub fn apply(&mut self, key: u128, value: f64, relative: bool, now: Instant) -> Option<f64> {
-        let idle = self.idle;
-        let held = match self.values.get(&key) {
-            Some(&(held, seen)) if now.duration_since(seen) < idle => held,
-            _ => 0.0,
-        };
-        let absolute = if relative { held + value } else { value };
-        if !self.values.contains_key(&key) && self.values.len() >= self.max {
-            self.values.retain(|_, (_, seen)| now.duration_since(*seen) < idle);
-            if self.values.len() >= self.max {
-                return (!relative).then_some(absolute);
-            }
-        }
-        self.values.insert(key, (absolute, now));
-        Some(absolute)
-    }
-
-    /// Gauges held now.
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
 }
 
 /// Distinct metric names [`NameCollisions`] remembers; past it, new names are

@@ -267,19 +267,5 @@ fn relative_gauges_change_the_held_value_as_etsy_statsd_does() {
     assert!(line.relative);
     assert_eq!(values, [-2.5]);
     assert!(!parse("q:7|g").unwrap().0.relative);
-    let start = Instant::now();
-    let mut gauges = HeldGauges::new(2, 60_000);
-    // A change to a gauge not held starts from 0 (statsd: `-3` on a new gauge is -3).
-    assert_eq!(gauges.apply(1, 3.0, true, start), Some(3.0));
-    assert_eq!(gauges.apply(1, 5.0, false, start), Some(5.0));
-    assert_eq!(gauges.apply(1, -2.0, true, start), Some(3.0));
-    assert_eq!(gauges.apply(2, 1.0, false, start), Some(1.0));
-    // Full: an absolute value passes unheld, a change cannot be applied.
-    assert_eq!(gauges.apply(3, 4.0, false, start), Some(4.0));
-    assert_eq!(gauges.apply(3, 1.0, true, start), None);
-    assert_eq!(gauges.len(), 2);
-    // Idle past 60 s: forgotten, its place taken, and a change starts from 0 again.
-    let later = start + Duration::from_secs(61);
-    assert_eq!(gauges.apply(3, 1.0, true, later), Some(1.0));
-    assert_eq!(gauges.apply(1, 1.0, true, later), Some(1.0));
+    // What a change applies to: `held::tests`.
 }
