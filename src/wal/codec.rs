@@ -357,6 +357,12 @@ mod tests {
                         ..Point::new(3.0, Some(1_000), None)
                     }],
                 ),
+                // A set member is a 52-bit hash carried in the value: it must come back bit for bit.
+                SeriesBatch::new(
+                    Labels::from_pairs([("__name__", "users")]),
+                    Kind::Set,
+                    vec![Point::new(4_503_599_627_370_495.0, Some(2_000), None)],
+                ),
             ],
         }
     }
