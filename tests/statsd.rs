@@ -167,7 +167,7 @@ async fn malformed_lines_are_refused_alone_and_counted_and_serving_goes_on() {
     let mut service = start_service_with("", T0 + 1_000, config).await;
     let address = statsd_addr(&service);
 
-    let mut mixed = b"good:1|c\nno_colon\nname:abc|c\ngood:2|c|#k:v\nname:1|s\nname:+1:2|g\n".to_vec();
+    let mut mixed = b"good:1|c\nno_colon\nname:abc|c\ngood:2|c|#k:v\nname:|s\nname:+1:2|g\n".to_vec();
     mixed.extend_from_slice(b"\xff\xfe:1|c\nname:1|c|@0\ngood:3:4|c\n\n");
     send(&[mixed], address).await;
     let snapshot = wait_received(&service, 4 + 6).await;

@@ -25,7 +25,7 @@ pub enum AggregationError {
 /// One output of a window.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Aggregation {
-    /// Number of samples.
+    /// Number of samples (of a set: distinct members).
     Count,
     /// Sum of values (for counters: the increase over the window).
     Sum,
@@ -63,6 +63,8 @@ impl Aggregation {
             Kind::Counter => matches!(self, Count | Sum | Rate | Total),
             Kind::Gauge => matches!(self, Count | Sum | Last | Min | Max | Mean),
             Kind::Distribution => !matches!(self, Rate | Last),
+            // A set's count is its distinct members, as statsd's `count` of a set.
+            Kind::Set => matches!(self, Count),
         }
     }
 }
@@ -232,5 +234,7 @@ mod tests {
         assert!(Aggregation::Last.applies_to(Kind::Gauge));
         assert!(!Aggregation::Last.applies_to(Kind::Distribution));
         assert!(Aggregation::Above(1.0).applies_to(Kind::Distribution));
+        assert!(Aggregation::Count.applies_to(Kind::Set));
+        assert!(!Aggregation::Sum.applies_to(Kind::Set));
     }
 }

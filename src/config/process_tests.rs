@@ -118,6 +118,10 @@ fn broken_configs_name_the_file_and_field() {
             "field statsd.gauge_idle_ms: 10 must be at least 1000",
         ),
         ("statsd: {port: 8125}", "invalid yaml: statsd: unknown field `port`"),
+        (
+            "engine: {set_max_exact_values: 0}",
+            "field engine.set_max_exact_values: 0 is outside 1..=1000000",
+        ),
     ] {
         let error = ServiceSettings::parse(text, path).unwrap_err().to_string();
         assert!(error.contains(needle), "{text:?} gave {error:?}, wanted {needle:?}");

@@ -18,6 +18,8 @@ pub mod builtin {
     pub const GAUGE_AGGREGATIONS: &[&str] = &["last", "min", "max"];
     /// Aggregations of a distribution series no mapping rule matches.
     pub const DISTRIBUTION_AGGREGATIONS: &[&str] = &["count", "sum", "min", "max", "p50", "p90", "p99", "p999"];
+    /// Aggregations of a set series (statsd `|s`) no mapping rule matches: its distinct members.
+    pub const SET_AGGREGATIONS: &[&str] = &["count"];
 
     pub(super) fn strings(values: &[&str]) -> Vec<String> {
         values.iter().map(|value| value.to_string()).collect()
@@ -65,6 +67,9 @@ pub struct DefaultsConfig {
     /// Aggregations of distribution series no mapping rule matches.
     #[serde(default = "default_distribution")]
     pub distribution: KindDefaultsConfig,
+    /// Aggregations of set series (statsd `|s`) no mapping rule matches; only `count` (distinct members) applies.
+    #[serde(default = "default_set")]
+    pub set: KindDefaultsConfig,
 }
 
 impl Default for DefaultsConfig {
@@ -74,6 +79,7 @@ impl Default for DefaultsConfig {
             counter: default_counter(),
             gauge: default_gauge(),
             distribution: default_distribution(),
+            set: default_set(),
         }
     }
 }
@@ -100,6 +106,12 @@ fn default_distribution() -> KindDefaultsConfig {
     }
 }
 
+fn default_set() -> KindDefaultsConfig {
+    KindDefaultsConfig {
+        aggregations: builtin::strings(builtin::SET_AGGREGATIONS),
+    }
+}
+
 /// Default aggregations for one kind of series.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -118,6 +130,8 @@ pub enum KindName {
     Gauge,
     /// `distribution`
     Distribution,
+    /// `set` (statsd `|s`)
+    Set,
 }
 
 impl From<KindName> for Kind {
@@ -126,6 +140,7 @@ impl From<KindName> for Kind {
             KindName::Counter => Kind::Counter,
             KindName::Gauge => Kind::Gauge,
             KindName::Distribution => Kind::Distribution,
+            KindName::Set => Kind::Set,
         }
     }
 }

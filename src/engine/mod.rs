@@ -174,11 +174,12 @@ impl Engine {
                     0x7a11_f01d ^ index as u64,
                     settings.histogram,
                     settings.idle_series_ms,
+                    settings.set_max_exact_values,
                 ))
             })
             .collect();
         let first = Arc::new(Generation::new(Arc::new(rules), i64::MIN, &settings));
-        let assembler = Mutex::new(Assembler::new(settings.histogram));
+        let assembler = Mutex::new(Assembler::new(settings.histogram, settings.set_max_exact_values));
         Engine {
             settings,
             shards,

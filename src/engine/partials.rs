@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::histogram::{ExpHistogram, HistogramConfig, HistogramParts, PartsError};
-use crate::aggregate::{Aggregation, CounterState, GaugeState};
+use crate::aggregate::{Aggregation, CounterState, GaugeState, SetParts, SetState};
 use crate::model::{series_hash, Kind, Labels, StoragePolicy};
 
 use super::route::{OutputTarget, PolicySlot};
@@ -27,6 +27,9 @@ pub enum PartialState {
     Gauge(GaugeState),
     /// The histogram with its reservoirs.
     Distribution(HistogramParts),
+    /// The set's members while exact, else its sketch: the owner's union is
+    /// exact while it stays within the owner's bound.
+    Set(SetParts),
 }
 
 /// One input owner's share of one rollup window, as it is forwarded.
@@ -86,6 +89,7 @@ impl WindowState {
             WindowState::Counter(state) => PartialState::Counter(*state),
             WindowState::Gauge(state) => PartialState::Gauge((**state).clone()),
             WindowState::Distribution(histogram) => PartialState::Distribution(histogram.to_parts()),
+            WindowState::Set(state) => PartialState::Set(state.to_parts()),
         }
     }
 
@@ -98,6 +102,7 @@ impl WindowState {
             }
             (WindowState::Gauge(mine), WindowState::Gauge(theirs)) => mine.merge(theirs),
             (WindowState::Distribution(mine), WindowState::Distribution(theirs)) => mine.merge(theirs, rng),
+            (WindowState::Set(mine), WindowState::Set(theirs)) => mine.merge(theirs),
             // Shares are checked against the output's kind when they arrive.
             _ => {}
         }
@@ -108,9 +113,9 @@ impl WindowState {
 type CheckedShare = (Arc<str>, Labels, Vec<Aggregation>, WindowState);
 
 impl PartialWindow {
-    /// Checked runtime form: the state rebuilt under `histogram`, the
-    /// aggregations parsed, the labels made a label set.
-    fn into_parts(self, histogram: HistogramConfig) -> Result<CheckedShare, PartialError> {
+    /// Checked runtime form: the state rebuilt under `histogram` (a set's
+    /// under `set_max_exact`), the aggregations parsed, the labels made a label set.
+    fn into_parts(self, histogram: HistogramConfig, set_max_exact: usize) -> Result<CheckedShare, PartialError> {
         let output = format!("{}{:?}", self.tenant, self.labels);
         let malformed = |problem: String| PartialError::Malformed {
             output: output.clone(),
@@ -146,6 +151,9 @@ impl PartialWindow {
                     output: output.clone(),
                     source,
                 })?,
+            )),
+            (Kind::Set, PartialState::Set(parts)) => WindowState::Set(Box::new(
+                SetState::from_parts(set_max_exact, &parts).map_err(|error| malformed(error.to_string()))?,
             )),
             (kind, _) => return Err(malformed(format!("state is not a {} window", kind.as_str()))),
         };
@@ -189,17 +197,20 @@ pub struct Assembler {
     /// Running `total`s per (output, policy).
     totals: RunningTotals,
     histogram: HistogramConfig,
+    set_max_exact: usize,
     rng: SmallRng,
 }
 
 impl Assembler {
-    /// No windows yet; distribution shares are rebuilt under `histogram`.
-    pub fn new(histogram: HistogramConfig) -> Self {
+    /// No windows yet; distribution shares are rebuilt under `histogram`,
+    /// set shares under `set_max_exact`.
+    pub fn new(histogram: HistogramConfig, set_max_exact: usize) -> Self {
         Assembler {
             windows: HashMap::new(),
             flushed_until: Vec::new(),
             totals: RunningTotals::default(),
             histogram,
+            set_max_exact,
             rng: SmallRng::seed_from_u64(0x0a55_e4b1),
         }
     }
@@ -209,7 +220,7 @@ impl Assembler {
     /// predecessor sent before it could record the flush).
     pub fn insert(&mut self, source: u32, partial: PartialWindow) -> Result<(), PartialError> {
         let (policy, lateness_ms, start_ms) = (partial.policy, partial.lateness_ms, partial.start_ms);
-        let (tenant, labels, aggregations, state) = partial.into_parts(self.histogram)?;
+        let (tenant, labels, aggregations, state) = partial.into_parts(self.histogram, self.set_max_exact)?;
         let key = series_hash(&tenant, &labels);
         let end_ms = start_ms + policy.resolution_ms as i64;
         if self
@@ -226,6 +237,7 @@ impl Assembler {
             WindowState::Counter(_) => Kind::Counter,
             WindowState::Gauge(_) => Kind::Gauge,
             WindowState::Distribution(_) => Kind::Distribution,
+            WindowState::Set(_) => Kind::Set,
         };
         let assembly = self.windows.entry((key, policy, start_ms)).or_insert_with(|| {
             let aggregations: Arc<[Aggregation]> = aggregations.into();

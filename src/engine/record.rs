@@ -226,6 +226,17 @@ pub fn window_records(
                 emit(aggregation, statistic, scalar(value), None, Vec::new());
             }
         }
+        WindowState::Set(state) => {
+            if slot.aggregations.contains(&Aggregation::Count) {
+                emit(
+                    Aggregation::Count,
+                    Statistic::Count,
+                    scalar(state.distinct()),
+                    None,
+                    Vec::new(),
+                );
+            }
+        }
         WindowState::Distribution(histogram) => {
             let mut wants_histogram = false;
             for &aggregation in slot.aggregations.iter() {

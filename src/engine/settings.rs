@@ -28,6 +28,9 @@ pub struct EngineSettings {
     /// Exemplars an `above(threshold)` output keeps per window: the kept
     /// exemplars of the highest buckets beyond the threshold, slowest first.
     pub above_max_traces: usize,
+    /// Distinct members a set window (statsd `|s`) counts exactly; past it,
+    /// a HyperLogLog sketch (standard error 0.81 %).
+    pub set_max_exact_values: usize,
 }
 
 impl EngineSettings {
@@ -50,6 +53,7 @@ impl Default for EngineSettings {
             histogram: HistogramConfig::default(),
             idle_series_ms: 3_600_000,
             above_max_traces: 10,
+            set_max_exact_values: 1_000,
         }
     }
 }

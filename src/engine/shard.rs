@@ -220,6 +220,8 @@ pub struct Shard {
     flushed_until: Vec<(StoragePolicy, i64)>,
     rng: SmallRng,
     histogram: HistogramConfig,
+    /// Distinct members a set window counts exactly (`engine.set_max_exact_values`).
+    set_max_exact: usize,
     /// Running `total`s per output key, kept across windows.
     totals: RunningTotals,
     idle_series_ms: i64,
@@ -230,13 +232,15 @@ pub struct Shard {
 
 impl Shard {
     /// An empty shard; `seed` makes exemplar picks reproducible in tests.
-    /// Running totals idle for `idle_series_ms` are forgotten.
-    pub fn new(seed: u64, histogram: HistogramConfig, idle_series_ms: u64) -> Self {
+    /// Running totals idle for `idle_series_ms` are forgotten; set windows
+    /// count exactly up to `set_max_exact` distinct members.
+    pub fn new(seed: u64, histogram: HistogramConfig, idle_series_ms: u64, set_max_exact: usize) -> Self {
         Shard {
             outputs: HashTable::new(),
             flushed_until: Vec::new(),
             rng: SmallRng::seed_from_u64(seed),
             histogram,
+            set_max_exact,
             totals: RunningTotals::default(),
             idle_series_ms: idle_series_ms as i64,
             last_total_eviction_ms: i64::MIN / 2,
@@ -319,12 +323,19 @@ impl Shard {
             return Err(DropReason::TooLate);
         }
         let key = target.key;
+        let set_max_exact = self.set_max_exact;
         let open = |classes: &mut Vec<WindowClass>, histogram: &HistogramConfig| OpenWindow {
             target: Arc::clone(target),
             slot: slot_index,
             class: class_of(classes, slot),
             start_ms: window_start_ms,
-            state: WindowState::new(target.kind, target.rollup, histogram, slot.links.as_ref()),
+            state: WindowState::new(
+                target.kind,
+                target.rollup,
+                histogram,
+                slot.links.as_ref(),
+                set_max_exact,
+            ),
         };
         let entry = match self
             .outputs

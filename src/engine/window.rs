@@ -1,5 +1,5 @@
-//! The state of one open window of one output: a counter, gauge or
-//! distribution accumulator, created empty on the first sample.
+//! The state of one open window of one output: a counter, gauge,
+//! distribution or set accumulator, created empty on the first sample.
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use rand::Rng;
 
 use crate::aggregate::exemplar::Exemplar;
 use crate::aggregate::histogram::{bucket_index, BucketCounts, ExpHistogram, HistogramConfig, LinkPlan};
-use crate::aggregate::{CounterState, GaugeState};
+use crate::aggregate::{CounterState, GaugeState, SetState};
 use crate::model::{DropReason, Kind, NativeHistogram, TraceContext};
 
 /// Accumulated state of one window.
@@ -21,17 +21,27 @@ pub enum WindowState {
     /// Distribution: the exponential histogram with the exemplars and
     /// threshold counts its link plan asks for.
     Distribution(Box<ExpHistogram>),
+    /// Set: the distinct members, exact up to a bound, then a sketch.
+    Set(Box<SetState>),
 }
 
 impl WindowState {
     /// Empty state for `kind`; a distribution keeps what `links` (its slot's
-    /// plan) says the window will emit.
-    pub fn new(kind: Kind, rollup: bool, histogram: &HistogramConfig, links: Option<&Arc<LinkPlan>>) -> Self {
+    /// plan) says the window will emit, a set counts exactly up to
+    /// `set_max_exact` distinct members.
+    pub fn new(
+        kind: Kind,
+        rollup: bool,
+        histogram: &HistogramConfig,
+        links: Option<&Arc<LinkPlan>>,
+        set_max_exact: usize,
+    ) -> Self {
         match kind {
             Kind::Counter => WindowState::Counter(CounterState::default()),
             Kind::Gauge if rollup => WindowState::Gauge(Box::new(GaugeState::for_rollup())),
             Kind::Gauge => WindowState::Gauge(Box::default()),
             Kind::Distribution => WindowState::Distribution(Box::new(ExpHistogram::with_plan(*histogram, links))),
+            Kind::Set => WindowState::Set(Box::new(SetState::new(set_max_exact))),
         }
     }
 
@@ -42,6 +52,7 @@ impl WindowState {
             WindowState::Counter(_) => {}
             WindowState::Gauge(state) => crate::prefetch::prefetch(&**state),
             WindowState::Distribution(histogram) => crate::prefetch::prefetch(&**histogram),
+            WindowState::Set(state) => crate::prefetch::prefetch(&**state),
         }
     }
 
@@ -77,6 +88,8 @@ impl WindowState {
         match self {
             WindowState::Counter(state) => state.record_n(value, weight),
             WindowState::Gauge(state) => state.record(input, value, timestamp_ms),
+            // A member is in the set or not, however sampled.
+            WindowState::Set(state) => state.record(value),
             WindowState::Distribution(histogram) => {
                 let exemplar = trace.map(|trace| Exemplar {
                     trace_id: trace.trace_id,

@@ -14,6 +14,9 @@ pub enum Kind {
     Gauge,
     /// One observation of a distribution (a latency, a size).
     Distribution,
+    /// A member of a set (statsd `|s`): the value is a 52-bit hash of the
+    /// member as sent, an integral f64; a window counts distinct members.
+    Set,
 }
 
 impl Kind {
@@ -23,6 +26,7 @@ impl Kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
             Kind::Distribution => "distribution",
+            Kind::Set => "set",
         }
     }
 }

@@ -46,6 +46,7 @@ fn stamp(kind: Kind, generation: Option<u64>) -> u64 {
         Kind::Counter => 0,
         Kind::Gauge => 1,
         Kind::Distribution => 2,
+        Kind::Set => 3,
     };
     (generation.map_or(0, |generation| generation.wrapping_add(1)) << 2) | kind
 }
@@ -62,7 +63,8 @@ impl<T> CachedPlan<T> {
         match self.stamp & 3 {
             0 => Kind::Counter,
             1 => Kind::Gauge,
-            _ => Kind::Distribution,
+            2 => Kind::Distribution,
+            _ => Kind::Set,
         }
     }
 }

@@ -25,15 +25,16 @@ fn kind_index(kind: Kind) -> usize {
         Kind::Counter => 0,
         Kind::Gauge => 1,
         Kind::Distribution => 2,
+        Kind::Set => 3,
     }
 }
 
-const KINDS: [Kind; 3] = [Kind::Counter, Kind::Gauge, Kind::Distribution];
+const KINDS: [Kind; 4] = [Kind::Counter, Kind::Gauge, Kind::Distribution, Kind::Set];
 
 /// A rule's aggregations split by kind once at compile time, so that plans of
 /// millions of series share a few `Arc`s instead of owning copies.
 #[derive(Clone, Debug)]
-pub(super) struct AggregationsByKind([Arc<[Aggregation]>; 3]);
+pub(super) struct AggregationsByKind([Arc<[Aggregation]>; 4]);
 
 impl AggregationsByKind {
     pub(super) fn new(all: &[Aggregation]) -> Self {
@@ -148,7 +149,7 @@ pub struct RuleSet {
     /// Sorted and distinct.
     pub(super) default_policies: Arc<[StoragePolicy]>,
     /// Per kind (see `kind_index`).
-    pub(super) default_aggregations: [Arc<[Aggregation]>; 3],
+    pub(super) default_aggregations: [Arc<[Aggregation]>; 4],
 }
 
 impl RuleSet {

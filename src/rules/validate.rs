@@ -76,7 +76,7 @@ fn rule_site<'a>(file: &'a str, section: RuleSection, index: usize, name: Option
     }
 }
 
-type DefaultsCompiled = (Arc<[StoragePolicy]>, [Arc<[Aggregation]>; 3]);
+type DefaultsCompiled = (Arc<[StoragePolicy]>, [Arc<[Aggregation]>; 4]);
 
 fn defaults(site: &Site, config: &DefaultsConfig) -> Result<DefaultsCompiled, RulesError> {
     let policies = policies(site, "storage_policies", &config.storage_policies)?;
@@ -84,13 +84,14 @@ fn defaults(site: &Site, config: &DefaultsConfig) -> Result<DefaultsCompiled, Ru
         (Kind::Counter, &config.counter.aggregations),
         (Kind::Gauge, &config.gauge.aggregations),
         (Kind::Distribution, &config.distribution.aggregations),
+        (Kind::Set, &config.set.aggregations),
     ];
-    let mut compiled = Vec::with_capacity(3);
+    let mut compiled = Vec::with_capacity(4);
     for (kind, list) in per_kind {
         let field = format!("{}.aggregations", kind.as_str());
         compiled.push(Arc::from(aggregations(site, &field, list, Some(kind))?));
     }
-    let compiled: [Arc<[Aggregation]>; 3] = compiled.try_into().expect("three kinds");
+    let compiled: [Arc<[Aggregation]>; 4] = compiled.try_into().expect("four kinds");
     Ok((policies, compiled))
 }
 

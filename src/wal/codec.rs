@@ -75,6 +75,7 @@ fn put_batch<'a>(
             Kind::Counter => 0,
             Kind::Gauge => 1,
             Kind::Distribution => 2,
+            Kind::Set => 3,
         });
         out.push(u8::from(series.cumulative));
         put_u32(out, series.points.len() as u32);
@@ -376,6 +377,7 @@ impl<'a> Reader<'a> {
                 0 => Kind::Counter,
                 1 => Kind::Gauge,
                 2 => Kind::Distribution,
+                3 => Kind::Set,
                 _ => return None,
             };
             let cumulative = self.u8()? == 1;
@@ -480,6 +482,12 @@ mod tests {
                         weight: 10,
                         ..Point::new(3.0, Some(1_000), None)
                     }],
+                ),
+                // A set member is a 52-bit hash carried in the value: it must come back bit for bit.
+                SeriesBatch::new(
+                    Labels::from_pairs([("__name__", "users")]),
+                    Kind::Set,
+                    vec![Point::new(4_503_599_627_370_495.0, Some(2_000), None)],
                 ),
             ],
         }

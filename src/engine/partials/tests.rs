@@ -10,7 +10,7 @@ use crate::model::{IngestBatch, Point, SeriesBatch, TraceContext};
 use crate::rules::RuleSet;
 
 const T0: i64 = 1_800_000_000_000;
-const RULES: &str = "defaults: {storage_policies: [\"10s:1h\"]}\nrollup_rules:\n  - name: by-service\n    filter: '__name__:lat'\n    rollup: {name: lat_by_service, group_by: [service], aggregations: [count, sum, min, max, p50, p99, histogram]}\n  - name: req\n    filter: '__name__:req'\n    rollup: {name: req_all, group_by: [], aggregations: [sum, total]}\n  - name: mem\n    filter: '__name__:mem'\n    rollup: {name: mem_all, group_by: [], aggregations: [last, max]}\n";
+const RULES: &str = "defaults: {storage_policies: [\"10s:1h\"]}\nrollup_rules:\n  - name: by-service\n    filter: '__name__:lat'\n    rollup: {name: lat_by_service, group_by: [service], aggregations: [count, sum, min, max, p50, p99, histogram]}\n  - name: req\n    filter: '__name__:req'\n    rollup: {name: req_all, group_by: [], aggregations: [sum, total]}\n  - name: mem\n    filter: '__name__:mem'\n    rollup: {name: mem_all, group_by: [], aggregations: [last, max]}\n  - name: users\n    filter: '__name__:users'\n    rollup: {name: users_all, group_by: [], aggregations: [count]}\n  - name: visitors\n    filter: '__name__:visitors'\n    rollup: {name: visitors_all, group_by: [], aggregations: [count]}\n";
 
 fn engine(forwarding: bool) -> Engine {
     let engine = Engine::new(EngineSettings::default(), RuleSet::parse(RULES, "test.yaml").unwrap());
@@ -139,6 +139,83 @@ fn a_rollup_assembled_from_shares_equals_a_single_nodes() {
     ));
 }
 
+/// Set members of `pod`: `users` overlapping a little (exact union), `visitors`
+/// past the exact bound of 1,000 once pods are merged (a sketch).
+fn set_batch(pod: usize) -> IngestBatch {
+    let pod_name = format!("pod-{pod}");
+    let series = |name: &str, members: std::ops::Range<usize>| SeriesBatch {
+        labels: Labels::from_pairs([("__name__", name), ("pod", pod_name.as_str())]),
+        kind: Kind::Set,
+        cumulative: false,
+        histograms: Vec::new(),
+        points: members
+            .map(|member| {
+                Point::new(
+                    crate::ingest::statsd::set_member(&format!("u{member}")),
+                    Some(T0 + 3),
+                    None,
+                )
+            })
+            .collect(),
+    };
+    IngestBatch {
+        tenant: Arc::from("t"),
+        series: vec![
+            series("users", pod * 10..pod * 10 + 20),
+            series("visitors", pod * 300..pod * 300 + 600),
+        ],
+    }
+}
+
+#[test]
+fn set_rollups_are_unions_whether_assembled_from_shares_or_not() {
+    let single = engine(false);
+    for pod in 0..4 {
+        single.ingest(&set_batch(pod), T0 + 100).unwrap();
+    }
+    let mut expected = Vec::new();
+    single.flush_due(T0 + 60_000, |chunk| expected.extend(chunk));
+    let value = |records: &[AggregateRecord], name: &str| {
+        records
+            .iter()
+            .find(|record| record.output_name() == name)
+            .map(|record| match record.value {
+                RecordValue::Scalar(value) => value,
+                RecordValue::Histogram(_) => f64::NAN,
+            })
+    };
+    // 0..50 exactly; 0..1500 estimated (the sketch's standard error is 0.81 %).
+    assert_eq!(value(&expected, "users_all:count"), Some(50.0));
+    let visitors = value(&expected, "visitors_all:count").unwrap();
+    assert!((visitors - 1_500.0).abs() < 1_500.0 * 4.0 * 0.0081, "{visitors}");
+
+    let owners = [engine(true), engine(true)];
+    let rollup_owner = engine(true);
+    for (source, owner) in owners.iter().enumerate() {
+        for pod in [source * 2, source * 2 + 1] {
+            owner.ingest(&set_batch(pod), T0 + 100).unwrap();
+        }
+        let mut shares = Vec::new();
+        owner.flush_gated(T0 + 15_000, false, LEAD, |_| {}, |chunk| shares.extend(chunk));
+        assert_eq!(shares.len(), 2);
+        for share in shares {
+            let bytes = postcard::to_allocvec(&share).unwrap();
+            rollup_owner
+                .fold_partial(source as u32, postcard::from_bytes(&bytes).unwrap())
+                .unwrap();
+        }
+    }
+    let mut assembled = Vec::new();
+    rollup_owner.flush_gated(T0 + 20_000, false, LEAD, |chunk| assembled.extend(chunk), |_| {});
+    assert_eq!(rollup_records(&assembled), rollup_records(&expected));
+    // Each pod's own set is exact.
+    let own = expected
+        .iter()
+        .find(|record| record.output_name() == "visitors:count" && record.series.get("pod") == Some("pod-1"))
+        .unwrap();
+    assert!(matches!(own.value, RecordValue::Scalar(v) if v == 600.0));
+}
+
 fn share_fixture() -> PartialWindow {
     PartialWindow {
         tenant: "t".into(),
@@ -206,6 +283,21 @@ fn hostile_shares_are_refused_with_the_reason() {
     assert!(refused(&|s| s.start_ms += 1).contains("not aligned"));
     assert!(refused(&|s| s.state = PartialState::Gauge(GaugeState::new())).contains("not a counter"));
     assert!(refused(&|s| s.policy.resolution_ms = 0).contains("not aligned"));
+    let set = |state: PartialState| PartialWindow {
+        kind: Kind::Set,
+        aggregations: vec!["count".into()],
+        state,
+        ..share_fixture()
+    };
+    let message = owner
+        .fold_partial(0, set(PartialState::Set(SetParts::Sketch(vec![0; 10]))))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("set sketch has 10 registers, expected 16384"),
+        "{message}"
+    );
+    assert!(refused(&|s| *s = set(PartialState::Counter(CounterState::default()))).contains("not a set"));
     let mut histogram = ExpHistogram::default().to_parts();
     histogram.count = 5;
     let share = PartialWindow {

@@ -59,7 +59,7 @@ const T0: i64 = 1_800_000_000_000;
 #[test]
 fn a_second_window_moves_to_the_heap_and_a_flush_brings_the_last_one_back_inline() {
     let target = target_under(TEN_SECONDS, Kind::Counter);
-    let mut shard = Shard::new(1, HistogramConfig::default(), 60_000);
+    let mut shard = Shard::new(1, HistogramConfig::default(), 60_000, 1_000);
     let (first, second) = (T0, T0 + 10_000);
     shard.fold(&target, &sample(first, 2.0), T0).unwrap();
     shard.fold(&target, &sample(first, 3.0), T0).unwrap();
@@ -98,7 +98,7 @@ fn windows_of_two_policies_flush_in_window_order_with_running_totals() {
         Kind::Counter,
     );
     assert_eq!(target.slots.len(), 2);
-    let mut shard = Shard::new(1, HistogramConfig::default(), 600_000);
+    let mut shard = Shard::new(1, HistogramConfig::default(), 600_000, 1_000);
     // Folded newest first, so the flush must sort them for the totals.
     shard.fold(&target, &slot_sample(0, T0 + 10_000, 5.0), T0).unwrap();
     shard.fold(&target, &slot_sample(0, T0, 2.0), T0).unwrap();
@@ -142,7 +142,7 @@ fn another_kind_for_the_same_output_is_refused_with_one_window_or_many() {
     let counter = target_under(TEN_SECONDS, Kind::Counter);
     let gauge = target_under(TEN_SECONDS, Kind::Gauge);
     assert_eq!(counter.key, gauge.key);
-    let mut shard = Shard::new(1, HistogramConfig::default(), 60_000);
+    let mut shard = Shard::new(1, HistogramConfig::default(), 60_000, 1_000);
     shard.fold(&counter, &sample(T0, 1.0), T0).unwrap();
     assert_eq!(shard.fold(&gauge, &sample(T0, 1.0), T0), Err(DropReason::KindConflict));
     assert_eq!(layout(&shard, counter.key), Some((true, 1)));
@@ -160,7 +160,7 @@ fn a_reloaded_target_shares_a_window_only_under_the_same_policy() {
     let other_policy = target_under("defaults: {storage_policies: [\"1m:1d\"]}", Kind::Counter);
     assert!(!Arc::ptr_eq(&old, &same_policy));
     assert_eq!((old.key, old.key), (same_policy.key, other_policy.key));
-    let mut shard = Shard::new(1, HistogramConfig::default(), 60_000);
+    let mut shard = Shard::new(1, HistogramConfig::default(), 60_000, 1_000);
     shard.fold(&old, &sample(T0, 1.0), T0).unwrap();
     // A window opened by the old target takes the new target's samples of the same policy ...
     shard.fold(&same_policy, &sample(T0, 2.0), T0).unwrap();
@@ -196,7 +196,7 @@ fn peek_state_finds_exactly_the_window_a_sample_folds_into() {
     let route = SeriesRoute::build(&plan, &Arc::from("t"), &settings, Kind::Counter, &SlotSets::default());
     let target = &route.targets[0];
     let resolution_ms = target.slots[0].policy.resolution_ms as i64;
-    let mut shard = Shard::new(1, HistogramConfig::default(), 60_000);
+    let mut shard = Shard::new(1, HistogramConfig::default(), 60_000, 1_000);
     let (first, second) = (10 * resolution_ms, 11 * resolution_ms);
     shard.fold(target, &sample(first, 2.0), first).unwrap();
     shard.fold(target, &sample(second, 5.0), first).unwrap();

@@ -2,12 +2,14 @@
 //! into one `SeriesBatch` per (series, kind) and handed to the engine as one
 //! `IngestBatch`. A bad line is refused alone, counted and (rate-limited) logged.
 
+mod held;
 mod parse;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::net::UdpSocket;
@@ -21,8 +23,9 @@ use crate::ingest::validate::cut;
 use crate::model::{DropReason, IngestBatch, Kind, Outcome, SeriesBatch};
 use crate::telemetry::Telemetry;
 
+pub use held::{repeat_held_gauges, HeldGauges, HELD_PROTOCOL};
 pub use parse::{
-    parse_line, sanitize_name, stochastic_weight, HeldGauges, NameCollisions, StatsdError, StatsdLine,
+    parse_line, sanitize_name, set_member, stochastic_weight, NameCollisions, StatsdError, StatsdLine,
     MAX_CHECKED_NAMES,
 };
 
@@ -42,6 +45,15 @@ pub async fn serve_statsd(
     // One byte more than allowed tells an over-long datagram from one of exactly the limit.
     let mut buffer = vec![0u8; settings.max_packet_bytes + 1];
     let mut decoder = DatagramDecoder::new(&settings);
+    // Held gauges go into every window, as every statsd flush has them.
+    let repeater = tokio::spawn(repeat_held_gauges(
+        Arc::clone(&decoder.gauges),
+        stage.clone(),
+        Arc::clone(&clock),
+        Arc::clone(&telemetry),
+        Arc::clone(&decoder.batch.tenant),
+        closing.clone(),
+    ));
     let engine = Arc::clone(stage.engine());
     while !*closing.borrow() {
         let length = tokio::select! {
@@ -98,6 +110,7 @@ pub async fn serve_statsd(
         telemetry.statsd_name_collisions(tally.name_collisions);
         telemetry.received_by("statsd", &settings.tenant, tally.points + tally.malformed_lines);
     }
+    repeater.abort();
 }
 
 /// What one datagram held.
@@ -124,7 +137,8 @@ pub struct DatagramDecoder {
     rng: SmallRng,
     warnings: WarnLimiter,
     names: NameCollisions,
-    gauges: HeldGauges,
+    /// Shared with the task that repeats them ([`repeat_held_gauges`]).
+    gauges: Arc<Mutex<HeldGauges>>,
     max_gauges: usize,
 }
 
@@ -143,7 +157,7 @@ impl DatagramDecoder {
             rng: SmallRng::from_rng(&mut rand::rng()),
             warnings: WarnLimiter::default(),
             names: NameCollisions::default(),
-            gauges: HeldGauges::new(settings.max_gauges, settings.gauge_idle_ms),
+            gauges: Arc::new(Mutex::new(HeldGauges::new(settings.max_gauges, settings.gauge_idle_ms))),
             max_gauges: settings.max_gauges,
         }
     }
@@ -191,19 +205,6 @@ impl DatagramDecoder {
         })?;
         let line = parse_line(text, &mut self.values)?;
         let key = series_key(&line);
-        if line.kind == Kind::Gauge {
-            // Resolved here, line by line, so changes apply in the order sent.
-            let now = Instant::now();
-            for value in self.values.iter_mut() {
-                *value = self
-                    .gauges
-                    .apply(key, *value, line.relative, now)
-                    .ok_or_else(|| StatsdError::GaugesFull {
-                        line: cut(line.raw),
-                        max: self.max_gauges,
-                    })?;
-            }
-        }
         let index = match self.series_index.get(&key) {
             Some(index) => *index,
             None => {
@@ -228,6 +229,33 @@ impl DatagramDecoder {
                 index
             }
         };
+        if line.kind == Kind::Gauge {
+            // Resolved here, line by line, so changes apply in the order sent.
+            let now = Instant::now();
+            let mut gauges = self.gauges.lock();
+            let labels = &self.batch.series[index].labels;
+            let mut full = false;
+            for value in self.values.iter_mut() {
+                match gauges.apply(key, labels, *value, line.relative, now) {
+                    Some(absolute) => *value = absolute,
+                    None => {
+                        full = true;
+                        break;
+                    }
+                }
+            }
+            if full {
+                if self.batch.series[index].points.is_empty() && index + 1 == self.batch.series.len() {
+                    // Its first line in this datagram: leave no empty series behind.
+                    self.batch.series.pop();
+                    self.series_index.remove(&key);
+                }
+                return Err(StatsdError::GaugesFull {
+                    line: cut(line.raw),
+                    max: self.max_gauges,
+                });
+            }
+        }
         line.push_points(&self.values, &mut self.rng, &mut self.batch.series[index].points);
         Ok(self.values.len())
     }
@@ -252,6 +280,7 @@ fn kind_byte(kind: Kind) -> u8 {
         Kind::Counter => 0,
         Kind::Gauge => 1,
         Kind::Distribution => 2,
+        Kind::Set => 3,
     }
 }
 
@@ -355,9 +384,36 @@ mod tests {
     }
 
     #[test]
+    fn set_members_go_to_a_set_series_one_point_each() {
+        let mut decoder = decoder(1024);
+        let tally = decoder.decode(b"users:alice|s\nusers:bob|s|#region:eu\nusers:alice|s\nusers:7|s");
+        assert_eq!((tally.points, tally.malformed_lines), (4, 0));
+        let series: Vec<(String, Kind, Vec<f64>)> = decoder
+            .batch
+            .series
+            .iter()
+            .map(|series| {
+                let members = series.points.iter().map(|p| p.value).collect();
+                (series.labels.to_string(), series.kind, members)
+            })
+            .collect();
+        assert_eq!(
+            series,
+            [
+                (
+                    "users{}".to_string(),
+                    Kind::Set,
+                    vec![set_member("alice"), set_member("alice"), set_member("7")]
+                ),
+                (r#"users{region="eu"}"#.to_string(), Kind::Set, vec![set_member("bob")]),
+            ]
+        );
+    }
+
+    #[test]
     fn refuses_bad_lines_alone() {
         let mut decoder = decoder(1024);
-        let tally = decoder.decode(b"ok:1|c\nbad\n\xff\xfe:1|c\nok:2|c\nset:u|s");
+        let tally = decoder.decode(b"ok:1|c\nbad\n\xff\xfe:1|c\nok:2|c\nset:|s");
         assert_eq!(
             tally,
             DatagramTally {

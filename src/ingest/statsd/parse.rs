@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use rand::Rng;
 use thiserror::Error;
@@ -46,13 +45,13 @@ pub enum StatsdError {
         line: String,
     },
     /// No `|type` section.
-    #[error("{line:?}: no '|type' after the value (c, g, ms, h or d)")]
+    #[error("{line:?}: no '|type' after the value (c, g, ms, h, d or s)")]
     MissingType {
         /// The line, cut.
         line: String,
     },
-    /// A type other than `c`, `g`, `ms`, `h`, `d` (or `s`, refused as unsupported).
-    #[error("{line:?}: unknown type {kind:?}: expected c, g, ms, h or d")]
+    /// A type other than `c`, `g`, `ms`, `h`, `d`, `s`.
+    #[error("{line:?}: unknown type {kind:?}: expected c, g, ms, h, d or s")]
     UnknownType {
         /// The line, cut.
         line: String,
@@ -139,7 +138,7 @@ pub struct StatsdLine<'a> {
     pub raw: &'a str,
     /// Metric name as sent; [`StatsdLine::labels`] sanitises it.
     pub name: &'a str,
-    /// `c` counter, `g` gauge, `ms` / `h` / `d` distribution.
+    /// `c` counter, `g` gauge, `ms` / `h` / `d` distribution, `s` set.
     pub kind: Kind,
     /// `@rate` in (0, 1]; 1 when absent.
     pub sample_rate: f64,
@@ -148,7 +147,7 @@ pub struct StatsdLine<'a> {
     /// DogStatsD `|T<seconds>` as milliseconds; `None` means arrival time.
     pub timestamp_ms: Option<i64>,
     /// A gauge's values were sent with a sign (`+3|g`, `-3|g`): changes of
-    /// the held value, as Etsy statsd reads them (see [`HeldGauges`]).
+    /// the held value, as Etsy statsd reads them (see `HeldGauges`).
     pub relative: bool,
 }
 
@@ -190,12 +189,7 @@ pub fn parse_line<'a>(raw: &'a str, values: &mut Vec<f64>) -> Result<StatsdLine<
         Some("c") => Kind::Counter,
         Some("g") => Kind::Gauge,
         Some("ms" | "h" | "d") => Kind::Distribution,
-        Some("s") => {
-            return Err(StatsdError::Unsupported {
-                line: line(),
-                what: "sets (|s)",
-            })
-        }
+        Some("s") => Kind::Set,
         Some(other) => {
             return Err(StatsdError::UnknownType {
                 line: line(),
@@ -231,6 +225,11 @@ pub fn parse_line<'a>(raw: &'a str, values: &mut Vec<f64>) -> Result<StatsdLine<
             return Err(StatsdError::EmptyValue { line: line() });
         }
         // statsd reads `+3|g` / `-3|g` as "change the gauge by 3".
+        if kind == Kind::Set {
+            // A member is any text, as in statsd ("1" and "1.0" are two members).
+            values.push(set_member(text));
+            continue;
+        }
         if kind == Kind::Gauge {
             let signed = text.starts_with(['+', '-']);
             if *relative.get_or_insert(signed) != signed {
@@ -290,6 +289,13 @@ fn parse_timestamp(raw: &str, text: &str) -> Result<i64, StatsdError> {
         })
 }
 
+/// A set member as the engine takes it: a 52-bit hash of its text, an
+/// integral f64 (exact in a point's value); two members collide with
+/// probability about n²/2^53 among n, e.g. 1e-6 among 100,000.
+pub fn set_member(text: &str) -> f64 {
+    (xxhash_rust::xxh3::xxh3_64(text.as_bytes()) >> 12) as f64
+}
+
 /// A statsd name in Prometheus form: every character outside `[a-zA-Z0-9_]`
 /// becomes `_` (`api.latency-ms` -> `api_latency_ms`), and a leading digit
 /// gets a `_` prefix. Borrows when nothing changes.
@@ -307,60 +313,6 @@ pub fn sanitize_name(name: &str) -> Cow<'_, str> {
             .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }),
     );
     Cow::Owned(clean)
-}
-
-/// The last value of each statsd gauge, so that a relative change applies to
-/// it as in Etsy statsd: `q:5|g` then `q:+2|g` is 7, in the same window or a
-/// later one. At most `max` gauges are held; one not updated for `idle` is
-/// forgotten (a later change starts from 0, as statsd's does for a gauge it
-/// does not have).
-#[derive(Debug)]
-pub struct HeldGauges {
-    values: HashMap<u128, (f64, Instant)>,
-    max: usize,
-    idle: Duration,
-}
-
-impl HeldGauges {
-    /// Holds at most `max` gauges, each for `idle_ms` after its last update.
-    pub fn new(max: usize, idle_ms: u64) -> Self {
-        HeldGauges {
-            values: HashMap::new(),
-            max,
-            idle: Duration::from_millis(idle_ms),
-        }
-    }
-
-    /// The absolute value of a gauge `value` sent for series `key` at `now`
-    /// (`relative`: sent with a sign), which becomes the held value. `None`
-    /// when a relative change cannot be applied: the gauge is not held and
-    /// `max` others are (an absolute value then passes, unheld).
-    pub fn apply(&mut self, key: u128, value: f64, relative: bool, now: Instant) -> Option<f64> {
-        let idle = self.idle;
-        let held = match self.values.get(&key) {
-            Some(&(held, seen)) if now.duration_since(seen) < idle => held,
-            _ => 0.0,
-        };
-        let absolute = if relative { held + value } else { value };
-        if !self.values.contains_key(&key) && self.values.len() >= self.max {
-            self.values.retain(|_, (_, seen)| now.duration_since(*seen) < idle);
-            if self.values.len() >= self.max {
-                return (!relative).then_some(absolute);
-            }
-        }
-        self.values.insert(key, (absolute, now));
-        Some(absolute)
-    }
-
-    /// Gauges held now.
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
 }
 
 /// Distinct metric names [`NameCollisions`] remembers; past it, new names are
@@ -441,7 +393,8 @@ impl StatsdLine<'_> {
             let mut point = Point::new(*value, self.timestamp_ms, None);
             match self.kind {
                 Kind::Counter => point.value /= self.sample_rate,
-                Kind::Gauge => {}
+                // A member is in the set or not: statsd ignores a set's rate too.
+                Kind::Gauge | Kind::Set => {}
                 Kind::Distribution => point.weight = stochastic_weight(self.sample_rate, rng),
             }
             point

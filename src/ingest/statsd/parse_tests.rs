@@ -42,6 +42,22 @@ fn reads_every_type() {
 }
 
 #[test]
+fn reads_set_members_as_hashes_of_their_text() {
+    let (line, values) = parse("users:alice:bob:alice|s|@0.5|#env:prod").unwrap();
+    assert_eq!((line.kind, line.tags), (Kind::Set, "env:prod"));
+    assert_eq!(values, [set_member("alice"), set_member("bob"), set_member("alice")]);
+    assert_ne!(values[0], values[1]);
+    // Text, as in statsd: "1" and "1.0" are two members.
+    assert_ne!(parse("u:1|s").unwrap().1, parse("u:1.0|s").unwrap().1);
+    // An integer below 2^52, so the f64 carries it exactly; the rate is ignored.
+    assert!(values
+        .iter()
+        .all(|v| v.fract() == 0.0 && *v >= 0.0 && *v < 2f64.powi(52)));
+    assert!(points("u:x|s|@0.1").iter().all(|point| point.weight == 1));
+    assert_eq!(parse("u:|s").unwrap_err().to_string(), r#""u:|s": empty value"#);
+}
+
+#[test]
 fn reads_multi_values_tags_timestamp_and_skips_unknown_sections() {
     let (line, values) = parse("lat:1:2.5:3|ms|#env:prod,canary|c:abc123|T1700000000|@0.5|x").unwrap();
     assert_eq!(values, [1.0, 2.5, 3.0]);
@@ -154,12 +170,15 @@ fn refuses_each_malformed_form_with_its_reason() {
         ("name:abc|c", r#""name:abc|c": value "abc" is not a finite number"#),
         ("name:nan|g", r#""name:nan|g": value "nan" is not a finite number"#),
         ("name:inf|ms", r#""name:inf|ms": value "inf" is not a finite number"#),
-        ("name:1", r#""name:1": no '|type' after the value (c, g, ms, h or d)"#),
+        (
+            "name:1",
+            r#""name:1": no '|type' after the value (c, g, ms, h, d or s)"#,
+        ),
         (
             "name:1|zz",
-            r#""name:1|zz": unknown type "zz": expected c, g, ms, h or d"#,
+            r#""name:1|zz": unknown type "zz": expected c, g, ms, h, d or s"#,
         ),
-        ("name:1|", r#""name:1|": unknown type "": expected c, g, ms, h or d"#),
+        ("name:1|", r#""name:1|": unknown type "": expected c, g, ms, h, d or s"#),
         (
             "name:1|c|@0",
             r#""name:1|c|@0": sample rate "0" must be a number in (0, 1]"#,
@@ -189,8 +208,6 @@ fn refuses_each_malformed_form_with_its_reason() {
             "name:+1:2|g",
             r#""name:+1:2|g": a gauge line mixing relative (+/-) and absolute values; send them on lines of their own"#,
         ),
-        ("name:1|s", r#""name:1|s": unsupported: sets (|s)"#),
-        ("name:user42|s", r#""name:user42|s": unsupported: sets (|s)"#),
         (
             "_e{5,4}:title|text",
             r#""_e{5,4}:title|text": unsupported: dogstatsd events (_e{...})"#,
@@ -250,19 +267,5 @@ fn relative_gauges_change_the_held_value_as_etsy_statsd_does() {
     assert!(line.relative);
     assert_eq!(values, [-2.5]);
     assert!(!parse("q:7|g").unwrap().0.relative);
-    let start = Instant::now();
-    let mut gauges = HeldGauges::new(2, 60_000);
-    // A change to a gauge not held starts from 0 (statsd: `-3` on a new gauge is -3).
-    assert_eq!(gauges.apply(1, 3.0, true, start), Some(3.0));
-    assert_eq!(gauges.apply(1, 5.0, false, start), Some(5.0));
-    assert_eq!(gauges.apply(1, -2.0, true, start), Some(3.0));
-    assert_eq!(gauges.apply(2, 1.0, false, start), Some(1.0));
-    // Full: an absolute value passes unheld, a change cannot be applied.
-    assert_eq!(gauges.apply(3, 4.0, false, start), Some(4.0));
-    assert_eq!(gauges.apply(3, 1.0, true, start), None);
-    assert_eq!(gauges.len(), 2);
-    // Idle past 60 s: forgotten, its place taken, and a change starts from 0 again.
-    let later = start + Duration::from_secs(61);
-    assert_eq!(gauges.apply(3, 1.0, true, later), Some(1.0));
-    assert_eq!(gauges.apply(1, 1.0, true, later), Some(1.0));
+    // What a change applies to: `held::tests`.
 }
