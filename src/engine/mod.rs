@@ -35,6 +35,7 @@ mod record;
 mod route;
 mod settings;
 mod shard;
+mod tally;
 mod totals;
 mod window;
 
@@ -66,16 +67,15 @@ use generations::{generation_at, generation_range, next_common_boundary, Generat
 use histogram_route::RoutedHistogram;
 use partials::Assembler;
 use shard::{ClosedWindow, RoutedSample, Shard, WindowClass};
+use tally::{PointTally, WindowRefusal};
 
 /// Per-thread buffers reused across batches so ingest allocates nothing per sample.
 #[derive(Default)]
 struct Scratch {
     routes: Vec<Arc<SeriesRoute>>,
     per_shard: Vec<Vec<RoutedSample>>,
-    /// Per point of the batch: windows it was routed to that have not refused it.
-    windows_left: Vec<u16>,
-    /// Per point: why its last refused window refused it.
-    last_refusal: Vec<DropReason>,
+    /// Per point of the batch: what its windows did with it.
+    tally: PointTally,
     /// Deltas of the cumulative series being routed.
     deltas: Vec<Point>,
     /// Per shard: native histograms routed there (kept apart so scalar samples stay small).
@@ -463,8 +463,7 @@ impl Engine {
         scratch.per_shard.resize_with(shard_count, Vec::new);
         scratch.per_shard_histograms.resize_with(shard_count, Vec::new);
         scratch.routes.clear();
-        scratch.windows_left.clear();
-        scratch.last_refusal.clear();
+        scratch.tally.clear();
         let future_limit = now_ms.saturating_add(self.settings.future_tolerance_ms as i64);
 
         scratch.keys.clear();
@@ -549,24 +548,30 @@ impl Engine {
                     }
                     continue;
                 }
-                let point_index = scratch.windows_left.len() as u32;
+                let point_index = scratch.tally.next_point();
                 let per_shard = &mut scratch.per_shard;
-                let routed = route.for_each_window(timestamp_ms, now_ms, shard_count, |shard, target, slot, start| {
-                    per_shard[shard].push(RoutedSample {
-                        route: route_index,
-                        target,
-                        slot,
-                        point: point_index,
-                        window_start_ms: start,
-                        timestamp_ms,
-                        value: point.value,
-                        trace: point.trace,
-                        weight: point.weight,
-                        input: key,
-                    });
-                });
-                scratch.windows_left.push(routed);
-                scratch.last_refusal.push(DropReason::TooLate);
+                let tally = &mut scratch.tally;
+                let routed = route.for_each_window(
+                    timestamp_ms,
+                    now_ms,
+                    shard_count,
+                    |shard, target, slot, start| {
+                        per_shard[shard].push(RoutedSample {
+                            route: route_index,
+                            target,
+                            slot,
+                            point: point_index,
+                            window_start_ms: start,
+                            timestamp_ms,
+                            value: point.value,
+                            trace: point.trace,
+                            weight: point.weight,
+                            input: key,
+                        });
+                    },
+                    |target, slot| tally.due(route_index, target, slot),
+                );
+                tally.push_point(routed);
             }
             scratch.deltas = deltas;
             if !series.histograms.is_empty() {
@@ -641,16 +646,26 @@ impl Engine {
             for sample in samples.iter() {
                 let target = &scratch.routes[sample.route as usize].targets[sample.target as usize];
                 if let Err(reason) = shard.fold(target, sample, now_ms) {
-                    scratch.windows_left[sample.point as usize] -= 1;
-                    scratch.last_refusal[sample.point as usize] = reason;
+                    let refusal = WindowRefusal {
+                        route: sample.route,
+                        target: sample.target,
+                        slot: sample.slot,
+                        reason,
+                    };
+                    scratch.tally.refuse(sample.point, refusal);
                 }
             }
             for routed in histograms.iter() {
                 let target = &scratch.routes[routed.route as usize].targets[routed.target as usize];
                 let histogram = routed.source.resolve(batch, &scratch.histogram_deltas);
                 if let Err(reason) = shard.fold_histogram(target, routed, histogram, now_ms) {
-                    scratch.windows_left[routed.point as usize] -= 1;
-                    scratch.last_refusal[routed.point as usize] = reason;
+                    let refusal = WindowRefusal {
+                        route: routed.route,
+                        target: routed.target,
+                        slot: routed.slot,
+                        reason,
+                    };
+                    scratch.tally.refuse(routed.point, refusal);
                 }
             }
             drop(shard);
@@ -659,13 +674,7 @@ impl Engine {
         }
         scratch.histogram_deltas.clear();
 
-        for (left, reason) in scratch.windows_left.iter().zip(&scratch.last_refusal) {
-            if *left > 0 {
-                outcome.accepted += 1;
-            } else {
-                outcome.reject(*reason, 1);
-            }
-        }
+        scratch.tally.finish(&scratch.routes, &mut outcome);
         // Keep the Arcs alive only for the batch; the cache owns them.
         scratch.routes.clear();
         outcome

@@ -162,7 +162,8 @@ impl SeriesRoute {
 
     /// Calls `visit(shard, target, slot, window_start_ms)` for every window
     /// (of every target and policy) an event at `timestamp_ms` belongs to,
-    /// skipping windows already due at `now_ms`. Returns how many it visited.
+    /// and `due(target, slot)` instead for windows already due at `now_ms`
+    /// (they refuse it as late). Returns how many it visited.
     #[inline]
     pub fn for_each_window(
         &self,
@@ -170,6 +171,7 @@ impl SeriesRoute {
         now_ms: i64,
         shard_count: usize,
         mut visit: impl FnMut(usize, u16, u16, i64),
+        mut due: impl FnMut(u16, u16),
     ) -> u16 {
         let mut routed = 0u16;
         for (target_index, target) in self.targets.iter().enumerate() {
@@ -177,6 +179,7 @@ impl SeriesRoute {
             for (slot_index, slot) in target.slots.iter().enumerate() {
                 let window_start_ms = slot.policy.window_start(timestamp_ms);
                 if slot.is_due(window_start_ms, now_ms) {
+                    due(target_index as u16, slot_index as u16);
                     continue;
                 }
                 routed += 1;
