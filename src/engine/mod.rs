@@ -339,6 +339,14 @@ impl Engine {
             return Arc::clone(&scratch.built[built].3);
         }
         let plan = generation.rules.resolve(&series.labels, series.kind);
+        if let Some(rule) = &plan.collides_with {
+            // Once per series and rule set (the route is cached); every point is counted.
+            tracing::warn!(
+                series = %series.labels.metric_name().unwrap_or_default(),
+                rule = %rule,
+                "input series named like the output of rollup rule {rule:?}: refused (output_collision)"
+            );
+        }
         let mut route = SeriesRoute::build(&plan, &batch.tenant, &self.settings, series.kind, &generation.slot_sets);
         if let Some(profiler) = &self.profiler {
             route.profile = Some(Box::new(profiler.series(
@@ -505,10 +513,7 @@ impl Engine {
             if route.targets.is_empty() && generations.len() == 1 {
                 // A native histogram counts as one point, as ingest counts it.
                 let points = (series.points.len() + series.histograms.len()) as u64;
-                match &route.dropped_by {
-                    Some(rule) => outcome.reject_by_rule(rule, points),
-                    None => outcome.reject(DropReason::NoAggregation, points),
-                }
+                route.refuse_untargeted(&mut outcome, points);
                 scratch.routes.pop();
                 continue;
             }
@@ -542,10 +547,7 @@ impl Engine {
                 );
                 let route = &scratch.routes[route_index as usize];
                 if route.targets.is_empty() {
-                    match &route.dropped_by {
-                        Some(rule) => outcome.reject_by_rule(rule, 1),
-                        None => outcome.reject(DropReason::NoAggregation, 1),
-                    }
+                    route.refuse_untargeted(&mut outcome, 1);
                     continue;
                 }
                 let point_index = scratch.tally.next_point();
@@ -577,11 +579,7 @@ impl Engine {
             if !series.histograms.is_empty() {
                 let route = &scratch.routes[first_route as usize];
                 if route.targets.is_empty() {
-                    let count = series.histograms.len() as u64;
-                    match &route.dropped_by {
-                        Some(rule) => outcome.reject_by_rule(rule, count),
-                        None => outcome.reject(DropReason::NoAggregation, count),
-                    }
+                    route.refuse_untargeted(&mut outcome, series.histograms.len() as u64);
                 } else {
                     let range = generation_range(&generations, first_generation);
                     self.route_histograms(

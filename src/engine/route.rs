@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 
 use crate::aggregate::histogram::LinkPlan;
 use crate::aggregate::Aggregation;
-use crate::model::{series_hash, Kind, Labels, StoragePolicy};
+use crate::model::{series_hash, DropReason, Kind, Labels, Outcome, StoragePolicy};
 use crate::profile::SeriesProfile;
 use crate::rules::{OutputOrigin, SeriesPlan};
 
@@ -94,6 +94,8 @@ pub struct SeriesRoute {
     pub targets: SmallVec<[Arc<OutputTarget>; 1]>,
     /// The drop rule that removed the series' own output, if any.
     pub dropped_by: Option<Arc<str>>,
+    /// The rollup rule whose output the series is named like (it has no targets).
+    pub collides_with: Option<Arc<str>>,
     /// The series' usage accounting, when the profiler is on; boxed so a
     /// route costs one pointer for it when the profiler is off.
     pub profile: Option<Box<SeriesProfile>>,
@@ -141,8 +143,19 @@ impl SeriesRoute {
         SeriesRoute {
             targets,
             dropped_by: plan.dropped_by.clone(),
+            collides_with: plan.collides_with.clone(),
             profile: None,
             last_used_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Counts `points` of a series without targets as refused: named like a
+    /// rollup's output, dropped by a rule, or with no aggregation.
+    pub fn refuse_untargeted(&self, outcome: &mut Outcome, points: u64) {
+        match (&self.collides_with, &self.dropped_by) {
+            (Some(_), _) => outcome.reject(DropReason::OutputCollision, points),
+            (None, Some(rule)) => outcome.reject_by_rule(rule, points),
+            (None, None) => outcome.reject(DropReason::NoAggregation, points),
         }
     }
 

@@ -37,11 +37,14 @@ pub enum DropReason {
     /// In a cluster: no replica of the series' shard could take it (every
     /// one down or refusing); nothing of it was folded.
     Unavailable,
+    /// The input series is named like a rollup rule's output: folding it
+    /// would mix it into that output (or clash with its kind).
+    OutputCollision,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::InvalidSeries,
         DropReason::InvalidValue,
         DropReason::InvalidTraceId,
@@ -55,6 +58,7 @@ impl DropReason {
         DropReason::SeriesLimited,
         DropReason::Overloaded,
         DropReason::Unavailable,
+        DropReason::OutputCollision,
     ];
 
     /// The `reason` label value.
@@ -73,6 +77,7 @@ impl DropReason {
             DropReason::SeriesLimited => "series_limited",
             DropReason::Overloaded => "overloaded",
             DropReason::Unavailable => "unavailable",
+            DropReason::OutputCollision => "output_collision",
         }
     }
 }
