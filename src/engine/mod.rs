@@ -474,13 +474,18 @@ impl Engine {
         scratch.tally.clear();
         let future_limit = now_ms.saturating_add(self.settings.future_tolerance_ms as i64);
 
-        scratch.keys.clear();
-        scratch.keys.extend(
-            batch
-                .series
-                .iter()
-                .map(|series| series_key(&batch.tenant, &series.labels)),
-        );
+        // The limits hashed the series already (when configured): each series is hashed once per request.
+        if outcome.series_keys.len() == batch.series.len() {
+            scratch.keys = std::mem::take(&mut outcome.series_keys);
+        } else {
+            scratch.keys.clear();
+            scratch.keys.extend(
+                batch
+                    .series
+                    .iter()
+                    .map(|series| series_key(&batch.tenant, &series.labels)),
+            );
+        }
         // Read locks on every route cache for the routing part of the batch;
         // routes built meanwhile are cached once they are let go.
         let readers: smallvec::SmallVec<[CacheReader<'_, SeriesRoute>; 2]> = generations

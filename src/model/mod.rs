@@ -8,6 +8,8 @@ mod policy;
 mod sample;
 
 pub use duration::{format_duration_ms, parse_duration_ms, DurationError};
+#[cfg(test)]
+pub(crate) use labels::SERIES_KEYS_COMPUTED;
 pub use labels::{
     series_hash, series_key, Label, LabelRef, Labels, LabelsIter, SeriesKey, SeriesKeyHasher, METRIC_NAME_LABEL,
 };

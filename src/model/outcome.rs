@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::StoragePolicy;
+use super::{SeriesKey, StoragePolicy};
 
 /// Why points were not folded into any window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,6 +117,10 @@ pub struct Outcome {
     /// Every output window that refused a point, whether the point's other
     /// outputs took it (`partial`) or none did (then also in `rejected`).
     pub output_refusals: Vec<OutputRefusal>,
+    /// Not a count: the identities of the admitted batch's series, in order,
+    /// when the limits hashed them. The engine folds with these instead of
+    /// hashing every series a second time; `merge` leaves them out.
+    pub series_keys: Vec<SeriesKey>,
     /// Rejected points per reason, indexed like [`DropReason::ALL`].
     pub rejected: [u64; DropReason::ALL.len()],
     /// Points dropped by each drop rule (a subset of `DroppedByRule`).
