@@ -29,6 +29,7 @@
 mod cumulative;
 mod cumulative_histograms;
 mod generations;
+mod held_last;
 mod histogram_route;
 mod partials;
 mod record;
@@ -159,11 +160,10 @@ impl Engine {
     pub fn new(settings: EngineSettings, rules: RuleSet) -> Self {
         let shards = (0..settings.shards.max(1))
             .map(|index| {
-                Mutex::new(Shard::new(
-                    0x7a11_f01d ^ index as u64,
-                    settings.histogram,
-                    settings.idle_series_ms,
-                ))
+                Mutex::new(
+                    Shard::new(0x7a11_f01d ^ index as u64, settings.histogram, settings.idle_series_ms)
+                        .with_held_last(settings.rollup_last_max_inputs, settings.rollup_last_idle_ms),
+                )
             })
             .collect();
         let first = Arc::new(Generation::new(Arc::new(rules), i64::MIN, &settings));

@@ -28,6 +28,12 @@ pub struct EngineSettings {
     /// Exemplars an `above(threshold)` output keeps per window: the kept
     /// exemplars of the highest buckets beyond the threshold, slowest first.
     pub above_max_traces: usize,
+    /// Inputs whose last value a gauge rollup holds for windows they miss,
+    /// per rollup output and policy (those heard from longest ago go first).
+    pub rollup_last_max_inputs: usize,
+    /// A held input value stops counting in a gauge rollup's `last` once
+    /// the input has sent nothing for this long.
+    pub rollup_last_idle_ms: u64,
 }
 
 impl EngineSettings {
@@ -50,6 +56,8 @@ impl Default for EngineSettings {
             histogram: HistogramConfig::default(),
             idle_series_ms: 3_600_000,
             above_max_traces: 10,
+            rollup_last_max_inputs: crate::config::defaults::ROLLUP_LAST_MAX_INPUTS,
+            rollup_last_idle_ms: crate::config::defaults::ROLLUP_LAST_IDLE_MS,
         }
     }
 }
