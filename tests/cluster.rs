@@ -43,6 +43,7 @@ fn spec(instances: usize, replicas: usize) -> ClusterSpec {
         rules: RULES.to_string(),
         lease_ttl_s: TTL_S,
         flush_interval_ms: FLUSH_MS,
+        wal: false,
     }
 }
 

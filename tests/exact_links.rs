@@ -102,7 +102,7 @@ fn check(
     };
     for q in [0.5, 0.9, 0.99, 0.999] {
         let quantile = q.to_string();
-        let record = find_one(with(&[("quantile", &quantile)], name));
+        let record = find_one(with(&[("quantile", &quantile)], &format!("{name}:quantile")));
         let reported = value(&record);
         let exemplar = record
             .exemplar
@@ -128,7 +128,7 @@ fn check(
         assert!(link.bucket_lower.unwrap() < exemplar.value && exemplar.value <= link.bucket_upper.unwrap());
     }
     let above = sorted.iter().filter(|v| **v > 1.5).count() as f64;
-    let count = value(&find_one(with(&[("threshold", "1.5")], &format!("{name}_above_count"))));
+    let count = value(&find_one(with(&[("threshold", "1.5")], &format!("{name}:above"))));
     assert_eq!(count, above, "{what}: above(1.5) counts exactly");
     let mut selected: Vec<_> = service
         .selections()
@@ -206,7 +206,7 @@ async fn above_counts_exactly_inside_a_bucket() {
     let count = value(one(
         &records,
         &[
-            ("__name__", "latency_seconds_above_count"),
+            ("__name__", "latency_seconds:above"),
             ("service", "edge"),
             ("pod", "a"),
             ("threshold", "1.5"),

@@ -182,7 +182,7 @@ fn check_spans(service: &TestService, sent: &[SentSpan]) {
         let above_count = value(one(
             &records,
             &[
-                ("__name__", "span_duration_seconds_above_count"),
+                ("__name__", "span_duration_seconds:above"),
                 base[1],
                 ("threshold", "0.2"),
             ],

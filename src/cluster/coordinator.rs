@@ -94,12 +94,15 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Connects to etcd, reads the placement, registers this instance under a
-    /// lease and starts campaigning for its set once `warm_at_ms` has passed
-    /// (it must have seen every window the set may still flush).
+    /// lease and starts campaigning for its set once it has seen every window
+    /// the set may still flush: `warm_after_ms` after its start, unless the
+    /// write-ahead log (`logged`) holds them and the set has no other replica
+    /// that took writes while this one was down.
     pub async fn start(
         settings: ClusterSettings,
         registration: Registration,
-        warm_at_ms: i64,
+        logged: bool,
+        warm_after_ms: i64,
         now_ms: impl Fn() -> i64 + Send + Sync + 'static,
         telemetry: Arc<Telemetry>,
     ) -> Result<Arc<Coordinator>, ClusterError> {
@@ -110,7 +113,13 @@ impl Coordinator {
             .ok_or_else(|| ClusterError::NoPlacement(settings.cluster.clone()))?;
         let view = Arc::new(ClusterView::new(settings.clone(), placement)?);
         let placement = view.placement();
-        let set = view.my_set(&placement).expect("checked by the view").set;
+        let my_set = view.my_set(&placement).expect("checked by the view");
+        let set = my_set.set;
+        let warm_at_ms = if logged && my_set.instances.len() == 1 {
+            registration.started_ms
+        } else {
+            registration.started_ms + warm_after_ms
+        };
         let (role_sender, role) = watch::channel(Role::Unknown);
         let coordinator = Arc::new(Coordinator {
             client: client.clone(),

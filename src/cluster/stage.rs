@@ -43,7 +43,9 @@ impl LocalFold {
     /// Logs `batch` (acknowledged only once on disk) and folds it, adding to `limited`.
     pub async fn fold(&self, batch: &IngestBatch, now_ms: i64, limited: Outcome) -> Result<Outcome, StageError> {
         if let (Some(wal), false) = (&self.wal, batch.series.is_empty()) {
+            let _admitted = wal.admit().await.ok_or(EngineClosed)?;
             wal.append(batch, now_ms).await?;
+            return Ok(self.engine.fold_admitted(batch, now_ms, limited)?);
         }
         Ok(self.engine.fold_admitted(batch, now_ms, limited)?)
     }
@@ -51,7 +53,9 @@ impl LocalFold {
     /// The same from a blocking thread.
     pub fn fold_blocking(&self, batch: &IngestBatch, now_ms: i64, limited: Outcome) -> Result<Outcome, StageError> {
         if let (Some(wal), false) = (&self.wal, batch.series.is_empty()) {
+            let _admitted = wal.admit_blocking().ok_or(EngineClosed)?;
             wal.append_blocking(batch, now_ms)?;
+            return Ok(self.engine.fold_admitted(batch, now_ms, limited)?);
         }
         Ok(self.engine.fold_admitted(batch, now_ms, limited)?)
     }

@@ -585,12 +585,6 @@ impl ServiceSettings {
             .as_ref()
             .map(|cluster| check_cluster(cluster, &invalid))
             .transpose()?;
-        if cluster.is_some() && config.wal.enabled == Some(true) {
-            return Err(invalid(
-                "wal.enabled",
-                "the write-ahead log is not yet supported in a cluster (replicas keep acknowledged samples); turn one off".into(),
-            ));
-        }
         let http_tls = check_tls(config.http.tls.as_ref(), "http", base, &invalid)?;
         let log_json = match config.log.format.as_deref() {
             None | Some("text") => false,

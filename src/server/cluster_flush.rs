@@ -50,10 +50,17 @@ impl FlushLoop {
             .map(|(policy, mark)| (*policy, mark.rollups_until_ms))
             .collect();
         let (due_own, due_rollups) = self.engine.due_until(now_ms);
+        // Up to where every policy of the set was flushed, as a follower knows it.
+        let set_flushed_until: Option<i64> = due_own
+            .iter()
+            .map(|(policy, _)| own.iter().find(|(known, _)| known == policy).map(|(_, until)| *until))
+            .collect::<Option<Vec<i64>>>()
+            .and_then(|ends| ends.into_iter().min());
         let this = Arc::clone(self);
         let work = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let mut shares = Vec::new();
+            let mut chunks = Vec::new();
             let gate = FlushGate {
                 lead,
                 flushed_until: &own,
@@ -63,37 +70,40 @@ impl FlushLoop {
                 now_ms,
                 false,
                 gate,
-                |records| this.sinks.deliver(records, now_ms),
+                |records| chunks.push(records),
                 |chunk| shares.extend(chunk),
             );
             this.telemetry
                 .flushed(stats.flushed.windows as u64, stats.flushed.records as u64);
-            this.sinks.tick(now_ms);
-            if lead || settle {
-                // The marks are recorded only once the store has the records.
-                if this.store_paths.is_some() {
-                    this.sinks.barrier_of("store");
-                }
-                if settle {
-                    this.sinks.barrier();
-                }
-            }
+            let watermarks = this.engine.watermarks();
+            // The marks are recorded only once the store has the records.
+            let committable = this.deliver_logged(this.wal.as_deref(), chunks, now_ms, lead || settle, settle);
             this.telemetry.flush_completed(now_ms, started.elapsed());
             this.telemetry.exporter().upkeep();
-            (stats, shares)
+            (stats, shares, committable.then_some(watermarks))
         });
-        let Ok((stats, shares)) = work.await else {
+        let Ok((stats, shares, watermarks)) = work.await else {
             tracing::error!("cluster flush task failed");
             return FlushStats::default();
         };
         if stats.dropped > 0 {
             exporter.count("tailfold_cluster_windows_dropped_total", &[], stats.dropped as u64);
         }
+        if !shares.is_empty() && lead {
+            cluster.router.share(cluster.coordinator.set(), shares).await;
+        }
+        // The log's checkpoint before etcd's marks: a crash between the two
+        // flushes these windows again (here or on a replica), never loses them.
+        if let (Some(wal), Some(watermarks)) = (&self.wal, watermarks) {
+            // A leader flushed every due window; a follower only what the marks say.
+            let flushed_at_ms = if lead { Some(now_ms) } else { set_flushed_until };
+            if let Some(flushed_at_ms) = flushed_at_ms {
+                self.commit_log(wal, watermarks, flushed_at_ms, false);
+            }
+            self.telemetry.wal_size(wal.size_bytes());
+        }
         if !lead {
             return stats.flushed;
-        }
-        if !shares.is_empty() {
-            cluster.router.share(cluster.coordinator.set(), shares).await;
         }
         let mut recorded: FlushMarks = marks;
         let leader = cluster.coordinator.view().settings().instance.clone();

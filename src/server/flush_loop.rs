@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::clock::Clock;
-use crate::engine::{AggregateRecord, Engine, FlushStats};
+use crate::engine::{AggregateRecord, Engine, FlushStats, Watermarks};
 use crate::sink::file_store::FileStore;
 use crate::sink::SinkSet;
 use crate::telemetry::Telemetry;
@@ -64,9 +64,39 @@ impl FlushLoop {
         };
         self.telemetry.flushed(stats.windows as u64, stats.records as u64);
         let watermarks = self.engine.watermarks();
+        if !self.deliver_logged(Some(wal), chunks, now_ms, true, settle) {
+            return stats;
+        }
+        self.commit_log(wal, watermarks, now_ms, everything);
+        stats
+    }
+
+    /// Commits a flush whose records are durable: the watermarks, then the
+    /// log segments whose windows all ended by `flushed_at_ms` deleted.
+    pub(super) fn commit_log(&self, wal: &Wal, watermarks: Watermarks, flushed_at_ms: i64, everything: bool) {
+        match wal.commit_flush(watermarks, flushed_at_ms, self.engine.flush_horizon_ms(), everything) {
+            Ok(removed) if removed > 0 => tracing::debug!(removed, "write-ahead log segments deleted"),
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "cannot commit the flush checkpoint"),
+        }
+    }
+
+    /// Hands `chunks` to the sinks. With the log on, the store files they go
+    /// to are recorded in the checkpoint first (a crash before the commit cuts
+    /// them back and replays their windows). Waits for the store's fsync when
+    /// `store_durable` (and for every sink when `settle`). Returns whether the
+    /// flush may be committed: every record of it is in the store.
+    pub(super) fn deliver_logged(
+        &self,
+        wal: Option<&Wal>,
+        chunks: Vec<Vec<AggregateRecord>>,
+        now_ms: i64,
+        store_durable: bool,
+        settle: bool,
+    ) -> bool {
         let failures_before = self.store_failures.load(Ordering::Relaxed);
         let mut intent_recorded = true;
-        if let Some(store) = &self.store_paths {
+        if let (Some(wal), Some(store)) = (wal, &self.store_paths) {
             let files = store_files_touched(store, &chunks);
             if !files.is_empty() {
                 if let Err(error) = wal.begin_flush(files) {
@@ -80,20 +110,17 @@ impl FlushLoop {
             self.sinks.deliver(chunk, now_ms);
         }
         self.sinks.tick(now_ms);
-        self.sinks.barrier_of("store");
+        if store_durable && self.store_paths.is_some() {
+            self.sinks.barrier_of("store");
+        }
         if settle {
             self.sinks.barrier();
         }
         if !intent_recorded || self.store_failures.load(Ordering::Relaxed) != failures_before {
             tracing::error!("flush not committed: a store write failed; the log keeps its windows");
-            return stats;
+            return false;
         }
-        match wal.commit_flush(watermarks, now_ms, self.engine.flush_horizon_ms(), everything) {
-            Ok(removed) if removed > 0 => tracing::debug!(removed, "write-ahead log segments deleted"),
-            Ok(_) => {}
-            Err(error) => tracing::error!(%error, "cannot commit the flush checkpoint"),
-        }
-        stats
+        true
     }
 
     /// Flushes due (or all) windows on a blocking thread; waits for sinks when `settle`.

@@ -463,16 +463,12 @@ async fn start_cluster(
     };
     // A replica that just started has not seen the windows open now: it may
     // lead only once every window it could flush opened after its start.
-    let warm_at_ms = if logged {
-        now_ms
-    } else {
-        now_ms + local.engine().flush_horizon_ms()
-    };
     let time = Arc::clone(clock);
     let coordinator = Coordinator::start(
         cluster.clone(),
         registration,
-        warm_at_ms,
+        logged,
+        local.engine().flush_horizon_ms(),
         move || time.now_ms(),
         Arc::clone(telemetry),
     )
@@ -592,6 +588,10 @@ async fn run(
     // Close ingest first (waiting out writes in flight, refusing later ones with
     // UNAVAILABLE / 503), so the final flush sees every accepted sample.
     servers.http_state.set_ready(false);
+    if let Some(wal) = &flusher.wal {
+        // No batch is logged from here on that the closed engine would refuse.
+        wal.seal().await;
+    }
     flusher.engine.close();
     // In a cluster the set's other replica keeps the open windows, and with
     // the write-ahead log the log keeps them (replayed at the next start, so

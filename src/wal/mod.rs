@@ -138,6 +138,10 @@ pub struct Wal {
     /// a committed flush wrote (`i64::MAX` once every window was): what
     /// `close` may delete, the segment being written included.
     released_until_ms: AtomicI64,
+    /// False once sealed: held (read) from a batch's append to its fold, so
+    /// no batch is logged that the engine then refuses as closed (a sender
+    /// retrying it would find it twice after replay).
+    open: tokio::sync::RwLock<bool>,
 }
 
 /// Appends a writer takes into one write and one fsync, at most.
@@ -227,9 +231,29 @@ impl Wal {
                 roll,
                 checkpoint: Mutex::new(checkpoint),
                 released_until_ms: AtomicI64::new(i64::MIN),
+                open: tokio::sync::RwLock::new(true),
             },
             stats,
         ))
+    }
+
+    /// Admits one batch to be logged and folded: the guard is held until it
+    /// is folded; `None` once [`Wal::seal`] was called (shutting down).
+    pub async fn admit(&self) -> Option<tokio::sync::RwLockReadGuard<'_, bool>> {
+        let open = self.open.read().await;
+        (*open).then_some(open)
+    }
+
+    /// [`Wal::admit`] for a blocking thread (not an async one).
+    pub fn admit_blocking(&self) -> Option<tokio::sync::RwLockReadGuard<'_, bool>> {
+        let open = self.open.blocking_read();
+        (*open).then_some(open)
+    }
+
+    /// Refuses every later batch and waits until each one admitted before
+    /// was folded; the shutdown calls it before closing the engine.
+    pub async fn seal(&self) {
+        *self.open.write().await = false;
     }
 
     /// Appends `batch`, ingested at `now_ms`; resolves once it is on disk.

@@ -29,6 +29,8 @@ pub struct Instance {
     pub dir: PathBuf,
     config: PathBuf,
     child: Option<Child>,
+    /// Logs of the runs before the last restart.
+    earlier_log: String,
 }
 
 impl Instance {
@@ -60,6 +62,17 @@ impl Instance {
         panic!("instance {} never became ready:\n{}", self.id, self.log());
     }
 
+    /// Starts the process again on the same config and data directory (its
+    /// log kept, the earlier one's appended below a marker) and waits until ready.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "instance {} is still running", self.id);
+        let earlier = std::fs::read_to_string(self.dir.join("tailfold.log")).unwrap_or_default();
+        self.earlier_log.push_str(&earlier);
+        self.earlier_log.push_str("==== restarted\n");
+        self.spawn();
+        self.wait_ready();
+    }
+
     /// `kill -9`.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -81,7 +94,8 @@ impl Instance {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("tailfold.log")).unwrap_or_default()
+        let now = std::fs::read_to_string(self.dir.join("tailfold.log")).unwrap_or_default();
+        format!("{}{now}", self.earlier_log)
     }
 
     /// The records of this instance's store; a line cut by `kill -9` is skipped.
@@ -142,6 +156,8 @@ pub struct ClusterSpec {
     pub rules: String,
     pub lease_ttl_s: u64,
     pub flush_interval_ms: u64,
+    /// Each instance logs what it takes in its write-ahead log.
+    pub wal: bool,
 }
 
 /// etcd, the instances, and a single node fed the same samples for comparison.
@@ -288,10 +304,11 @@ fn make_instance(root: &Path, id: &str, rules: &Path, spec: &ClusterSpec, etcd: 
         None => String::new(),
     };
     let config = format!(
-        "grpc: {{listen: \"{grpc}\"}}\nhttp: {{listen: \"{http}\"}}\nrules_file: {rules}\ndata_dir: {data}\nflush: {{interval_ms: {flush}, jitter_ms: 0, progress_interval_ms: 0}}\nlog: {{format: json}}\n{cluster}",
+        "grpc: {{listen: \"{grpc}\"}}\nhttp: {{listen: \"{http}\"}}\nrules_file: {rules}\ndata_dir: {data}\nflush: {{interval_ms: {flush}, jitter_ms: 0, progress_interval_ms: 0}}\nlog: {{format: json}}\nwal: {{enabled: {wal}}}\n{cluster}",
         rules = rules.display(),
         data = dir.join("data").display(),
         flush = spec.flush_interval_ms,
+        wal = spec.wal,
     );
     let config_file = dir.join("tailfold.yaml");
     std::fs::write(&config_file, config).unwrap();
@@ -303,6 +320,7 @@ fn make_instance(root: &Path, id: &str, rules: &Path, spec: &ClusterSpec, etcd: 
         dir,
         config: config_file,
         child: None,
+        earlier_log: String::new(),
     }
 }
 
