@@ -649,26 +649,20 @@ impl Engine {
             for sample in samples.iter() {
                 let target = &scratch.routes[sample.route as usize].targets[sample.target as usize];
                 if let Err(reason) = shard.fold(target, sample, now_ms) {
-                    let refusal = WindowRefusal {
-                        route: sample.route,
-                        target: sample.target,
-                        slot: sample.slot,
-                        reason,
-                    };
-                    scratch.tally.refuse(sample.point, refusal);
+                    let (route, target, slot) = (sample.route, sample.target, sample.slot);
+                    scratch
+                        .tally
+                        .refuse(sample.point, WindowRefusal::new(route, target, slot, reason));
                 }
             }
             for routed in histograms.iter() {
                 let target = &scratch.routes[routed.route as usize].targets[routed.target as usize];
                 let histogram = routed.source.resolve(batch, &scratch.histogram_deltas);
                 if let Err(reason) = shard.fold_histogram(target, routed, histogram, now_ms) {
-                    let refusal = WindowRefusal {
-                        route: routed.route,
-                        target: routed.target,
-                        slot: routed.slot,
-                        reason,
-                    };
-                    scratch.tally.refuse(routed.point, refusal);
+                    let (route, target, slot) = (routed.route, routed.target, routed.slot);
+                    scratch
+                        .tally
+                        .refuse(routed.point, WindowRefusal::new(route, target, slot, reason));
                 }
             }
             drop(shard);

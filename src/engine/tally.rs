@@ -18,6 +18,17 @@ pub(super) struct WindowRefusal {
     pub(super) reason: DropReason,
 }
 
+impl WindowRefusal {
+    pub(super) fn new(route: u32, target: u16, slot: u16, reason: DropReason) -> Self {
+        WindowRefusal {
+            route,
+            target,
+            slot,
+            reason,
+        }
+    }
+}
+
 /// Reused across batches (in the thread's scratch), so it allocates nothing once warm.
 #[derive(Default)]
 pub(super) struct PointTally {
@@ -50,12 +61,8 @@ impl PointTally {
     /// A window of the point being routed is due already: it refuses the point as late.
     pub(super) fn due(&mut self, route: u32, target: u16, slot: u16) {
         self.due += 1;
-        self.refusals.push(WindowRefusal {
-            route,
-            target,
-            slot,
-            reason: DropReason::TooLate,
-        });
+        self.refusals
+            .push(WindowRefusal::new(route, target, slot, DropReason::TooLate));
     }
 
     /// Ends the routing of a point that went to `routed` windows (0: refused as late by all).
