@@ -486,7 +486,7 @@ fn run(config: &Path) -> ExitCode {
             let _ = writeln!(std::io::stdout(), "tailfold: listening on otlp_http {address}");
         }
         wait_for_signal().await;
-        tracing::info!("shutting down: flushing every open window");
+        tracing::info!("shutting down: flushing (see the flush line for what stays in the write-ahead log)");
         match handle.shutdown().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(&error.to_string()),

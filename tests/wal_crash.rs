@@ -1,42 +1,28 @@
 //! The write-ahead log against SIGKILL: the real `tailfold` binary under gRPC
 //! load is killed mid-run, restarted on the same data directory and stopped
-//! with SIGTERM, then started once more and stopped with Ctrl-C (SIGINT).
-//! Every acknowledged point is in the store exactly once, per window, and no
-//! (series, window) was emitted twice.
+//! with SIGTERM (open windows stay in the log), then started once more under
+//! load and stopped with Ctrl-C (SIGINT), and a last time, idle, until every
+//! window is due. Every acknowledged point is in the store exactly once, per
+//! window, no (series, window) was emitted twice and none partial.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::process::{replayed, start_run, stop_with, Running};
 use parking_lot::Mutex;
 use tailfold::api::v1;
 use tailfold::sink::JsonRecord;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_tailfold");
 /// Points per request; each request writes its own series.
 const POINTS: usize = 20;
 const CLIENTS: usize = 4;
 
 const RULES: &str = "defaults:\n  storage_policies: [\"1s:1h\"]\n  counter: { aggregations: [sum] }\n";
-
-struct Running {
-    child: Child,
-    /// Kept open: the service's stdout must not hit a closed pipe.
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start(dir: &Path, run: usize) -> (Running, String) {
     let config = format!(
@@ -46,24 +32,7 @@ fn start(dir: &Path, run: usize) -> (Running, String) {
         dir = dir.display()
     );
     std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
-    std::fs::write(dir.join("tailfold.yaml"), config).unwrap();
-    let log = std::fs::File::create(dir.join(format!("run-{run}.log"))).unwrap();
-    let mut child = Command::new(BINARY)
-        .args(["run", "-c"])
-        .arg(dir.join("tailfold.yaml"))
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn tailfold run");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let grpc = line
-        .trim()
-        .strip_prefix("tailfold: listening on grpc ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}; see {}/run-{run}.log", dir.display()))
-        .to_string();
-    (Running { child, _stdout: stdout }, grpc)
+    start_run(dir, run, &config)
 }
 
 /// True once a store segment file has bytes (read without parsing: it may be mid-append).
@@ -74,61 +43,6 @@ fn store_has_data(store: &Path) -> bool {
     files
         .flatten()
         .any(|file| file.metadata().is_ok_and(|meta| meta.len() > 0))
-}
-
-/// Sends `signal` and waits for a clean exit.
-fn stop_with(mut running: Running, signal: &str, dir: &Path, run: usize) {
-    let status = Command::new("kill")
-        .args([signal, &running.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(exit) = running.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "tailfold did not exit after kill {signal}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(exit.success(), "exit {exit:?}; see {}/run-{run}.log", dir.display());
-}
-
-/// Points the replay at the start of run `run` folded into open windows again, from its log.
-fn replayed(dir: &Path, run: usize) -> u64 {
-    let path = dir.join(format!("run-{run}.log"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let log = std::fs::read_to_string(&path).unwrap();
-        if let Some(line) = log.lines().find(|line| line.contains("write-ahead log replayed")) {
-            let line = strip_ansi(line);
-            return line
-                .split_whitespace()
-                .find_map(|field| field.strip_prefix("accepted="))
-                .and_then(|count| count.parse().ok())
-                .unwrap_or_else(|| panic!("{line}"));
-        }
-        assert!(Instant::now() < deadline, "no replay line in {}", path.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The log line without terminal colour codes (`ESC [ ... m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn now_ms() -> i64 {
@@ -236,33 +150,46 @@ async fn sigkill_mid_load_loses_no_acknowledged_point_and_emits_no_window_twice(
     let flushed_before_kill = common::read_json_lines::<JsonRecord>(&store).len();
     assert!(flushed_before_kill > 0, "some windows flushed before the kill");
 
-    // Run 2: same data directory; more load, then SIGTERM flushes every open window.
+    // Run 2: same data directory; more load, then SIGTERM flushes the due
+    // windows and leaves the open ones to the log.
     let (second, address) = start(dir, 2);
     run_load(&address, &next_id, &ledger, Duration::from_millis(1_500)).await;
     stop_with(second, "-TERM", dir, 2);
     // The restart replayed acknowledged points into windows open at the kill.
     assert!(replayed(dir, 2) > 0);
-    let stopped_at = now_ms();
 
-    // Run 3, after a clean stop: nothing to replay. Windows written partial at the
-    // stop stay closed (never a second record), so the load waits for the next ones.
+    // Run 3, after a clean stop: no window was written partial, so the load
+    // goes on at once, in the same windows if they are still open.
     let (third, address) = start(dir, 3);
-    assert_eq!(replayed(dir, 3), 0);
-    let first_open_window = stopped_at.div_euclid(1000) * 1000 + 1000;
-    while now_ms() < first_open_window + 900 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Windows still open at the stop (if the stop's flush came before they
+    // were due) come back from the log; the rest were written at the stop.
+    replayed(dir, 3);
     let before_third = ledger.lock().acknowledged.len();
     run_load(&address, &next_id, &ledger, Duration::from_millis(1_000)).await;
     assert!(ledger.lock().acknowledged.len() > before_third);
     // Ctrl-C takes the same path as SIGTERM.
     stop_with(third, "-INT", dir, 3);
 
+    // Run 4, idle: replays what run 3 left open and writes it once it is due.
+    let (fourth, _) = start(dir, 4);
+    replayed(dir, 4);
+    let last_sent = ledger.lock().sent.values().flatten().copied().max().unwrap();
+    // Past the log's horizon (the largest window plus its lateness) for the
+    // last point sent, then a flush or two.
+    while now_ms() < last_sent + 1000 + 1000 + 600 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_with(fourth, "-TERM", dir, 4);
+
     // Every (series, window) once; per window, the points of acknowledged requests exactly.
     let records: Vec<JsonRecord> = common::read_json_lines(&store);
     let mut emitted: HashMap<(String, i64), f64> = HashMap::new();
     for record in &records {
         assert_eq!(record.name, "load:sum", "{record:?}");
+        assert!(
+            !record.partial,
+            "no window is written partial with the log on: {record:?}"
+        );
         let request = record.labels["request"].clone();
         let value = record.value.as_f64().expect("a number");
         let previous = emitted.insert((request.clone(), record.window_start_ms), value);
@@ -293,13 +220,16 @@ async fn sigkill_mid_load_loses_no_acknowledged_point_and_emits_no_window_twice(
         }
     }
     assert!(checked > before_kill, "requests after the restart were checked too");
+    // Every segment fed only windows written since: deleted, but for the
+    // last run's own (empty) segment.
     let segments: Vec<_> = std::fs::read_dir(dir.join("wal"))
         .unwrap()
         .flatten()
         .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "wal"))
+        .filter(|entry| entry.metadata().is_ok_and(|meta| meta.len() > 0))
         .collect();
     assert!(
         segments.is_empty(),
-        "a clean shutdown leaves no log segment: {segments:?}"
+        "once every window was written no log segment holds anything: {segments:?}"
     );
 }

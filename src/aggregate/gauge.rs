@@ -82,6 +82,29 @@ impl GaugeState {
         }
     }
 
+    /// Whether this is a rollup's window (it tracks each input's last value).
+    pub fn is_rollup(&self) -> bool {
+        self.inputs.is_some()
+    }
+
+    /// For a rollup, each input seen in the window: `(input, timestamp, value)`
+    /// of its latest point (with values held from earlier windows once
+    /// [`GaugeState::hold`] added them). Empty for a series' own output.
+    pub fn rollup_inputs(&self) -> &[(u64, i64, f64)] {
+        self.inputs.as_deref().unwrap_or_default()
+    }
+
+    /// For a rollup: counts `input`'s value held from an earlier window in
+    /// `last`, unless the window has a point of it. Count, sum and extremes
+    /// stay the window's own samples.
+    pub fn hold(&mut self, input: u64, timestamp_ms: i64, value: f64) {
+        if let Some(inputs) = &mut self.inputs {
+            if !inputs.iter().any(|(key, _, _)| *key == input) {
+                inputs.push((input, timestamp_ms, value));
+            }
+        }
+    }
+
     /// The latest value; for a rollup, the sum of each input's latest value.
     pub fn last(&self) -> f64 {
         match &self.inputs {

@@ -44,6 +44,10 @@ pub mod defaults {
     pub const FLUSH_JITTER_MS: u64 = 100;
     /// State kept between windows per series is forgotten after this long without data.
     pub const IDLE_SERIES_MS: u64 = 3_600_000;
+    /// Inputs a gauge rollup holds the last value of, per output and policy.
+    pub const ROLLUP_LAST_MAX_INPUTS: usize = 10_000;
+    /// A gauge rollup input's held value stops counting after this long without data.
+    pub const ROLLUP_LAST_IDLE_MS: u64 = 300_000;
     /// Histogram scale: base 2^(2^-6), about 0.54 % worst-case relative error.
     pub const HISTOGRAM_SCALE: i8 = 6;
     /// Buckets per sign before the histogram downscales.
@@ -215,6 +219,13 @@ pub struct EngineConfig {
     pub idle_series_ms: Option<u64>,
     /// Distinct members a set window (statsd `|s`) counts exactly (1..=1000000); past it, a HyperLogLog sketch of 16 KiB estimates the count with a standard error of 0.81 %. Default 1000.
     pub set_max_exact_values: Option<usize>,
+    /// A gauge rollup's `last` counts each input's latest value, held across
+    /// windows the input misses: at most this many inputs per rollup output
+    /// and policy (those heard from longest ago go first). Default 10000.
+    pub rollup_last_max_inputs: Option<usize>,
+    /// A held input value stops counting in a gauge rollup's `last` once the
+    /// input has sent nothing for this long. Default 300000.
+    pub rollup_last_idle_ms: Option<u64>,
 }
 
 /// Histogram layout.
@@ -652,6 +663,14 @@ impl ServiceSettings {
                 idle_series_ms: config.engine.idle_series_ms.unwrap_or(defaults::IDLE_SERIES_MS),
                 above_max_traces,
                 set_max_exact_values,
+                rollup_last_max_inputs: config
+                    .engine
+                    .rollup_last_max_inputs
+                    .unwrap_or(defaults::ROLLUP_LAST_MAX_INPUTS),
+                rollup_last_idle_ms: config
+                    .engine
+                    .rollup_last_idle_ms
+                    .unwrap_or(defaults::ROLLUP_LAST_IDLE_MS),
             },
             flush_interval_ms,
             flush_jitter_ms: config.flush.jitter_ms.unwrap_or(defaults::FLUSH_JITTER_MS),

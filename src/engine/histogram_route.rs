@@ -80,25 +80,30 @@ impl Engine {
         let route = Arc::clone(&scratch.routes[route_index as usize]);
         let shard_count = self.shards.len();
         let route_one = |scratch: &mut Scratch, source: HistogramSource, timestamp_ms: i64| {
-            let point = scratch.windows_left.len() as u32;
+            let point = scratch.tally.next_point();
             if timestamp_ms < from_ms || timestamp_ms >= until_ms {
-                scratch.windows_left.push(0);
-                scratch.last_refusal.push(DropReason::TooLate);
+                scratch.tally.push_point(0);
                 return;
             }
             let per_shard = &mut scratch.per_shard_histograms;
-            let routed = route.for_each_window(timestamp_ms, now_ms, shard_count, |shard, target, slot, start| {
-                per_shard[shard].push(RoutedHistogram {
-                    route: route_index,
-                    target,
-                    slot,
-                    point,
-                    window_start_ms: start,
-                    source,
-                });
-            });
-            scratch.windows_left.push(routed);
-            scratch.last_refusal.push(DropReason::TooLate);
+            let tally = &mut scratch.tally;
+            let routed = route.for_each_window(
+                timestamp_ms,
+                now_ms,
+                shard_count,
+                |shard, target, slot, start| {
+                    per_shard[shard].push(RoutedHistogram {
+                        route: route_index,
+                        target,
+                        slot,
+                        point,
+                        window_start_ms: start,
+                        source,
+                    });
+                },
+                |target, slot| tally.due(route_index, target, slot),
+            );
+            tally.push_point(routed);
         };
 
         if series.cumulative {

@@ -29,12 +29,14 @@
 mod cumulative;
 mod cumulative_histograms;
 mod generations;
+mod held_last;
 mod histogram_route;
 mod partials;
 mod record;
 mod route;
 mod settings;
 mod shard;
+mod tally;
 mod totals;
 mod window;
 
@@ -67,16 +69,15 @@ use generations::{generation_at, generation_range, Generation};
 use histogram_route::RoutedHistogram;
 use partials::Assembler;
 use shard::{ClosedWindow, RoutedSample, Shard, WindowClass};
+use tally::{PointTally, WindowRefusal};
 
 /// Per-thread buffers reused across batches so ingest allocates nothing per sample.
 #[derive(Default)]
 struct Scratch {
     routes: Vec<Arc<SeriesRoute>>,
     per_shard: Vec<Vec<RoutedSample>>,
-    /// Per point of the batch: windows it was routed to that have not refused it.
-    windows_left: Vec<u16>,
-    /// Per point: why its last refused window refused it.
-    last_refusal: Vec<DropReason>,
+    /// Per point of the batch: what its windows did with it.
+    tally: PointTally,
     /// Deltas of the cumulative series being routed.
     deltas: Vec<Point>,
     /// Per shard: native histograms routed there (kept apart so scalar samples stay small).
@@ -170,12 +171,15 @@ impl Engine {
     pub fn new(settings: EngineSettings, rules: RuleSet) -> Self {
         let shards = (0..settings.shards.max(1))
             .map(|index| {
-                Mutex::new(Shard::new(
-                    0x7a11_f01d ^ index as u64,
-                    settings.histogram,
-                    settings.idle_series_ms,
-                    settings.set_max_exact_values,
-                ))
+                Mutex::new(
+                    Shard::new(
+                        0x7a11_f01d ^ index as u64,
+                        settings.histogram,
+                        settings.idle_series_ms,
+                        settings.set_max_exact_values,
+                    )
+                    .with_held_last(settings.rollup_last_max_inputs, settings.rollup_last_idle_ms),
+                )
             })
             .collect();
         let first = Arc::new(Generation::new(Arc::new(rules), i64::MIN, &settings));
@@ -380,6 +384,14 @@ impl Engine {
             return Arc::clone(&scratch.built[built].3);
         }
         let plan = generation.rules.resolve(&series.labels, series.kind);
+        if let Some(rule) = &plan.collides_with {
+            // Once per series and rule set (the route is cached); every point is counted.
+            tracing::warn!(
+                series = %series.labels.metric_name().unwrap_or_default(),
+                rule = %rule,
+                "input series named like the output of rollup rule {rule:?}: refused (output_collision)"
+            );
+        }
         let mut route = SeriesRoute::build(&plan, &batch.tenant, &self.settings, series.kind, &generation.slot_sets);
         if let Some(profiler) = &self.profiler {
             route.profile = Some(Box::new(profiler.series(
@@ -504,17 +516,21 @@ impl Engine {
         scratch.per_shard.resize_with(shard_count, Vec::new);
         scratch.per_shard_histograms.resize_with(shard_count, Vec::new);
         scratch.routes.clear();
-        scratch.windows_left.clear();
-        scratch.last_refusal.clear();
+        scratch.tally.clear();
         let future_limit = now_ms.saturating_add(self.settings.future_tolerance_ms as i64);
 
-        scratch.keys.clear();
-        scratch.keys.extend(
-            batch
-                .series
-                .iter()
-                .map(|series| series_key(&batch.tenant, &series.labels)),
-        );
+        // The limits hashed the series already (when configured): each series is hashed once per request.
+        if outcome.series_keys.len() == batch.series.len() {
+            scratch.keys = std::mem::take(&mut outcome.series_keys);
+        } else {
+            scratch.keys.clear();
+            scratch.keys.extend(
+                batch
+                    .series
+                    .iter()
+                    .map(|series| series_key(&batch.tenant, &series.labels)),
+            );
+        }
         // Read locks on every route cache for the routing part of the batch;
         // routes built meanwhile are cached once they are let go.
         let readers: smallvec::SmallVec<[CacheReader<'_, SeriesRoute>; 2]> = generations
@@ -547,10 +563,7 @@ impl Engine {
             if route.targets.is_empty() && generations.len() == 1 {
                 // A native histogram counts as one point, as ingest counts it.
                 let points = (series.points.len() + series.histograms.len()) as u64;
-                match &route.dropped_by {
-                    Some(rule) => outcome.reject_by_rule(rule, points),
-                    None => outcome.reject(DropReason::NoAggregation, points),
-                }
+                route.refuse_untargeted(&mut outcome, points);
                 scratch.routes.pop();
                 continue;
             }
@@ -584,40 +597,39 @@ impl Engine {
                 );
                 let route = &scratch.routes[route_index as usize];
                 if route.targets.is_empty() {
-                    match &route.dropped_by {
-                        Some(rule) => outcome.reject_by_rule(rule, 1),
-                        None => outcome.reject(DropReason::NoAggregation, 1),
-                    }
+                    route.refuse_untargeted(&mut outcome, 1);
                     continue;
                 }
-                let point_index = scratch.windows_left.len() as u32;
+                let point_index = scratch.tally.next_point();
                 let per_shard = &mut scratch.per_shard;
-                let routed = route.for_each_window(timestamp_ms, now_ms, shard_count, |shard, target, slot, start| {
-                    per_shard[shard].push(RoutedSample {
-                        route: route_index,
-                        target,
-                        slot,
-                        point: point_index,
-                        window_start_ms: start,
-                        timestamp_ms,
-                        value: point.value,
-                        trace: point.trace,
-                        weight: point.weight,
-                        input: key,
-                    });
-                });
-                scratch.windows_left.push(routed);
-                scratch.last_refusal.push(DropReason::TooLate);
+                let tally = &mut scratch.tally;
+                let routed = route.for_each_window(
+                    timestamp_ms,
+                    now_ms,
+                    shard_count,
+                    |shard, target, slot, start| {
+                        per_shard[shard].push(RoutedSample {
+                            route: route_index,
+                            target,
+                            slot,
+                            point: point_index,
+                            window_start_ms: start,
+                            timestamp_ms,
+                            value: point.value,
+                            trace: point.trace,
+                            weight: point.weight,
+                            input: key,
+                        });
+                    },
+                    |target, slot| tally.due(route_index, target, slot),
+                );
+                tally.push_point(routed);
             }
             scratch.deltas = deltas;
             if !series.histograms.is_empty() {
                 let route = &scratch.routes[first_route as usize];
                 if route.targets.is_empty() {
-                    let count = series.histograms.len() as u64;
-                    match &route.dropped_by {
-                        Some(rule) => outcome.reject_by_rule(rule, count),
-                        None => outcome.reject(DropReason::NoAggregation, count),
-                    }
+                    route.refuse_untargeted(&mut outcome, series.histograms.len() as u64);
                 } else {
                     let range = generation_range(&generations, first_generation);
                     self.route_histograms(
@@ -682,16 +694,20 @@ impl Engine {
             for sample in samples.iter() {
                 let target = &scratch.routes[sample.route as usize].targets[sample.target as usize];
                 if let Err(reason) = shard.fold(target, sample, now_ms) {
-                    scratch.windows_left[sample.point as usize] -= 1;
-                    scratch.last_refusal[sample.point as usize] = reason;
+                    let (route, target, slot) = (sample.route, sample.target, sample.slot);
+                    scratch
+                        .tally
+                        .refuse(sample.point, WindowRefusal::new(route, target, slot, reason));
                 }
             }
             for routed in histograms.iter() {
                 let target = &scratch.routes[routed.route as usize].targets[routed.target as usize];
                 let histogram = routed.source.resolve(batch, &scratch.histogram_deltas);
                 if let Err(reason) = shard.fold_histogram(target, routed, histogram, now_ms) {
-                    scratch.windows_left[routed.point as usize] -= 1;
-                    scratch.last_refusal[routed.point as usize] = reason;
+                    let (route, target, slot) = (routed.route, routed.target, routed.slot);
+                    scratch
+                        .tally
+                        .refuse(routed.point, WindowRefusal::new(route, target, slot, reason));
                 }
             }
             drop(shard);
@@ -700,13 +716,7 @@ impl Engine {
         }
         scratch.histogram_deltas.clear();
 
-        for (left, reason) in scratch.windows_left.iter().zip(&scratch.last_refusal) {
-            if *left > 0 {
-                outcome.accepted += 1;
-            } else {
-                outcome.reject(*reason, 1);
-            }
-        }
+        scratch.tally.finish(&scratch.routes, &mut outcome);
         // Keep the Arcs alive only for the batch; the cache owns them.
         scratch.routes.clear();
         outcome

@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 
 use crate::aggregate::histogram::LinkPlan;
 use crate::aggregate::Aggregation;
-use crate::model::{series_hash, Kind, Labels, StoragePolicy};
+use crate::model::{series_hash, DropReason, Kind, Labels, Outcome, StoragePolicy};
 use crate::profile::SeriesProfile;
 use crate::rules::{OutputOrigin, SeriesPlan};
 
@@ -94,6 +94,8 @@ pub struct SeriesRoute {
     pub targets: SmallVec<[Arc<OutputTarget>; 1]>,
     /// The drop rule that removed the series' own output, if any.
     pub dropped_by: Option<Arc<str>>,
+    /// The rollup rule whose output the series is named like (it has no targets).
+    pub collides_with: Option<Arc<str>>,
     /// The series' usage accounting, when the profiler is on; boxed so a
     /// route costs one pointer for it when the profiler is off.
     pub profile: Option<Box<SeriesProfile>>,
@@ -141,8 +143,19 @@ impl SeriesRoute {
         SeriesRoute {
             targets,
             dropped_by: plan.dropped_by.clone(),
+            collides_with: plan.collides_with.clone(),
             profile: None,
             last_used_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Counts `points` of a series without targets as refused: named like a
+    /// rollup's output, dropped by a rule, or with no aggregation.
+    pub fn refuse_untargeted(&self, outcome: &mut Outcome, points: u64) {
+        match (&self.collides_with, &self.dropped_by) {
+            (Some(_), _) => outcome.reject(DropReason::OutputCollision, points),
+            (None, Some(rule)) => outcome.reject_by_rule(rule, points),
+            (None, None) => outcome.reject(DropReason::NoAggregation, points),
         }
     }
 
@@ -162,7 +175,8 @@ impl SeriesRoute {
 
     /// Calls `visit(shard, target, slot, window_start_ms)` for every window
     /// (of every target and policy) an event at `timestamp_ms` belongs to,
-    /// skipping windows already due at `now_ms`. Returns how many it visited.
+    /// and `due(target, slot)` instead for windows already due at `now_ms`
+    /// (they refuse it as late). Returns how many it visited.
     #[inline]
     pub fn for_each_window(
         &self,
@@ -170,6 +184,7 @@ impl SeriesRoute {
         now_ms: i64,
         shard_count: usize,
         mut visit: impl FnMut(usize, u16, u16, i64),
+        mut due: impl FnMut(u16, u16),
     ) -> u16 {
         let mut routed = 0u16;
         for (target_index, target) in self.targets.iter().enumerate() {
@@ -177,6 +192,7 @@ impl SeriesRoute {
             for (slot_index, slot) in target.slots.iter().enumerate() {
                 let window_start_ms = slot.policy.window_start(timestamp_ms);
                 if slot.is_due(window_start_ms, now_ms) {
+                    due(target_index as u16, slot_index as u16);
                     continue;
                 }
                 routed += 1;

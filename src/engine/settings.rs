@@ -31,6 +31,12 @@ pub struct EngineSettings {
     /// Distinct members a set window (statsd `|s`) counts exactly; past it,
     /// a HyperLogLog sketch (standard error 0.81 %).
     pub set_max_exact_values: usize,
+    /// Inputs whose last value a gauge rollup holds for windows they miss,
+    /// per rollup output and policy (those heard from longest ago go first).
+    pub rollup_last_max_inputs: usize,
+    /// A held input value stops counting in a gauge rollup's `last` once
+    /// the input has sent nothing for this long.
+    pub rollup_last_idle_ms: u64,
 }
 
 impl EngineSettings {
@@ -54,6 +60,8 @@ impl Default for EngineSettings {
             idle_series_ms: 3_600_000,
             above_max_traces: 10,
             set_max_exact_values: 1_000,
+            rollup_last_max_inputs: crate::config::defaults::ROLLUP_LAST_MAX_INPUTS,
+            rollup_last_idle_ms: crate::config::defaults::ROLLUP_LAST_IDLE_MS,
         }
     }
 }

@@ -10,8 +10,10 @@ use rand::SeedableRng;
 
 use crate::aggregate::histogram::HistogramConfig;
 use crate::aggregate::Aggregation;
+use crate::config::defaults;
 use crate::model::{DropReason, Kind, NativeHistogram, StoragePolicy, TraceContext};
 
+use super::held_last::HeldLast;
 use super::histogram_route::RoutedHistogram;
 use super::route::{OutputTarget, PolicySlot};
 use super::totals::RunningTotals;
@@ -228,6 +230,8 @@ pub struct Shard {
     last_total_eviction_ms: i64,
     /// The classes `OpenWindow::class` indexes.
     classes: Vec<WindowClass>,
+    /// Gauge rollup inputs' last values, held across windows they miss.
+    held_last: HeldLast,
 }
 
 impl Shard {
@@ -245,7 +249,15 @@ impl Shard {
             idle_series_ms: idle_series_ms as i64,
             last_total_eviction_ms: i64::MIN / 2,
             classes: Vec::new(),
+            held_last: HeldLast::new(defaults::ROLLUP_LAST_MAX_INPUTS, defaults::ROLLUP_LAST_IDLE_MS),
         }
+    }
+
+    /// The same shard holding at most `max_inputs` gauge rollup inputs per
+    /// output and policy, each for `idle_ms` after its last point.
+    pub fn with_held_last(mut self, max_inputs: usize, idle_ms: u64) -> Self {
+        self.held_last = HeldLast::new(max_inputs, idle_ms);
+        self
     }
 
     /// The windows of output `key`, if it has any.
@@ -426,6 +438,7 @@ impl Shard {
         }
         let mut flushed: Vec<(StoragePolicy, i64)> = Vec::new();
         let totals = &mut self.totals;
+        let held_last = &mut self.held_last;
         let shard_classes = &self.classes;
         self.outputs.retain(|entry| {
             let key = entry.key;
@@ -458,13 +471,21 @@ impl Shard {
                 };
                 Some((end_ms, running_total))
             };
-            let closed = |window: OpenWindow, end_ms: i64, running_total: Option<Totals>| ClosedWindow {
-                target: window.target,
-                class: window.class,
-                start_ms: window.start_ms,
-                state: window.state,
-                partial: end_ms > now_ms,
-                running_total,
+            let mut closed = |mut window: OpenWindow, end_ms: i64, running_total: Option<Totals>| {
+                if let WindowState::Gauge(state) = &mut window.state {
+                    if state.is_rollup() {
+                        let policy = shard_classes[window.class as usize].policy;
+                        held_last.carry(key, policy, state, end_ms);
+                    }
+                }
+                ClosedWindow {
+                    target: window.target,
+                    class: window.class,
+                    start_ms: window.start_ms,
+                    state: window.state,
+                    partial: end_ms > now_ms,
+                    running_total,
+                }
             };
             match &mut entry.windows {
                 Windows::One(window) => {
@@ -508,6 +529,7 @@ impl Shard {
         if now_ms - self.last_total_eviction_ms >= 60_000 {
             self.last_total_eviction_ms = now_ms;
             self.totals.evict_idle(now_ms, self.idle_series_ms);
+            self.held_last.evict_idle(now_ms);
         }
     }
 

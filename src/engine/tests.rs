@@ -332,3 +332,46 @@ fn each_window_flushes_under_its_own_slot_after_many_reloads_and_unused_slot_cla
         .all(|record| record.policy.retention_ms == 500 * 3_600_000 && record.window_start_ms == T0 + 20_000));
     assert_eq!(shard_count(&engine).iter().sum::<usize>(), 1, "unused classes dropped");
 }
+
+#[test]
+fn with_limits_each_series_is_hashed_once_per_request() {
+    use crate::model::SERIES_KEYS_COMPUTED;
+    let config = "limits:\n  default: {samples_per_second: 1000000, max_active_series: 1000}\n";
+    let settings = crate::config::ServiceSettings::parse(config, std::path::Path::new("t/tailfold.yaml")).unwrap();
+    let telemetry = Arc::new(crate::telemetry::Telemetry::default());
+    let limited = engine("").with_limits(Limits::new(settings.limits, telemetry));
+    let request = |round: i64| IngestBatch {
+        tenant: Arc::from("t"),
+        series: (0..50)
+            .map(|id| SeriesBatch {
+                labels: Labels::from_pairs([("__name__", "requests".to_string()), ("id", id.to_string())]),
+                kind: Kind::Counter,
+                cumulative: false,
+                histograms: Vec::new(),
+                points: vec![Point::new(1.0, Some(T0 + round), None)],
+            })
+            .collect(),
+    };
+    let hashed = || SERIES_KEYS_COMPUTED.with(|count| count.get());
+    // The first request also builds each series' route (its outputs are keyed then).
+    assert_eq!(limited.ingest(&request(0), T0).unwrap().accepted, 50);
+    let before = hashed();
+    let outcome = limited.ingest(&request(1), T0).unwrap();
+    assert_eq!(outcome.accepted, 50);
+    assert_eq!(
+        hashed() - before,
+        50,
+        "the limits' hash is the engine's: once per series"
+    );
+    assert!(
+        outcome.series_keys.is_empty(),
+        "the identities are consumed by the fold"
+    );
+
+    // Without limits the engine hashes once as well.
+    let unlimited = engine("");
+    unlimited.ingest(&request(0), T0).unwrap();
+    let before = hashed();
+    unlimited.ingest(&request(1), T0).unwrap();
+    assert_eq!(hashed() - before, 50);
+}

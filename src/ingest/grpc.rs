@@ -185,11 +185,23 @@ pub fn response_of(outcome: &Outcome, errors: Vec<String>) -> v1::WriteResponse 
         rule: rule.to_string(),
         count: *count,
     }));
+    let output_refusals = outcome
+        .output_refusals
+        .iter()
+        .map(|entry| v1::OutputRefusal {
+            reason: entry.reason.as_str().to_string(),
+            output: entry.output.to_string(),
+            storage_policy: entry.policy.to_string(),
+            count: entry.count,
+        })
+        .collect();
     v1::WriteResponse {
         accepted: outcome.accepted,
         rejected: outcome.rejected_total(),
         rejections,
         errors,
+        partial: outcome.partial,
+        output_refusals,
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::{LimitSettings, TenantLimit};
-use crate::model::{series_key, DropReason, IngestBatch, Labels, Outcome, SeriesBatch};
+use crate::model::{series_key, DropReason, IngestBatch, Labels, Outcome, SeriesBatch, SeriesKey};
 use crate::telemetry::Telemetry;
 
 pub use bucket::TokenBucket;
@@ -45,6 +45,13 @@ struct Plan {
     admitted: u64,
     /// Refused by the active-series limit.
     series_refused: bool,
+}
+
+impl Plan {
+    /// Whether any of the series goes on to the engine.
+    fn is_admitted(&self) -> bool {
+        !self.series_refused && self.admitted > 0
+    }
 }
 
 impl Limits {
@@ -99,12 +106,17 @@ impl Limits {
         if !limit.is_limited() || batch.series.is_empty() {
             return Cow::Borrowed(batch);
         }
-        // Hashed before the tenant's lock is taken, so concurrent requests of one tenant wait less.
-        let mut plans: Vec<Plan> = batch
+        // Hashed before the tenant's lock is taken, so concurrent requests of one
+        // tenant wait less; the engine reuses these identities (one hash per series).
+        let keys: Vec<SeriesKey> = batch
             .series
             .iter()
-            .map(|series| Plan {
-                key: series_key(&batch.tenant, &series.labels).hash,
+            .map(|series| series_key(&batch.tenant, &series.labels))
+            .collect();
+        let mut plans: Vec<Plan> = keys
+            .iter()
+            .map(|key| Plan {
+                key: key.hash,
                 ..Plan::default()
             })
             .collect();
@@ -158,9 +170,16 @@ impl Limits {
         }
         drop(state);
         if !rate_limited && !series_refused {
+            outcome.series_keys = keys;
             return Cow::Borrowed(batch);
         }
         self.count_drops(&batch.tenant, &plans, outcome);
+        outcome.series_keys = keys
+            .into_iter()
+            .zip(&plans)
+            .filter(|(_, plan)| plan.is_admitted())
+            .map(|(key, _)| key)
+            .collect();
         Cow::Owned(admitted_part(batch, &plans))
     }
 
@@ -291,7 +310,7 @@ fn admitted_part(batch: &IngestBatch, plans: &[Plan]) -> IngestBatch {
         .series
         .iter()
         .zip(plans)
-        .filter(|(_, plan)| !plan.series_refused && plan.admitted > 0)
+        .filter(|(_, plan)| plan.is_admitted())
         .map(|(series, plan)| {
             let admitted = plan.admitted as usize;
             let points = admitted.min(series.points.len());

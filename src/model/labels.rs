@@ -412,6 +412,8 @@ pub struct SeriesKey {
 /// one shot, which is several times cheaper than streaming two dozen small
 /// pieces; longer ones are streamed. Both give the same key.
 pub fn series_key(tenant: &str, labels: &Labels) -> SeriesKey {
+    #[cfg(test)]
+    SERIES_KEYS_COMPUTED.with(|count| count.set(count.get() + 1));
     let mut buffer = [0u8; KEY_BUFFER_BYTES];
     let mut len = 0;
     let mut fits = true;
@@ -428,6 +430,12 @@ pub fn series_key(tenant: &str, labels: &Labels) -> SeriesKey {
         return streamed_series_key(tenant, labels);
     }
     key_of(xxhash_rust::xxh3::xxh3_128(&buffer[..len]))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Series identities computed on this thread (tests count hashes per request).
+    pub(crate) static SERIES_KEYS_COMPUTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Label text (with separators) hashed from the stack; longer sets are streamed.

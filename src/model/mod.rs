@@ -8,9 +8,11 @@ mod policy;
 mod sample;
 
 pub use duration::{format_duration_ms, parse_duration_ms, DurationError};
+#[cfg(test)]
+pub(crate) use labels::SERIES_KEYS_COMPUTED;
 pub use labels::{
     series_hash, series_key, Label, LabelRef, Labels, LabelsIter, SeriesKey, SeriesKeyHasher, METRIC_NAME_LABEL,
 };
-pub use outcome::{DropReason, Outcome};
+pub use outcome::{DropReason, Outcome, OutputRefusal, MAX_OUTPUT_REFUSALS, OTHER_OUTPUTS};
 pub use policy::{PolicyError, StoragePolicy};
 pub use sample::{IngestBatch, Kind, NativeHistogram, Point, SeriesBatch, TraceContext};

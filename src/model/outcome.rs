@@ -1,7 +1,10 @@
 //! Why a sample was not folded in, and the tally of one ingest call: accepted
-//! points and rejected points by reason and rule. Every stage reports into it.
+//! points, rejected points by reason and rule, and what each output window
+//! refused. Every stage reports into it.
 
 use std::sync::Arc;
+
+use super::{SeriesKey, StoragePolicy};
 
 /// Why points were not folded into any window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,11 +37,14 @@ pub enum DropReason {
     /// In a cluster: no replica of the series' shard could take it (every
     /// one down or refusing); nothing of it was folded.
     Unavailable,
+    /// The input series is named like a rollup rule's output: folding it
+    /// would mix it into that output (or clash with its kind).
+    OutputCollision,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::InvalidSeries,
         DropReason::InvalidValue,
         DropReason::InvalidTraceId,
@@ -52,6 +58,7 @@ impl DropReason {
         DropReason::SeriesLimited,
         DropReason::Overloaded,
         DropReason::Unavailable,
+        DropReason::OutputCollision,
     ];
 
     /// The `reason` label value.
@@ -70,15 +77,50 @@ impl DropReason {
             DropReason::SeriesLimited => "series_limited",
             DropReason::Overloaded => "overloaded",
             DropReason::Unavailable => "unavailable",
+            DropReason::OutputCollision => "output_collision",
         }
     }
 }
 
+/// One output (under one storage policy) refusing points: part of the
+/// answer, so a point some outputs took and another refused is never
+/// acknowledged as if all had taken it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputRefusal {
+    /// Why (`too_late`: the window was flushed or is due; `kind_conflict`).
+    pub reason: DropReason,
+    /// The output's base name: the input's name for its own output, the
+    /// rollup's `name` for a rollup ([`OTHER_OUTPUTS`] past the first few).
+    pub output: Arc<str>,
+    /// The storage policy of the refusing window.
+    pub policy: StoragePolicy,
+    /// Points refused.
+    pub count: u64,
+}
+
+/// Distinct (reason, output, policy) entries an [`Outcome`] names; the rest
+/// are counted under [`OTHER_OUTPUTS`], so a tally stays small.
+pub const MAX_OUTPUT_REFUSALS: usize = 32;
+/// Output name of refusals past [`MAX_OUTPUT_REFUSALS`].
+pub const OTHER_OUTPUTS: &str = "<other outputs>";
+
 /// The tally of one ingest call (or of many, merged).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
-    /// Points folded into at least one window.
+    /// Points folded into at least one window (see `partial` for those some
+    /// other window refused).
     pub accepted: u64,
+    /// Points of `accepted` that some of the output windows they were routed
+    /// to refused (those refusals are in `output_refusals`): taken by their
+    /// other outputs, so a retry would count them twice there.
+    pub partial: u64,
+    /// Every output window that refused a point, whether the point's other
+    /// outputs took it (`partial`) or none did (then also in `rejected`).
+    pub output_refusals: Vec<OutputRefusal>,
+    /// Not a count: the identities of the admitted batch's series, in order,
+    /// when the limits hashed them. The engine folds with these instead of
+    /// hashing every series a second time; `merge` leaves them out.
+    pub series_keys: Vec<SeriesKey>,
     /// Rejected points per reason, indexed like [`DropReason::ALL`].
     pub rejected: [u64; DropReason::ALL.len()],
     /// Points dropped by each drop rule (a subset of `DroppedByRule`).
@@ -116,6 +158,63 @@ impl Outcome {
         }
     }
 
+    /// Counts `points` refused by output `output` under `policy` for `reason`.
+    pub fn refuse_output(&mut self, reason: DropReason, output: &str, policy: StoragePolicy, points: u64) {
+        let found = self
+            .output_refusals
+            .iter_mut()
+            .find(|entry| entry.reason == reason && entry.policy == policy && &*entry.output == output);
+        if let Some(entry) = found {
+            entry.count += points;
+            return;
+        }
+        if self.output_refusals.len() >= MAX_OUTPUT_REFUSALS && output != OTHER_OUTPUTS {
+            return self.refuse_output(reason, OTHER_OUTPUTS, policy, points);
+        }
+        self.output_refusals.push(OutputRefusal {
+            reason,
+            output: Arc::from(output),
+            policy,
+            count: points,
+        });
+    }
+
+    /// The answer's words for `output_refusals` (empty when none), e.g.
+    /// `2 points taken by some of their outputs and refused by others; refused
+    /// by output: load (10s:2d) too_late 2, load:all (10s:2d) too_late 1`.
+    pub fn output_refusals_text(&self) -> String {
+        if self.output_refusals.is_empty() {
+            return String::new();
+        }
+        let listed: Vec<String> = self
+            .output_refusals
+            .iter()
+            .map(|entry| {
+                format!(
+                    "{} ({}) {} {}",
+                    entry.output,
+                    entry.policy,
+                    entry.reason.as_str(),
+                    entry.count
+                )
+            })
+            .collect();
+        format!(
+            "{} points taken by some of their outputs and refused by others; refused by output: {}",
+            self.partial,
+            listed.join(", ")
+        )
+    }
+
+    /// Output-window refusals for `reason`, over every output.
+    pub fn output_refusals_for(&self, reason: DropReason) -> u64 {
+        self.output_refusals
+            .iter()
+            .filter(|entry| entry.reason == reason)
+            .map(|entry| entry.count)
+            .sum()
+    }
+
     /// Points rejected for `reason`.
     pub fn rejected_for(&self, reason: DropReason) -> u64 {
         self.rejected[reason as usize]
@@ -135,6 +234,10 @@ impl Outcome {
     /// Adds another tally into this one.
     pub fn merge(&mut self, other: &Outcome) {
         self.accepted += other.accepted;
+        self.partial += other.partial;
+        for entry in &other.output_refusals {
+            self.refuse_output(entry.reason, &entry.output, entry.policy, entry.count);
+        }
         for (mine, theirs) in self.rejected.iter_mut().zip(other.rejected) {
             *mine += theirs;
         }
@@ -178,6 +281,35 @@ mod tests {
         assert_eq!(b.rejected_for(DropReason::DroppedByRule), 5);
         assert_eq!(b.by_rule, vec![(rule, 5)]);
         assert_eq!(b.rejected_total(), 7);
+    }
+
+    #[test]
+    fn output_refusals_merge_and_stay_bounded() {
+        let policy: StoragePolicy = "10s:2d".parse().unwrap();
+        let mut a = Outcome::default();
+        a.refuse_output(DropReason::TooLate, "load", policy, 2);
+        a.refuse_output(DropReason::TooLate, "load:all", policy, 1);
+        let mut b = Outcome {
+            partial: 1,
+            ..Outcome::default()
+        };
+        b.refuse_output(DropReason::TooLate, "load", policy, 3);
+        b.merge(&a);
+        assert_eq!(b.partial, 1);
+        assert_eq!(b.output_refusals.len(), 2);
+        assert_eq!(b.output_refusals[0].count, 5);
+        assert_eq!(b.output_refusals_for(DropReason::TooLate), 6);
+        for index in 0..100 {
+            b.refuse_output(DropReason::TooLate, &format!("out{index}"), policy, 1);
+        }
+        assert_eq!(b.output_refusals.len(), MAX_OUTPUT_REFUSALS + 1);
+        let other = b
+            .output_refusals
+            .iter()
+            .find(|entry| &*entry.output == OTHER_OUTPUTS)
+            .unwrap();
+        assert_eq!(other.count, 100 - (MAX_OUTPUT_REFUSALS as u64 - 2));
+        assert_eq!(b.output_refusals_for(DropReason::TooLate), 106);
     }
 
     #[test]

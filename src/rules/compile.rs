@@ -180,6 +180,16 @@ impl RuleSet {
     /// Decides the outputs of one series (see the type's docs for the rules).
     /// Runs every filter, so callers cache the result per series (`MatchCache`).
     pub fn resolve(&self, labels: &Labels, kind: Kind) -> SeriesPlan {
+        // An input named like a rollup's output would fold into that output's
+        // series (same name and labels) or sit beside it under its name.
+        let name = labels.metric_name().unwrap_or_default();
+        if let Some(rule) = self.rollup_rules.iter().find(|rule| &*rule.metric_name == name) {
+            return SeriesPlan {
+                outputs: Vec::new(),
+                dropped_by: None,
+                collides_with: Some(Arc::clone(&rule.head.name)),
+            };
+        }
         let dropped_by = self
             .drop_rules
             .iter()
@@ -209,7 +219,11 @@ impl RuleSet {
                     .collect(),
             });
         }
-        SeriesPlan { outputs, dropped_by }
+        SeriesPlan {
+            outputs,
+            dropped_by,
+            collides_with: None,
+        }
     }
 
     /// The series' own output: matching mapping rules unioned, or the defaults.

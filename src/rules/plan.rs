@@ -14,6 +14,9 @@ pub struct SeriesPlan {
     pub outputs: Vec<PlannedOutput>,
     /// The drop rule that suppressed the series' own output, if any (first matching drop rule by file order).
     pub dropped_by: Option<Arc<str>>,
+    /// The rollup rule whose output the series is named like: the series
+    /// is refused whole (`outputs` is empty), never mixed into that output.
+    pub collides_with: Option<Arc<str>>,
 }
 
 impl SeriesPlan {

@@ -44,7 +44,7 @@ use crate::sink::selections::{selection_dir, GrpcSelections, SelectionHub, Selec
 use crate::sink::SinkSet;
 use crate::telemetry::Telemetry;
 use crate::tls::TlsListener;
-use crate::wal::{Wal, WalError};
+use crate::wal::{read_stop_marks, stop_marks_path, write_stop_marks, Wal, WalError};
 
 use flush_loop::FlushLoop;
 use listeners::{start_otlp, watch_rules, HttpListener};
@@ -239,6 +239,11 @@ pub async fn start(
     };
     let hub = SelectionHub::new(settings.selection_stream_buffer);
     let store_root = settings.data_dir.join("store");
+    // Windows a stop without the log flushed partial stay closed: later
+    // points for them are refused (and counted per output), never emitted twice.
+    if let Some(marks) = read_stop_marks(&stop_marks_path(&settings.data_dir))? {
+        engine.restore_watermarks(&marks);
+    }
     let wal = match &settings.wal {
         Some(wal_settings) => {
             // Recovery and replay before any sink or listener starts: the store is cut
@@ -642,17 +647,37 @@ async fn run(
         wal.seal().await;
     }
     flusher.engine.close();
-    // In a cluster the set's other replica keeps the open windows: flush what
-    // is due, then hand leadership over at once instead of after the lease TTL.
-    let stats = flusher.flush(flusher.cluster.is_none(), true).await;
+    // In a cluster the set's other replica keeps the open windows, and with
+    // the write-ahead log the log keeps them (replayed at the next start, so
+    // no window is written partial): flush what is due only. A cluster then
+    // hands leadership over at once instead of after the lease TTL.
+    let everything = flusher.cluster.is_none() && flusher.wal.is_none();
+    let stats = flusher.flush(everything, true).await;
     if let Some(cluster) = &flusher.cluster {
         cluster.coordinator.resign().await;
     }
-    tracing::info!(
-        windows = stats.windows,
-        records = stats.records,
-        "flushed every open window at shutdown"
-    );
+    if everything {
+        tracing::info!(
+            windows = stats.windows,
+            records = stats.records,
+            "flushed every open window at shutdown (those not ended are partial; later points for them will be refused)"
+        );
+        let marks = flusher.engine.watermarks();
+        let path = stop_marks_path(&settings.data_dir);
+        if let Err(error) = tokio::task::spawn_blocking(move || write_stop_marks(&path, &marks))
+            .await
+            .unwrap_or(Ok(()))
+        {
+            tracing::error!(%error, "cannot keep the shutdown flush's watermarks; a restart may emit its partial windows again");
+        }
+    } else {
+        tracing::info!(
+            windows = stats.windows,
+            records = stats.records,
+            open_windows = flusher.engine.open_windows(),
+            "flushed the due windows at shutdown; open windows stay in the write-ahead log (or with the shard set's other replica)"
+        );
+    }
     // Selection streams deliver what that flush published, then end; only then
     // can the server's graceful shutdown finish.
     let _ = closing.send(true);

@@ -147,6 +147,20 @@ fn set_counters(snapshot: &TelemetrySnapshot) {
         let labels = [("protocol", protocol.to_string()), ("tenant", tenant.to_string())];
         counter!("tailfold_samples_received_total", &labels).absolute(counts.received);
         counter!("tailfold_samples_accepted_total", &labels).absolute(counts.outcome.accepted);
+        if counts.outcome.partial > 0 {
+            counter!("tailfold_samples_partially_accepted_total", &labels).absolute(counts.outcome.partial);
+        }
+        for reason in [DropReason::TooLate, DropReason::KindConflict] {
+            let count = counts.outcome.output_refusals_for(reason);
+            if count > 0 {
+                let labels = [
+                    ("protocol", protocol.to_string()),
+                    ("tenant", tenant.to_string()),
+                    ("reason", reason.as_str().to_string()),
+                ];
+                counter!("tailfold_output_refusals_total", &labels).absolute(count);
+            }
+        }
         for reason in DropReason::ALL {
             // Limit drops are counted per drop-priority entry below; here only what no entry names.
             let named: u64 = counts

@@ -14,7 +14,7 @@ use crate::model::StoragePolicy;
 use super::WalError;
 
 /// The file form of watermarks: `[[["10s:2d", 1700000000000], ...], ...]`, one list per shard.
-type WatermarkLists = Vec<Vec<(String, i64)>>;
+pub(super) type WatermarkLists = Vec<Vec<(String, i64)>>;
 
 /// What `checkpoint.json` holds.
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -49,21 +49,7 @@ impl Checkpoint {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => CheckpointFile::default(),
             Err(source) => return Err(WalError::io(&path, source)),
         };
-        let mut committed = Vec::with_capacity(file.committed.len());
-        for shard in &file.committed {
-            let mut marks = Vec::with_capacity(shard.len());
-            for (policy, until) in shard {
-                let policy: StoragePolicy =
-                    policy
-                        .parse()
-                        .map_err(|error: crate::model::PolicyError| WalError::Checkpoint {
-                            path: path.display().to_string(),
-                            problem: error.to_string(),
-                        })?;
-                marks.push((policy, *until));
-            }
-            committed.push(marks);
-        }
+        let committed = from_lists(&file.committed, &path)?;
         let checkpoint = Checkpoint {
             path,
             committed,
@@ -127,30 +113,59 @@ impl Checkpoint {
 
     fn write(&self) -> Result<(), WalError> {
         let file = CheckpointFile {
-            committed: self
-                .committed
-                .iter()
-                .map(|marks| {
-                    marks
-                        .iter()
-                        .map(|(policy, until)| (policy.to_string(), *until))
-                        .collect()
-                })
-                .collect(),
+            committed: to_lists(&self.committed),
             pending_store_files: self.pending.clone(),
         };
         let bytes = serde_json::to_vec(&file).map_err(|error| WalError::Checkpoint {
             path: self.path.display().to_string(),
             problem: error.to_string(),
         })?;
-        let temporary = self.path.with_extension("json.tmp");
-        let mut out = File::create(&temporary).map_err(|source| WalError::io(&temporary, source))?;
-        out.write_all(&bytes)
-            .map_err(|source| WalError::io(&temporary, source))?;
-        out.sync_all().map_err(|source| WalError::io(&temporary, source))?;
-        fs::rename(&temporary, &self.path).map_err(|source| WalError::io(&self.path, source))?;
-        sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+        write_atomically(&self.path, &bytes)
     }
+}
+
+/// The file form of `watermarks`.
+pub(super) fn to_lists(watermarks: &Watermarks) -> WatermarkLists {
+    watermarks
+        .iter()
+        .map(|marks| {
+            marks
+                .iter()
+                .map(|(policy, until)| (policy.to_string(), *until))
+                .collect()
+        })
+        .collect()
+}
+
+/// Watermarks from their file form, read from `path` (named in errors).
+pub(super) fn from_lists(lists: &WatermarkLists, path: &Path) -> Result<Watermarks, WalError> {
+    let mut watermarks = Vec::with_capacity(lists.len());
+    for shard in lists {
+        let mut marks = Vec::with_capacity(shard.len());
+        for (policy, until) in shard {
+            let policy: StoragePolicy =
+                policy
+                    .parse()
+                    .map_err(|error: crate::model::PolicyError| WalError::Checkpoint {
+                        path: path.display().to_string(),
+                        problem: error.to_string(),
+                    })?;
+            marks.push((policy, *until));
+        }
+        watermarks.push(marks);
+    }
+    Ok(watermarks)
+}
+
+/// Replaces `path` with `bytes` durably: a fsynced temporary renamed over it.
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), WalError> {
+    let temporary = path.with_extension("json.tmp");
+    let mut out = File::create(&temporary).map_err(|source| WalError::io(&temporary, source))?;
+    out.write_all(bytes)
+        .map_err(|source| WalError::io(&temporary, source))?;
+    out.sync_all().map_err(|source| WalError::io(&temporary, source))?;
+    fs::rename(&temporary, path).map_err(|source| WalError::io(path, source))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Makes a directory's entries (new, renamed, removed files) durable.

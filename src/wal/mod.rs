@@ -15,14 +15,19 @@
 //! flushed (the watermarks are restored per shard, as the engine tracks them).
 //! Remote-write sinks get at-least-once across a crash: their sends are not
 //! part of the checkpoint.
+//!
+//! A clean stop (SIGTERM) flushes only the windows that are due and keeps
+//! the segments of the rest: the next start replays them into open windows,
+//! so no window is written partial and later points for it are still taken.
 
 mod checkpoint;
 pub mod codec;
+mod stop_marks;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,6 +42,7 @@ use crate::model::{DropReason, IngestBatch, Outcome};
 pub use checkpoint::sync_dir;
 use checkpoint::Checkpoint;
 pub use codec::{decode, decode_frame, encode, encode_forwarded, encode_shares, Decoded, Frame, Torn};
+pub use stop_marks::{read_stop_marks, stop_marks_path, write_stop_marks};
 
 /// Errors of the write-ahead log.
 #[derive(Debug, Error)]
@@ -132,8 +138,10 @@ pub struct Wal {
     segments: Arc<Mutex<Segments>>,
     roll: Arc<AtomicBool>,
     checkpoint: Mutex<Checkpoint>,
-    /// The shutdown flush (every window) was committed: no segment is needed any more.
-    flushed_everything: AtomicBool,
+    /// Segments whose latest event time is at or before this fed only windows
+    /// a committed flush wrote (`i64::MAX` once every window was): what
+    /// `close` may delete, the segment being written included.
+    released_until_ms: AtomicI64,
     /// False once sealed: held (read) from a batch's append to its fold, so
     /// no batch is logged that the engine then refuses as closed (a sender
     /// retrying it would find it twice after replay).
@@ -283,7 +291,7 @@ impl Wal {
                 segments,
                 roll,
                 checkpoint: Mutex::new(checkpoint),
-                flushed_everything: AtomicBool::new(false),
+                released_until_ms: AtomicI64::new(i64::MIN),
                 replayed_forwards: Mutex::new(forwards),
                 open: tokio::sync::RwLock::new(true),
             },
@@ -394,9 +402,12 @@ impl Wal {
         everything: bool,
     ) -> Result<usize, WalError> {
         self.checkpoint.lock().commit(watermarks)?;
-        if everything {
-            self.flushed_everything.store(true, Ordering::Relaxed);
-        }
+        let released = if everything {
+            i64::MAX
+        } else {
+            flushed_at_ms.saturating_sub(horizon_ms)
+        };
+        self.released_until_ms.fetch_max(released, Ordering::Relaxed);
         let mut segments = self.segments.lock();
         let active = segments.list.len().saturating_sub(1);
         let mut removed = 0;
@@ -418,18 +429,28 @@ impl Wal {
         Ok(removed)
     }
 
-    /// Stops the writer (appends after this fail with [`WalError::Closed`]).
-    /// Once a flush of every window was committed (shutdown), every segment is
-    /// deleted: nothing in them feeds a window still open.
+    /// Stops the writer (appends after this fail with [`WalError::Closed`]),
+    /// then deletes every segment (the one being written included) that fed
+    /// only windows a committed flush wrote. The rest stay: the next start
+    /// replays them into the windows still open at the stop.
     pub fn close(&self) -> Result<(), WalError> {
         drop(self.sender.lock().take());
         if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }
-        if self.flushed_everything.load(Ordering::Relaxed) {
-            for segment in self.segments.lock().list.drain(..) {
+        let released = self.released_until_ms.load(Ordering::Relaxed);
+        let mut segments = self.segments.lock();
+        let before = segments.list.len();
+        let mut kept = Vec::with_capacity(before);
+        for segment in segments.list.drain(..) {
+            if segment.latest_ms <= released {
                 fs::remove_file(&segment.path).map_err(|source| WalError::io(&segment.path, source))?;
+            } else {
+                kept.push(segment);
             }
+        }
+        segments.list = kept;
+        if segments.list.len() != before {
             sync_dir(&self.dir)?;
         }
         Ok(())

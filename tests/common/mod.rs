@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -210,10 +210,15 @@ impl OtlpIngest {
                 errors.push(format!("{count} refused: {}", reason.as_str()));
             }
         }
+        // Refusals by some outputs of points others took are said too (a
+        // partial success with nothing rejected is the spec's warning).
+        if !folded.output_refusals.is_empty() {
+            errors.push(folded.output_refusals_text());
+        }
         let rejected = outcome.rejected_total();
         Ok(ExportAnswer {
             rejected,
-            message: if rejected == 0 {
+            message: if rejected == 0 && folded.output_refusals.is_empty() {
                 String::new()
             } else {
                 errors.join("; ")

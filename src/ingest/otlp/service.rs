@@ -73,7 +73,7 @@ impl MetricsService for OtlpIngest {
 
 fn trace_response(answer: ExportAnswer) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse {
-        partial_success: (answer.rejected > 0).then_some(ExportTracePartialSuccess {
+        partial_success: (answer.rejected > 0 || !answer.message.is_empty()).then_some(ExportTracePartialSuccess {
             rejected_spans: answer.rejected as i64,
             error_message: answer.message,
         }),
@@ -82,7 +82,7 @@ fn trace_response(answer: ExportAnswer) -> ExportTraceServiceResponse {
 
 fn metrics_response(answer: ExportAnswer) -> ExportMetricsServiceResponse {
     ExportMetricsServiceResponse {
-        partial_success: (answer.rejected > 0).then_some(ExportMetricsPartialSuccess {
+        partial_success: (answer.rejected > 0 || !answer.message.is_empty()).then_some(ExportMetricsPartialSuccess {
             rejected_data_points: answer.rejected as i64,
             error_message: answer.message,
         }),

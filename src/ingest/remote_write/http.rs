@@ -107,7 +107,10 @@ async fn ready(State(state): State<HttpState>) -> Response {
 
 async fn write(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     match receive(state, &headers, body).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        // Still a success (a retry would count the points twice in the outputs
+        // that took them), but the answer says which outputs refused what.
+        Ok(Some(refused)) => (StatusCode::OK, format!("{refused}\n")).into_response(),
         Err((status, reason)) => (status, format!("{reason}\n")).into_response(),
     }
 }
@@ -116,7 +119,8 @@ fn bad_request(error: RemoteWriteError) -> Refusal {
     (StatusCode::BAD_REQUEST, error.to_string())
 }
 
-async fn receive(state: HttpState, headers: &HeaderMap, body: Body) -> Result<(), Refusal> {
+/// `Some` text when some output refused points of an accepted request.
+async fn receive(state: HttpState, headers: &HeaderMap, body: Body) -> Result<Option<String>, Refusal> {
     check_content_headers(headers).map_err(|error| (StatusCode::UNSUPPORTED_MEDIA_TYPE, error.to_string()))?;
     let limits = &state.0.limits;
     let tenant = match headers.get(limits.tenant_header.as_str()) {
@@ -195,7 +199,7 @@ impl Shared {
     /// Decodes, validates and folds one request body. A request that can never
     /// succeed, or that held anything invalid (the valid rest is kept, as the
     /// spec allows), gets 400; a closing engine gets 503 so the sender retries.
-    fn ingest(&self, body: bytes::Bytes, tenant: Arc<str>) -> Result<(), Refusal> {
+    fn ingest(&self, body: bytes::Bytes, tenant: Arc<str>) -> Result<Option<String>, Refusal> {
         let bytes = decompress(&body, self.limits.max_decompressed_bytes).map_err(bad_request)?;
         // The compressed body is not needed any more: only the decompressed one is held while decoding.
         drop(body);
@@ -248,15 +252,17 @@ impl Shared {
             return Err((StatusCode::TOO_MANY_REQUESTS, message));
         }
         if decoded.error_count > 0 {
+            let refused = folded.output_refusals_text();
             return Err((
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "refused {} series or histograms, accepted the rest: {}",
+                    "refused {} series or histograms, accepted the rest: {}{}{refused}",
                     decoded.error_count,
-                    decoded.error_text()
+                    decoded.error_text(),
+                    if refused.is_empty() { "" } else { "; " },
                 ),
             ));
         }
-        Ok(())
+        Ok((!folded.output_refusals.is_empty()).then(|| folded.output_refusals_text()))
     }
 }
