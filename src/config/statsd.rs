@@ -22,6 +22,12 @@ pub struct StatsdConfig {
     pub max_gauges: Option<usize>,
     /// A held gauge value not updated for this long is forgotten; a later relative change starts from 0, as Etsy statsd's does for a gauge it does not have (at least 1000). Default 3600000 (1 h).
     pub gauge_idle_ms: Option<u64>,
+    /// UDP sockets bound to the listen address with `SO_REUSEPORT`, one reader thread each; the kernel spreads senders over them by address, so one sender's datagrams stay in order on one reader (1..=64). Default: the CPU cores, at most 4.
+    pub readers: Option<usize>,
+    /// Datagrams a reader takes per system call (`recvmmsg`) and folds as one engine batch (1..=1024). Each reader holds this many buffers of `max_packet_bytes`. Default 64.
+    pub batch_datagrams: Option<usize>,
+    /// Kernel receive buffer asked for each socket (`SO_RCVBUF`), which absorbs bursts while a reader folds; Linux caps it at `net.core.rmem_max` (the effective size is logged). At least 4096. Default 4194304 (4 MiB).
+    pub receive_buffer_bytes: Option<usize>,
 }
 
 /// Checked statsd settings.
@@ -37,6 +43,12 @@ pub struct StatsdSettings {
     pub max_gauges: usize,
     /// Idle time after which a held gauge value is forgotten.
     pub gauge_idle_ms: u64,
+    /// Sockets on the port, one reader thread each.
+    pub readers: usize,
+    /// Datagrams read per system call and folded as one batch.
+    pub batch_datagrams: usize,
+    /// `SO_RCVBUF` asked for each socket.
+    pub receive_buffer_bytes: usize,
     /// Label limits, shared with the other protocols (`ingest.*`).
     pub limits: IngestLimits,
 }
@@ -75,6 +87,26 @@ pub(super) fn check_statsd(
             format!("{gauge_idle_ms} must be at least 1000"),
         ));
     }
+    let readers = config.readers.unwrap_or_else(defaults::statsd_readers);
+    if !(1..=64).contains(&readers) {
+        return Err(invalid("statsd.readers", format!("{readers} is outside 1..=64")));
+    }
+    let batch_datagrams = config.batch_datagrams.unwrap_or(defaults::STATSD_BATCH_DATAGRAMS);
+    if !(1..=1024).contains(&batch_datagrams) {
+        return Err(invalid(
+            "statsd.batch_datagrams",
+            format!("{batch_datagrams} is outside 1..=1024"),
+        ));
+    }
+    let receive_buffer_bytes = config
+        .receive_buffer_bytes
+        .unwrap_or(defaults::STATSD_RECEIVE_BUFFER_BYTES);
+    if !(4096..=i32::MAX as usize).contains(&receive_buffer_bytes) {
+        return Err(invalid(
+            "statsd.receive_buffer_bytes",
+            format!("{receive_buffer_bytes} is outside 4096..=2147483647"),
+        ));
+    }
     let Some(listen) = config.listen.as_deref() else {
         return Ok(None);
     };
@@ -90,6 +122,9 @@ pub(super) fn check_statsd(
         max_packet_bytes,
         max_gauges,
         gauge_idle_ms,
+        readers,
+        batch_datagrams,
+        receive_buffer_bytes,
         limits: limits.clone(),
     }))
 }

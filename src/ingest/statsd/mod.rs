@@ -1,26 +1,24 @@
-//! statsd / DogStatsD ingest over UDP: each datagram's lines are parsed, grouped
-//! into one `SeriesBatch` per (series, kind) and handed to the engine as one
-//! `IngestBatch`. A bad line is refused alone, counted and (rate-limited) logged.
+//! statsd / DogStatsD ingest over UDP: readers take many datagrams per system
+//! call, parse their lines into one `IngestBatch` (one `SeriesBatch` per series
+//! and kind) and hand it to the engine. A bad line is refused alone, counted and (rate-limited) logged.
 
+mod listen;
 mod parse;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hashbrown::HashTable;
+use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use tokio::net::UdpSocket;
-use tokio::sync::watch;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::clock::Clock;
-use crate::cluster::stage::Stage;
 use crate::config::{IngestLimits, StatsdSettings};
 use crate::ingest::validate::cut;
-use crate::model::{DropReason, IngestBatch, Kind, Outcome, SeriesBatch};
-use crate::telemetry::Telemetry;
+use crate::model::{IngestBatch, Kind, Labels, Point, SeriesBatch};
 
+pub use listen::{bind_statsd, serve_statsd, StatsdSockets};
 pub use parse::{
     parse_line, sanitize_name, stochastic_weight, HeldGauges, NameCollisions, StatsdError, StatsdLine,
     MAX_CHECKED_NAMES,
@@ -29,71 +27,11 @@ pub use parse::{
 /// Malformed lines are logged at most this often; the rest are only counted.
 const WARN_EVERY: Duration = Duration::from_secs(1);
 
-/// Receives statsd datagrams on `socket` and feeds `engine` under the
-/// configured tenant until `closing` turns true or the engine closes.
-pub async fn serve_statsd(
-    socket: UdpSocket,
-    stage: Stage,
-    clock: Arc<dyn Clock>,
-    telemetry: Arc<Telemetry>,
-    settings: StatsdSettings,
-    mut closing: watch::Receiver<bool>,
-) {
-    // One byte more than allowed tells an over-long datagram from one of exactly the limit.
-    let mut buffer = vec![0u8; settings.max_packet_bytes + 1];
-    let mut decoder = DatagramDecoder::new(&settings);
-    let engine = Arc::clone(stage.engine());
-    while !*closing.borrow() {
-        let length = tokio::select! {
-            changed = closing.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                continue;
-            }
-            received = socket.recv(&mut buffer) => match received {
-                Ok(length) => length,
-                Err(error) => {
-                    decoder.warnings.warn(format_args!("receive failed: {error}"));
-                    // A persistent socket error must not become a busy loop.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let tally = decoder.decode(&buffer[..length]);
-        // statsd cannot push back: while ingest is saturated the datagram is dropped and counted.
-        let permit = engine.limits().gate().try_enter();
-        let mut outcome = if decoder.batch.series.is_empty() {
-            Outcome::default()
-        } else if permit.is_none() {
-            telemetry.overloaded("statsd");
-            telemetry.limit_dropped(&decoder.batch.tenant, DropReason::Overloaded, "", tally.points);
-            let mut outcome = Outcome::default();
-            outcome.reject(DropReason::Overloaded, tally.points);
-            outcome
-        } else {
-            let now_ms = clock.now_ms();
-            let (admitted, limited) = engine.admit(&decoder.batch, now_ms);
-            match stage.fold(&admitted, now_ms, limited).await {
-                Ok(outcome) => outcome,
-                Err(error) => {
-                    tracing::info!(%error, "statsd listener stops");
-                    break;
-                }
-            }
-        };
-        drop(permit);
-        outcome.reject(DropReason::InvalidSeries, tally.malformed_lines);
-        // `received` last: whoever sees it can rely on the outcome being counted.
-        telemetry.ingested_by("statsd", &settings.tenant, &outcome);
-        telemetry.statsd_malformed(tally.malformed_lines);
-        telemetry.statsd_name_collisions(tally.name_collisions);
-        telemetry.received_by("statsd", &settings.tenant, tally.points + tally.malformed_lines);
-    }
-}
+/// Series whose labels a decoder keeps between batches, so a steady stream
+/// builds no labels; past it the idle ones are forgotten at the next batch.
+pub const MAX_KEPT_SERIES: usize = 100_000;
 
-/// What one datagram held.
+/// What some datagrams held.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatagramTally {
     /// Points of good lines (a multi-value line has several).
@@ -104,26 +42,72 @@ pub struct DatagramTally {
     pub name_collisions: u64,
 }
 
-/// Turns datagrams into an [`IngestBatch`], reusing its buffers across datagrams.
-pub struct DatagramDecoder {
-    /// The batch of the last decoded datagram.
-    pub batch: IngestBatch,
-    limits: IngestLimits,
-    max_packet_bytes: usize,
-    /// Hash of (raw name, raw tags, kind) -> index in `batch.series`; labels are
-    /// built once per series and datagram, not once per line.
-    series_index: HashMap<u128, usize>,
-    values: Vec<f64>,
-    rng: SmallRng,
-    warnings: WarnLimiter,
-    names: NameCollisions,
-    gauges: HeldGauges,
+impl DatagramTally {
+    fn add(&mut self, other: DatagramTally) {
+        self.points += other.points;
+        self.malformed_lines += other.malformed_lines;
+        self.name_collisions += other.name_collisions;
+    }
+}
+
+/// What every reader of one listener shares: a relative gauge change from any
+/// sender applies to the one held value, and a name collision is reported once.
+#[derive(Debug)]
+pub struct StatsdState {
+    gauges: Mutex<HeldGauges>,
+    names: Mutex<NameCollisions>,
     max_gauges: usize,
 }
 
-impl DatagramDecoder {
-    /// A decoder for `settings`' tenant and limits.
+impl StatsdState {
+    /// Empty state under `settings`' gauge limits.
     pub fn new(settings: &StatsdSettings) -> Self {
+        StatsdState {
+            gauges: Mutex::new(HeldGauges::new(settings.max_gauges, settings.gauge_idle_ms)),
+            names: Mutex::new(NameCollisions::default()),
+            max_gauges: settings.max_gauges,
+        }
+    }
+}
+
+/// A series a decoder has seen: its labels, built once, and where it sits in
+/// the batch being built (`IDLE` when it has no points there).
+struct KeptSeries {
+    key: u128,
+    /// The labels while idle; moved into the batch while the series is in it.
+    labels: Labels,
+    index: usize,
+}
+
+const IDLE: usize = usize::MAX;
+
+/// Turns datagrams into an [`IngestBatch`], reusing its buffers and each
+/// series' labels across batches: a steady stream allocates nothing.
+pub struct DatagramDecoder {
+    /// The batch built since the last [`DatagramDecoder::clear`].
+    pub batch: IngestBatch,
+    limits: IngestLimits,
+    max_packet_bytes: usize,
+    /// Series seen, by hash of (raw name, raw tags, kind); the hash is the table's hash.
+    kept: HashTable<KeptSeries>,
+    /// The key of each entry of `batch.series`, to give its labels back.
+    active: Vec<u128>,
+    /// Emptied point buffers of earlier batches.
+    spare_points: Vec<Vec<Point>>,
+    values: Vec<f64>,
+    rng: SmallRng,
+    warnings: WarnLimiter,
+    state: Arc<StatsdState>,
+}
+
+impl DatagramDecoder {
+    /// A decoder for `settings`' tenant and limits, with state of its own.
+    pub fn new(settings: &StatsdSettings) -> Self {
+        Self::sharing(settings, Arc::new(StatsdState::new(settings)))
+    }
+
+    /// A decoder sharing held gauges and reported names with the other readers.
+    pub fn sharing(settings: &StatsdSettings, state: Arc<StatsdState>) -> Self {
         DatagramDecoder {
             batch: IngestBatch {
                 tenant: Arc::from(settings.tenant.as_str()),
@@ -131,20 +115,43 @@ impl DatagramDecoder {
             },
             limits: settings.limits.clone(),
             max_packet_bytes: settings.max_packet_bytes,
-            series_index: HashMap::new(),
+            kept: HashTable::new(),
+            active: Vec::new(),
+            spare_points: Vec::new(),
             values: Vec::new(),
             rng: SmallRng::from_rng(&mut rand::rng()),
             warnings: WarnLimiter::default(),
-            names: NameCollisions::default(),
-            gauges: HeldGauges::new(settings.max_gauges, settings.gauge_idle_ms),
-            max_gauges: settings.max_gauges,
+            state,
         }
     }
 
-    /// Replaces `self.batch` with the good lines of `datagram`; blank lines are skipped.
+    /// Replaces `self.batch` with the good lines of `datagram`.
     pub fn decode(&mut self, datagram: &[u8]) -> DatagramTally {
-        self.batch.series.clear();
-        self.series_index.clear();
+        self.clear();
+        self.add(datagram)
+    }
+
+    /// Empties `self.batch`, keeping every buffer and each series' labels for the next one.
+    pub fn clear(&mut self) {
+        for (series, key) in self.batch.series.drain(..).zip(self.active.drain(..)) {
+            let SeriesBatch {
+                labels, mut points, ..
+            } = series;
+            points.clear();
+            self.spare_points.push(points);
+            if let Some(kept) = self.kept.find_mut(key as u64, |kept| kept.key == key) {
+                kept.labels = labels;
+                kept.index = IDLE;
+            }
+        }
+        if self.kept.len() > MAX_KEPT_SERIES {
+            // Bounded memory under a flood of series; a steady set is rebuilt once.
+            self.kept.clear();
+        }
+    }
+
+    /// Adds the good lines of `datagram` to `self.batch`; blank lines are skipped.
+    pub fn add(&mut self, datagram: &[u8]) -> DatagramTally {
         let mut tally = DatagramTally::default();
         let mut body = datagram;
         if datagram.len() > self.max_packet_bytes {
@@ -187,22 +194,32 @@ impl DatagramDecoder {
         if line.kind == Kind::Gauge {
             // Resolved here, line by line, so changes apply in the order sent.
             let now = Instant::now();
+            let mut gauges = self.state.gauges.lock();
             for value in self.values.iter_mut() {
-                *value = self
-                    .gauges
+                *value = gauges
                     .apply(key, *value, line.relative, now)
                     .ok_or_else(|| StatsdError::GaugesFull {
                         line: cut(line.raw),
-                        max: self.max_gauges,
+                        max: self.state.max_gauges,
                     })?;
             }
         }
-        let index = match self.series_index.get(&key) {
-            Some(index) => *index,
+        let next = self.batch.series.len();
+        let found = self.kept.find_mut(key as u64, |kept| kept.key == key).map(|kept| {
+            if kept.index == IDLE {
+                kept.index = next;
+                Err(std::mem::take(&mut kept.labels))
+            } else {
+                Ok(kept.index)
+            }
+        });
+        let index = match found {
+            Some(Ok(index)) => index,
+            Some(Err(labels)) => self.start_series(key, labels, line.kind),
             None => {
                 let labels = line.labels(&self.limits)?;
                 let sanitized = labels.metric_name().unwrap_or_default();
-                if let Some(first) = self.names.check(line.name, sanitized) {
+                if let Some(first) = self.state.names.lock().check(line.name, sanitized) {
                     *collisions += 1;
                     // Once per name, so no limiter: a quiet warning would hide the merge.
                     tracing::warn!(
@@ -211,18 +228,28 @@ impl DatagramDecoder {
                         cut(line.name),
                     );
                 }
-                self.batch.series.push(SeriesBatch::new(
-                    labels,
-                    line.kind,
-                    Vec::with_capacity(self.values.len()),
-                ));
-                let index = self.batch.series.len() - 1;
-                self.series_index.insert(key, index);
-                index
+                self.kept.insert_unique(
+                    key as u64,
+                    KeptSeries {
+                        key,
+                        labels: Labels::default(),
+                        index: next,
+                    },
+                    |kept| kept.key as u64,
+                );
+                self.start_series(key, labels, line.kind)
             }
         };
         line.push_points(&self.values, &mut self.rng, &mut self.batch.series[index].points);
         Ok(self.values.len())
+    }
+
+    /// Appends an empty series to the batch (with a reused point buffer) and returns its index.
+    fn start_series(&mut self, key: u128, labels: Labels, kind: Kind) -> usize {
+        let points = self.spare_points.pop().unwrap_or_default();
+        self.batch.series.push(SeriesBatch::new(labels, kind, points));
+        self.active.push(key);
+        self.batch.series.len() - 1
     }
 }
 
@@ -281,6 +308,9 @@ mod tests {
             max_packet_bytes,
             max_gauges: 100,
             gauge_idle_ms: 60_000,
+            readers: 1,
+            batch_datagrams: 8,
+            receive_buffer_bytes: 65_536,
             limits: IngestLimits::default(),
         })
     }
