@@ -105,7 +105,9 @@ pub async fn serve_statsd(
             });
         match spawned {
             Ok(thread) => threads.push(thread),
-            Err(error) => tracing::error!(%error, "statsd: cannot start reader thread {number}; its socket is not read"),
+            Err(error) => {
+                tracing::error!(%error, "statsd: cannot start reader thread {number}; its socket is not read")
+            }
         }
     }
     let _ = tokio::task::spawn_blocking(move || {
@@ -144,9 +146,7 @@ impl Reader {
                     continue
                 }
                 Err(error) => {
-                    self.decoder
-                        .warnings
-                        .warn(format_args!("receive failed: {error}"));
+                    self.decoder.warnings.warn(format_args!("receive failed: {error}"));
                     // A persistent socket error must not become a busy loop.
                     std::thread::sleep(Duration::from_millis(10));
                     continue;

@@ -74,8 +74,9 @@ impl StatsdState {
 /// the batch being built (`IDLE` when it has no points there).
 struct KeptSeries {
     key: u128,
-    /// The labels while idle; moved into the batch while the series is in it.
+    /// The labels and point buffer while idle; moved into the batch while the series is in it.
     labels: Labels,
+    points: Vec<Point>,
     index: usize,
 }
 
@@ -92,8 +93,6 @@ pub struct DatagramDecoder {
     kept: HashTable<KeptSeries>,
     /// The key of each entry of `batch.series`, to give its labels back.
     active: Vec<u128>,
-    /// Emptied point buffers of earlier batches.
-    spare_points: Vec<Vec<Point>>,
     values: Vec<f64>,
     rng: SmallRng,
     warnings: WarnLimiter,
@@ -117,7 +116,6 @@ impl DatagramDecoder {
             max_packet_bytes: settings.max_packet_bytes,
             kept: HashTable::new(),
             active: Vec::new(),
-            spare_points: Vec::new(),
             values: Vec::new(),
             rng: SmallRng::from_rng(&mut rand::rng()),
             warnings: WarnLimiter::default(),
@@ -134,13 +132,11 @@ impl DatagramDecoder {
     /// Empties `self.batch`, keeping every buffer and each series' labels for the next one.
     pub fn clear(&mut self) {
         for (series, key) in self.batch.series.drain(..).zip(self.active.drain(..)) {
-            let SeriesBatch {
-                labels, mut points, ..
-            } = series;
+            let SeriesBatch { labels, mut points, .. } = series;
             points.clear();
-            self.spare_points.push(points);
             if let Some(kept) = self.kept.find_mut(key as u64, |kept| kept.key == key) {
                 kept.labels = labels;
+                kept.points = points;
                 kept.index = IDLE;
             }
         }
@@ -208,14 +204,14 @@ impl DatagramDecoder {
         let found = self.kept.find_mut(key as u64, |kept| kept.key == key).map(|kept| {
             if kept.index == IDLE {
                 kept.index = next;
-                Err(std::mem::take(&mut kept.labels))
+                Err((std::mem::take(&mut kept.labels), std::mem::take(&mut kept.points)))
             } else {
                 Ok(kept.index)
             }
         });
         let index = match found {
             Some(Ok(index)) => index,
-            Some(Err(labels)) => self.start_series(key, labels, line.kind),
+            Some(Err((labels, points))) => self.start_series(key, labels, line.kind, points),
             None => {
                 let labels = line.labels(&self.limits)?;
                 let sanitized = labels.metric_name().unwrap_or_default();
@@ -233,20 +229,20 @@ impl DatagramDecoder {
                     KeptSeries {
                         key,
                         labels: Labels::default(),
+                        points: Vec::new(),
                         index: next,
                     },
                     |kept| kept.key as u64,
                 );
-                self.start_series(key, labels, line.kind)
+                self.start_series(key, labels, line.kind, Vec::with_capacity(self.values.len()))
             }
         };
         line.push_points(&self.values, &mut self.rng, &mut self.batch.series[index].points);
         Ok(self.values.len())
     }
 
-    /// Appends an empty series to the batch (with a reused point buffer) and returns its index.
-    fn start_series(&mut self, key: u128, labels: Labels, kind: Kind) -> usize {
-        let points = self.spare_points.pop().unwrap_or_default();
+    /// Appends an empty series to the batch and returns its index.
+    fn start_series(&mut self, key: u128, labels: Labels, kind: Kind, points: Vec<Point>) -> usize {
         self.batch.series.push(SeriesBatch::new(labels, kind, points));
         self.active.push(key);
         self.batch.series.len() - 1
@@ -301,8 +297,8 @@ mod tests {
     use super::*;
     use crate::model::Labels;
 
-    fn decoder(max_packet_bytes: usize) -> DatagramDecoder {
-        DatagramDecoder::new(&StatsdSettings {
+    fn settings(max_packet_bytes: usize) -> StatsdSettings {
+        StatsdSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             tenant: "team-a".to_string(),
             max_packet_bytes,
@@ -312,7 +308,11 @@ mod tests {
             batch_datagrams: 8,
             receive_buffer_bytes: 65_536,
             limits: IngestLimits::default(),
-        })
+        }
+    }
+
+    fn decoder(max_packet_bytes: usize) -> DatagramDecoder {
+        DatagramDecoder::new(&settings(max_packet_bytes))
     }
 
     #[test]
@@ -375,6 +375,28 @@ mod tests {
             decoder.batch.series[1].points[0].value, 6.0,
             "held from the datagram before"
         );
+    }
+
+    #[test]
+    fn batches_span_datagrams_and_readers_share_held_gauges_and_names() {
+        let mut first = decoder(1024);
+        let mut other = DatagramDecoder::sharing(&settings(1024), Arc::clone(&first.state));
+        first.clear();
+        first.add(b"q:5|g\nhits:1|c");
+        first.add(b"hits:2|c\napi.x:1|c");
+        assert_eq!(first.batch.series.len(), 3, "one batch over both datagrams");
+        assert_eq!(first.batch.series[1].points.len(), 2);
+        // Another reader (another sender) changes the gauge the first one holds.
+        let tally = other.decode(b"q:+2|g\napi_x:1|c");
+        assert_eq!(other.batch.series[0].points[0].value, 7.0);
+        assert_eq!(tally.name_collisions, 1, "api.x and api_x seen by different readers");
+        // Cleared and rebuilt from the kept series: the same series, empty points reused.
+        first.clear();
+        assert!(first.batch.series.is_empty());
+        first.add(b"hits:3|c");
+        assert_eq!(first.batch.series.len(), 1);
+        assert_eq!(first.batch.series[0].labels, Labels::from_pairs([("__name__", "hits")]));
+        assert_eq!(first.batch.series[0].points.len(), 1);
     }
 
     #[test]
