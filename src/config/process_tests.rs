@@ -115,8 +115,8 @@ fn broken_configs_name_the_file_and_field() {
         ("statsd: {max_gauges: 0}", "field statsd.max_gauges: 0 must be at least 1"),
         ("statsd: {readers: 0}", "field statsd.readers: 0 is outside 1..=64"),
         (
-            "statsd: {batch_datagrams: 2000}",
-            "field statsd.batch_datagrams: 2000 is outside 1..=1024",
+            "statsd: {batch_datagrams: 20000}",
+            "field statsd.batch_datagrams: 20000 is outside 1..=16384",
         ),
         (
             "statsd: {receive_buffer_bytes: 100}",

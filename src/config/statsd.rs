@@ -24,7 +24,7 @@ pub struct StatsdConfig {
     pub gauge_idle_ms: Option<u64>,
     /// UDP sockets bound to the listen address with `SO_REUSEPORT`, one reader thread each; the kernel spreads senders over them by address, so one sender's datagrams stay in order on one reader (1..=64). Default: the CPU cores, at most 4.
     pub readers: Option<usize>,
-    /// Datagrams a reader takes per system call (`recvmmsg`) and folds as one engine batch (1..=1024). Each reader holds this many buffers of `max_packet_bytes`. Default 64.
+    /// Datagrams a reader folds as one engine batch at most (1..=16384): it reads up to 64 per system call (`recvmmsg`) and keeps reading while whole calls come back, so a batch grows only while datagrams are queued. Each reader holds min(this, 64) buffers of `max_packet_bytes`. Default 1024.
     pub batch_datagrams: Option<usize>,
     /// Kernel receive buffer asked for each socket (`SO_RCVBUF`), which absorbs bursts while a reader folds; Linux caps it at `net.core.rmem_max` (the effective size is logged). At least 4096. Default 4194304 (4 MiB).
     pub receive_buffer_bytes: Option<usize>,
@@ -45,7 +45,7 @@ pub struct StatsdSettings {
     pub gauge_idle_ms: u64,
     /// Sockets on the port, one reader thread each.
     pub readers: usize,
-    /// Datagrams read per system call and folded as one batch.
+    /// Datagrams folded as one batch at most.
     pub batch_datagrams: usize,
     /// `SO_RCVBUF` asked for each socket.
     pub receive_buffer_bytes: usize,
@@ -92,10 +92,10 @@ pub(super) fn check_statsd(
         return Err(invalid("statsd.readers", format!("{readers} is outside 1..=64")));
     }
     let batch_datagrams = config.batch_datagrams.unwrap_or(defaults::STATSD_BATCH_DATAGRAMS);
-    if !(1..=1024).contains(&batch_datagrams) {
+    if !(1..=16_384).contains(&batch_datagrams) {
         return Err(invalid(
             "statsd.batch_datagrams",
-            format!("{batch_datagrams} is outside 1..=1024"),
+            format!("{batch_datagrams} is outside 1..=16384"),
         ));
     }
     let receive_buffer_bytes = config

@@ -22,6 +22,10 @@ use super::{DatagramDecoder, DatagramTally, StatsdState};
 /// How long a reader waits for a datagram before looking whether the service is closing.
 const RECEIVE_WAIT: Duration = Duration::from_millis(100);
 
+/// Datagrams one `recvmmsg` call takes at most: a batch larger than this is
+/// read in several calls, so the buffers stay `RECEIVE_SLOTS` x `max_packet_bytes`.
+const RECEIVE_SLOTS: usize = 64;
+
 /// The bound sockets of the listener, all on one address.
 pub struct StatsdSockets {
     sockets: Vec<UdpSocket>,
@@ -118,6 +122,14 @@ pub async fn serve_statsd(
     .await;
 }
 
+/// An error that only means "nothing to read now".
+fn quiet(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
 /// One socket's thread: receive, decode, fold, count.
 struct Reader {
     socket: UdpSocket,
@@ -132,19 +144,13 @@ struct Reader {
 impl Reader {
     fn run(mut self) {
         // One byte more than allowed tells an over-long datagram from one of exactly the limit.
-        let mut datagrams = Datagrams::new(self.settings.batch_datagrams, self.settings.max_packet_bytes + 1);
+        let slots = self.settings.batch_datagrams.min(RECEIVE_SLOTS);
+        let mut datagrams = Datagrams::new(slots, self.settings.max_packet_bytes + 1);
         let mut overflow = overflow::Drops::default();
         while !*self.closing.borrow() {
-            let count = match datagrams.receive(&self.socket) {
+            let mut count = match datagrams.receive(&self.socket, true) {
                 Ok(count) => count,
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
+                Err(error) if quiet(&error) => continue,
                 Err(error) => {
                     self.decoder.warnings.warn(format_args!("receive failed: {error}"));
                     // A persistent socket error must not become a busy loop.
@@ -152,12 +158,29 @@ impl Reader {
                     continue;
                 }
             };
-            self.telemetry
-                .statsd_receive_dropped(overflow.since_last(datagrams.kernel_drops()));
             self.decoder.clear();
             let mut tally = DatagramTally::default();
-            for index in 0..count {
-                tally.add(self.decoder.add(datagrams.get(index)));
+            let mut taken = 0;
+            // While the queue fills whole calls, keep reading into the same batch:
+            // the engine's per-batch and per-series costs are paid once for all.
+            loop {
+                self.telemetry
+                    .statsd_receive_dropped(overflow.since_last(datagrams.kernel_drops()));
+                for index in 0..count {
+                    tally.add(self.decoder.add(datagrams.get(index)));
+                }
+                taken += count;
+                if count < slots || taken >= self.settings.batch_datagrams {
+                    break;
+                }
+                count = match datagrams.receive(&self.socket, false) {
+                    Ok(count) => count,
+                    Err(error) if quiet(&error) => break,
+                    Err(error) => {
+                        self.decoder.warnings.warn(format_args!("receive failed: {error}"));
+                        break;
+                    }
+                };
             }
             if !self.fold(tally) {
                 break;
@@ -231,16 +254,17 @@ impl Datagrams {
         }
     }
 
-    /// Waits up to [`RECEIVE_WAIT`] for a datagram, then takes every one
-    /// queued, up to the buffers' count. Returns how many.
-    fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+    /// Takes every datagram queued, up to the buffers' count, after waiting
+    /// up to [`RECEIVE_WAIT`] for the first when `wait`. Returns how many.
+    fn receive(&mut self, socket: &UdpSocket, wait: bool) -> io::Result<usize> {
         self.lengths.clear();
         #[cfg(target_os = "linux")]
         {
-            self.mmsg.receive(socket, &mut self.lengths)?;
+            self.mmsg.receive(socket, wait, &mut self.lengths)?;
         }
         #[cfg(not(target_os = "linux"))]
         {
+            socket.set_nonblocking(!wait)?;
             let length = socket.recv(&mut self.buffers[..self.slot])?;
             self.lengths.push(length);
         }
@@ -312,7 +336,7 @@ mod mmsg {
         }
 
         /// One `recvmmsg` call; pushes the length of each datagram received.
-        pub(super) fn receive(&mut self, socket: &UdpSocket, lengths: &mut Vec<usize>) -> io::Result<()> {
+        pub(super) fn receive(&mut self, socket: &UdpSocket, wait: bool, lengths: &mut Vec<usize>) -> io::Result<()> {
             for header in self.headers.iter_mut() {
                 header.msg_len = 0;
                 header.msg_hdr.msg_flags = 0;
@@ -325,7 +349,7 @@ mod mmsg {
                     socket.as_raw_fd(),
                     self.headers.as_mut_ptr(),
                     self.headers.len() as _,
-                    libc::MSG_WAITFORONE,
+                    if wait { libc::MSG_WAITFORONE } else { libc::MSG_DONTWAIT },
                     std::ptr::null_mut(),
                 )
             };
