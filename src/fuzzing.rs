@@ -115,6 +115,7 @@ pub fn statsd(data: &[u8]) {
         gauge_idle_ms: 60_000,
         readers: 1,
         batch_datagrams: 1,
+        batch_wait_ms: 0,
         receive_buffer_bytes: 65_536,
         limits: limits(),
     };

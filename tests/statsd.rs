@@ -302,6 +302,7 @@ fn a_port_held_by_another_listener_is_refused_even_with_several_readers() {
         gauge_idle_ms: 60_000,
         readers: 3,
         batch_datagrams: 4,
+        batch_wait_ms: 0,
         receive_buffer_bytes: 65_536,
         limits: IngestLimits::default(),
     };

@@ -70,6 +70,7 @@ fn a_steady_statsd_batch_parses_and_folds_without_allocating() {
         gauge_idle_ms: 3_600_000,
         readers: 1,
         batch_datagrams: DATAGRAMS_PER_BATCH,
+        batch_wait_ms: 0,
         receive_buffer_bytes: 1 << 20,
         limits: IngestLimits::default(),
     };

@@ -119,6 +119,10 @@ fn broken_configs_name_the_file_and_field() {
             "field statsd.batch_datagrams: 20000 is outside 1..=16384",
         ),
         (
+            "statsd: {batch_wait_ms: 5000}",
+            "field statsd.batch_wait_ms: 5000 is outside 0..=1000",
+        ),
+        (
             "statsd: {receive_buffer_bytes: 100}",
             "field statsd.receive_buffer_bytes: 100 is outside 4096..=2147483647",
         ),

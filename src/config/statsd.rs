@@ -26,6 +26,8 @@ pub struct StatsdConfig {
     pub readers: Option<usize>,
     /// Datagrams a reader folds as one engine batch at most (1..=16384): it reads up to 64 per system call (`recvmmsg`) and keeps reading while whole calls come back, so a batch grows only while datagrams are queued. Each reader holds min(this, 64) buffers of `max_packet_bytes`. Default 1024.
     pub batch_datagrams: Option<usize>,
+    /// Longest a reader keeps a batch open for more datagrams after its first, in ms (0..=1000): more lines per series per batch make the fold cheaper per line. Samples without a timestamp get the time of the fold, so this much later at most. 0 folds as soon as nothing is queued. Default 5.
+    pub batch_wait_ms: Option<u64>,
     /// Kernel receive buffer asked for each socket (`SO_RCVBUF`), which absorbs bursts while a reader folds; Linux caps it at `net.core.rmem_max` (the effective size is logged). At least 4096. Default 4194304 (4 MiB).
     pub receive_buffer_bytes: Option<usize>,
 }
@@ -47,6 +49,8 @@ pub struct StatsdSettings {
     pub readers: usize,
     /// Datagrams folded as one batch at most.
     pub batch_datagrams: usize,
+    /// Longest a batch stays open for more datagrams.
+    pub batch_wait_ms: u64,
     /// `SO_RCVBUF` asked for each socket.
     pub receive_buffer_bytes: usize,
     /// Label limits, shared with the other protocols (`ingest.*`).
@@ -98,6 +102,13 @@ pub(super) fn check_statsd(
             format!("{batch_datagrams} is outside 1..=16384"),
         ));
     }
+    let batch_wait_ms = config.batch_wait_ms.unwrap_or(defaults::STATSD_BATCH_WAIT_MS);
+    if batch_wait_ms > 1_000 {
+        return Err(invalid(
+            "statsd.batch_wait_ms",
+            format!("{batch_wait_ms} is outside 0..=1000"),
+        ));
+    }
     let receive_buffer_bytes = config
         .receive_buffer_bytes
         .unwrap_or(defaults::STATSD_RECEIVE_BUFFER_BYTES);
@@ -124,6 +135,7 @@ pub(super) fn check_statsd(
         gauge_idle_ms,
         readers,
         batch_datagrams,
+        batch_wait_ms,
         receive_buffer_bytes,
         limits: limits.clone(),
     }))

@@ -6,7 +6,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
@@ -21,6 +21,9 @@ use super::{DatagramDecoder, DatagramTally, StatsdState};
 
 /// How long a reader waits for a datagram before looking whether the service is closing.
 const RECEIVE_WAIT: Duration = Duration::from_millis(100);
+
+/// How often a reader holding a batch open looks for more datagrams.
+const IDLE_POLL: Duration = Duration::from_micros(500);
 
 /// Datagrams one `recvmmsg` call takes at most: a batch larger than this is
 /// read in several calls, so the buffers stay `RECEIVE_SLOTS` x `max_packet_bytes`.
@@ -147,6 +150,7 @@ impl Reader {
         let slots = self.settings.batch_datagrams.min(RECEIVE_SLOTS);
         let mut datagrams = Datagrams::new(slots, self.settings.max_packet_bytes + 1);
         let mut overflow = overflow::Drops::default();
+        let wait = Duration::from_millis(self.settings.batch_wait_ms);
         while !*self.closing.borrow() {
             let mut count = match datagrams.receive(&self.socket, true) {
                 Ok(count) => count,
@@ -161,8 +165,10 @@ impl Reader {
             self.decoder.clear();
             let mut tally = DatagramTally::default();
             let mut taken = 0;
-            // While the queue fills whole calls, keep reading into the same batch:
-            // the engine's per-batch and per-series costs are paid once for all.
+            let started = Instant::now();
+            // Keep reading into the same batch while datagrams come, up to
+            // batch_datagrams or batch_wait_ms: the engine's per-batch and
+            // per-series costs are then paid once for many lines of a series.
             loop {
                 self.telemetry
                     .statsd_receive_dropped(overflow.since_last(datagrams.kernel_drops()));
@@ -170,12 +176,19 @@ impl Reader {
                     tally.add(self.decoder.add(datagrams.get(index)));
                 }
                 taken += count;
-                if count < slots || taken >= self.settings.batch_datagrams {
+                if taken >= self.settings.batch_datagrams {
                     break;
                 }
                 count = match datagrams.receive(&self.socket, false) {
                     Ok(count) => count,
-                    Err(error) if quiet(&error) => break,
+                    Err(error) if quiet(&error) => {
+                        let waited = started.elapsed();
+                        if waited >= wait {
+                            break;
+                        }
+                        std::thread::sleep((wait - waited).min(IDLE_POLL));
+                        0
+                    }
                     Err(error) => {
                         self.decoder.warnings.warn(format_args!("receive failed: {error}"));
                         break;

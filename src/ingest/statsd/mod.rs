@@ -304,6 +304,7 @@ mod tests {
             gauge_idle_ms: 60_000,
             readers: 1,
             batch_datagrams: 8,
+            batch_wait_ms: 0,
             receive_buffer_bytes: 65_536,
             limits: IngestLimits::default(),
         }
