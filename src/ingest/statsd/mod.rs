@@ -17,6 +17,7 @@ use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
 use crate::config::{IngestLimits, StatsdSettings};
 use crate::ingest::validate::cut;
 use crate::model::{IngestBatch, Kind, Labels, Point, SeriesBatch};
+use parse::ByteSplit;
 
 pub use listen::{bind_statsd, serve_statsd, StatsdSockets};
 pub use parse::{
@@ -163,28 +164,45 @@ impl DatagramDecoder {
             tally.malformed_lines += 1;
             body = &body[..kept];
         }
-        for raw in body.split(|b| *b == b'\n') {
-            let raw = raw.trim_ascii();
-            if raw.is_empty() {
-                continue;
+        // UTF-8 checked once for the whole datagram; line by line only when it fails.
+        if let Ok(text) = std::str::from_utf8(body) {
+            for raw in ByteSplit::new(text, b'\n') {
+                let raw = raw.trim_ascii();
+                if !raw.is_empty() {
+                    let decoded = self.decode_text(raw, &mut tally.name_collisions);
+                    self.count(decoded, &mut tally);
+                }
             }
-            match self.decode_line(raw, &mut tally.name_collisions) {
-                Ok(points) => tally.points += points as u64,
-                Err(error) => {
-                    tally.malformed_lines += 1;
-                    self.warnings.warn(format_args!("line refused: {error}"));
+        } else {
+            for raw in body.split(|b| *b == b'\n') {
+                let raw = raw.trim_ascii();
+                if !raw.is_empty() {
+                    let decoded = std::str::from_utf8(raw)
+                        .map_err(|_| StatsdError::NotUtf8 {
+                            line: cut(&String::from_utf8_lossy(raw)),
+                        })
+                        .and_then(|text| self.decode_text(text, &mut tally.name_collisions));
+                    self.count(decoded, &mut tally);
                 }
             }
         }
         tally
     }
 
+    /// Counts a decoded line's points, or the line as refused (logged, rate-limited).
+    fn count(&mut self, decoded: Result<usize, StatsdError>, tally: &mut DatagramTally) {
+        match decoded {
+            Ok(points) => tally.points += points as u64,
+            Err(error) => {
+                tally.malformed_lines += 1;
+                self.warnings.warn(format_args!("line refused: {error}"));
+            }
+        }
+    }
+
     /// Adds the line's points to its series' batch; counts a name that
     /// sanitises like another one into `collisions`.
-    fn decode_line(&mut self, raw: &[u8], collisions: &mut u64) -> Result<usize, StatsdError> {
-        let text = std::str::from_utf8(raw).map_err(|_| StatsdError::NotUtf8 {
-            line: cut(&String::from_utf8_lossy(raw)),
-        })?;
+    fn decode_text(&mut self, text: &str, collisions: &mut u64) -> Result<usize, StatsdError> {
         let line = parse_line(text, &mut self.values)?;
         let key = series_key(&line);
         if line.kind == Kind::Gauge {
