@@ -146,8 +146,8 @@ struct Reader {
 
 impl Reader {
     fn run(mut self) {
-        // One byte more than allowed tells an over-long datagram from one of exactly the limit.
         let slots = self.settings.batch_datagrams.min(RECEIVE_SLOTS);
+        // One byte more than allowed tells an over-long datagram from one of exactly the limit.
         let mut datagrams = Datagrams::new(slots, self.settings.max_packet_bytes + 1);
         let mut overflow = overflow::Drops::default();
         let wait = Duration::from_millis(self.settings.batch_wait_ms);
