@@ -113,6 +113,10 @@ pub fn statsd(data: &[u8]) {
         max_packet_bytes: 1432,
         max_gauges: 100,
         gauge_idle_ms: 60_000,
+        readers: 1,
+        batch_datagrams: 1,
+        batch_wait_ms: 0,
+        receive_buffer_bytes: 65_536,
         limits: limits(),
     };
     let mut decoder = DatagramDecoder::new(&settings);

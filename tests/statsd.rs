@@ -12,6 +12,8 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, LogNormal};
 use tailfold::aggregate::histogram::relative_error;
+use tailfold::config::{IngestLimits, StatsdSettings};
+use tailfold::ingest::statsd::bind_statsd;
 use tailfold::model::DropReason;
 use tailfold::telemetry::TelemetrySnapshot;
 use tokio::net::UdpSocket;
@@ -219,4 +221,97 @@ async fn statsd_is_off_unless_configured() {
     let mut service = start_service("", T0).await;
     assert_eq!(service.handle().statsd_addr(), None);
     service.shutdown().await;
+}
+
+#[tokio::test]
+async fn several_readers_share_the_port_and_count_every_line_of_every_sender() {
+    let config = "statsd: {listen: \"127.0.0.1:0\", readers: 4, batch_datagrams: 16}";
+    let mut service = start_service_with("", T0 + 1_000, config).await;
+    let address = statsd_addr(&service);
+    // Eight senders (eight source ports, spread over the sockets by the kernel), 50 datagrams of 20 lines each.
+    let mut senders = Vec::new();
+    for sender in 0..8 {
+        senders.push(tokio::spawn(async move {
+            let line = format!("hits:1|c|#sender:s{sender}\n");
+            let datagrams: Vec<Vec<u8>> = (0..50).map(|_| line.repeat(20).into_bytes()).collect();
+            send(&datagrams, address).await;
+        }));
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let snapshot = wait_received(&service, 8 * 50 * 20).await;
+    assert_eq!(snapshot.statsd_receive_dropped, 0, "{}", snapshot.progress_line());
+    assert_eq!(snapshot.ingest.accepted, 8 * 50 * 20);
+
+    service.flush_at(T0 + 30_000).await;
+    let records = service.records();
+    for sender in 0..8 {
+        let sum = one(
+            &records,
+            &[("__name__", "hits:sum"), ("sender", &format!("s{sender}"))],
+            T0,
+        );
+        assert_eq!(value(sum), 1_000.0, "sender {sender}");
+    }
+    service.shutdown().await;
+}
+
+#[tokio::test]
+async fn datagrams_the_kernel_drops_on_a_full_receive_buffer_are_counted() {
+    // The smallest buffer and one reader: a burst overflows it.
+    let config = "statsd: {listen: \"127.0.0.1:0\", readers: 1, receive_buffer_bytes: 4096}";
+    let mut service = start_service_with("", T0 + 1_000, config).await;
+    let address = statsd_addr(&service);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let datagram = "burst:1|c|#padding:0123456789012345678901234567890123456789\n".repeat(10);
+    for _ in 0..3_000 {
+        socket.send_to(datagram.as_bytes(), address).unwrap();
+    }
+    // The kernel reports a socket's drops with the next datagram it delivers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    socket.send_to(b"burst:1|c|#padding:last\n", address).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let snapshot = service.handle().telemetry().snapshot();
+        // Every line sent was received or was in a datagram counted as dropped.
+        let accounted = snapshot.received_points + snapshot.statsd_receive_dropped * 10;
+        if accounted == 30_001 {
+            // 3,000 datagrams into about 8 KiB of buffer: drops are certain, so the count is exercised.
+            assert!(snapshot.statsd_receive_dropped > 0, "{}", snapshot.progress_line());
+            assert_eq!(snapshot.ingest.accepted, snapshot.received_points);
+            break;
+        }
+        assert!(
+            accounted < 30_001 && tokio::time::Instant::now() < deadline,
+            "{accounted} of 30001 lines accounted: {}",
+            snapshot.progress_line()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    service.shutdown().await;
+}
+
+#[test]
+fn a_port_held_by_another_listener_is_refused_even_with_several_readers() {
+    let settings = |listen: SocketAddr| StatsdSettings {
+        listen,
+        tenant: "default".to_string(),
+        max_packet_bytes: 1432,
+        max_gauges: 10,
+        gauge_idle_ms: 60_000,
+        readers: 3,
+        batch_datagrams: 4,
+        batch_wait_ms: 0,
+        receive_buffer_bytes: 65_536,
+        limits: IngestLimits::default(),
+    };
+    let first = bind_statsd(&settings("127.0.0.1:0".parse().unwrap())).expect("free port");
+    let address = first.local_addr();
+    assert_ne!(address.port(), 0);
+    // SO_REUSEPORT alone would let this second group join the first one's port.
+    let error = bind_statsd(&settings(address)).err().expect("port held");
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+    drop(first);
+    bind_statsd(&settings(address)).expect("free again once the first is gone");
 }

@@ -24,9 +24,9 @@ pub struct LimitsConfig {
     /// limit, series matching an earlier entry are dropped before later ones,
     /// and all of them before any series no entry matches.
     pub drop_priority: Vec<DropPriorityConfig>,
-    /// Ingest requests (gRPC `Write`, remote write, one statsd datagram) decoded
+    /// Ingest requests (gRPC `Write`, remote write, one statsd batch of datagrams) decoded
     /// and folded at once; past it gRPC answers RESOURCE_EXHAUSTED, remote write
-    /// 429 and statsd drops the datagram (counted `overloaded`). Default 64.
+    /// 429 and statsd drops the batch (counted `overloaded`). Default 64.
     pub max_inflight_requests: Option<usize>,
 }
 

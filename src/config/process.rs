@@ -105,6 +105,21 @@ pub mod defaults {
     pub const STATSD_MAX_GAUGES: usize = 100_000;
     /// Idle time after which a held statsd gauge value is forgotten (1 h).
     pub const STATSD_GAUGE_IDLE_MS: u64 = 3_600_000;
+    /// statsd datagrams folded as one engine batch at most (read 64 per `recvmmsg` call).
+    pub const STATSD_BATCH_DATAGRAMS: usize = 1024;
+    /// Longest a statsd reader keeps a batch open for more datagrams (ms).
+    pub const STATSD_BATCH_WAIT_MS: u64 = 5;
+    /// `SO_RCVBUF` asked for each statsd socket (Linux caps it at `net.core.rmem_max`).
+    pub const STATSD_RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+    /// Most statsd reader threads chosen by default (one per core up to this).
+    pub const STATSD_MAX_DEFAULT_READERS: usize = 4;
+
+    /// statsd sockets and reader threads: one per core, at most [`STATSD_MAX_DEFAULT_READERS`].
+    pub fn statsd_readers() -> usize {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(STATSD_MAX_DEFAULT_READERS)
+    }
     /// Metric name of OTLP span durations (seconds).
     pub const OTLP_SPAN_METRIC: &str = "span_duration_seconds";
     /// Attribute-to-label mappings allowed for spans (bounds cardinality).

@@ -113,6 +113,19 @@ fn broken_configs_name_the_file_and_field() {
             "field statsd.max_packet_bytes: 70000 is outside",
         ),
         ("statsd: {max_gauges: 0}", "field statsd.max_gauges: 0 must be at least 1"),
+        ("statsd: {readers: 0}", "field statsd.readers: 0 is outside 1..=64"),
+        (
+            "statsd: {batch_datagrams: 20000}",
+            "field statsd.batch_datagrams: 20000 is outside 1..=16384",
+        ),
+        (
+            "statsd: {batch_wait_ms: 5000}",
+            "field statsd.batch_wait_ms: 5000 is outside 0..=1000",
+        ),
+        (
+            "statsd: {receive_buffer_bytes: 100}",
+            "field statsd.receive_buffer_bytes: 100 is outside 4096..=2147483647",
+        ),
         (
             "statsd: {gauge_idle_ms: 10}",
             "field statsd.gauge_idle_ms: 10 must be at least 1000",

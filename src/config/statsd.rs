@@ -22,6 +22,14 @@ pub struct StatsdConfig {
     pub max_gauges: Option<usize>,
     /// A held gauge value not updated for this long is forgotten; a later relative change starts from 0, as Etsy statsd's does for a gauge it does not have (at least 1000). Default 3600000 (1 h).
     pub gauge_idle_ms: Option<u64>,
+    /// UDP sockets bound to the listen address with `SO_REUSEPORT`, one reader thread each; the kernel spreads senders over them by address, so one sender's datagrams stay in order on one reader (1..=64). Default: the CPU cores, at most 4.
+    pub readers: Option<usize>,
+    /// Datagrams a reader folds as one engine batch at most (1..=16384): it reads up to 64 per system call (`recvmmsg`) and keeps reading while whole calls come back, so a batch grows only while datagrams are queued. Each reader holds min(this, 64) buffers of `max_packet_bytes`. Default 1024.
+    pub batch_datagrams: Option<usize>,
+    /// Longest a reader keeps a batch open for more datagrams after its first, in ms (0..=1000): more lines per series per batch make the fold cheaper per line. Samples without a timestamp get the time of the fold, so this much later at most. 0 folds as soon as nothing is queued. Default 5.
+    pub batch_wait_ms: Option<u64>,
+    /// Kernel receive buffer asked for each socket (`SO_RCVBUF`), which absorbs bursts while a reader folds; Linux caps it at `net.core.rmem_max` (the effective size is logged). At least 4096. Default 4194304 (4 MiB).
+    pub receive_buffer_bytes: Option<usize>,
 }
 
 /// Checked statsd settings.
@@ -37,6 +45,14 @@ pub struct StatsdSettings {
     pub max_gauges: usize,
     /// Idle time after which a held gauge value is forgotten.
     pub gauge_idle_ms: u64,
+    /// Sockets on the port, one reader thread each.
+    pub readers: usize,
+    /// Datagrams folded as one batch at most.
+    pub batch_datagrams: usize,
+    /// Longest a batch stays open for more datagrams.
+    pub batch_wait_ms: u64,
+    /// `SO_RCVBUF` asked for each socket.
+    pub receive_buffer_bytes: usize,
     /// Label limits, shared with the other protocols (`ingest.*`).
     pub limits: IngestLimits,
 }
@@ -75,6 +91,33 @@ pub(super) fn check_statsd(
             format!("{gauge_idle_ms} must be at least 1000"),
         ));
     }
+    let readers = config.readers.unwrap_or_else(defaults::statsd_readers);
+    if !(1..=64).contains(&readers) {
+        return Err(invalid("statsd.readers", format!("{readers} is outside 1..=64")));
+    }
+    let batch_datagrams = config.batch_datagrams.unwrap_or(defaults::STATSD_BATCH_DATAGRAMS);
+    if !(1..=16_384).contains(&batch_datagrams) {
+        return Err(invalid(
+            "statsd.batch_datagrams",
+            format!("{batch_datagrams} is outside 1..=16384"),
+        ));
+    }
+    let batch_wait_ms = config.batch_wait_ms.unwrap_or(defaults::STATSD_BATCH_WAIT_MS);
+    if batch_wait_ms > 1_000 {
+        return Err(invalid(
+            "statsd.batch_wait_ms",
+            format!("{batch_wait_ms} is outside 0..=1000"),
+        ));
+    }
+    let receive_buffer_bytes = config
+        .receive_buffer_bytes
+        .unwrap_or(defaults::STATSD_RECEIVE_BUFFER_BYTES);
+    if !(4096..=i32::MAX as usize).contains(&receive_buffer_bytes) {
+        return Err(invalid(
+            "statsd.receive_buffer_bytes",
+            format!("{receive_buffer_bytes} is outside 4096..=2147483647"),
+        ));
+    }
     let Some(listen) = config.listen.as_deref() else {
         return Ok(None);
     };
@@ -90,6 +133,10 @@ pub(super) fn check_statsd(
         max_packet_bytes,
         max_gauges,
         gauge_idle_ms,
+        readers,
+        batch_datagrams,
+        batch_wait_ms,
+        receive_buffer_bytes,
         limits: limits.clone(),
     }))
 }

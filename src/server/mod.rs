@@ -32,7 +32,7 @@ use crate::ingest::auth::Auth;
 use crate::ingest::backpressure::Backpressure;
 use crate::ingest::grpc::GrpcIngest;
 use crate::ingest::remote_write::{ingest_router, probe_router, HttpState};
-use crate::ingest::statsd::serve_statsd;
+use crate::ingest::statsd::{bind_statsd, serve_statsd};
 use crate::limits::Limits;
 use crate::profile::Profiler;
 use crate::reload::{ClusterLink, RulesReloader};
@@ -344,10 +344,10 @@ pub async fn start(
             key: "statsd.listen",
             source,
         };
-        let socket = tokio::net::UdpSocket::bind(statsd.listen).await.map_err(bind_error)?;
-        statsd_addr = Some(socket.local_addr().map_err(bind_error)?);
+        let sockets = bind_statsd(&statsd).map_err(bind_error)?;
+        statsd_addr = Some(sockets.local_addr());
         statsd_task = Some(tokio::spawn(serve_statsd(
-            socket,
+            sockets,
             stage.clone(),
             Arc::clone(&clock),
             Arc::clone(&telemetry),

@@ -203,6 +203,7 @@ fn set_counters(snapshot: &TelemetrySnapshot) {
     counter!("tailfold_stale_markers_total").absolute(snapshot.stale_markers);
     counter!("tailfold_statsd_malformed_lines_total").absolute(snapshot.statsd_malformed_lines);
     counter!("tailfold_statsd_name_collisions_total").absolute(snapshot.statsd_name_collisions);
+    counter!("tailfold_statsd_receive_dropped_datagrams_total").absolute(snapshot.statsd_receive_dropped);
     counter!("tailfold_windows_flushed_total").absolute(snapshot.windows_flushed);
     counter!("tailfold_records_emitted_total").absolute(snapshot.records_emitted);
     counter!("tailfold_records_written_total").absolute(snapshot.records_written);

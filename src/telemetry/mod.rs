@@ -28,6 +28,7 @@ pub struct Telemetry {
     selections_lagged: AtomicU64,
     statsd_malformed_lines: AtomicU64,
     statsd_name_collisions: AtomicU64,
+    statsd_receive_dropped: AtomicU64,
     limit_drops: Mutex<BTreeMap<LimitDropKey, u64>>,
     overloaded_requests: Mutex<BTreeMap<String, u64>>,
     /// Received and ingested points per (protocol, tenant).
@@ -125,6 +126,9 @@ pub struct TelemetrySnapshot {
     /// statsd metric names that sanitise like another one sent before (`a.b`, `a_b`),
     /// whose samples fold into that one's series; each name counted once.
     pub statsd_name_collisions: u64,
+    /// statsd datagrams the kernel dropped because a socket's receive buffer
+    /// was full (readers behind); their lines are unknown, so never in `received`.
+    pub statsd_receive_dropped: u64,
     /// Samples dropped or refused by tenant limits, by tenant, reason and drop-priority rule
     /// (also in `ingest` as `rate_limited` / `series_limited`), and statsd samples
     /// dropped while ingest was saturated (`overloaded`).
@@ -163,6 +167,7 @@ impl Default for Telemetry {
             selections_lagged: AtomicU64::default(),
             statsd_malformed_lines: AtomicU64::default(),
             statsd_name_collisions: AtomicU64::default(),
+            statsd_receive_dropped: AtomicU64::default(),
             limit_drops: Mutex::default(),
             overloaded_requests: Mutex::default(),
             sources: Mutex::default(),
@@ -320,6 +325,13 @@ impl Telemetry {
         self.statsd_name_collisions.fetch_add(names, Ordering::Relaxed);
     }
 
+    /// Counts statsd datagrams the kernel dropped on a full receive buffer.
+    pub fn statsd_receive_dropped(&self, datagrams: u64) {
+        if datagrams > 0 {
+            self.statsd_receive_dropped.fetch_add(datagrams, Ordering::Relaxed);
+        }
+    }
+
     /// Counts samples of `tenant` a limit dropped (`reason`), under drop-priority entry `rule` ("" for none).
     pub fn limit_dropped(&self, tenant: &str, reason: DropReason, rule: &str, samples: u64) {
         if samples == 0 {
@@ -362,6 +374,7 @@ impl Telemetry {
             selections_lagged: self.selections_lagged.load(Ordering::Relaxed),
             statsd_malformed_lines: self.statsd_malformed_lines.load(Ordering::Relaxed),
             statsd_name_collisions: self.statsd_name_collisions.load(Ordering::Relaxed),
+            statsd_receive_dropped: self.statsd_receive_dropped.load(Ordering::Relaxed),
             limit_drops: self.limit_drops.lock().clone(),
             overloaded_requests: self.overloaded_requests.lock().clone(),
             bytes_in_flight: self.bytes_in_flight.load(Ordering::Relaxed),
@@ -412,6 +425,9 @@ impl TelemetrySnapshot {
         }
         if self.statsd_name_collisions > 0 {
             line.push_str(&format!(" statsd_name_collisions={}", self.statsd_name_collisions));
+        }
+        if self.statsd_receive_dropped > 0 {
+            line.push_str(&format!(" statsd_receive_dropped={}", self.statsd_receive_dropped));
         }
         for (protocol, requests) in &self.overloaded_requests {
             line.push_str(&format!(" overloaded_requests[{protocol}]={requests}"));

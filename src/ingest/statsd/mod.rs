@@ -1,29 +1,27 @@
-//! statsd / DogStatsD ingest over UDP: each datagram's lines are parsed, grouped
-//! into one `SeriesBatch` per (series, kind) and handed to the engine as one
-//! `IngestBatch`. A bad line is refused alone, counted and (rate-limited) logged.
+//! statsd / DogStatsD ingest over UDP: readers take many datagrams per system
+//! call, parse their lines into one `IngestBatch` (one `SeriesBatch` per series
+//! and kind) and hand it to the engine. A bad line is refused alone, counted and (rate-limited) logged.
 
 mod held;
+mod listen;
 mod parse;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use tokio::net::UdpSocket;
-use tokio::sync::watch;
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
 
-use crate::clock::Clock;
-use crate::cluster::stage::Stage;
 use crate::config::{IngestLimits, StatsdSettings};
 use crate::ingest::validate::cut;
-use crate::model::{DropReason, IngestBatch, Kind, Outcome, SeriesBatch};
-use crate::telemetry::Telemetry;
+use crate::model::{IngestBatch, Kind, Labels, Point, SeriesBatch};
+use parse::ByteSplit;
 
 pub use held::{repeat_held_gauges, HeldGauges, HELD_PROTOCOL};
+pub use listen::{bind_statsd, serve_statsd, StatsdSockets};
 pub use parse::{
     parse_line, sanitize_name, set_member, stochastic_weight, NameCollisions, StatsdError, StatsdLine,
     MAX_CHECKED_NAMES,
@@ -32,88 +30,11 @@ pub use parse::{
 /// Malformed lines are logged at most this often; the rest are only counted.
 const WARN_EVERY: Duration = Duration::from_secs(1);
 
-/// Receives statsd datagrams on `socket` and feeds `engine` under the
-/// configured tenant until `closing` turns true or the engine closes.
-pub async fn serve_statsd(
-    socket: UdpSocket,
-    stage: Stage,
-    clock: Arc<dyn Clock>,
-    telemetry: Arc<Telemetry>,
-    settings: StatsdSettings,
-    mut closing: watch::Receiver<bool>,
-) {
-    // One byte more than allowed tells an over-long datagram from one of exactly the limit.
-    let mut buffer = vec![0u8; settings.max_packet_bytes + 1];
-    let mut decoder = DatagramDecoder::new(&settings);
-    // Held gauges go into every window, as every statsd flush has them.
-    let repeater = tokio::spawn(repeat_held_gauges(
-        Arc::clone(&decoder.gauges),
-        stage.clone(),
-        Arc::clone(&clock),
-        Arc::clone(&telemetry),
-        Arc::clone(&decoder.batch.tenant),
-        closing.clone(),
-    ));
-    let engine = Arc::clone(stage.engine());
-    while !*closing.borrow() {
-        let length = tokio::select! {
-            changed = closing.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                continue;
-            }
-            received = socket.recv(&mut buffer) => match received {
-                Ok(length) => length,
-                Err(error) => {
-                    decoder.warnings.warn(format_args!("receive failed: {error}"));
-                    // A persistent socket error must not become a busy loop.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let tally = decoder.decode(&buffer[..length]);
-        // statsd cannot push back: while ingest is saturated the datagram is dropped and counted.
-        let permit = engine.limits().gate().try_enter();
-        let mut outcome = if decoder.batch.series.is_empty() {
-            Outcome::default()
-        } else if permit.is_none() {
-            telemetry.overloaded("statsd");
-            telemetry.limit_dropped(&decoder.batch.tenant, DropReason::Overloaded, "", tally.points);
-            let mut outcome = Outcome::default();
-            outcome.reject(DropReason::Overloaded, tally.points);
-            outcome
-        } else {
-            let now_ms = clock.now_ms();
-            let (admitted, limited) = engine.admit(&decoder.batch, now_ms);
-            match stage.fold(&admitted, now_ms, limited).await {
-                Ok(outcome) => outcome,
-                Err(crate::cluster::stage::StageError::RulesDiffer(reason)) => {
-                    // Nothing is forwarded until the rules agree; counted, and the listener goes on.
-                    tracing::warn!(%reason, points = tally.points, "statsd datagram dropped: this instance's rules differ from the cluster's");
-                    let mut outcome = Outcome::default();
-                    outcome.reject(DropReason::Unavailable, tally.points);
-                    outcome
-                }
-                Err(error) => {
-                    tracing::info!(%error, "statsd listener stops");
-                    break;
-                }
-            }
-        };
-        drop(permit);
-        outcome.reject(DropReason::InvalidSeries, tally.malformed_lines);
-        // `received` last: whoever sees it can rely on the outcome being counted.
-        telemetry.ingested_by("statsd", &settings.tenant, &outcome);
-        telemetry.statsd_malformed(tally.malformed_lines);
-        telemetry.statsd_name_collisions(tally.name_collisions);
-        telemetry.received_by("statsd", &settings.tenant, tally.points + tally.malformed_lines);
-    }
-    repeater.abort();
-}
+/// Series whose labels a decoder keeps between batches, so a steady stream
+/// builds no labels; past it the idle ones are forgotten at the next batch.
+pub const MAX_KEPT_SERIES: usize = 100_000;
 
-/// What one datagram held.
+/// What some datagrams held.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatagramTally {
     /// Points of good lines (a multi-value line has several).
@@ -124,27 +45,72 @@ pub struct DatagramTally {
     pub name_collisions: u64,
 }
 
-/// Turns datagrams into an [`IngestBatch`], reusing its buffers across datagrams.
-pub struct DatagramDecoder {
-    /// The batch of the last decoded datagram.
-    pub batch: IngestBatch,
-    limits: IngestLimits,
-    max_packet_bytes: usize,
-    /// Hash of (raw name, raw tags, kind) -> index in `batch.series`; labels are
-    /// built once per series and datagram, not once per line.
-    series_index: HashMap<u128, usize>,
-    values: Vec<f64>,
-    rng: SmallRng,
-    warnings: WarnLimiter,
-    names: NameCollisions,
+impl DatagramTally {
+    fn add(&mut self, other: DatagramTally) {
+        self.points += other.points;
+        self.malformed_lines += other.malformed_lines;
+        self.name_collisions += other.name_collisions;
+    }
+}
+
+/// What every reader of one listener shares: a relative gauge change from any
+/// sender applies to the one held value, and a name collision is reported once.
+#[derive(Debug)]
+pub struct StatsdState {
     /// Shared with the task that repeats them ([`repeat_held_gauges`]).
     gauges: Arc<Mutex<HeldGauges>>,
+    names: Mutex<NameCollisions>,
     max_gauges: usize,
 }
 
-impl DatagramDecoder {
-    /// A decoder for `settings`' tenant and limits.
+impl StatsdState {
+    /// Empty state under `settings`' gauge limits.
     pub fn new(settings: &StatsdSettings) -> Self {
+        StatsdState {
+            gauges: Arc::new(Mutex::new(HeldGauges::new(settings.max_gauges, settings.gauge_idle_ms))),
+            names: Mutex::new(NameCollisions::default()),
+            max_gauges: settings.max_gauges,
+        }
+    }
+}
+
+/// A series a decoder has seen: its labels, built once, and where it sits in
+/// the batch being built (`IDLE` when it has no points there).
+struct KeptSeries {
+    key: u128,
+    /// The labels and point buffer while idle; moved into the batch while the series is in it.
+    labels: Labels,
+    points: Vec<Point>,
+    index: usize,
+}
+
+const IDLE: usize = usize::MAX;
+
+/// Turns datagrams into an [`IngestBatch`], reusing its buffers and each
+/// series' labels across batches: a steady stream allocates nothing.
+pub struct DatagramDecoder {
+    /// The batch built since the last [`DatagramDecoder::clear`].
+    pub batch: IngestBatch,
+    limits: IngestLimits,
+    max_packet_bytes: usize,
+    /// Series seen, by hash of (raw name, raw tags, kind); the hash is the table's hash.
+    kept: HashTable<KeptSeries>,
+    /// The key of each entry of `batch.series`, to give its labels back.
+    active: Vec<u128>,
+    values: Vec<f64>,
+    rng: SmallRng,
+    warnings: WarnLimiter,
+    state: Arc<StatsdState>,
+}
+
+impl DatagramDecoder {
+    /// A decoder for `settings`' tenant and limits, with state of its own.
+    pub fn new(settings: &StatsdSettings) -> Self {
+        Self::sharing(settings, Arc::new(StatsdState::new(settings)))
+    }
+
+    /// A decoder sharing held gauges and reported names with the other readers.
+    pub fn sharing(settings: &StatsdSettings, state: Arc<StatsdState>) -> Self {
         DatagramDecoder {
             batch: IngestBatch {
                 tenant: Arc::from(settings.tenant.as_str()),
@@ -152,20 +118,40 @@ impl DatagramDecoder {
             },
             limits: settings.limits.clone(),
             max_packet_bytes: settings.max_packet_bytes,
-            series_index: HashMap::new(),
+            kept: HashTable::new(),
+            active: Vec::new(),
             values: Vec::new(),
             rng: SmallRng::from_rng(&mut rand::rng()),
             warnings: WarnLimiter::default(),
-            names: NameCollisions::default(),
-            gauges: Arc::new(Mutex::new(HeldGauges::new(settings.max_gauges, settings.gauge_idle_ms))),
-            max_gauges: settings.max_gauges,
+            state,
         }
     }
 
-    /// Replaces `self.batch` with the good lines of `datagram`; blank lines are skipped.
+    /// Replaces `self.batch` with the good lines of `datagram`.
     pub fn decode(&mut self, datagram: &[u8]) -> DatagramTally {
-        self.batch.series.clear();
-        self.series_index.clear();
+        self.clear();
+        self.add(datagram)
+    }
+
+    /// Empties `self.batch`, keeping every buffer and each series' labels for the next one.
+    pub fn clear(&mut self) {
+        for (series, key) in self.batch.series.drain(..).zip(self.active.drain(..)) {
+            let SeriesBatch { labels, mut points, .. } = series;
+            points.clear();
+            if let Some(kept) = self.kept.find_mut(key as u64, |kept| kept.key == key) {
+                kept.labels = labels;
+                kept.points = points;
+                kept.index = IDLE;
+            }
+        }
+        if self.kept.len() > MAX_KEPT_SERIES {
+            // Bounded memory under a flood of series; a steady set is rebuilt once.
+            self.kept.clear();
+        }
+    }
+
+    /// Adds the good lines of `datagram` to `self.batch`; blank lines are skipped.
+    pub fn add(&mut self, datagram: &[u8]) -> DatagramTally {
         let mut tally = DatagramTally::default();
         let mut body = datagram;
         if datagram.len() > self.max_packet_bytes {
@@ -181,36 +167,63 @@ impl DatagramDecoder {
             tally.malformed_lines += 1;
             body = &body[..kept];
         }
-        for raw in body.split(|b| *b == b'\n') {
-            let raw = raw.trim_ascii();
-            if raw.is_empty() {
-                continue;
+        // UTF-8 checked once for the whole datagram; line by line only when it fails.
+        if let Ok(text) = std::str::from_utf8(body) {
+            for raw in ByteSplit::new(text, b'\n') {
+                let raw = raw.trim_ascii();
+                if !raw.is_empty() {
+                    let decoded = self.decode_text(raw, &mut tally.name_collisions);
+                    self.count(decoded, &mut tally);
+                }
             }
-            match self.decode_line(raw, &mut tally.name_collisions) {
-                Ok(points) => tally.points += points as u64,
-                Err(error) => {
-                    tally.malformed_lines += 1;
-                    self.warnings.warn(format_args!("line refused: {error}"));
+        } else {
+            for raw in body.split(|b| *b == b'\n') {
+                let raw = raw.trim_ascii();
+                if !raw.is_empty() {
+                    let decoded = std::str::from_utf8(raw)
+                        .map_err(|_| StatsdError::NotUtf8 {
+                            line: cut(&String::from_utf8_lossy(raw)),
+                        })
+                        .and_then(|text| self.decode_text(text, &mut tally.name_collisions));
+                    self.count(decoded, &mut tally);
                 }
             }
         }
         tally
     }
 
+    /// Counts a decoded line's points, or the line as refused (logged, rate-limited).
+    fn count(&mut self, decoded: Result<usize, StatsdError>, tally: &mut DatagramTally) {
+        match decoded {
+            Ok(points) => tally.points += points as u64,
+            Err(error) => {
+                tally.malformed_lines += 1;
+                self.warnings.warn(format_args!("line refused: {error}"));
+            }
+        }
+    }
+
     /// Adds the line's points to its series' batch; counts a name that
     /// sanitises like another one into `collisions`.
-    fn decode_line(&mut self, raw: &[u8], collisions: &mut u64) -> Result<usize, StatsdError> {
-        let text = std::str::from_utf8(raw).map_err(|_| StatsdError::NotUtf8 {
-            line: cut(&String::from_utf8_lossy(raw)),
-        })?;
+    fn decode_text(&mut self, text: &str, collisions: &mut u64) -> Result<usize, StatsdError> {
         let line = parse_line(text, &mut self.values)?;
         let key = series_key(&line);
-        let index = match self.series_index.get(&key) {
-            Some(index) => *index,
+        let next = self.batch.series.len();
+        let found = self.kept.find_mut(key as u64, |kept| kept.key == key).map(|kept| {
+            if kept.index == IDLE {
+                kept.index = next;
+                Err((std::mem::take(&mut kept.labels), std::mem::take(&mut kept.points)))
+            } else {
+                Ok(kept.index)
+            }
+        });
+        let index = match found {
+            Some(Ok(index)) => index,
+            Some(Err((labels, points))) => self.start_series(key, labels, line.kind, points),
             None => {
                 let labels = line.labels(&self.limits)?;
                 let sanitized = labels.metric_name().unwrap_or_default();
-                if let Some(first) = self.names.check(line.name, sanitized) {
+                if let Some(first) = self.state.names.lock().check(line.name, sanitized) {
                     *collisions += 1;
                     // Once per name, so no limiter: a quiet warning would hide the merge.
                     tracing::warn!(
@@ -219,45 +232,44 @@ impl DatagramDecoder {
                         cut(line.name),
                     );
                 }
-                self.batch.series.push(SeriesBatch::new(
-                    labels,
-                    line.kind,
-                    Vec::with_capacity(self.values.len()),
-                ));
-                let index = self.batch.series.len() - 1;
-                self.series_index.insert(key, index);
-                index
+                self.kept.insert_unique(
+                    key as u64,
+                    KeptSeries {
+                        key,
+                        labels: Labels::default(),
+                        points: Vec::new(),
+                        index: next,
+                    },
+                    |kept| kept.key as u64,
+                );
+                self.start_series(key, labels, line.kind, Vec::with_capacity(self.values.len()))
             }
         };
         if line.kind == Kind::Gauge {
-            // Resolved here, line by line, so changes apply in the order sent.
+            // Resolved here, line by line, so changes apply in the order sent;
+            // held with the series' labels, which the held-gauge repeater sends.
             let now = Instant::now();
-            let mut gauges = self.gauges.lock();
+            let mut gauges = self.state.gauges.lock();
             let labels = &self.batch.series[index].labels;
-            let mut full = false;
             for value in self.values.iter_mut() {
-                match gauges.apply(key, labels, *value, line.relative, now) {
-                    Some(absolute) => *value = absolute,
-                    None => {
-                        full = true;
-                        break;
-                    }
-                }
-            }
-            if full {
-                if self.batch.series[index].points.is_empty() && index + 1 == self.batch.series.len() {
-                    // Its first line in this datagram: leave no empty series behind.
-                    self.batch.series.pop();
-                    self.series_index.remove(&key);
-                }
-                return Err(StatsdError::GaugesFull {
-                    line: cut(line.raw),
-                    max: self.max_gauges,
-                });
+                *value =
+                    gauges
+                        .apply(key, labels, *value, line.relative, now)
+                        .ok_or_else(|| StatsdError::GaugesFull {
+                            line: cut(line.raw),
+                            max: self.state.max_gauges,
+                        })?;
             }
         }
         line.push_points(&self.values, &mut self.rng, &mut self.batch.series[index].points);
         Ok(self.values.len())
+    }
+
+    /// Appends an empty series to the batch and returns its index.
+    fn start_series(&mut self, key: u128, labels: Labels, kind: Kind, points: Vec<Point>) -> usize {
+        self.batch.series.push(SeriesBatch::new(labels, kind, points));
+        self.active.push(key);
+        self.batch.series.len() - 1
     }
 }
 
@@ -266,13 +278,11 @@ impl DatagramDecoder {
 /// differs but sanitises alike (`a.b`, `a_b`) get two batches with equal labels,
 /// which the engine folds into the same series.
 fn series_key(line: &StatsdLine<'_>) -> u128 {
-    let mut hasher = Xxh3::new();
-    hasher.update(line.name.as_bytes());
-    // 0xff never occurs in UTF-8, so ("a", "bc") and ("ab", "c") stay apart.
-    hasher.update(&[0xff]);
-    hasher.update(line.tags.as_bytes());
-    hasher.update(&[0xff, kind_byte(line.kind)]);
-    hasher.digest128()
+    // One-shot hashes (the streaming hasher costs more than the bytes on short
+    // lines): the name's hash, with the kind, seeds the tags' hash, so
+    // ("a", "bc") and ("ab", "c") stay apart.
+    let seed = xxh3_64(line.name.as_bytes()) ^ u64::from(kind_byte(line.kind));
+    xxh3_128_with_seed(line.tags.as_bytes(), seed)
 }
 
 fn kind_byte(kind: Kind) -> u8 {
@@ -310,15 +320,50 @@ mod tests {
     use super::*;
     use crate::model::Labels;
 
-    fn decoder(max_packet_bytes: usize) -> DatagramDecoder {
-        DatagramDecoder::new(&StatsdSettings {
+    fn settings(max_packet_bytes: usize) -> StatsdSettings {
+        StatsdSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             tenant: "team-a".to_string(),
             max_packet_bytes,
             max_gauges: 100,
             gauge_idle_ms: 60_000,
+            readers: 1,
+            batch_datagrams: 8,
+            batch_wait_ms: 0,
+            receive_buffer_bytes: 65_536,
             limits: IngestLimits::default(),
-        })
+        }
+    }
+
+    fn decoder(max_packet_bytes: usize) -> DatagramDecoder {
+        DatagramDecoder::new(&settings(max_packet_bytes))
+    }
+
+    #[test]
+    fn set_members_go_to_a_set_series_one_point_each() {
+        let mut decoder = decoder(1024);
+        let tally = decoder.decode(b"users:alice|s\nusers:bob|s|#region:eu\nusers:alice|s\nusers:7|s");
+        assert_eq!((tally.points, tally.malformed_lines), (4, 0));
+        let series: Vec<(String, Kind, Vec<f64>)> = decoder
+            .batch
+            .series
+            .iter()
+            .map(|series| {
+                let members = series.points.iter().map(|p| p.value).collect();
+                (series.labels.to_string(), series.kind, members)
+            })
+            .collect();
+        assert_eq!(
+            series,
+            [
+                (
+                    "users{}".to_string(),
+                    Kind::Set,
+                    vec![set_member("alice"), set_member("alice"), set_member("7")]
+                ),
+                (r#"users{region="eu"}"#.to_string(), Kind::Set, vec![set_member("bob")]),
+            ]
+        );
     }
 
     #[test]
@@ -384,30 +429,25 @@ mod tests {
     }
 
     #[test]
-    fn set_members_go_to_a_set_series_one_point_each() {
-        let mut decoder = decoder(1024);
-        let tally = decoder.decode(b"users:alice|s\nusers:bob|s|#region:eu\nusers:alice|s\nusers:7|s");
-        assert_eq!((tally.points, tally.malformed_lines), (4, 0));
-        let series: Vec<(String, Kind, Vec<f64>)> = decoder
-            .batch
-            .series
-            .iter()
-            .map(|series| {
-                let members = series.points.iter().map(|p| p.value).collect();
-                (series.labels.to_string(), series.kind, members)
-            })
-            .collect();
-        assert_eq!(
-            series,
-            [
-                (
-                    "users{}".to_string(),
-                    Kind::Set,
-                    vec![set_member("alice"), set_member("alice"), set_member("7")]
-                ),
-                (r#"users{region="eu"}"#.to_string(), Kind::Set, vec![set_member("bob")]),
-            ]
-        );
+    fn batches_span_datagrams_and_readers_share_held_gauges_and_names() {
+        let mut first = decoder(1024);
+        let mut other = DatagramDecoder::sharing(&settings(1024), Arc::clone(&first.state));
+        first.clear();
+        first.add(b"q:5|g\nhits:1|c");
+        first.add(b"hits:2|c\napi.x:1|c");
+        assert_eq!(first.batch.series.len(), 3, "one batch over both datagrams");
+        assert_eq!(first.batch.series[1].points.len(), 2);
+        // Another reader (another sender) changes the gauge the first one holds.
+        let tally = other.decode(b"q:+2|g\napi_x:1|c");
+        assert_eq!(other.batch.series[0].points[0].value, 7.0);
+        assert_eq!(tally.name_collisions, 1, "api.x and api_x seen by different readers");
+        // Cleared and rebuilt from the kept series: the same series, empty points reused.
+        first.clear();
+        assert!(first.batch.series.is_empty());
+        first.add(b"hits:3|c");
+        assert_eq!(first.batch.series.len(), 1);
+        assert_eq!(first.batch.series[0].labels, Labels::from_pairs([("__name__", "hits")]));
+        assert_eq!(first.batch.series[0].points.len(), 1);
     }
 
     #[test]

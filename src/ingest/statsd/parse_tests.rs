@@ -269,3 +269,38 @@ fn relative_gauges_change_the_held_value_as_etsy_statsd_does() {
     assert!(!parse("q:7|g").unwrap().0.relative);
     // What a change applies to: `held::tests`.
 }
+
+#[test]
+fn plain_digit_values_skip_the_float_parser_and_agree_with_it() {
+    for text in [
+        "0",
+        "7",
+        "007",
+        "123456789012345",
+        "1234567890123456",
+        "99999999999999999999",
+        "1.5",
+        "+3",
+        "-0",
+        "1e3",
+    ] {
+        assert_eq!(
+            parse_value(text).map(f64::to_bits),
+            text.parse::<f64>().ok().map(f64::to_bits),
+            "{text}"
+        );
+    }
+    assert_eq!(parse_value(""), None);
+    assert_eq!(parse_value("1x"), None);
+}
+
+#[test]
+fn byte_split_is_str_split_on_a_byte() {
+    for text in ["", "a", "a|b", "|", "a||b|", "é|ü|"] {
+        assert_eq!(
+            ByteSplit::new(text, b'|').collect::<Vec<_>>(),
+            text.split('|').collect::<Vec<_>>(),
+            "{text:?}"
+        );
+    }
+}
