@@ -347,6 +347,27 @@ async fn kill_9_of_the_receiving_instance_loses_no_acknowledged_sample() {
     kill_under_load(Victim::Receiver).await;
 }
 
+/// A series name whose shard lies in the first shard range of the first set
+/// (of `status`, 64 shards) that `pick` chooses.
+fn series_of_set(status: &serde_json::Value, pick: impl Fn(&serde_json::Value) -> bool) -> String {
+    let set = status["sets"].as_array().unwrap().iter().find(|set| pick(set)).unwrap();
+    let (from, to) = (
+        set["shards"][0][0].as_u64().unwrap() as u32,
+        set["shards"][0][1].as_u64().unwrap() as u32,
+    );
+    (0..)
+        .map(|n| format!("series_{n}"))
+        .find(|name| {
+            let shard = tailfold::cluster::placement::shard_of(
+                "default",
+                &tailfold::model::Labels::from_pairs([("__name__", name.as_str())]),
+                64,
+            );
+            (from..to).contains(&shard)
+        })
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
     use tailfold::api::cluster_v1::cluster_client::ClusterClient;
@@ -409,27 +430,7 @@ async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
 
     // Find a series whose shard the other instance owns.
     let status = cluster.status();
-    let theirs = status["sets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|set| set["instances"][0]["id"] != "i0")
-        .unwrap();
-    let (from, to) = (
-        theirs["shards"][0][0].as_u64().unwrap() as u32,
-        theirs["shards"][0][1].as_u64().unwrap() as u32,
-    );
-    let foreign = (0..)
-        .map(|n| format!("series_{n}"))
-        .find(|name| {
-            let shard = tailfold::cluster::placement::shard_of(
-                "default",
-                &Labels::from_pairs([("__name__", name.as_str())]),
-                64,
-            );
-            (from..to).contains(&shard)
-        })
-        .unwrap();
+    let foreign = series_of_set(&status, |set| set["instances"][0]["id"] != "i0");
     let not_owner = forward
         .forward(request("test-cluster", frame(&foreign)))
         .await
@@ -439,27 +440,9 @@ async fn hostile_forwards_are_refused_with_the_reason_and_counted() {
 
     // A retry of a batch taken (same sender and id) gets the first answer
     // and is not folded again; another id is another batch.
-    let mine = status["sets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|set| set["instances"].as_array().unwrap().iter().any(|i| i["id"] == "i0"))
-        .unwrap();
-    let (from, to) = (
-        mine["shards"][0][0].as_u64().unwrap() as u32,
-        mine["shards"][0][1].as_u64().unwrap() as u32,
-    );
-    let own = (0..)
-        .map(|n| format!("series_{n}"))
-        .find(|name| {
-            let shard = tailfold::cluster::placement::shard_of(
-                "default",
-                &Labels::from_pairs([("__name__", name.as_str())]),
-                64,
-            );
-            (from..to).contains(&shard)
-        })
-        .unwrap();
+    let own = series_of_set(&status, |set| {
+        set["instances"].as_array().unwrap().iter().any(|i| i["id"] == "i0")
+    });
     let batch = frame(&own);
     for id in [7, 7, 8] {
         let taken = forward
