@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +13,9 @@ use rand::{Rng, SeedableRng};
 use tailfold::api::v1;
 use tailfold::sink::JsonRecord;
 
-use common::cluster::{by_identity, client, ClusterSpec, TestCluster};
+use common::cluster::{
+    acked_not_in_store, by_identity, client, now_ms, rollups_unlike_inputs, ClusterSpec, CounterLoad, TestCluster,
+};
 use common::{point, series, traced_point};
 
 const RULES: &str = r#"
@@ -45,13 +45,6 @@ fn spec(instances: usize, replicas: usize) -> ClusterSpec {
         flush_interval_ms: FLUSH_MS,
         wal: false,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// How long after the last sample every window holding it is in every store:
@@ -175,16 +168,6 @@ async fn load_on_random_instances_aggregates_exactly_as_one_node() {
     }
 }
 
-/// The identity of the `sum` record of request `id`'s series in `window`.
-fn sum_key(id: &str, window: i64) -> (String, String, i64, String) {
-    let name = "req:sum".to_string();
-    let labels = BTreeMap::from([
-        ("__name__".to_string(), name.clone()),
-        ("r".to_string(), id.to_string()),
-    ]);
-    (name, format!("{labels:?}"), window, "sum".to_string())
-}
-
 /// Which instance `kill_instance` picks: the leader or follower of shard set 0, or a receiver.
 #[derive(Clone, Copy, Debug)]
 enum Victim {
@@ -195,10 +178,6 @@ enum Victim {
 
 async fn kill_under_load(victim: Victim) {
     let mut cluster = TestCluster::start(spec(4, 2));
-    let mut clients = Vec::new();
-    for instance in &cluster.instances {
-        clients.push(client(instance.grpc).await);
-    }
     // Wait for set 0 to have a leader before picking the victim.
     let deadline = Instant::now() + Duration::from_secs(30);
     let leader = loop {
@@ -228,47 +207,10 @@ async fn kill_under_load(victim: Victim) {
     };
     let victim_index = cluster.instances.iter().position(|i| i.id == victim_id).unwrap();
 
-    // Each request writes one series of its own, so its points land whole or not at all.
-    let acked: Arc<parking_lot::Mutex<Vec<(String, i64)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let dead = Arc::new(AtomicBool::new(false));
-    let mut senders = Vec::new();
-    for worker in 0..3 {
-        let mut clients = clients.clone();
-        let (acked, stop, dead) = (Arc::clone(&acked), Arc::clone(&stop), Arc::clone(&dead));
-        senders.push(tokio::spawn(async move {
-            let mut rng = SmallRng::seed_from_u64(worker);
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let id = format!("{worker}-{n}");
-                let at = now_ms();
-                let request = vec![series(
-                    &[("__name__", "req"), ("r", &id)],
-                    v1::Kind::Counter,
-                    (0..5).map(|_| point(1.0, at)).collect(),
-                )];
-                let mut target = rng.random_range(0..clients.len());
-                if dead.load(Ordering::Relaxed) && target == victim_index {
-                    target = (target + 1) % clients.len();
-                }
-                let answer = tokio::time::timeout(
-                    Duration::from_secs(20),
-                    clients[target].write(v1::WriteRequest { series: request }),
-                )
-                .await;
-                if let Ok(Ok(answer)) = answer {
-                    if answer.get_ref().accepted == 5 {
-                        acked.lock().push((id, at));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }));
-    }
+    let load = CounterLoad::start(&cluster, 3).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     cluster.instances[victim_index].kill9();
-    dead.store(true, Ordering::Relaxed);
+    load.avoid(Some(victim_index));
     let killed_at = Instant::now();
     if let Victim::Leader = victim {
         let took_over = loop {
@@ -288,27 +230,16 @@ async fn kill_under_load(victim: Victim) {
         );
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
-    stop.store(true, Ordering::Relaxed);
-    for sender in senders {
-        sender.await.unwrap();
-    }
+    let acked = load.stop().await;
     tokio::time::sleep(settle_time()).await;
 
     let records = cluster.records();
     let records = by_identity(&records);
-    let acked = acked.lock().clone();
     assert!(acked.len() > 200, "only {} requests acknowledged", acked.len());
-    let mut missing = Vec::new();
-    for (id, at) in &acked {
-        let window = at - at.rem_euclid(2_000);
-        match records.get(&sum_key(id, window)) {
-            Some(record) => assert_eq!(scalar(record), Some(5.0), "{id}: {record:?}"),
-            None => missing.push(id.clone()),
-        }
-    }
+    let missing = acked_not_in_store(&records, &acked, 2_000);
     assert!(
         missing.is_empty(),
-        "{victim:?} killed: {} of {} acknowledged requests missing, e.g. {:?}; records e.g. {:?}\n{}",
+        "{victim:?} killed: {} of {} acknowledged requests missing or not 5, e.g. {:?}; records e.g. {:?}\n{}",
         missing.len(),
         acked.len(),
         &missing[..missing.len().min(5)],
@@ -316,19 +247,11 @@ async fn kill_under_load(victim: Victim) {
         cluster.logs()
     );
     // The rollup of a window holds exactly what its inputs' records hold.
-    let mut inputs: BTreeMap<i64, f64> = BTreeMap::new();
-    for ((name, _, window, aggregation), record) in &records {
-        if name == "req:sum" && aggregation == "sum" {
-            *inputs.entry(*window).or_default() += scalar(record).unwrap();
-        }
-    }
-    for (window, sum) in inputs {
-        let rollup = records
-            .iter()
-            .find(|((name, _, start, _), _)| name == "req_all:sum" && *start == window)
-            .map(|(_, record)| scalar(record).unwrap());
-        assert_eq!(rollup, Some(sum), "rollup of window {window}");
-    }
+    let (differ, _) = rollups_unlike_inputs(&records);
+    assert!(
+        differ.is_empty(),
+        "rollups unlike their inputs (window, inputs, rollup): {differ:?}"
+    );
     let _ = &mut cluster;
 }
 
@@ -546,15 +469,7 @@ async fn etcd_stopped_for_15_s_under_load_loses_nothing_and_flushes_nothing_twic
     tokio::time::sleep(settle_time() + Duration::from_secs(TTL_S * 2)).await;
     let records = cluster.records();
     let records = by_identity(&records);
-    let missing: Vec<_> = acked
-        .iter()
-        .filter(|(id, at)| {
-            let window = at - at.rem_euclid(2_000);
-            !records
-                .get(&sum_key(id, window))
-                .is_some_and(|record| scalar(record) == Some(5.0))
-        })
-        .collect();
+    let missing = acked_not_in_store(&records, &acked, 2_000);
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged requests missing: {:?}\n{}",

@@ -18,7 +18,7 @@ use tailfold::api::v1;
 use tailfold::cluster::rules::hash_text;
 use tailfold::sink::JsonRecord;
 
-use common::cluster::{client, http_get, http_post, ClusterSpec, Instance, TestCluster};
+use common::cluster::{client, http_get, http_post, now_ms, ClusterSpec, Instance, TestCluster};
 use common::{point, series};
 
 const WINDOW_MS: i64 = 2_000;
@@ -81,13 +81,6 @@ fn spec() -> ClusterSpec {
         flush_interval_ms: 200,
         wal: false,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 fn window(at_ms: i64) -> i64 {

@@ -6,16 +6,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-use tailfold::api::v1;
-
-use common::cluster::{by_identity, client, ClusterSpec, TestCluster};
-use common::{point, series};
+use common::cluster::{acked_not_in_store, by_identity, rollups_unlike_inputs, ClusterSpec, CounterLoad, TestCluster};
 
 const RULES: &str = r#"
 defaults:
@@ -30,20 +23,30 @@ rollup_rules:
 const TTL_S: u64 = 2;
 const WINDOW_MS: i64 = 2_000;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Stop {
     Kill9,
     Term,
 }
 
-async fn restart_under_load(stop_how: Stop) {
+/// What a run came to.
+struct Run {
+    /// Requests acknowledged before instance 1 was stopped, and in all.
+    acked_before: usize,
+    acked: usize,
+    /// Whether instance 1's log says it replayed its write-ahead log.
+    replayed: bool,
+    /// Acknowledged requests whose record is missing or not 5.
+    not_in_store: Vec<(String, Option<f64>)>,
+    /// Windows whose rollup differs from its inputs' records, and windows seen.
+    rollups_differ: Vec<(i64, f64, Option<f64>)>,
+    windows: usize,
+    logs: String,
+}
+
+/// Two instances, a shard set each, under load; instance 1 is stopped and
+/// started again on the same data directory while writes go on.
+async fn restart_under_load(stop_how: Stop) -> Run {
     let mut cluster = TestCluster::start(ClusterSpec {
         instances: 2,
         replicas: 1,
@@ -53,139 +56,81 @@ async fn restart_under_load(stop_how: Stop) {
         flush_interval_ms: 200,
         wal: true,
     });
-    let mut clients = Vec::new();
-    for instance in &cluster.instances {
-        clients.push(client(instance.grpc).await);
-    }
-    // Each request writes one series of its own, so its points land whole or not at all.
-    let acked: Arc<parking_lot::Mutex<Vec<(String, i64)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let down = Arc::new(AtomicBool::new(false));
-    let mut senders = Vec::new();
-    for worker in 0..3u64 {
-        let mut clients = clients.clone();
-        let (acked, stop, down) = (Arc::clone(&acked), Arc::clone(&stop), Arc::clone(&down));
-        senders.push(tokio::spawn(async move {
-            let mut rng = SmallRng::seed_from_u64(worker);
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let id = format!("{worker}-{n}");
-                let at = now_ms();
-                let request = vec![series(
-                    &[("__name__", "req"), ("r", &id)],
-                    v1::Kind::Counter,
-                    (0..5).map(|_| point(1.0, at)).collect(),
-                )];
-                // While instance 1 is down every request goes to instance 0, which
-                // forwards the series of instance 1's shards (and waits for it).
-                let target = if down.load(Ordering::Relaxed) {
-                    0
-                } else {
-                    rng.random_range(0..2)
-                };
-                let answer = tokio::time::timeout(
-                    Duration::from_secs(20),
-                    clients[target].write(v1::WriteRequest { series: request }),
-                )
-                .await;
-                if let Ok(Ok(answer)) = answer {
-                    if answer.get_ref().accepted == 5 {
-                        acked.lock().push((id, at));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }));
-    }
+    let load = CounterLoad::start(&cluster, 3).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    down.store(true, Ordering::Relaxed);
-    let acked_before = acked.lock().len();
+    // While instance 1 is down every request goes to instance 0, which
+    // forwards the series of instance 1's shards (and waits for it).
+    load.avoid(Some(1));
+    let acked_before = load.acked_count();
     match stop_how {
         Stop::Kill9 => cluster.instances[1].kill9(),
         Stop::Term => cluster.instances[1].stop(),
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.instances[1].restart();
-    down.store(false, Ordering::Relaxed);
+    load.avoid(None);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.store(true, Ordering::Relaxed);
-    for sender in senders {
-        sender.await.unwrap();
-    }
+    let acked = load.stop().await;
     // The last window, its lateness, a lease TTL for the set to be led again, and slack.
     tokio::time::sleep(Duration::from_millis(WINDOW_MS as u64 + 1_000 + TTL_S * 1_000 + 3_000)).await;
 
-    let log = cluster.instances[1].log();
-    assert!(
-        log.contains("write-ahead log replayed"),
-        "instance 1 did not replay its log:\n{log}"
-    );
     let records = cluster.records();
     let records = by_identity(&records);
-    let acked = acked.lock().clone();
+    let (rollups_differ, windows) = rollups_unlike_inputs(&records);
+    Run {
+        acked_before,
+        acked: acked.len(),
+        replayed: cluster.instances[1].log().contains("write-ahead log replayed"),
+        not_in_store: acked_not_in_store(&records, &acked, WINDOW_MS),
+        rollups_differ,
+        windows,
+        logs: cluster.logs(),
+    }
+}
+
+/// Every acknowledged request once in its own record, and every window's
+/// rollup the sum of its inputs' records.
+fn assert_nothing_lost(run: &Run, how: Stop) {
     assert!(
-        acked_before > 50,
-        "only {acked_before} requests acknowledged before the stop"
+        run.replayed,
+        "{how:?}: instance 1 did not replay its log:\n{}",
+        run.logs
     );
     assert!(
-        acked.len() > acked_before + 50,
+        run.acked_before > 50,
+        "only {} requests acknowledged before the stop",
+        run.acked_before
+    );
+    assert!(
+        run.acked > run.acked_before + 50,
         "too few acknowledged after the restart: {}",
-        acked.len()
+        run.acked
     );
-    let mut missing = Vec::new();
-    for (id, at) in &acked {
-        let window = at - at.rem_euclid(WINDOW_MS);
-        let labels = std::collections::BTreeMap::from([
-            ("__name__".to_string(), "req:sum".to_string()),
-            ("r".to_string(), id.to_string()),
-        ]);
-        let key = ("req:sum".to_string(), format!("{labels:?}"), window, "sum".to_string());
-        match records.get(&key) {
-            Some(record) => assert_eq!(record.value.as_f64(), Some(5.0), "{id}: {record:?}"),
-            None => missing.push(id.clone()),
-        }
-    }
     assert!(
-        missing.is_empty(),
-        "{stop_how:?}: {} of {} acknowledged requests missing, e.g. {:?}\n{}",
-        missing.len(),
-        acked.len(),
-        &missing[..missing.len().min(5)],
-        cluster.logs()
+        run.not_in_store.is_empty(),
+        "{how:?}: {} of {} acknowledged requests missing or not 5, e.g. {:?}\n{}",
+        run.not_in_store.len(),
+        run.acked,
+        &run.not_in_store[..run.not_in_store.len().min(5)],
+        run.logs
     );
-    // The rollup of each window holds exactly what its inputs' records hold,
-    // whichever instance owned it and whichever was restarted.
-    let mut inputs: std::collections::BTreeMap<i64, f64> = Default::default();
-    for ((name, _, window, aggregation), record) in &records {
-        if name == "req:sum" && aggregation == "sum" {
-            *inputs.entry(*window).or_default() += record.value.as_f64().unwrap();
-        }
-    }
-    assert!(inputs.len() >= 4, "windows: {inputs:?}");
-    let rollups: std::collections::BTreeMap<i64, f64> = records
-        .iter()
-        .filter(|((name, _, _, _), _)| name == "req_all:sum")
-        .map(|((_, _, start, _), record)| (*start, record.value.as_f64().unwrap()))
-        .collect();
-    let wrong: Vec<_> = inputs
-        .iter()
-        .filter(|(window, sum)| rollups.get(window) != Some(sum))
-        .map(|(window, sum)| (window, sum, rollups.get(window)))
-        .collect();
+    assert!(run.windows >= 4, "{how:?}: only {} windows", run.windows);
     assert!(
-        wrong.is_empty(),
-        "{stop_how:?}: rollups differ from their inputs (window, inputs, rollup): {wrong:?}\nall inputs {inputs:?}\n{}",
-        cluster.logs()
+        run.rollups_differ.is_empty(),
+        "{how:?}: rollups differ from their inputs (window, inputs, rollup): {:?}\n{}",
+        run.rollups_differ,
+        run.logs
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_single_replica_loses_nothing_with_the_log() {
-    restart_under_load(Stop::Kill9).await;
+    let run = restart_under_load(Stop::Kill9).await;
+    assert_nothing_lost(&run, Stop::Kill9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_a_single_replica_keeps_its_open_windows_in_the_log() {
-    restart_under_load(Stop::Term).await;
+    let run = restart_under_load(Stop::Term).await;
+    assert_nothing_lost(&run, Stop::Term);
 }

@@ -13,7 +13,14 @@ use std::time::{Duration, Instant};
 use tailfold::api::v1;
 use tailfold::sink::JsonRecord;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
 use super::etcd::EtcdServer;
+use super::{point, series};
 
 /// A free loopback port (bound, then released for the process to take).
 pub fn free_port() -> u16 {
@@ -145,27 +152,20 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// A plain HTTP/1.1 GET on loopback: status and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())?;
-    Some((status, body))
+    http_request(addr, "GET", path, Duration::from_secs(5))
 }
 
 /// A plain HTTP/1.1 POST without a body on loopback: status and body.
 pub fn http_post(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "POST", path, Duration::from_secs(10))
+}
+
+fn http_request(addr: SocketAddr, method: &str, path: &str, wait: Duration) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream.set_read_timeout(Some(wait)).ok()?;
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();
@@ -373,4 +373,149 @@ pub fn by_identity(records: &[JsonRecord]) -> BTreeMap<(String, String, i64, Str
         }
     }
     out
+}
+
+/// Milliseconds since the epoch, as the instances stamp them.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The identity (see [`by_identity`]) of the `sum` record of `req{r=id}` in
+/// the window starting at `window`.
+pub fn counter_sum_key(id: &str, window: i64) -> (String, String, i64, String) {
+    let name = "req:sum".to_string();
+    let labels = BTreeMap::from([
+        ("__name__".to_string(), name.clone()),
+        ("r".to_string(), id.to_string()),
+    ]);
+    (name, format!("{labels:?}"), window, "sum".to_string())
+}
+
+/// Senders writing, every 10 ms each, one request of a counter series of its
+/// own (`req{r="<worker>-<n>"}`, 5 points of 1 stamped now) to a random
+/// instance, so a request lands whole or not at all; they keep the requests
+/// acknowledged whole, with their time.
+pub struct CounterLoad {
+    acked: Arc<parking_lot::Mutex<Vec<(String, i64)>>>,
+    stop: Arc<AtomicBool>,
+    avoid: Arc<AtomicUsize>,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl CounterLoad {
+    /// Starts `workers` senders on `cluster`'s instances.
+    pub async fn start(cluster: &TestCluster, workers: u64) -> CounterLoad {
+        let mut clients = Vec::new();
+        for instance in &cluster.instances {
+            clients.push(client(instance.grpc).await);
+        }
+        let load = CounterLoad {
+            acked: Arc::default(),
+            stop: Arc::default(),
+            avoid: Arc::new(AtomicUsize::new(usize::MAX)),
+            senders: Vec::new(),
+        };
+        let mut senders = Vec::new();
+        for worker in 0..workers {
+            let mut clients = clients.clone();
+            let (acked, stop, avoid) = (Arc::clone(&load.acked), Arc::clone(&load.stop), Arc::clone(&load.avoid));
+            senders.push(tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(worker);
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let id = format!("{worker}-{n}");
+                    let at = now_ms();
+                    let request = vec![series(
+                        &[("__name__", "req"), ("r", &id)],
+                        v1::Kind::Counter,
+                        (0..5).map(|_| point(1.0, at)).collect(),
+                    )];
+                    let mut target = rng.random_range(0..clients.len());
+                    if target == avoid.load(Ordering::Relaxed) {
+                        target = (target + 1) % clients.len();
+                    }
+                    let answer = tokio::time::timeout(
+                        Duration::from_secs(20),
+                        clients[target].write(v1::WriteRequest { series: request }),
+                    )
+                    .await;
+                    if let Ok(Ok(answer)) = answer {
+                        if answer.get_ref().accepted == 5 {
+                            acked.lock().push((id, at));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }));
+        }
+        CounterLoad { senders, ..load }
+    }
+
+    /// Sends nothing to instance `index` (its requests go to the next one) until told otherwise.
+    pub fn avoid(&self, index: Option<usize>) {
+        self.avoid.store(index.unwrap_or(usize::MAX), Ordering::Relaxed);
+    }
+
+    /// Requests acknowledged so far.
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().len()
+    }
+
+    /// Stops the senders; the requests acknowledged whole, with their time.
+    pub async fn stop(self) -> Vec<(String, i64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for sender in self.senders {
+            sender.await.unwrap();
+        }
+        let acked = self.acked.lock().clone();
+        acked
+    }
+}
+
+/// Of the `acked` requests (see [`CounterLoad`]), those whose series' `sum`
+/// record in its `window_ms` window is missing or is not 5.
+pub fn acked_not_in_store(
+    records: &BTreeMap<(String, String, i64, String), &JsonRecord>,
+    acked: &[(String, i64)],
+    window_ms: i64,
+) -> Vec<(String, Option<f64>)> {
+    acked
+        .iter()
+        .filter_map(|(id, at)| {
+            let window = at - at.rem_euclid(window_ms);
+            let value = records
+                .get(&counter_sum_key(id, window))
+                .and_then(|record| record.value.as_f64());
+            (value != Some(5.0)).then(|| (id.clone(), value))
+        })
+        .collect()
+}
+
+/// Per window of `req:sum` records: (window, sum of the inputs' records, the
+/// `req_all:sum` rollup record), where the two differ; and how many windows there were.
+pub fn rollups_unlike_inputs(
+    records: &BTreeMap<(String, String, i64, String), &JsonRecord>,
+) -> (Vec<(i64, f64, Option<f64>)>, usize) {
+    let mut inputs: BTreeMap<i64, f64> = BTreeMap::new();
+    let mut rollups: BTreeMap<i64, f64> = BTreeMap::new();
+    for ((name, _, window, aggregation), record) in records {
+        let value = record.value.as_f64().unwrap_or(f64::NAN);
+        match (name.as_str(), aggregation.as_str()) {
+            ("req:sum", "sum") => *inputs.entry(*window).or_default() += value,
+            ("req_all:sum", "sum") => {
+                rollups.insert(*window, value);
+            }
+            _ => {}
+        }
+    }
+    let differ = inputs
+        .iter()
+        .filter(|(window, sum)| rollups.get(window) != Some(sum))
+        .map(|(window, sum)| (*window, *sum, rollups.get(window).copied()))
+        .collect();
+    (differ, inputs.len())
 }
