@@ -1,7 +1,8 @@
 //! The operator's HTTP endpoints, merged into the HTTP server next to ingest:
 //! `GET /metrics` (self-metrics, Prometheus text), `POST /-/reload` and
 //! `GET /-/rules` (hot reload), `GET /api/v1/profile` (the metrics profiler),
-//! `GET /api/v1/cluster` (placement, leaders, flush marks, from etcd).
+//! `GET /api/v1/cluster` (placement, leaders, flush marks, from etcd) and
+//! `POST /api/v1/cluster/add|remove|replace` (placement changes).
 //! They reveal or change the service, so [`AdminAccess`] guards them: the
 //! admin token when one is set (never an ingest token), else only a loopback
 //! listener serves them.
@@ -124,6 +125,7 @@ pub fn admin_router(state: AdminState, access: AdminAccess) -> Router {
         .route("/-/rules", get(rules))
         .route("/api/v1/profile", get(profile))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/cluster/{change}", post(cluster_change))
         .route_layer(axum::middleware::from_fn_with_state(access, require_admin))
         .with_state(state)
 }
@@ -153,6 +155,73 @@ async fn cluster(State(state): State<AdminState>) -> Response {
         )
             .into_response(),
         Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
+    }
+}
+
+/// Stages a placement change, as `tailfold cluster add|remove|replace` does:
+/// `add?instance=SPEC` (repeated), `remove?instance=ID` (repeated),
+/// `replace?old=ID&new=SPEC`, SPEC being `ID=HOST:PORT[,http=HOST:PORT]`
+/// URL-encoded. 409 when refused (another change in flight, no live replica).
+async fn cluster_change(
+    State(state): State<AdminState>,
+    axum::extract::Path(change): axum::extract::Path<String>,
+    uri: Uri,
+) -> Response {
+    use crate::cluster::change::{ChangeError, Request};
+    use crate::cluster::cli::parse_instance;
+    let Some(coordinator) = &state.cluster else {
+        return (
+            StatusCode::NOT_FOUND,
+            "not a cluster instance: no cluster section in its config\n",
+        )
+            .into_response();
+    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+    let all = |name: &str| -> Vec<String> {
+        pairs
+            .iter()
+            .filter(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .collect()
+    };
+    let request = match change.as_str() {
+        "add" => all("instance")
+            .iter()
+            .map(|text| parse_instance(text))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Request::Add),
+        "remove" => Ok(Request::Remove(all("instance"))),
+        "replace" => match (all("old").pop(), all("new").pop()) {
+            (Some(old), Some(new)) => parse_instance(&new).map(|new| Request::Replace { old, new }),
+            _ => Err("replace needs old=ID and new=ID=HOST:PORT[,http=HOST:PORT]".to_string()),
+        },
+        other => Err(format!("unknown placement change {other:?}: add, remove or replace")),
+    };
+    let request = match request {
+        Ok(Request::Add(specs)) if specs.is_empty() => Err("add needs instance=ID=HOST:PORT[,http=HOST:PORT]".into()),
+        Ok(Request::Remove(ids)) if ids.is_empty() => Err("remove needs instance=ID".into()),
+        other => other,
+    };
+    let request = match request {
+        Ok(request) => request,
+        Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
+    };
+    let settings = coordinator.view().settings();
+    let staged = crate::cluster::change::stage(
+        coordinator.client(),
+        &settings.cluster,
+        &request,
+        settings.handoff_margin_ms,
+        state.clock.now_ms(),
+    )
+    .await;
+    match staged {
+        Ok(staged) => json(StatusCode::OK, &staged),
+        Err(error @ (ChangeError::Etcd(_) | ChangeError::Placement(_))) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response()
+        }
+        Err(error @ ChangeError::Invalid { .. }) => (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
+        Err(error) => (StatusCode::CONFLICT, format!("{error}\n")).into_response(),
     }
 }
 

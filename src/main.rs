@@ -140,6 +140,33 @@ enum ClusterCommand {
         #[arg(long = "instance", required = true)]
         instances: Vec<String>,
     },
+    /// Add a shard set of new instances (started first; they wait, registered, to be placed).
+    Add {
+        #[command(flatten)]
+        target: ChangeTarget,
+        /// `ID=HOST:PORT[,http=HOST:PORT]` of each new instance (as many as the replicas per set).
+        #[arg(long = "instance", required = true)]
+        instances: Vec<String>,
+    },
+    /// Remove a whole shard set; its shards are handed to the others at the cutover.
+    Remove {
+        #[command(flatten)]
+        target: ChangeTarget,
+        /// Instance id of each instance of the set.
+        #[arg(long = "instance", required = true)]
+        instances: Vec<String>,
+    },
+    /// Swap one instance for a new one (started first); no shard changes sets.
+    Replace {
+        #[command(flatten)]
+        target: ChangeTarget,
+        /// Id of the instance leaving.
+        #[arg(long)]
+        old: String,
+        /// `ID=HOST:PORT[,http=HOST:PORT]` of the instance taking its place.
+        #[arg(long)]
+        new: String,
+    },
     /// Show the placement, live instances, leaders and flush marks.
     Status {
         /// etcd endpoint (repeat for several).
@@ -152,6 +179,54 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where a placement change goes and how it is staged.
+#[derive(clap::Args)]
+struct ChangeTarget {
+    /// etcd endpoint (repeat for several).
+    #[arg(long, required = true)]
+    etcd: Vec<String>,
+    /// Cluster id.
+    #[arg(long)]
+    cluster: String,
+    /// Least time from now to the cutover, in ms (then the next boundary of every policy in force).
+    #[arg(long, default_value_t = tailfold::config::cluster_defaults::HANDOFF_MARGIN_MS)]
+    margin_ms: u64,
+    /// JSON instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Stages a change and says what it came to.
+fn change_command(
+    runtime: &tokio::runtime::Runtime,
+    target: ChangeTarget,
+    request: Result<tailfold::cluster::change::Request, String>,
+) -> ExitCode {
+    let request = match request {
+        Ok(request) => request,
+        Err(error) => return fail(&error),
+    };
+    match runtime.block_on(tailfold::cluster::cli::change(
+        &target.etcd,
+        &target.cluster,
+        &request,
+        target.margin_ms,
+    )) {
+        Ok(staged) if target.json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&staged).expect("a staged change serialises")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(staged) => {
+            print!("{}", staged.report());
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error),
+    }
 }
 
 fn cluster_command(command: ClusterCommand) -> ExitCode {
@@ -179,6 +254,23 @@ fn cluster_command(command: ClusterCommand) -> ExitCode {
             }
             Err(error) => fail(&error),
         },
+        ClusterCommand::Add { target, instances } => {
+            let specs = instances
+                .iter()
+                .map(|text| tailfold::cluster::cli::parse_instance(text))
+                .collect::<Result<Vec<_>, _>>();
+            change_command(&runtime, target, specs.map(tailfold::cluster::change::Request::Add))
+        }
+        ClusterCommand::Remove { target, instances } => change_command(
+            &runtime,
+            target,
+            Ok(tailfold::cluster::change::Request::Remove(instances)),
+        ),
+        ClusterCommand::Replace { target, old, new } => {
+            let request = tailfold::cluster::cli::parse_instance(&new)
+                .map(|new| tailfold::cluster::change::Request::Replace { old, new });
+            change_command(&runtime, target, request)
+        }
         ClusterCommand::Status { etcd, cluster, json } => {
             match runtime.block_on(tailfold::cluster::cli::status(&etcd, &cluster)) {
                 Ok(status) if json => {
@@ -485,7 +577,12 @@ fn run(config: &Path) -> ExitCode {
         if let Some(address) = handle.otlp_http_addr() {
             let _ = writeln!(std::io::stdout(), "tailfold: listening on otlp_http {address}");
         }
-        wait_for_signal().await;
+        tokio::select! {
+            _ = wait_for_signal() => {}
+            _ = handle.left_cluster() => {
+                tracing::info!("left the cluster (a placement change took this instance out): stopping");
+            }
+        }
         tracing::info!("shutting down: flushing (see the flush line for what stays in the write-ahead log)");
         match handle.shutdown().await {
             Ok(()) => ExitCode::SUCCESS,

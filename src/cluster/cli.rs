@@ -67,6 +67,25 @@ pub async fn init(
     Ok(placement)
 }
 
+/// Stages the placement change `request` on `cluster` (see [`super::change`]).
+pub async fn change(
+    etcd: &[String],
+    cluster: &str,
+    request: &super::change::Request,
+    margin_ms: u64,
+) -> Result<super::change::Staged, String> {
+    let client = connect(etcd).await?;
+    super::change::stage(
+        &client,
+        cluster,
+        request,
+        margin_ms,
+        crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+    )
+    .await
+    .map_err(|error| error.to_string())
+}
+
 /// Reads the status of `cluster`.
 pub async fn status(etcd: &[String], cluster: &str) -> Result<ClusterStatus, String> {
     let client = connect(etcd).await?;

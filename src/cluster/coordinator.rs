@@ -108,6 +108,8 @@ pub struct Coordinator {
     telemetry: Arc<Telemetry>,
     /// The marks read last, used while etcd cannot be read (never to flush).
     last_marks: Mutex<FlushMarks>,
+    /// Turns true once a completed change took this instance out of the placement.
+    left: watch::Receiver<bool>,
 }
 
 impl Coordinator {
@@ -128,9 +130,12 @@ impl Coordinator {
     ) -> Result<Arc<Coordinator>, ClusterError> {
         let timeout = Duration::from_millis(settings.etcd_timeout_ms);
         let client = EtcdClient::connect(&settings.etcd_endpoints, timeout).await?;
-        let placement = Placement::load(&client, &settings.cluster)
-            .await?
-            .ok_or_else(|| ClusterError::NoPlacement(settings.cluster.clone()))?;
+        // Registered before the first write is taken, so the others count this
+        // instance as a replica from the start; and before it is placed, so
+        // `tailfold cluster add` sees it live.
+        let registration = registration.with_rules(&rules.borrow());
+        let first = register(&client, &settings, &registration).await?;
+        let placement = wait_until_placed(&client, &settings).await?;
         let view = Arc::new(ClusterView::new(settings.clone(), placement)?);
         let placement = view.placement();
         let my_set = view.my_set(&placement).expect("checked by the view");
@@ -141,7 +146,10 @@ impl Coordinator {
             registration.started_ms + warm_after_ms
         };
         let (role_sender, role) = watch::channel(Role::Unknown);
+        let (left_sender, left) = watch::channel(false);
+        let now_ms = Arc::new(now_ms);
         let coordinator = Arc::new(Coordinator {
+            left,
             client: client.clone(),
             view: Arc::clone(&view),
             set,
@@ -149,10 +157,6 @@ impl Coordinator {
             telemetry: Arc::clone(&telemetry),
             last_marks: Mutex::new(FlushMarks::new()),
         });
-        // Registered before the first write is taken, so the others count this
-        // instance as a replica from the start.
-        let registration = registration.with_rules(&rules.borrow());
-        let first = register(&client, &settings, &registration).await?;
         read_liveness(&client, &settings.cluster, &view).await?;
         tokio::spawn(campaign(
             client.clone(),
@@ -163,10 +167,21 @@ impl Coordinator {
             Campaign {
                 rules,
                 warm_at_ms,
-                now_ms,
+                now_ms: {
+                    let now_ms = Arc::clone(&now_ms);
+                    move || now_ms()
+                },
                 role: role_sender,
-                telemetry,
+                telemetry: Arc::clone(&telemetry),
+                view: Arc::clone(&view),
             },
+        ));
+        tokio::spawn(super::handoff::follow_placement(
+            client.clone(),
+            Arc::clone(&view),
+            move || now_ms(),
+            left_sender,
+            telemetry,
         ));
         tokio::spawn(watch_liveness(client, settings.cluster.clone(), view));
         Ok(coordinator)
@@ -180,6 +195,15 @@ impl Coordinator {
     /// This instance's shard set.
     pub fn set(&self) -> u32 {
         self.set
+    }
+
+    /// Resolves once a completed placement change took this instance out
+    /// of the placement (it then stops, exit code 0); never otherwise.
+    pub async fn left(&self) {
+        let mut left = self.left.clone();
+        if left.wait_for(|left| *left).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// The role now.
@@ -260,6 +284,29 @@ impl Coordinator {
     }
 }
 
+/// The placement once it names this instance: an instance started before
+/// `tailfold cluster add` (or `replace`) named it waits, registered, for it.
+async fn wait_until_placed(client: &EtcdClient, settings: &ClusterSettings) -> Result<Placement, ClusterError> {
+    let mut announced = false;
+    loop {
+        let placement = Placement::load(client, &settings.cluster)
+            .await?
+            .ok_or_else(|| ClusterError::NoPlacement(settings.cluster.clone()))?;
+        if placement.set_of_instance(&settings.instance).is_some() {
+            return Ok(placement);
+        }
+        if !announced {
+            tracing::info!(
+                instance = %settings.instance,
+                version = placement.version,
+                "registered but not in the placement: waiting for `tailfold cluster add` or `replace` to name it"
+            );
+            announced = true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Takes a lease, keeps it alive and registers this instance under it.
 async fn register(
     client: &EtcdClient,
@@ -286,6 +333,8 @@ struct Campaign<F> {
     now_ms: F,
     role: watch::Sender<Role>,
     telemetry: Arc<Telemetry>,
+    /// The placement, for the gate of a replica joining by a change.
+    view: Arc<ClusterView>,
 }
 
 /// Resolves on the next change of the rules agreement (never once its sender is gone).
@@ -342,6 +391,7 @@ async fn campaign(
             }
             tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
         }
+        super::handoff::wait_until_may_lead(&client, &watched.view, set, &watched.now_ms).await;
         let rules_changed_meanwhile = watched.rules.has_changed().unwrap_or(false);
         // Re-registers with what the rules agreement says now.
         let reregister = |agreement: Agreement| {

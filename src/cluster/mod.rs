@@ -4,9 +4,11 @@
 //! shard; leaders flush; rollup shares travel to the rollup's owner.
 //! Without a `cluster:` section the stage folds locally (see [`stage`]).
 
+pub mod change;
 pub mod cli;
 pub mod coordinator;
 pub mod etcd;
+pub mod handoff;
 pub mod placement;
 pub mod retries;
 pub mod router;

@@ -7,7 +7,8 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::model::Labels;
 
-use super::etcd::{EtcdClient, EtcdError};
+use super::change::Change;
+use super::etcd::{EtcdClient, EtcdError, KeyValue};
 
 /// The shard of a series of `tenant` with `labels`: xxh3-64 of
 /// `tenant 0x00 (name 0x00 value 0x00)*` over the labels sorted by name,
@@ -30,6 +31,10 @@ pub mod keys {
     /// Root of every key of `cluster`.
     pub fn root(cluster: &str) -> String {
         format!("/tailfold/{cluster}/")
+    }
+    /// Prefix of the whole placement (meta and sets).
+    pub fn placement_prefix(cluster: &str) -> String {
+        format!("{}placement/", root(cluster))
     }
     /// The placement's shard count, replicas and version.
     pub fn meta(cluster: &str) -> String {
@@ -88,11 +93,18 @@ pub struct ShardSet {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Meta {
-    cluster: String,
-    shards: u32,
-    replicas: u32,
-    version: u64,
+pub(super) struct Meta {
+    pub(super) cluster: String,
+    pub(super) shards: u32,
+    pub(super) replicas: u32,
+    pub(super) version: u64,
+    /// The id the next added set gets (ids are never reused: a removed
+    /// set's flush marks must not speak for a new one).
+    #[serde(default)]
+    pub(super) next_set: Option<u32>,
+    /// The change whose handoff is in flight, if any.
+    #[serde(default)]
+    pub(super) change: Option<Change>,
 }
 
 /// The placement of a cluster.
@@ -108,8 +120,15 @@ pub struct Placement {
     pub version: u64,
     /// The shard sets.
     pub sets: Vec<ShardSet>,
+    /// The id the next added set gets.
+    pub next_set: u32,
+    /// The change whose handoff is in flight (see [`super::change`]).
+    pub change: Option<Change>,
     /// Index in `sets` of each shard's set.
     set_of: Vec<u32>,
+    /// Per shard, the index in `sets` of the set it is moving away from and
+    /// the cutover (`None`: not moving).
+    moving_from: Vec<Option<(u32, i64)>>,
 }
 
 /// A placement that cannot be used.
@@ -132,13 +151,28 @@ pub enum PlacementError {
 }
 
 impl Placement {
-    /// Checks and indexes a placement.
+    /// Checks and indexes a placement without a change in flight.
     pub fn new(
         cluster: &str,
         shards: u32,
         replicas: u32,
         version: u64,
         sets: Vec<ShardSet>,
+    ) -> Result<Self, PlacementError> {
+        let next_set = sets.iter().map(|set| set.set + 1).max().unwrap_or(0);
+        Placement::with_change(cluster, shards, replicas, version, sets, next_set, None)
+    }
+
+    /// Checks and indexes a placement, with the change in flight if any: a
+    /// set then also holds the instances `change` says are leaving it.
+    pub fn with_change(
+        cluster: &str,
+        shards: u32,
+        replicas: u32,
+        version: u64,
+        sets: Vec<ShardSet>,
+        next_set: u32,
+        change: Option<Change>,
     ) -> Result<Self, PlacementError> {
         let invalid = |problem: String| PlacementError::Invalid {
             cluster: cluster.to_string(),
@@ -150,7 +184,16 @@ impl Placement {
         let mut set_of = vec![u32::MAX; shards as usize];
         let mut ids = std::collections::HashSet::new();
         for (index, set) in sets.iter().enumerate() {
-            if set.instances.len() != replicas as usize {
+            // A set keeps an instance a replace takes out until the handoff completes.
+            let leaving = match &change {
+                Some(change) if !change.leaving_sets.contains(&set.set) => set
+                    .instances
+                    .iter()
+                    .filter(|instance| change.leaving.contains(&instance.id))
+                    .count(),
+                _ => 0,
+            };
+            if set.instances.len() != replicas as usize + leaving {
                 return Err(invalid(format!(
                     "set {} has {} instances, replicas is {replicas}",
                     set.set,
@@ -180,13 +223,37 @@ impl Placement {
         if let Some(shard) = set_of.iter().position(|set| *set == u32::MAX) {
             return Err(invalid(format!("shard {shard} is in no set")));
         }
+        let mut moving_from = vec![None; shards as usize];
+        for handoff in change.iter().flat_map(|change| &change.moves) {
+            let from = sets.iter().position(|set| set.set == handoff.from_set);
+            let to = sets.iter().position(|set| set.set == handoff.to_set);
+            let (Some(from), Some(to)) = (from, to) else {
+                return Err(invalid(format!(
+                    "a handoff names set {} or {}, which the placement lacks",
+                    handoff.from_set, handoff.to_set
+                )));
+            };
+            let (first, end) = handoff.shards;
+            for shard in first..end.min(shards) {
+                if set_of[shard as usize] != to as u32 {
+                    return Err(invalid(format!(
+                        "shard {shard} moves to set {} but is placed elsewhere",
+                        handoff.to_set
+                    )));
+                }
+                moving_from[shard as usize] = Some((from as u32, change.as_ref().map_or(0, |c| c.cutover_ms)));
+            }
+        }
         Ok(Placement {
             cluster: cluster.to_string(),
             shards,
             replicas,
             version,
             sets,
+            next_set,
+            change,
             set_of,
+            moving_from,
         })
     }
 
@@ -240,6 +307,19 @@ impl Placement {
         self.set_of[(shard % self.shards) as usize] as usize
     }
 
+    /// For a shard in a handoff: the index in `sets` of the set it moves
+    /// away from, and the cutover (`None` when it is not moving).
+    pub fn moving_from(&self, shard: u32) -> Option<(usize, i64)> {
+        self.moving_from[(shard % self.shards) as usize].map(|(from, cutover)| (from as usize, cutover))
+    }
+
+    /// Index in `sets` of the set `id` is in.
+    pub fn set_index_of_instance(&self, id: &str) -> Option<usize> {
+        self.sets
+            .iter()
+            .position(|set| set.instances.iter().any(|instance| instance.id == id))
+    }
+
     /// The set of instance `id`.
     pub fn set_of_instance(&self, id: &str) -> Option<&ShardSet> {
         self.sets
@@ -249,23 +329,69 @@ impl Placement {
 
     /// Reads the placement of `cluster`, if it was created.
     pub async fn load(client: &EtcdClient, cluster: &str) -> Result<Option<Placement>, PlacementError> {
-        let Some(meta) = client.get(&keys::meta(cluster)).await? else {
+        Ok(Placement::load_versioned(client, cluster)
+            .await?
+            .map(|(placement, _)| placement))
+    }
+
+    /// [`Placement::load`] with the meta key's mod revision, which a change
+    /// compares against so two changes cannot both be written.
+    pub async fn load_versioned(
+        client: &EtcdClient,
+        cluster: &str,
+    ) -> Result<Option<(Placement, i64)>, PlacementError> {
+        // One range read: the meta and the sets at the same revision.
+        let mut all = client.get_prefix(&keys::placement_prefix(cluster)).await?;
+        let meta_key = keys::meta(cluster);
+        let Some(at) = all.iter().position(|kv| kv.key == meta_key) else {
             return Ok(None);
         };
+        let meta = all.remove(at);
+        let sets_prefix = keys::sets_prefix(cluster);
+        all.retain(|kv| kv.key.starts_with(&sets_prefix));
+        Placement::decode(cluster, &meta, &all).map(|placement| Some((placement, meta.mod_revision)))
+    }
+
+    /// A placement from its meta value and its sets' values.
+    fn decode(cluster: &str, meta: &KeyValue, sets: &[KeyValue]) -> Result<Placement, PlacementError> {
         let invalid = |problem: String| PlacementError::Invalid {
             cluster: cluster.to_string(),
             problem,
         };
         let meta: Meta = serde_json::from_slice(&meta.value).map_err(|error| invalid(format!("meta: {error}")))?;
-        let mut sets = Vec::new();
-        for kv in client.get_prefix(&keys::sets_prefix(cluster)).await? {
-            sets.push(
+        let mut decoded = Vec::new();
+        for kv in sets {
+            decoded.push(
                 serde_json::from_slice::<ShardSet>(&kv.value)
                     .map_err(|error| invalid(format!("{}: {error}", kv.key)))?,
             );
         }
-        sets.sort_by_key(|set| set.set);
-        Placement::new(cluster, meta.shards, meta.replicas, meta.version, sets).map(Some)
+        decoded.sort_by_key(|set| set.set);
+        let next_set = meta
+            .next_set
+            .unwrap_or_else(|| decoded.iter().map(|set| set.set + 1).max().unwrap_or(0));
+        Placement::with_change(
+            cluster,
+            meta.shards,
+            meta.replicas,
+            meta.version,
+            decoded,
+            next_set,
+            meta.change,
+        )
+    }
+
+    /// The meta value of this placement.
+    pub(super) fn meta_value(&self) -> Vec<u8> {
+        let meta = Meta {
+            cluster: self.cluster.clone(),
+            shards: self.shards,
+            replicas: self.replicas,
+            version: self.version,
+            next_set: Some(self.next_set),
+            change: self.change.clone(),
+        };
+        serde_json::to_vec(&meta).expect("meta serialises")
     }
 
     /// Writes a new placement; refuses when `cluster` has one. The meta key
@@ -285,13 +411,7 @@ impl Placement {
                 .put(&format!("{}{}", keys::sets_prefix(&self.cluster), set.set), value, None)
                 .await?;
         }
-        let meta = Meta {
-            cluster: self.cluster.clone(),
-            shards: self.shards,
-            replicas: self.replicas,
-            version: self.version,
-        };
-        let value = serde_json::to_vec(&meta).expect("meta serialises");
+        let value = self.meta_value();
         if !client.create(&keys::meta(&self.cluster), value, None).await? {
             return Err(PlacementError::Exists(self.cluster.clone()));
         }

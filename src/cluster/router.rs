@@ -19,6 +19,7 @@ use crate::reload::RulesReloader;
 use crate::telemetry::Telemetry;
 use crate::wal::codec;
 
+use super::handoff::{keep_own_side, kept_points, share_owner};
 use super::placement::{shard_of, InstanceSpec};
 use super::stage::{LocalFold, StageError};
 use super::view::{outcome_from_wire, ClusterView};
@@ -108,10 +109,21 @@ impl Router {
             return Err(StageError::RulesDiffer(reason));
         }
         let placement = self.view.placement();
-        let mut by_set: Vec<Vec<usize>> = vec![Vec::new(); placement.sets.len()];
+        let mut by_set: Vec<Vec<(usize, u32)>> = vec![Vec::new(); placement.sets.len()];
+        let mut twice = 0;
         for (index, series) in batch.series.iter().enumerate() {
             let shard = shard_of(&batch.tenant, &series.labels, placement.shards);
-            by_set[placement.set_index_of_shard(shard)].push(index);
+            by_set[placement.set_index_of_shard(shard)].push((index, shard));
+            // Across a handoff both owners get the series; each keeps its side of the cutover.
+            if let Some((from, _)) = placement.moving_from(shard) {
+                by_set[from].push((index, shard));
+                twice += (series.points.len() + series.histograms.len()) as u64;
+            }
+        }
+        if twice > 0 {
+            self.telemetry
+                .exporter()
+                .count("tailfold_cluster_handoff_forwarded_twice_total", &[], twice);
         }
         let parts = by_set
             .iter()
@@ -121,16 +133,14 @@ impl Router {
                 let mut frame = Vec::new();
                 codec::encode_series(
                     &batch.tenant,
-                    indices.iter().map(|index| &batch.series[*index]),
+                    indices.iter().map(|(index, _)| &batch.series[*index]),
                     now_ms,
                     &mut frame,
                 );
+                // What this set keeps: all but the other side of a moving shard's cutover.
                 let points: u64 = indices
                     .iter()
-                    .map(|index| {
-                        let series = &batch.series[*index];
-                        (series.points.len() + series.histograms.len()) as u64
-                    })
+                    .map(|(index, shard)| kept_points(&placement, *shard, set, &batch.series[*index], now_ms))
                     .sum();
                 self.to_set(
                     &placement.sets[set].instances,
@@ -209,7 +219,8 @@ impl Router {
             let labels = crate::model::Labels::from_pairs(
                 share.labels.iter().map(|(name, value)| (name.as_str(), value.as_str())),
             );
-            by_set[placement.set_index_of_shard(shard_of(&share.tenant, &labels, placement.shards))].push(share);
+            let shard = shard_of(&share.tenant, &labels, placement.shards);
+            by_set[share_owner(&placement, shard, share.start_ms)].push(share);
         }
         let sends = by_set
             .into_iter()
@@ -329,9 +340,21 @@ impl Router {
                 instance: replica.id.clone(),
                 message: format!("{torn:?}"),
             })?;
+            let placement = self.view.placement();
+            let kept = keep_own_side(
+                &placement,
+                &settings.instance,
+                &decoded.batch,
+                decoded.now_ms,
+                &self.telemetry,
+            );
             return self
                 .local
-                .fold(&decoded.batch, decoded.now_ms, Outcome::default())
+                .fold(
+                    kept.as_ref().unwrap_or(&decoded.batch),
+                    decoded.now_ms,
+                    Outcome::default(),
+                )
                 .await
                 .map_err(ReplicaError::Local);
         }

@@ -15,6 +15,7 @@ use crate::reload::RulesReloader;
 use crate::telemetry::Telemetry;
 use crate::wal::codec;
 
+use super::handoff::{keep_own_side, keeps_share};
 use super::placement::shard_of;
 use super::retries::{Retries, Seen};
 use super::stage::LocalFold;
@@ -115,16 +116,14 @@ impl ForwardService {
         ))
     }
 
-    /// Refuses a series whose shard this instance's set does not own.
+    /// Refuses a series whose shard this instance's set does not own (nor
+    /// hands off in a change in flight).
     fn check_owner(&self, tenant: &str, labels: &Labels, from: &str, version: u64) -> Result<(), Status> {
         let placement = self.view.placement();
         let shard = shard_of(tenant, labels, placement.shards);
-        let owner = placement.set_of_shard(shard);
-        if owner
-            .instances
-            .iter()
-            .any(|instance| instance.id == self.view.settings().instance)
-        {
+        let mine = placement.set_index_of_instance(&self.view.settings().instance);
+        let old_owner = placement.moving_from(shard).map(|(from, _)| from);
+        if mine.is_some() && (mine == Some(placement.set_index_of_shard(shard)) || mine == old_owner) {
             return Ok(());
         }
         Err(self.refuse(
@@ -187,9 +186,18 @@ impl Cluster for ForwardService {
                 return Ok(Response::new(answer));
             }
         }
+        // Across a handoff only this owner's side of the cutover is logged and folded.
+        let placement = self.view.placement();
+        let kept = keep_own_side(
+            &placement,
+            &self.view.settings().instance,
+            &decoded.batch,
+            decoded.now_ms,
+            &self.telemetry,
+        );
         match self
             .local
-            .fold_forwarded(from, id, &decoded.batch, decoded.now_ms)
+            .fold_forwarded(from, id, kept.as_ref().unwrap_or(&decoded.batch), decoded.now_ms)
             .await
         {
             Ok(outcome) => {
@@ -220,7 +228,14 @@ impl Cluster for ForwardService {
             })?;
             let labels = Labels::from_pairs(share.labels.iter().map(|(name, value)| (name.as_str(), value.as_str())));
             self.check_owner(&share.tenant, &labels, from, 0)?;
-            shares.push(share);
+            let placement = self.view.placement();
+            let shard = shard_of(&share.tenant, &labels, placement.shards);
+            let mine = placement
+                .set_index_of_instance(&self.view.settings().instance)
+                .unwrap_or(usize::MAX);
+            if keeps_share(&placement, shard, mine, share.start_ms, &self.telemetry) {
+                shares.push(share);
+            }
         }
         let mut answer = ShareResponse::default();
         let folded = match self.local.fold_shares(request.source_set, shares).await {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::change::Change;
 use super::coordinator::{FlushMark, Registration};
 use super::etcd::{Election, EtcdClient};
 use super::placement::{keys, Placement, PlacementError};
@@ -50,6 +51,23 @@ pub struct RulesSummary {
     pub previous_hash: Option<String>,
 }
 
+/// A shard range of a set and its state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RangeStatus {
+    /// Shard range `[from, to)`.
+    pub shards: (u32, u32),
+    /// `available` (owned and served), `initializing` (moving in: folded
+    /// from `cutover_ms`, available once the old owner flushed up to it) or
+    /// `leaving` (moving out: folded before `cutoff_ms`, flushed up to it).
+    pub state: String,
+    /// For `initializing`: the event time this set folds the range from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cutover_ms: Option<i64>,
+    /// For `leaving`: the event time this set folds the range until.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cutoff_ms: Option<i64>,
+}
+
 /// One shard set in the status.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SetStatus {
@@ -57,6 +75,9 @@ pub struct SetStatus {
     pub set: u32,
     /// Shard ranges `[from, to)`.
     pub shards: Vec<(u32, u32)>,
+    /// Each range it owns or hands off, with its state.
+    #[serde(default)]
+    pub ranges: Vec<RangeStatus>,
     /// Its leader's id, if elected.
     pub leader: Option<String>,
     /// Its replicas.
@@ -80,6 +101,12 @@ pub struct ClusterStatus {
     pub rules: Option<RulesSummary>,
     /// The sets.
     pub sets: Vec<SetStatus>,
+    /// The placement change whose handoff is in flight.
+    #[serde(default)]
+    pub change: Option<Change>,
+    /// Instances registered but not (yet) in the placement: started for an `add` or `replace`.
+    #[serde(default)]
+    pub unplaced: Vec<String>,
 }
 
 impl ClusterStatus {
@@ -115,9 +142,26 @@ impl ClusterStatus {
                     Some((policy, serde_json::from_slice(&kv.value).ok()?))
                 })
                 .collect();
+            let mut ranges: Vec<RangeStatus> = set
+                .shards
+                .iter()
+                .flat_map(|range| split_by_moves(*range, set.set, placement.change.as_ref()))
+                .collect();
+            for handoff in placement.change.iter().flat_map(|change| &change.moves) {
+                if handoff.from_set == set.set {
+                    ranges.push(RangeStatus {
+                        shards: handoff.shards,
+                        state: "leaving".into(),
+                        cutover_ms: None,
+                        cutoff_ms: placement.change.as_ref().map(|change| change.cutover_ms),
+                    });
+                }
+            }
+            ranges.sort_by_key(|range| range.shards);
             sets.push(SetStatus {
                 set: set.set,
                 shards: set.shards.clone(),
+                ranges,
                 leader,
                 instances: set
                     .instances
@@ -154,7 +198,19 @@ impl ClusterStatus {
                 None
             }
         };
+        let placed: std::collections::HashSet<&str> = placement
+            .sets
+            .iter()
+            .flat_map(|set| set.instances.iter().map(|instance| instance.id.as_str()))
+            .collect();
+        let unplaced = registered
+            .keys()
+            .filter(|id| !placed.contains(id.as_str()))
+            .cloned()
+            .collect();
         Ok(Some(ClusterStatus {
+            change: placement.change.clone(),
+            unplaced,
             rules,
             cluster: cluster.to_string(),
             shards: placement.shards,
@@ -164,7 +220,7 @@ impl ClusterStatus {
         }))
     }
 
-    /// The status as a table for people.
+    /// The status as a table for people (shard ranges without a state are available).
     pub fn table(&self) -> String {
         let mut out = format!(
             "cluster {}  placement version {}  {} shards  {} replicas per set\n",
@@ -182,8 +238,43 @@ impl ClusterStatus {
             )),
             None => out.push_str("rules: none published yet\n"),
         }
+        if let Some(change) = &self.change {
+            out.push_str(&format!(
+                "change in flight: {} (staged at {} ms), cutover {} ms, {} shards moving\n",
+                change.what,
+                change.staged_ms,
+                change.cutover_ms,
+                change.shards_moved()
+            ));
+            for handoff in &change.moves {
+                out.push_str(&format!(
+                    "  handoff shards {}..{}: set {} -> set {}\n",
+                    handoff.shards.0, handoff.shards.1, handoff.from_set, handoff.to_set
+                ));
+            }
+            for id in &change.joining {
+                out.push_str(&format!("  joining: {id}\n"));
+            }
+            for id in &change.leaving {
+                out.push_str(&format!("  leaving: {id}\n"));
+            }
+        }
+        if !self.unplaced.is_empty() {
+            out.push_str(&format!("registered, not placed: {}\n", self.unplaced.join(", ")));
+        }
         for set in &self.sets {
-            let ranges: Vec<String> = set.shards.iter().map(|(from, to)| format!("{from}..{to}")).collect();
+            let ranges: Vec<String> = set
+                .ranges
+                .iter()
+                .map(|range| {
+                    let (from, to) = range.shards;
+                    match (range.cutover_ms, range.cutoff_ms) {
+                        (Some(at), _) => format!("{from}..{to} {} from {at}", range.state),
+                        (_, Some(at)) => format!("{from}..{to} {} until {at}", range.state),
+                        _ => format!("{from}..{to}"),
+                    }
+                })
+                .collect();
             out.push_str(&format!(
                 "set {}  shards {}  leader {}\n",
                 set.set,
@@ -211,4 +302,39 @@ impl ClusterStatus {
         }
         out
     }
+}
+
+/// A range a set owns, cut where a handoff into `set` starts or ends: the
+/// moved parts `initializing`, the rest `available`.
+fn split_by_moves(range: (u32, u32), set: u32, change: Option<&Change>) -> Vec<RangeStatus> {
+    let incoming: Vec<(u32, u32)> = change
+        .iter()
+        .flat_map(|change| &change.moves)
+        .filter(|handoff| handoff.to_set == set)
+        .map(|handoff| handoff.shards)
+        .collect();
+    let cutover_ms = change.map(|change| change.cutover_ms);
+    let mut out = Vec::new();
+    let mut start = range.0;
+    while start < range.1 {
+        let moving = incoming.iter().find(|(from, to)| *from <= start && start < *to);
+        let end = match moving {
+            Some((_, to)) => (*to).min(range.1),
+            None => incoming
+                .iter()
+                .map(|(from, _)| *from)
+                .filter(|from| *from > start)
+                .min()
+                .unwrap_or(range.1)
+                .min(range.1),
+        };
+        out.push(RangeStatus {
+            shards: (start, end),
+            state: if moving.is_some() { "initializing" } else { "available" }.into(),
+            cutover_ms: moving.and(cutover_ms),
+            cutoff_ms: None,
+        });
+        start = end;
+    }
+    out
 }

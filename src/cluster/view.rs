@@ -60,6 +60,11 @@ impl ClusterView {
         Arc::clone(&self.placement.read())
     }
 
+    /// Routes by `placement` from now on (a change was staged or completed).
+    pub fn set_placement(&self, placement: Placement) {
+        *self.placement.write() = Arc::new(placement);
+    }
+
     /// This instance's shard set in `placement`.
     pub fn my_set<'a>(&self, placement: &'a Placement) -> Option<&'a ShardSet> {
         placement.set_of_instance(&self.settings.instance)

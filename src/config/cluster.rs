@@ -20,6 +20,8 @@ pub mod defaults {
     pub const FORWARD_LATENESS_MS: u64 = 15_000;
     /// A published rule set takes effect at the first common window boundary at least this far ahead, so every instance has it staged first.
     pub const RULES_MARGIN_MS: u64 = 5_000;
+    /// A placement change's cutover is the first boundary of every policy in force at least this far ahead, so every instance routes by the change first.
+    pub const HANDOFF_MARGIN_MS: u64 = 5_000;
 }
 
 /// Which rules a cluster instance folds with.
@@ -63,6 +65,9 @@ pub struct ClusterConfig {
     /// How far ahead of the publish a new rule set takes effect, in ms: the first window boundary common to both sets' policies at least this far ahead. Must cover the time etcd takes to tell every instance. Default 5000.
     #[serde(default)]
     pub rules_margin_ms: Option<u64>,
+    /// How far ahead a placement change staged through this instance's admin API (`POST /api/v1/cluster/add`, `remove`, `replace`) cuts over, in ms: the first window boundary of every policy in force at least this far ahead. Must cover the time every instance takes to read the new placement (polled every 250 ms). Default 5000.
+    #[serde(default)]
+    pub handoff_margin_ms: Option<u64>,
 }
 
 /// Checked cluster settings.
@@ -88,6 +93,8 @@ pub struct ClusterSettings {
     pub rules_source: RulesSource,
     /// Publish-to-effect margin of a new rule set, in ms.
     pub rules_margin_ms: u64,
+    /// Stage-to-cutover margin of a placement change, in ms.
+    pub handoff_margin_ms: u64,
 }
 
 /// Checks the `cluster` section.
@@ -161,6 +168,13 @@ pub(super) fn check_cluster(
             format!("{rules_margin_ms} is outside 100..=3600000"),
         ));
     }
+    let handoff_margin_ms = config.handoff_margin_ms.unwrap_or(defaults::HANDOFF_MARGIN_MS);
+    if !(500..=3_600_000).contains(&handoff_margin_ms) {
+        return Err(invalid(
+            "cluster.handoff_margin_ms",
+            format!("{handoff_margin_ms} is outside 500..=3600000 (every instance reads the placement every 250 ms)"),
+        ));
+    }
     Ok(ClusterSettings {
         etcd_endpoints: config.etcd_endpoints.clone(),
         cluster: config.cluster.clone(),
@@ -172,5 +186,6 @@ pub(super) fn check_cluster(
         forward_lateness_ms,
         rules_source: config.rules_source.unwrap_or_default(),
         rules_margin_ms,
+        handoff_margin_ms,
     })
 }

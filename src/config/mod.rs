@@ -12,6 +12,7 @@ pub mod rules;
 mod security;
 mod statsd;
 
+pub use cluster::defaults as cluster_defaults;
 pub use cluster::{ClusterConfig, ClusterSettings, RulesSource};
 pub use error::ConfigError;
 pub use limits::{DropPriority, DropPriorityConfig, LimitSettings, LimitsConfig, TenantLimit, TenantLimitsConfig};

@@ -131,6 +131,8 @@ pub struct ServiceHandle {
     task: JoinHandle<Result<(), ServiceError>>,
     grace_ms: u64,
     wal: Option<Arc<Wal>>,
+    /// In a cluster: its etcd side (says when this instance has left).
+    coordinator: Option<Arc<Coordinator>>,
 }
 
 /// Builds the gRPC router: ingest and the selection stream (behind bearer-token
@@ -410,6 +412,7 @@ pub async fn start(
 
     let (commands, command_receiver) = mpsc::channel(16);
     let (stop, stop_receiver) = oneshot::channel();
+    let coordinator = cluster.as_ref().map(|cluster| Arc::clone(&cluster.coordinator));
     let task = tokio::spawn(run(
         Servers {
             grpc: router,
@@ -481,6 +484,7 @@ pub async fn start(
         task,
         grace_ms: settings.shutdown_grace_ms,
         wal,
+        coordinator,
     })
 }
 
@@ -777,6 +781,15 @@ impl ServiceHandle {
             return FlushStats::default();
         }
         wait.await.unwrap_or_default()
+    }
+
+    /// Resolves once a completed placement change took this cluster
+    /// instance out of the placement (never on a single node).
+    pub async fn left_cluster(&self) {
+        match &self.coordinator {
+            Some(coordinator) => coordinator.left().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Stops ingest, flushes every open window, drains sinks, within the grace period.

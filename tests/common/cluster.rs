@@ -91,6 +91,24 @@ impl Instance {
         self.wait_ready();
     }
 
+    /// Waits up to `wait` for the process to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().unwrap()) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// `ID=HOST:PORT,http=HOST:PORT`, as `tailfold cluster init|add|replace` take it.
+    pub fn spec(&self) -> String {
+        format!("{}={},http={}", self.id, self.internal, self.http)
+    }
+
     /// `kill -9`.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -295,6 +313,61 @@ impl TestCluster {
     /// Every record of every instance's store (the killed ones' included).
     pub fn records(&self) -> Vec<JsonRecord> {
         self.instances.iter().flat_map(Instance::records).collect()
+    }
+
+    /// Starts instance `id`, not in the placement: it registers and waits
+    /// to be placed (by `add` or `replace`). Returns its index once registered.
+    pub fn start_unplaced(&mut self, id: &str) -> usize {
+        let mut instance = make_instance(self._dir.path(), id, &self.spec, Some(&self.etcd.endpoint()));
+        instance.spawn();
+        self.instances.push(instance);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status();
+            let unplaced = status["unplaced"].as_array().cloned().unwrap_or_default();
+            if unplaced.iter().any(|registered| registered == id) {
+                return self.instances.len() - 1;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never registered: {status}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `tailfold cluster ARGS --etcd .. --cluster .. --json`: the JSON it
+    /// printed, or its error message.
+    pub fn cluster_cli(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let output = Command::new(env!("CARGO_BIN_EXE_tailfold"))
+            .arg("cluster")
+            .args(args)
+            .args(["--etcd", &self.etcd.endpoint(), "--cluster", CLUSTER_ID, "--json"])
+            .output()
+            .expect("run tailfold cluster");
+        if output.status.success() {
+            Ok(serde_json::from_slice(&output.stdout).expect("json"))
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
+    /// Waits until no placement change is in flight (its handoff completed).
+    pub fn wait_change_completed(&self, wait: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + wait;
+        loop {
+            let status = self.status();
+            if status["change"].is_null() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the change never completed: {status:#}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn logs(&self) -> String {

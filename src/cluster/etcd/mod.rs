@@ -271,6 +271,46 @@ impl EtcdClient {
         .await
     }
 
+    /// Writes every `puts` and deletes every `deletes` in one transaction,
+    /// only if `key` was last changed at `expected_mod_revision`; true if written.
+    pub async fn compare_and_write(
+        &self,
+        key: &str,
+        expected_mod_revision: i64,
+        puts: Vec<(String, Vec<u8>)>,
+        deletes: Vec<String>,
+    ) -> Result<bool, EtcdError> {
+        let compare = compare_revision(key, compare::CompareTarget::Mod, expected_mod_revision);
+        let mut success: Vec<RequestOp> = puts
+            .into_iter()
+            .map(|(key, value)| RequestOp {
+                request: Some(request_op::Request::RequestPut(put_request(&key, value, None))),
+            })
+            .collect();
+        success.extend(deletes.into_iter().map(|key| RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                key: key.into_bytes(),
+                ..Default::default()
+            })),
+        }));
+        let request = TxnRequest {
+            compare: vec![compare],
+            success,
+            failure: Vec::new(),
+        };
+        let target = Target {
+            op: "compare and write",
+            key,
+        };
+        let response = self
+            .call(target, |channel| {
+                let request = request.clone();
+                async move { KvClient::new(channel).txn(request).await }
+            })
+            .await?;
+        Ok(response.succeeded)
+    }
+
     /// Grants a lease of `ttl_s` seconds (etcd may raise very short TTLs to its minimum).
     pub async fn lease_grant(&self, ttl_s: i64) -> Result<LeaseId, EtcdError> {
         if ttl_s <= 0 {

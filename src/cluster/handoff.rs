@@ -1,0 +1,256 @@
+//! The handoff of a placement change on each instance: the placement
+//! watched (so routing follows a change within moments), what an owner keeps
+//! of a moving shard (the new one from the cutover, the old one before the
+//! cutoff), when a joining replica may lead, and the change completed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::model::{IngestBatch, SeriesBatch};
+use crate::telemetry::Telemetry;
+
+use super::etcd::EtcdClient;
+use super::placement::{keys, shard_of, Placement};
+use super::view::ClusterView;
+
+/// How often the placement's meta key is read (one small get).
+const POLL: Duration = Duration::from_millis(250);
+
+/// Which side of a moving shard's boundary `owner` (an index in `sets`)
+/// keeps for the point at `timestamp_ms`: the new owner from the cutover on,
+/// the old one before it. `None` when the shard is not moving.
+fn keeps(placement: &Placement, shard: u32, owner: usize, timestamp_ms: i64) -> Option<bool> {
+    let (from, cutover_ms) = placement.moving_from(shard)?;
+    Some(if owner == from {
+        timestamp_ms < cutover_ms
+    } else {
+        timestamp_ms >= cutover_ms
+    })
+}
+
+/// Points of `series` (of a shard moving or not) that the set at `owner` keeps.
+pub fn kept_points(placement: &Placement, shard: u32, owner: usize, series: &SeriesBatch, now_ms: i64) -> u64 {
+    if placement.moving_from(shard).is_none() {
+        return (series.points.len() + series.histograms.len()) as u64;
+    }
+    let keep = |timestamp_ms: Option<i64>| keeps(placement, shard, owner, timestamp_ms.unwrap_or(now_ms)) == Some(true);
+    series.points.iter().filter(|point| keep(point.timestamp_ms)).count() as u64
+        + series
+            .histograms
+            .iter()
+            .filter(|histogram| keep(histogram.timestamp_ms))
+            .count() as u64
+}
+
+/// What the set of `instance` keeps of `batch` in `placement`: `None` when
+/// it keeps everything (no moving shard in it: nothing is copied), else the
+/// kept copy. Each discarded point is counted by reason.
+pub fn keep_own_side(
+    placement: &Placement,
+    instance: &str,
+    batch: &IngestBatch,
+    now_ms: i64,
+    telemetry: &Telemetry,
+) -> Option<IngestBatch> {
+    placement.change.as_ref()?;
+    let owner = placement.set_index_of_instance(instance)?;
+    let shards: Vec<u32> = batch
+        .series
+        .iter()
+        .map(|series| shard_of(&batch.tenant, &series.labels, placement.shards))
+        .collect();
+    if shards.iter().all(|shard| placement.moving_from(*shard).is_none()) {
+        return None;
+    }
+    let (mut before_cutover, mut after_cutoff) = (0u64, 0u64);
+    let mut kept = IngestBatch {
+        tenant: Arc::clone(&batch.tenant),
+        series: Vec::with_capacity(batch.series.len()),
+    };
+    for (series, shard) in batch.series.iter().zip(shards) {
+        let Some((from, _)) = placement.moving_from(shard) else {
+            kept.series.push(series.clone());
+            continue;
+        };
+        let keep =
+            |timestamp_ms: Option<i64>| keeps(placement, shard, owner, timestamp_ms.unwrap_or(now_ms)) == Some(true);
+        let mut copy = series.clone();
+        copy.points.retain(|point| keep(point.timestamp_ms));
+        copy.histograms.retain(|histogram| keep(histogram.timestamp_ms));
+        let dropped =
+            (series.points.len() + series.histograms.len() - copy.points.len() - copy.histograms.len()) as u64;
+        if owner == from {
+            after_cutoff += dropped;
+        } else {
+            before_cutover += dropped;
+        }
+        if !(copy.points.is_empty() && copy.histograms.is_empty()) {
+            kept.series.push(copy);
+        }
+    }
+    for (reason, points) in [("before_cutover", before_cutover), ("after_cutoff", after_cutoff)] {
+        if points > 0 {
+            telemetry.exporter().count(
+                "tailfold_cluster_handoff_discarded_total",
+                &[("reason", reason.to_string())],
+                points,
+            );
+        }
+    }
+    Some(kept)
+}
+
+/// The index in `sets` of the owner of the rollup window starting at
+/// `start_ms` of a rollup output in `shard`: the old owner before the cutover.
+pub fn share_owner(placement: &Placement, shard: u32, start_ms: i64) -> usize {
+    match placement.moving_from(shard) {
+        Some((from, cutover_ms)) if start_ms < cutover_ms => from,
+        _ => placement.set_index_of_shard(shard),
+    }
+}
+
+/// Whether the set at `owner` keeps a rollup share of `shard` for the window
+/// starting at `start_ms`; a refused one is counted by reason.
+pub fn keeps_share(placement: &Placement, shard: u32, owner: usize, start_ms: i64, telemetry: &Telemetry) -> bool {
+    match keeps(placement, shard, owner, start_ms) {
+        None | Some(true) => true,
+        Some(false) => {
+            let from_old = placement.moving_from(shard).is_some_and(|(from, _)| from == owner);
+            let reason = if from_old { "after_cutoff" } else { "before_cutover" };
+            telemetry.exporter().count(
+                "tailfold_cluster_handoff_discarded_total",
+                &[("reason", reason.to_string())],
+                1,
+            );
+            false
+        }
+    }
+}
+
+/// Keeps `view`'s placement current: the meta key is read every 250 ms and
+/// the whole placement when its revision moved. Once the cutover of a change
+/// has passed it tries to complete it (any instance may: the write compares
+/// on the placement's revision). Says `left` once this instance, having been
+/// placed, is no longer in the placement.
+pub async fn follow_placement(
+    client: EtcdClient,
+    view: Arc<ClusterView>,
+    now_ms: impl Fn() -> i64 + Send + Sync + 'static,
+    left: watch::Sender<bool>,
+    telemetry: Arc<Telemetry>,
+) {
+    let cluster = view.settings().cluster.clone();
+    let instance = view.settings().instance.clone();
+    let mut revision = 0;
+    loop {
+        tokio::time::sleep(POLL).await;
+        let Ok(Some(meta)) = client.get(&keys::meta(&cluster)).await else {
+            continue;
+        };
+        if meta.mod_revision != revision {
+            match Placement::load_versioned(&client, &cluster).await {
+                Ok(Some((placement, read_at))) => {
+                    revision = read_at;
+                    let placed = placement.set_of_instance(&instance).is_some();
+                    announce(&placement, view.placement().version);
+                    view.set_placement(placement);
+                    if !placed {
+                        tracing::info!(instance = %instance, "left the cluster: every shard it held is cut off and flushed");
+                        let _ = left.send(true);
+                        return;
+                    }
+                }
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::error!(%error, "the new placement cannot be used; routing by the last one");
+                    continue;
+                }
+            }
+        }
+        let placement = view.placement();
+        let past_cutover_ms = placement
+            .change
+            .as_ref()
+            .map_or(0, |change| (now_ms() - change.cutover_ms).max(0));
+        telemetry.exporter().set(
+            "tailfold_cluster_handoff_in_flight_seconds",
+            &[],
+            past_cutover_ms as f64 / 1_000.0,
+        );
+        let Some(change) = &placement.change else {
+            continue;
+        };
+        if now_ms() < change.cutover_ms {
+            continue;
+        }
+        match super::change::complete(&client, &cluster, now_ms()).await {
+            Ok(true) => {
+                tracing::info!(what = %change.what, "placement change completed: its shards are available on their new owners");
+                telemetry
+                    .exporter()
+                    .count("tailfold_cluster_handoffs_completed_total", &[], 1);
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "cannot complete the placement change yet"),
+        }
+    }
+}
+
+fn announce(placement: &Placement, before: u64) {
+    if placement.version == before {
+        return;
+    }
+    match &placement.change {
+        Some(change) => tracing::info!(
+            version = placement.version,
+            what = %change.what,
+            cutover_ms = change.cutover_ms,
+            shards_moved = change.shards_moved(),
+            "placement change staged: routing to old and new owners across the cutover"
+        ),
+        None => tracing::info!(version = placement.version, "placement changed"),
+    }
+}
+
+/// Waits while this instance joined its set by a change still in flight
+/// and the set has not flushed every window before the cutover (or the
+/// cutover has not passed): only then does it hold every window after the
+/// set's last flush, whatever its own start time.
+pub async fn wait_until_may_lead(client: &EtcdClient, view: &ClusterView, set: u32, now_ms: &impl Fn() -> i64) {
+    let instance = &view.settings().instance;
+    let mut announced = false;
+    loop {
+        let placement = view.placement();
+        let Some(change) = placement
+            .change
+            .as_ref()
+            .filter(|change| change.joining.contains(instance))
+        else {
+            return;
+        };
+        if now_ms() >= change.cutover_ms {
+            let prefix = keys::flush_prefix(&view.settings().cluster, set);
+            if let Ok(marks) = client.get_prefix(&prefix).await {
+                let flushed = !marks.is_empty()
+                    && marks.iter().all(|kv| {
+                        serde_json::from_slice::<super::coordinator::FlushMark>(&kv.value).is_ok_and(|mark| {
+                            mark.until_ms >= change.cutover_ms && mark.rollups_until_ms >= change.cutover_ms
+                        })
+                    });
+                if flushed {
+                    return;
+                }
+            }
+        }
+        if !announced {
+            tracing::info!(
+                cutover_ms = change.cutover_ms,
+                "joined the shard set: not campaigning until the set flushed every window before the cutover"
+            );
+            announced = true;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

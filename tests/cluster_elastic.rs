@@ -1,0 +1,284 @@
+//! Placement changes under load with a real etcd and real `tailfold`
+//! processes: `add` (3 -> 4 instances), `remove` (4 -> 3) and `replace`,
+//! `kill -9` of a new owner right after the cutover and of an old owner
+//! right before the cutoff, and the refusals. Every acknowledged sample must
+//! be in exactly one record of its (series, window), no record twice, and
+//! every window's rollup equal to the sum of its inputs.
+//!
+//! Sets have one replica each with the write-ahead log on: then "3 -> 4
+//! instances" is one more shard set (with mirrored pairs it would be 6 -> 8),
+//! every change really moves shards between processes, and a `kill -9`
+//! followed by a restart on the same data directory is the failure a
+//! one-replica set survives.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{
+    acked_not_in_store, by_identity, http_get, http_post, now_ms, rollups_unlike_inputs, ClusterSpec, CounterLoad,
+    TestCluster,
+};
+
+const RULES: &str = r#"
+defaults:
+  storage_policies: ["1s:1h"]
+  counter: { aggregations: [sum, count] }
+rollup_rules:
+  - name: requests-all
+    filter: '__name__:req'
+    rollup: {name: req_all, group_by: [], aggregations: [sum]}
+"#;
+
+const TTL_S: u64 = 2;
+const WINDOW_MS: i64 = 1_000;
+const SHARDS: u32 = 16;
+/// Stage to cutover: every instance polls the placement every 250 ms.
+const MARGIN: &str = "1000";
+/// A change completes once the old owners flushed their rollup windows up
+/// to the cutover: window, lateness and the rollup wait (TTL + 2 s) after it.
+const HANDOFF: Duration = Duration::from_secs(30);
+
+fn spec() -> ClusterSpec {
+    ClusterSpec {
+        instances: 3,
+        replicas: 1,
+        shards: SHARDS,
+        rules: RULES.to_string(),
+        lease_ttl_s: TTL_S,
+        flush_interval_ms: 200,
+        wal: true,
+    }
+}
+
+/// Shards of the set `set` in a status, by state.
+fn shards_in_state(status: &serde_json::Value, state: &str) -> u64 {
+    status["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|set| set["ranges"].as_array().cloned().unwrap_or_default())
+        .filter(|range| range["state"] == state)
+        .map(|range| range["shards"][1].as_u64().unwrap() - range["shards"][0].as_u64().unwrap())
+        .sum()
+}
+
+/// The value of `name` (all label sets summed) in an instance's /metrics.
+fn metric(instance: &common::cluster::Instance, name: &str) -> f64 {
+    let (_, text) = http_get(instance.http, "/metrics").expect("metrics");
+    text.lines()
+        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Sleeps (without blocking the load's runtime) until wall clock `at_ms`.
+async fn sleep_until(at_ms: i64) {
+    let wait = at_ms - now_ms();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
+}
+
+/// After the load stopped: waits out the last windows, then checks the promise on every store.
+async fn assert_every_acked_sample_once(cluster: &TestCluster, acked: &[(String, i64)]) {
+    // The last window, its lateness, the rollup wait (TTL + 2 s) and slack.
+    tokio::time::sleep(Duration::from_millis(
+        WINDOW_MS as u64 + 1_000 + TTL_S * 1_000 + 2_000 + 3_000,
+    ))
+    .await;
+    let records = cluster.records();
+    let records = by_identity(&records);
+    let missing = acked_not_in_store(&records, acked, WINDOW_MS);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged requests missing or not 5, e.g. {:?}\n{}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)],
+        cluster.logs()
+    );
+    let (differ, windows) = rollups_unlike_inputs(&records);
+    assert!(windows >= 10, "only {windows} windows");
+    assert!(
+        differ.is_empty(),
+        "rollups differ from their inputs (window, inputs, rollup): {differ:?}\n{}",
+        cluster.logs()
+    );
+}
+
+/// 3 -> 4 -> 3 instances and a replace, under steady load. The fewest
+/// shards each change can move: `add` floor(16 / 4) = 4 (the new set must
+/// hold at least that for the sets to differ by at most one, and no shard
+/// moves between old sets); `remove` exactly the leaving set's 4; `replace` 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_remove_and_replace_under_load_count_every_acknowledged_sample_once() {
+    let mut cluster = TestCluster::start(spec());
+    let load = CounterLoad::start(&cluster, 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // add: i3 starts, registers and waits to be placed.
+    let i3 = cluster.start_unplaced("i3");
+    let spec3 = cluster.instances[i3].spec();
+    let staged = cluster
+        .cluster_cli(&["add", "--instance", &spec3, "--margin-ms", MARGIN])
+        .expect("add");
+    assert_eq!(staged["shards_moved"], SHARDS / 4, "{staged:#}");
+    let in_flight = cluster.status();
+    assert_eq!(
+        shards_in_state(&in_flight, "initializing"),
+        u64::from(SHARDS / 4),
+        "{in_flight:#}"
+    );
+    assert_eq!(
+        shards_in_state(&in_flight, "leaving"),
+        u64::from(SHARDS / 4),
+        "{in_flight:#}"
+    );
+    cluster.instances[i3].wait_ready();
+    let done = cluster.wait_change_completed(HANDOFF);
+    assert_eq!(shards_in_state(&done, "available"), u64::from(SHARDS), "{done:#}");
+    assert_eq!(done["sets"].as_array().unwrap().len(), 4);
+    assert!(metric(&cluster.instances[0], "tailfold_cluster_handoff_forwarded_twice_total") > 0.0);
+
+    // remove: i1's set hands its 4 shards to the others, then i1 stops by itself.
+    let staged = cluster
+        .cluster_cli(&["remove", "--instance", "i1", "--margin-ms", MARGIN])
+        .expect("remove");
+    assert_eq!(staged["shards_moved"], SHARDS / 4, "{staged:#}");
+    // An operator takes a leaving instance out of the senders' rotation.
+    load.avoid(Some(1));
+    cluster.wait_change_completed(HANDOFF);
+    let exit = cluster.instances[1].wait_exit(Duration::from_secs(20));
+    assert!(
+        exit.is_some_and(|status| status.success()),
+        "i1: {exit:?}\n{}",
+        cluster.instances[1].log()
+    );
+
+    // replace: i4 takes i2's place in its set; no shard changes sets.
+    let i4 = cluster.start_unplaced("i4");
+    let spec4 = cluster.instances[i4].spec();
+    let staged = cluster
+        .cluster_cli(&["replace", "--old", "i2", "--new", &spec4, "--margin-ms", MARGIN])
+        .expect("replace");
+    assert_eq!(staged["shards_moved"], 0, "{staged:#}");
+    cluster.instances[i4].wait_ready();
+    let done = cluster.wait_change_completed(HANDOFF);
+    let exit = cluster.instances[2].wait_exit(Duration::from_secs(20));
+    assert!(
+        exit.is_some_and(|status| status.success()),
+        "i2: {exit:?}\n{}",
+        cluster.instances[2].log()
+    );
+    let ids: Vec<String> = done["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|set| set["instances"].as_array().cloned().unwrap_or_default())
+        .map(|instance| instance["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["i0", "i4", "i3"], "{done:#}");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked = load.stop().await;
+    let discarded = metric(&cluster.instances[0], "tailfold_cluster_handoff_discarded_total")
+        + metric(&cluster.instances[i3], "tailfold_cluster_handoff_discarded_total");
+    assert!(discarded > 0.0, "no owner discarded the other side of a cutover");
+    assert_every_acked_sample_once(&cluster, &acked).await;
+}
+
+/// `kill -9` of the new owner right after the cutover of an `add` (then
+/// restarted on its data directory), and of the old owner right before the
+/// cutoff of the `remove` that takes the same instance out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_new_owner_after_cutover_and_of_the_old_owner_before_cutoff_loses_nothing() {
+    let mut cluster = TestCluster::start(spec());
+    let load = CounterLoad::start(&cluster, 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let i3 = cluster.start_unplaced("i3");
+    let spec3 = cluster.instances[i3].spec();
+    let staged = cluster
+        .cluster_cli(&["add", "--instance", &spec3, "--margin-ms", MARGIN])
+        .expect("add");
+    cluster.instances[i3].wait_ready();
+    let cutover = staged["change"]["cutover_ms"].as_i64().unwrap();
+    sleep_until(cutover + 200).await;
+    cluster.instances[i3].kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.instances[i3].restart();
+    cluster.wait_change_completed(HANDOFF);
+    assert!(cluster.instances[i3].log().contains("write-ahead log replayed"));
+
+    let staged = cluster
+        .cluster_cli(&["remove", "--instance", "i3", "--margin-ms", MARGIN])
+        .expect("remove");
+    let cutoff = staged["change"]["cutover_ms"].as_i64().unwrap();
+    sleep_until(cutoff - 300).await;
+    cluster.instances[i3].kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.instances[i3].restart();
+    cluster.wait_change_completed(HANDOFF);
+    let exit = cluster.instances[i3].wait_exit(Duration::from_secs(20));
+    assert!(
+        exit.is_some_and(|status| status.success()),
+        "i3: {exit:?}\n{}",
+        cluster.instances[i3].log()
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked = load.stop().await;
+    assert_every_acked_sample_once(&cluster, &acked).await;
+}
+
+/// A change that would leave shards without a live replica is refused, and
+/// so is a second change while the first one's handoff is in flight (over
+/// the CLI and the admin API alike).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_refused_without_a_live_replica_or_while_another_is_in_flight() {
+    let mut cluster = TestCluster::start(spec());
+    let absent = "i9=127.0.0.1:9,http=127.0.0.1:10";
+    let refused = cluster.cluster_cli(&["add", "--instance", absent]).unwrap_err();
+    assert!(
+        refused.contains("would have no live replica") && refused.contains("i9 down"),
+        "{refused}"
+    );
+
+    // Replacing the only replica of a set that is down: nobody could flush its windows before the cutover.
+    cluster.instances[2].kill9();
+    let i3 = cluster.start_unplaced("i3");
+    let spec3 = cluster.instances[i3].spec();
+    // Once its lease expired, etcd no longer lists i2.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cluster.status()["sets"][2]["instances"][0]["live"]
+        .as_bool()
+        .is_some_and(|live| !live)
+    {
+        assert!(std::time::Instant::now() < deadline, "i2 still registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = cluster
+        .cluster_cli(&["replace", "--old", "i2", "--new", &spec3])
+        .unwrap_err();
+    assert!(
+        refused.contains("would have no live replica") && refused.contains("i2 down"),
+        "{refused}"
+    );
+    cluster.instances[2].restart();
+
+    let staged = cluster
+        .cluster_cli(&["add", "--instance", &spec3, "--margin-ms", "3000"])
+        .expect("add");
+    assert_eq!(staged["shards_moved"], SHARDS / 4);
+    let refused = cluster.cluster_cli(&["remove", "--instance", "i0"]).unwrap_err();
+    assert!(
+        refused.contains("is still in flight") && refused.contains("add i3"),
+        "{refused}"
+    );
+    let (code, body) = http_post(cluster.instances[0].http, "/api/v1/cluster/remove?instance=i0").expect("admin api");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("is still in flight"), "{body}");
+    let (code, body) = http_post(cluster.instances[0].http, "/api/v1/cluster/explode").expect("admin api");
+    assert_eq!(code, 400, "{body}");
+}
