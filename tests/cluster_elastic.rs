@@ -51,7 +51,7 @@ fn spec() -> ClusterSpec {
     }
 }
 
-/// Shards of the set `set` in a status, by state.
+/// Shards in `state` (`available`, `initializing`, `leaving`) over every set of a status.
 fn shards_in_state(status: &serde_json::Value, state: &str) -> u64 {
     status["sets"]
         .as_array()
@@ -142,10 +142,11 @@ async fn add_remove_and_replace_under_load_count_every_acknowledged_sample_once(
     assert_eq!(done["sets"].as_array().unwrap().len(), 4);
     assert!(metric(&cluster.instances[0], "tailfold_cluster_handoff_forwarded_twice_total") > 0.0);
 
-    // remove: i1's set hands its 4 shards to the others, then i1 stops by itself.
-    let staged = cluster
-        .cluster_cli(&["remove", "--instance", "i1", "--margin-ms", MARGIN])
-        .expect("remove");
+    // remove, over the admin API (margin cluster.handoff_margin_ms, 5 s): i1's
+    // set hands its 4 shards to the others, then i1 stops by itself.
+    let (code, body) = http_post(cluster.instances[0].http, "/api/v1/cluster/remove?instance=i1").expect("admin api");
+    assert_eq!(code, 200, "{body}");
+    let staged: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(staged["shards_moved"], SHARDS / 4, "{staged:#}");
     // An operator takes a leaving instance out of the senders' rotation.
     load.avoid(Some(1));
@@ -269,6 +270,14 @@ async fn changes_are_refused_without_a_live_replica_or_while_another_is_in_fligh
         .cluster_cli(&["add", "--instance", &spec3, "--margin-ms", "3000"])
         .expect("add");
     assert_eq!(staged["shards_moved"], SHARDS / 4);
+    let (_, body) = http_get(cluster.instances[1].http, "/api/v1/cluster").expect("admin api");
+    let in_flight: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(in_flight["change"]["what"], "add i3", "{in_flight:#}");
+    assert_eq!(
+        shards_in_state(&in_flight, "initializing"),
+        u64::from(SHARDS / 4),
+        "{in_flight:#}"
+    );
     let refused = cluster.cluster_cli(&["remove", "--instance", "i0"]).unwrap_err();
     assert!(
         refused.contains("is still in flight") && refused.contains("add i3"),
@@ -279,4 +288,88 @@ async fn changes_are_refused_without_a_live_replica_or_while_another_is_in_fligh
     assert!(body.contains("is still in flight"), "{body}");
     let (code, body) = http_post(cluster.instances[0].http, "/api/v1/cluster/explode").expect("admin api");
     assert_eq!(code, 400, "{body}");
+}
+
+/// The figures of BENCHMARKS.md ("Elastic cluster"): time from `add` to the
+/// cutover and to the new set's shards being available, points forwarded
+/// twice during the handoff, and the senders' p99 write latency before and
+/// during it. Prints them; asserts nothing about time. Run with
+/// `cargo nextest run --test cluster_elastic --run-ignored only --no-capture measure`.
+#[ignore = "a measurement: prints figures for BENCHMARKS.md"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measure_a_handoff() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut cluster = TestCluster::start(spec());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent: Arc<parking_lot::Mutex<Vec<(i64, u64)>>> = Arc::default();
+    let mut workers = Vec::new();
+    for worker in 0..4u64 {
+        let mut clients = Vec::new();
+        for instance in &cluster.instances {
+            clients.push(common::cluster::client(instance.grpc).await);
+        }
+        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let at = now_ms();
+                let id = format!("{worker}-{n}");
+                let request = tailfold::api::v1::WriteRequest {
+                    series: vec![common::series(
+                        &[("__name__", "req"), ("r", &id)],
+                        tailfold::api::v1::Kind::Counter,
+                        (0..5).map(|_| common::point(1.0, at)).collect(),
+                    )],
+                };
+                let started = std::time::Instant::now();
+                let target = (n as usize + worker as usize) % clients.len();
+                if clients[target].write(request).await.is_ok() {
+                    sent.lock().push((at, started.elapsed().as_micros() as u64));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let i3 = cluster.start_unplaced("i3");
+    let spec3 = cluster.instances[i3].spec();
+    let added_ms = now_ms();
+    let staged = cluster
+        .cluster_cli(&["add", "--instance", &spec3, "--margin-ms", MARGIN])
+        .expect("add");
+    let cutover_ms = staged["change"]["cutover_ms"].as_i64().unwrap();
+    cluster.instances[i3].wait_ready();
+    cluster.wait_change_completed(HANDOFF);
+    let completed_ms = now_ms();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let twice: f64 = cluster
+        .instances
+        .iter()
+        .map(|instance| metric(instance, "tailfold_cluster_handoff_forwarded_twice_total"))
+        .sum();
+    let sent = sent.lock().clone();
+    let p99 = |from: i64, to: i64| {
+        let mut latencies: Vec<u64> = sent
+            .iter()
+            .filter(|(at, _)| (from..to).contains(at))
+            .map(|(_, micros)| *micros)
+            .collect();
+        latencies.sort_unstable();
+        let points = latencies.len() * 5;
+        let p99 = latencies.get(latencies.len() * 99 / 100).copied().unwrap_or(0);
+        (points, p99 as f64 / 1_000.0)
+    };
+    let (steady_points, steady_p99) = p99(added_ms - 5_000, added_ms);
+    let (handoff_points, handoff_p99) = p99(added_ms, completed_ms);
+    println!("add -> cutover: {} ms", cutover_ms - added_ms);
+    println!("add -> shards available on the new set: {} ms", completed_ms - added_ms);
+    println!("points written during the handoff: {handoff_points}; forwarded twice: {twice}");
+    println!("write p99: {steady_p99:.1} ms in the 5 s before, {handoff_p99:.1} ms during the handoff ({steady_points} and {handoff_points} points)");
 }
