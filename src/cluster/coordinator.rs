@@ -110,6 +110,8 @@ pub struct Coordinator {
     last_marks: Mutex<FlushMarks>,
     /// Turns true once a completed change took this instance out of the placement.
     left: watch::Receiver<bool>,
+    /// When this process started (ms since the epoch).
+    started_ms: i64,
 }
 
 impl Coordinator {
@@ -140,7 +142,21 @@ impl Coordinator {
         let placement = view.placement();
         let my_set = view.my_set(&placement).expect("checked by the view");
         let set = my_set.set;
-        let warm_at_ms = if logged && my_set.instances.len() == 1 {
+        // A replica joining by a replace took writes only from the cutover,
+        // and a restarted one leaving by it flushes only before the cutover,
+        // which the senders wait for it to take: so the joining one does not
+        // count as a replica that took writes this one lacks.
+        let joining = |id: &str| {
+            placement
+                .change
+                .as_ref()
+                .is_some_and(|change| change.joining.iter().any(|joining| joining == id))
+        };
+        let others_took_writes = my_set
+            .instances
+            .iter()
+            .any(|instance| instance.id != settings.instance && !joining(&instance.id));
+        let warm_at_ms = if logged && !joining(&settings.instance) && !others_took_writes {
             registration.started_ms
         } else {
             registration.started_ms + warm_after_ms
@@ -156,6 +172,7 @@ impl Coordinator {
             role,
             telemetry: Arc::clone(&telemetry),
             last_marks: Mutex::new(FlushMarks::new()),
+            started_ms: registration.started_ms,
         });
         read_liveness(&client, &settings.cluster, &view).await?;
         tokio::spawn(campaign(
@@ -204,6 +221,17 @@ impl Coordinator {
         if left.wait_for(|left| *left).await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// When a change in flight takes this instance out of a set that stays
+    /// and it started after the cutover (so it may have missed points after
+    /// it while down): the cutover, from which the replica joining in its
+    /// place flushes. An instance up since before the cutover holds every
+    /// window and flushes them all while it leads.
+    pub fn leaving_from_ms(&self) -> Option<i64> {
+        self.view
+            .leaving_from_ms()
+            .filter(|cutover_ms| self.started_ms > *cutover_ms)
     }
 
     /// The role now.

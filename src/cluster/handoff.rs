@@ -102,6 +102,21 @@ pub fn keep_own_side(
     Some(kept)
 }
 
+/// Whether `replica` must get what starts at `earliest_ms` even while etcd
+/// lists it as gone: a replica a replace takes out of its set is the only
+/// one holding the set's windows before the cutover (the joining one never
+/// flushes them), so points and rollup shares for those wait for it up to
+/// the forward timeout, as for a one-replica set restarting.
+pub fn must_reach(placement: &Placement, replica: &str, earliest_ms: i64) -> bool {
+    placement.change.as_ref().is_some_and(|change| {
+        earliest_ms < change.cutover_ms
+            && change.leaving.iter().any(|id| id == replica)
+            && placement
+                .set_of_instance(replica)
+                .is_some_and(|set| !change.leaving_sets.contains(&set.set))
+    })
+}
+
 /// The index in `sets` of the owner of the rollup window starting at
 /// `start_ms` of a rollup output in `shard`: the old owner before the cutover.
 pub fn share_owner(placement: &Placement, shard: u32, start_ms: i64) -> usize {

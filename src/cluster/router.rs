@@ -19,7 +19,7 @@ use crate::reload::RulesReloader;
 use crate::telemetry::Telemetry;
 use crate::wal::codec;
 
-use super::handoff::{keep_own_side, kept_points, share_owner};
+use super::handoff::{keep_own_side, kept_points, must_reach, share_owner};
 use super::placement::{shard_of, InstanceSpec};
 use super::stage::{LocalFold, StageError};
 use super::view::{outcome_from_wire, ClusterView};
@@ -142,12 +142,22 @@ impl Router {
                     .iter()
                     .map(|(index, shard)| kept_points(&placement, *shard, set, &batch.series[*index], now_ms))
                     .sum();
-                self.to_set(
-                    &placement.sets[set].instances,
-                    Bytes::from(frame),
-                    placement.version,
-                    points,
-                )
+                let earliest_ms = indices
+                    .iter()
+                    .flat_map(|(index, _)| {
+                        let series = &batch.series[*index];
+                        let points = series.points.iter().map(|point| point.timestamp_ms);
+                        points.chain(series.histograms.iter().map(|histogram| histogram.timestamp_ms))
+                    })
+                    .map(|timestamp_ms| timestamp_ms.unwrap_or(now_ms))
+                    .min()
+                    .unwrap_or(now_ms);
+                let instances = &placement.sets[set].instances;
+                let wait: Vec<bool> = instances
+                    .iter()
+                    .map(|replica| must_reach(&placement, &replica.id, earliest_ms))
+                    .collect();
+                self.to_set(instances, wait, Bytes::from(frame), placement.version, points)
             });
         let mut outcome = limited;
         for result in futures::future::join_all(parts).await {
@@ -158,9 +168,11 @@ impl Router {
 
     /// Sends one set's part to each of its replicas at once. Answers with the
     /// first replica's tally; when none took it, its points are `unavailable`.
+    /// `wait[i]`: replica i is waited for even while etcd lists it as gone.
     async fn to_set(
         &self,
         replicas: &[InstanceSpec],
+        wait: Vec<bool>,
         frame: Bytes,
         version: u64,
         points: u64,
@@ -168,7 +180,8 @@ impl Router {
         let id = self.next_batch_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sends = replicas
             .iter()
-            .map(|replica| self.to_replica(replica, frame.clone(), version, id));
+            .zip(wait)
+            .map(|(replica, wait)| self.to_replica(replica, wait, frame.clone(), version, id));
         let mut taken = None;
         let mut closing = None;
         for (replica, result) in replicas.iter().zip(futures::future::join_all(sends).await) {
@@ -228,15 +241,18 @@ impl Router {
             .filter(|(_, shares)| !shares.is_empty())
             .map(|(set, shares)| {
                 let replicas = placement.sets[set].instances.clone();
+                let placement = Arc::clone(&placement);
                 async move {
                     let count = shares.len();
                     let encoded: Vec<Bytes> = shares
                         .iter()
                         .map(|share| Bytes::from(postcard::to_allocvec(share).expect("a share serialises")))
                         .collect();
+                    let earliest_ms = shares.iter().map(|share| share.start_ms).min().unwrap_or(i64::MAX);
                     let mut kept = false;
                     for replica in &replicas {
-                        if self.share_with(replica, source, &shares, &encoded, false).await {
+                        let wait = must_reach(&placement, &replica.id, earliest_ms);
+                        if self.share_with(replica, source, &shares, &encoded, wait).await {
                             kept = true;
                         }
                     }
@@ -326,10 +342,12 @@ impl Router {
     }
 
     /// One replica: this instance folds its part itself; another is called,
-    /// and retried while etcd still lists it, up to the forward timeout.
+    /// and retried while etcd still lists it (or `even_not_live`), up to the
+    /// forward timeout.
     async fn to_replica(
         &self,
         replica: &InstanceSpec,
+        even_not_live: bool,
         frame: Bytes,
         version: u64,
         id: u64,
@@ -361,7 +379,7 @@ impl Router {
         let deadline = Instant::now() + Duration::from_millis(settings.forward_timeout_ms);
         let mut backoff = Duration::from_millis(25);
         loop {
-            if !self.view.is_live(&replica.id) {
+            if !even_not_live && !self.view.is_live(&replica.id) {
                 return Err(ReplicaError::NotLive(replica.id.clone()));
             }
             let mut client = self.client(replica).map_err(|message| ReplicaError::Refused {

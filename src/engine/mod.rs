@@ -138,6 +138,10 @@ pub struct FlushGate<'a> {
     pub flushed_until: &'a [(StoragePolicy, i64)],
     /// The same for the rollup windows assembled from forwarded shares.
     pub rollups_until: &'a [(StoragePolicy, i64)],
+    /// A replica leaving its set by a placement change: windows starting at
+    /// or after this (a boundary of every policy) belong to the replica
+    /// joining in its place, which holds them whole; here they are dropped.
+    pub leaving_from_ms: Option<i64>,
 }
 
 /// What a gated flush did.
@@ -781,6 +785,11 @@ impl Engine {
                 locked.take_windows(now_ms, everything, None, &mut closed, &mut classes);
             }
             drop(locked);
+            if let Some(from_ms) = gate.and_then(|gate| gate.leaving_from_ms) {
+                let before = closed.len();
+                closed.retain(|window| window.start_ms < from_ms);
+                gated.dropped += before - closed.len();
+            }
             gated.dropped += dropped.len();
             dropped.clear();
             if closed.is_empty() {
@@ -823,11 +832,16 @@ impl Engine {
         }
         if let Some(forward_lateness_ms) = self.forward_lateness_ms {
             let rollups_until = gate.map_or(&[][..], |gate| gate.rollups_until);
-            let (taken, dropped) =
+            let (mut taken, dropped) =
                 self.assembler
                     .lock()
                     .take_due(now_ms, forward_lateness_ms, everything, rollups_until, lead);
             gated.dropped += dropped;
+            if let Some(from_ms) = gate.and_then(|gate| gate.leaving_from_ms) {
+                let before = taken.len();
+                taken.retain(|(window, _)| window.start_ms < from_ms);
+                gated.dropped += before - taken.len();
+            }
             if !taken.is_empty() {
                 gated.flushed.windows += taken.len();
                 let mut records = Vec::new();

@@ -36,7 +36,12 @@ impl FlushLoop {
                 return FlushStats::default();
             }
         };
-        let lead = matches!(role, Role::Leading { .. }) && cluster.coordinator.still_leads(&role).await;
+        // An instance a completed change took out of the placement (it is
+        // stopping) flushes and records nothing more: its set's marks belong
+        // to the replica that took its place, or to nobody.
+        let view = cluster.coordinator.view();
+        let placed = view.my_set(&view.placement()).is_some();
+        let lead = placed && matches!(role, Role::Leading { .. }) && cluster.coordinator.still_leads(&role).await;
         if matches!(role, Role::Unknown) {
             exporter.count(
                 "tailfold_cluster_flush_waits_total",
@@ -56,6 +61,10 @@ impl FlushLoop {
             .map(|(policy, _)| own.iter().find(|(known, _)| known == policy).map(|(_, until)| *until))
             .collect::<Option<Vec<i64>>>()
             .and_then(|ends| ends.into_iter().min());
+        // A replica a placement change takes out of its set, restarted after
+        // the cutover, flushes only the windows before it (it may have missed
+        // later ones while down); the replica joining in its place the rest.
+        let leaving_from_ms = cluster.coordinator.leaving_from_ms();
         let this = Arc::clone(self);
         let work = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
@@ -65,6 +74,7 @@ impl FlushLoop {
                 lead,
                 flushed_until: &own,
                 rollups_until: &rollups,
+                leaving_from_ms,
             };
             let stats = this.engine.flush_gated(
                 now_ms,
@@ -113,8 +123,9 @@ impl FlushLoop {
                 rollups_until_ms: i64::MIN,
                 leader: leader.clone(),
             });
-            mark.until_ms = mark.until_ms.max(*own_due);
-            mark.rollups_until_ms = mark.rollups_until_ms.max(*rollups_due);
+            let cap = leaving_from_ms.unwrap_or(i64::MAX);
+            mark.until_ms = mark.until_ms.max((*own_due).min(cap));
+            mark.rollups_until_ms = mark.rollups_until_ms.max((*rollups_due).min(cap));
             mark.leader = leader.clone();
         }
         match cluster.coordinator.record_marks(&role, &recorded).await {

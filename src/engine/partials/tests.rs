@@ -79,6 +79,7 @@ const LEAD: FlushGate<'static> = FlushGate {
     lead: true,
     flushed_until: &[],
     rollups_until: &[],
+    leaving_from_ms: None,
 };
 
 #[test]
@@ -253,6 +254,7 @@ fn a_follower_drops_exactly_what_its_leader_recorded() {
         lead: false,
         flushed_until: &[(policy, T0 + 10_000)],
         rollups_until: &[],
+        leaving_from_ms: None,
     };
     let stats = follower.flush_gated(T0 + 30_000, false, gate, |chunk| emitted += chunk.len(), |_| {});
     assert_eq!((emitted, stats.partials), (0, 0), "a follower emits nothing");
