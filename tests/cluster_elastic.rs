@@ -106,6 +106,24 @@ async fn assert_every_acked_sample_once(
         WINDOW_MS as u64 + 1_000 + TTL_S * 1_000 + 2_000 + 3_000,
     ))
     .await;
+    // Which instances wrote a record twice, with the logs, before by_identity panics on it.
+    let mut seen: std::collections::BTreeMap<(String, i64, String), Vec<String>> = Default::default();
+    for instance in &cluster.instances {
+        for record in instance.records() {
+            let key = (
+                format!("{:?}", record.labels),
+                record.window_start_ms,
+                record.aggregation.clone(),
+            );
+            seen.entry(key).or_default().push(instance.id.clone());
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, by)| by.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "records written twice, by: {twice:?}\n{}",
+        cluster.logs()
+    );
     let records = cluster.records();
     let records = by_identity(&records);
     let missing = acked_not_in_store(&records, acked, WINDOW_MS);

@@ -329,7 +329,12 @@ impl Router {
             };
             match client.share(request).await {
                 Ok(answer) => return answer.get_ref().kept > 0 || answer.get_ref().too_late == 0,
-                Err(status) if status.code() != tonic::Code::Unavailable || Instant::now() + backoff > deadline => {
+                // A connection cut mid-call (the replica killed) is retried too: a
+                // re-sent share replaces the one kept, if it was.
+                Err(status)
+                    if !matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
+                        || Instant::now() + backoff > deadline =>
+                {
                     tracing::warn!(instance = %replica.id, %status, "rollup shares not delivered to a replica");
                     return false;
                 }
