@@ -269,3 +269,117 @@ pub async fn wait_until_may_lead(client: &EtcdClient, view: &ClusterView, set: u
         tokio::time::sleep(POLL).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::change::{plan, Request};
+    use crate::cluster::placement::InstanceSpec;
+    use crate::model::{Kind, Labels, Point};
+
+    fn spec(id: &str) -> InstanceSpec {
+        InstanceSpec {
+            id: id.into(),
+            endpoint: "127.0.0.1:1".into(),
+            http: String::new(),
+        }
+    }
+
+    const CUTOVER: i64 = 10_000;
+
+    /// 3 sets of 16 shards, a fourth added with its cutover at 10 s.
+    fn adding() -> Placement {
+        let three = Placement::initial("c", 16, 1, ["a", "b", "c"].map(spec).to_vec()).unwrap();
+        plan(&three, &Request::Add(vec![spec("d")]), 0, CUTOVER).unwrap()
+    }
+
+    /// A series of tenant `t` in a moving shard (`moving`) or not.
+    fn series_in(placement: &Placement, moving: bool) -> SeriesBatch {
+        (0..)
+            .map(|n| Labels::from_pairs([("__name__", "x"), ("n", &n.to_string())]))
+            .find(|labels| placement.moving_from(shard_of("t", labels, placement.shards)).is_some() == moving)
+            .map(|labels| SeriesBatch {
+                labels,
+                kind: Kind::Counter,
+                cumulative: false,
+                points: vec![
+                    Point::new(1.0, Some(CUTOVER - 1), None),
+                    Point::new(1.0, Some(CUTOVER), None),
+                    Point::new(1.0, None, None),
+                ],
+                histograms: Vec::new(),
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn each_owner_keeps_its_side_of_the_cutover_and_counts_the_rest() {
+        let placement = adding();
+        let telemetry = Telemetry::default();
+        let batch = IngestBatch {
+            tenant: Arc::from("t"),
+            series: vec![series_in(&placement, true), series_in(&placement, false)],
+        };
+        let shard = shard_of("t", &batch.series[0].labels, placement.shards);
+        let (old, _) = placement.moving_from(shard).unwrap();
+        let old_id = placement.sets[old].instances[0].id.clone();
+        // Arrival time (no timestamp) before the cutover: the old owner's.
+        let now_ms = CUTOVER - 500;
+        let at_old = keep_own_side(&placement, &old_id, &batch, now_ms, &telemetry).unwrap();
+        let at_new = keep_own_side(&placement, "d", &batch, now_ms, &telemetry).unwrap();
+        let stamps = |batch: &IngestBatch| -> Vec<Option<i64>> {
+            batch.series[0].points.iter().map(|point| point.timestamp_ms).collect()
+        };
+        assert_eq!(stamps(&at_old), vec![Some(CUTOVER - 1), None]);
+        assert_eq!(stamps(&at_new), vec![Some(CUTOVER)]);
+        assert_eq!(at_old.series[1].points.len(), 3, "a series not moving is kept whole");
+        let new = placement.set_index_of_instance("d").unwrap();
+        assert_eq!(kept_points(&placement, shard, old, &batch.series[0], now_ms), 2);
+        assert_eq!(kept_points(&placement, shard, new, &batch.series[0], now_ms), 1);
+        let text = telemetry.exporter().render(&telemetry.snapshot(), &Default::default());
+        assert!(
+            text.contains("tailfold_cluster_handoff_discarded_total{reason=\"before_cutover\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tailfold_cluster_handoff_discarded_total{reason=\"after_cutoff\"} 1"),
+            "{text}"
+        );
+        // Nothing moves: nothing is copied.
+        let still = IngestBatch {
+            tenant: Arc::from("t"),
+            series: vec![series_in(&placement, false)],
+        };
+        assert!(keep_own_side(&placement, "d", &still, now_ms, &telemetry).is_none());
+    }
+
+    #[test]
+    fn rollup_shares_go_to_the_owner_of_their_window_and_leaving_replicas_are_waited_for() {
+        let placement = adding();
+        let shard = (0..16).find(|shard| placement.moving_from(*shard).is_some()).unwrap();
+        let (old, _) = placement.moving_from(shard).unwrap();
+        assert_eq!(share_owner(&placement, shard, CUTOVER - 1_000), old);
+        assert_eq!(
+            share_owner(&placement, shard, CUTOVER),
+            placement.set_index_of_shard(shard)
+        );
+        let three = Placement::initial("c", 16, 1, ["a", "b", "c"].map(spec).to_vec()).unwrap();
+        let replacing = plan(
+            &three,
+            &Request::Replace {
+                old: "b".into(),
+                new: spec("e"),
+            },
+            0,
+            CUTOVER,
+        )
+        .unwrap();
+        assert!(must_reach(&replacing, "b", CUTOVER - 1));
+        assert!(
+            !must_reach(&replacing, "b", CUTOVER),
+            "after the cutover the joining replica has it"
+        );
+        assert!(!must_reach(&replacing, "e", CUTOVER - 1));
+        assert!(!must_reach(&placement, "a", 0), "an add moves no replica");
+    }
+}

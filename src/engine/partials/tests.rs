@@ -272,6 +272,52 @@ fn a_follower_drops_exactly_what_its_leader_recorded() {
 }
 
 #[test]
+fn a_leader_leaving_by_a_replace_flushes_only_the_windows_before_the_cutover() {
+    let leaving = engine(true);
+    leaving.ingest(&batch(0), T0 + 100).unwrap();
+    let later = IngestBatch {
+        series: batch(0)
+            .series
+            .into_iter()
+            .map(|mut series| {
+                for point in &mut series.points {
+                    point.timestamp_ms = point.timestamp_ms.map(|t| t + 10_000);
+                }
+                series
+            })
+            .collect(),
+        ..batch(0)
+    };
+    leaving.ingest(&later, T0 + 10_100).unwrap();
+    let gate = FlushGate {
+        leaving_from_ms: Some(T0 + 10_000),
+        ..LEAD
+    };
+    let mut starts = Vec::new();
+    let mut shared = Vec::new();
+    let stats = leaving.flush_gated(
+        T0 + 30_000,
+        false,
+        gate,
+        |chunk| starts.extend(chunk.iter().map(|record| record.window_start_ms)),
+        |chunk| shared.extend(chunk.iter().map(|share| share.start_ms)),
+    );
+    assert!(
+        !starts.is_empty() && starts.iter().all(|start| *start < T0 + 10_000),
+        "{starts:?}"
+    );
+    assert!(
+        !shared.is_empty() && shared.iter().all(|start| *start < T0 + 10_000),
+        "{shared:?}"
+    );
+    assert_eq!(
+        (stats.flushed.windows, stats.dropped),
+        (6, 6),
+        "the second window of each output is the joiner's"
+    );
+}
+
+#[test]
 fn hostile_shares_are_refused_with_the_reason() {
     let owner = engine(true);
     let refused = |edit: &dyn Fn(&mut PartialWindow)| {
