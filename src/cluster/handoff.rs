@@ -274,16 +274,8 @@ pub async fn wait_until_may_lead(client: &EtcdClient, view: &ClusterView, set: u
 mod tests {
     use super::*;
     use crate::cluster::change::{plan, Request};
-    use crate::cluster::placement::InstanceSpec;
+    use crate::cluster::placement::spec;
     use crate::model::{Kind, Labels, Point};
-
-    fn spec(id: &str) -> InstanceSpec {
-        InstanceSpec {
-            id: id.into(),
-            endpoint: "127.0.0.1:1".into(),
-            http: String::new(),
-        }
-    }
 
     const CUTOVER: i64 = 10_000;
 

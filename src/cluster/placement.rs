@@ -419,17 +419,19 @@ impl Placement {
     }
 }
 
+/// An instance spec for unit tests (the address is never dialled).
+#[cfg(test)]
+pub(crate) fn spec(id: &str) -> InstanceSpec {
+    InstanceSpec {
+        id: id.into(),
+        endpoint: "127.0.0.1:1".into(),
+        http: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(id: &str) -> InstanceSpec {
-        InstanceSpec {
-            id: id.into(),
-            endpoint: "127.0.0.1:1".into(),
-            http: String::new(),
-        }
-    }
 
     /// The shard of a series must never change between versions: these
     /// vectors were computed once and are fixed.

@@ -1,14 +1,7 @@
 //! The plans of `add`, `remove` and `replace`: the fewest shards moved, and checked input.
 
 use super::*;
-
-fn spec(id: &str) -> InstanceSpec {
-    InstanceSpec {
-        id: id.into(),
-        endpoint: "127.0.0.1:1".into(),
-        http: String::new(),
-    }
-}
+use crate::cluster::placement::spec;
 
 fn three() -> Placement {
     Placement::initial("c", 64, 1, ["i0", "i1", "i2"].map(spec).to_vec()).unwrap()

@@ -230,11 +230,9 @@ fn share_fixture() -> PartialWindow {
     }
 }
 
-#[test]
-fn a_follower_drops_exactly_what_its_leader_recorded() {
-    let follower = engine(true);
-    follower.ingest(&batch(0), T0 + 100).unwrap();
-    let later = IngestBatch {
+/// `batch(0)` stamped one 10 s window later.
+fn next_window_batch() -> IngestBatch {
+    IngestBatch {
         series: batch(0)
             .series
             .into_iter()
@@ -246,7 +244,14 @@ fn a_follower_drops_exactly_what_its_leader_recorded() {
             })
             .collect(),
         ..batch(0)
-    };
+    }
+}
+
+#[test]
+fn a_follower_drops_exactly_what_its_leader_recorded() {
+    let follower = engine(true);
+    follower.ingest(&batch(0), T0 + 100).unwrap();
+    let later = next_window_batch();
     follower.ingest(&later, T0 + 10_100).unwrap();
     let policy: StoragePolicy = "10s:1h".parse().unwrap();
     let mut emitted = 0;
@@ -275,19 +280,7 @@ fn a_follower_drops_exactly_what_its_leader_recorded() {
 fn a_leader_leaving_by_a_replace_flushes_only_the_windows_before_the_cutover() {
     let leaving = engine(true);
     leaving.ingest(&batch(0), T0 + 100).unwrap();
-    let later = IngestBatch {
-        series: batch(0)
-            .series
-            .into_iter()
-            .map(|mut series| {
-                for point in &mut series.points {
-                    point.timestamp_ms = point.timestamp_ms.map(|t| t + 10_000);
-                }
-                series
-            })
-            .collect(),
-        ..batch(0)
-    };
+    let later = next_window_batch();
     leaving.ingest(&later, T0 + 10_100).unwrap();
     let gate = FlushGate {
         leaving_from_ms: Some(T0 + 10_000),
