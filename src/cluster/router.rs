@@ -329,11 +329,13 @@ impl Router {
             };
             match client.share(request).await {
                 Ok(answer) => return answer.get_ref().kept > 0 || answer.get_ref().too_late == 0,
-                // A connection cut mid-call (the replica killed) is retried too: a
-                // re-sent share replaces the one kept, if it was.
+                // Retried like a forward, a connection cut mid-call (the replica
+                // killed) included: a re-sent share replaces the one kept, if it was.
                 Err(status)
-                    if !matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
-                        || Instant::now() + backoff > deadline =>
+                    if matches!(
+                        status.code(),
+                        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
+                    ) || Instant::now() + backoff > deadline =>
                 {
                     tracing::warn!(instance = %replica.id, %status, "rollup shares not delivered to a replica");
                     return false;
