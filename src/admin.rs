@@ -1,7 +1,8 @@
 //! The operator's HTTP endpoints, merged into the HTTP server next to ingest:
 //! `GET /metrics` (self-metrics, Prometheus text), `POST /-/reload` and
 //! `GET /-/rules` (hot reload), `GET /api/v1/profile` (the metrics profiler),
-//! `GET /api/v1/cluster` (placement, leaders, flush marks, from etcd).
+//! `GET /api/v1/cluster` (placement, leaders, flush marks, from etcd),
+//! `POST /api/v1/cluster/drain` and `/undrain` (before a planned stop).
 //! They reveal or change the service, so [`AdminAccess`] guards them: the
 //! admin token when one is set (never an ingest token), else only a loopback
 //! listener serves them.
@@ -124,6 +125,8 @@ pub fn admin_router(state: AdminState, access: AdminAccess) -> Router {
         .route("/-/rules", get(rules))
         .route("/api/v1/profile", get(profile))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/cluster/drain", post(drain))
+        .route("/api/v1/cluster/undrain", post(undrain))
         .route_layer(axum::middleware::from_fn_with_state(access, require_admin))
         .with_state(state)
 }
@@ -138,11 +141,7 @@ fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
 /// The cluster's status as etcd has it (any instance answers for all).
 async fn cluster(State(state): State<AdminState>) -> Response {
     let Some(coordinator) = &state.cluster else {
-        return (
-            StatusCode::NOT_FOUND,
-            "not a cluster instance: no cluster section in its config\n",
-        )
-            .into_response();
+        return not_clustered();
     };
     let cluster = &coordinator.view().settings().cluster;
     match crate::cluster::status::ClusterStatus::read(coordinator.client(), cluster).await {
@@ -154,6 +153,36 @@ async fn cluster(State(state): State<AdminState>) -> Response {
             .into_response(),
         Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
     }
+}
+
+fn not_clustered() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "not a cluster instance: no cluster section in its config\n",
+    )
+        .into_response()
+}
+
+/// Drains this instance (409 with the reason when its set would have no ready replica).
+async fn drain(State(state): State<AdminState>) -> Response {
+    let Some(coordinator) = &state.cluster else {
+        return not_clustered();
+    };
+    match coordinator.drain(state.clock.now_ms()).await {
+        Ok(answer) => json(StatusCode::OK, &answer),
+        Err(error @ crate::cluster::drain::DrainError::NoReadyReplica { .. }) => {
+            (StatusCode::CONFLICT, format!("{error}\n")).into_response()
+        }
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
+    }
+}
+
+/// Ends this instance's drain.
+async fn undrain(State(state): State<AdminState>) -> Response {
+    let Some(coordinator) = &state.cluster else {
+        return not_clustered();
+    };
+    json(StatusCode::OK, &coordinator.undrain().await)
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

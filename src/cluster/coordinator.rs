@@ -15,6 +15,7 @@ use crate::model::StoragePolicy;
 use crate::reload::Agreement;
 use crate::telemetry::Telemetry;
 
+use super::drain::{not_ready, Drain, DrainAnswer, DrainError, Peer};
 use super::etcd::{Election, Leadership};
 use super::etcd::{EtcdClient, EtcdError, LeaseId, LeaseKeeper};
 use super::placement::{keys, Placement};
@@ -86,6 +87,13 @@ pub struct Registration {
     /// Why it does not fold the cluster's rules (then it neither leads nor forwards).
     #[serde(default)]
     pub rules_differ: Option<String>,
+    /// From when it may lead (ms since the epoch): it has seen every window
+    /// its set may still flush.
+    #[serde(default)]
+    pub warm_at_ms: i64,
+    /// Drained (`tailfold cluster drain`): it does not campaign.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl Registration {
@@ -95,6 +103,13 @@ impl Registration {
             rules_version: agreement.cluster_version,
             rules_differ: agreement.differs.clone(),
             ..self.clone()
+        }
+    }
+
+    fn with_state(&self, agreement: &Agreement, drain: Drain) -> Registration {
+        Registration {
+            draining: drain != Drain::Off,
+            ..self.with_rules(agreement)
         }
     }
 }
@@ -108,6 +123,18 @@ pub struct Coordinator {
     telemetry: Arc<Telemetry>,
     /// The marks read last, used while etcd cannot be read (never to flush).
     last_marks: Mutex<FlushMarks>,
+    /// Drained or not (the campaign watches it).
+    drain: watch::Sender<Drain>,
+    /// Held by a flush from its leadership check to its recorded marks, and
+    /// by a drain's resignation, so a drained leader never leaves a window
+    /// flushed but unrecorded for its successor to flush again.
+    flush_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Whether this instance logs what it takes (write-ahead log).
+    logged: bool,
+    /// The lease the campaign registered under last.
+    lease: Arc<Mutex<Option<LeaseId>>>,
+    /// The campaign, stopped by [`Coordinator::leave`].
+    campaign: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Coordinator {
@@ -140,7 +167,14 @@ impl Coordinator {
         } else {
             registration.started_ms + warm_after_ms
         };
+        let registration = Registration {
+            warm_at_ms,
+            ..registration
+        };
         let (role_sender, role) = watch::channel(Role::Unknown);
+        let (drain, drain_receiver) = watch::channel(Drain::Off);
+        let flush_lock = Arc::new(tokio::sync::Mutex::new(()));
+        let lease = Arc::new(Mutex::new(None));
         let coordinator = Arc::new(Coordinator {
             client: client.clone(),
             view: Arc::clone(&view),
@@ -148,13 +182,18 @@ impl Coordinator {
             role,
             telemetry: Arc::clone(&telemetry),
             last_marks: Mutex::new(FlushMarks::new()),
+            drain,
+            flush_lock: Arc::clone(&flush_lock),
+            logged,
+            lease: Arc::clone(&lease),
+            campaign: Mutex::new(None),
         });
         // Registered before the first write is taken, so the others count this
         // instance as a replica from the start.
         let registration = registration.with_rules(&rules.borrow());
         let first = register(&client, &settings, &registration).await?;
         read_liveness(&client, &settings.cluster, &view).await?;
-        tokio::spawn(campaign(
+        let campaigning = tokio::spawn(campaign(
             client.clone(),
             settings.clone(),
             set,
@@ -162,12 +201,16 @@ impl Coordinator {
             Some(first),
             Campaign {
                 rules,
+                drain: drain_receiver,
+                flush_lock,
+                lease,
                 warm_at_ms,
                 now_ms,
                 role: role_sender,
                 telemetry,
             },
         ));
+        *coordinator.campaign.lock() = Some(campaigning);
         tokio::spawn(watch_liveness(client, settings.cluster.clone(), view));
         Ok(coordinator)
     }
@@ -258,6 +301,168 @@ impl Coordinator {
             }
         }
     }
+
+    /// Leaves the cluster at the end of a clean shutdown (after the last
+    /// flush): stops campaigning and revokes the lease, so the others stop
+    /// forwarding here at once instead of retrying until the lease expires.
+    /// A set of one replica keeps its registration until the lease expires:
+    /// senders of its shards keep retrying for that long, and the restarted
+    /// instance may be back by then.
+    pub async fn leave(&self) {
+        if let Some(campaign) = self.campaign.lock().take() {
+            campaign.abort();
+        }
+        let placement = self.view.placement();
+        let alone = self.view.my_set(&placement).is_none_or(|set| set.instances.len() < 2);
+        let lease = *self.lease.lock();
+        if let (false, Some(lease)) = (alone, lease) {
+            match self.client.lease_revoke(lease).await {
+                Ok(()) => tracing::info!("left the cluster: registration revoked"),
+                Err(error) => tracing::warn!(%error, "cannot revoke the registration; it expires after the lease TTL"),
+            }
+        }
+    }
+
+    /// Held by a cluster flush from its leadership check to its recorded marks.
+    pub async fn flush_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.flush_lock.lock().await
+    }
+
+    /// Whether this instance drains.
+    pub fn draining(&self) -> bool {
+        *self.drain.borrow() != Drain::Off
+    }
+
+    /// Drains this instance (see [`super::drain`]): refused when no other
+    /// replica of its set is ready to lead (live, warm, agreeing on the
+    /// rules, not draining), unless the set has one replica and this
+    /// instance logs what it takes. Answers once a ready replica leads (or
+    /// after a lease TTL, with whoever leads then).
+    pub async fn drain(&self, now_ms: i64) -> Result<DrainAnswer, DrainError> {
+        let settings = self.view.settings();
+        let me = settings.instance.clone();
+        let etcd = |source| DrainError::Etcd {
+            instance: me.clone(),
+            source,
+        };
+        if self.draining() {
+            return Ok(self.answer(true, "already draining".to_string()).await);
+        }
+        let placement = self.view.placement();
+        let set = self.view.my_set(&placement).expect("checked by the view");
+        let peers: Vec<&str> = set
+            .instances
+            .iter()
+            .map(|instance| instance.id.as_str())
+            .filter(|id| *id != me)
+            .collect();
+        if peers.is_empty() {
+            if !self.logged {
+                return Err(DrainError::NoReadyReplica {
+                    instance: me.clone(),
+                    set: self.set,
+                    reason: "it is the set's only replica and has no write-ahead log (wal.enabled: false): its open windows would be lost at the stop".to_string(),
+                });
+            }
+            let _ = self.drain.send(Drain::KeepLeading);
+            return Ok(self
+                .answer(
+                    true,
+                    "draining; the set's only replica keeps leading until stopped, and its write-ahead log keeps the open windows".to_string(),
+                )
+                .await);
+        }
+        let prefix = keys::instances_prefix(&settings.cluster);
+        let registrations: BTreeMap<String, Registration> = self
+            .client
+            .get_prefix(&prefix)
+            .await
+            .map_err(etcd)?
+            .into_iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .map(|registration: Registration| (registration.id.clone(), registration))
+            .collect();
+        let line: Vec<String> = self
+            .client
+            .get_prefix(&keys::election_prefix(&settings.cluster, self.set))
+            .await
+            .map_err(etcd)?
+            .into_iter()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+            .collect();
+        let reasons: Vec<String> = peers
+            .iter()
+            .filter_map(|id| {
+                not_ready(
+                    &Peer {
+                        id,
+                        registration: registrations.get(*id),
+                        campaigning: line.iter().any(|candidate| candidate == id),
+                    },
+                    now_ms,
+                )
+            })
+            .collect();
+        if reasons.len() == peers.len() {
+            return Err(DrainError::NoReadyReplica {
+                instance: me.clone(),
+                set: self.set,
+                reason: reasons.join("; "),
+            });
+        }
+        let _ = self.drain.send(Drain::HandOver);
+        // The campaign resigns (between two flushes); wait for the successor.
+        let election = Election::new(self.client.clone(), &keys::election_prefix(&settings.cluster, self.set));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(settings.lease_ttl_s.max(1));
+        loop {
+            let leader = election
+                .leader()
+                .await
+                .ok()
+                .flatten()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            let handed_over = leader.as_ref().is_some_and(|leader| *leader != me);
+            if handed_over || tokio::time::Instant::now() >= deadline {
+                let message = if handed_over {
+                    "draining; another replica leads its set".to_string()
+                } else {
+                    "draining; no other replica leads its set yet (see `tailfold cluster status`)".to_string()
+                };
+                return Ok(self.answer(true, message).await);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Ends a drain: the instance campaigns again (when its set's leader is
+    /// lost, or at once when nobody leads).
+    pub async fn undrain(&self) -> DrainAnswer {
+        let was = self.draining();
+        let _ = self.drain.send(Drain::Off);
+        let message = if was {
+            "no longer draining; campaigning again"
+        } else {
+            "was not draining"
+        };
+        self.answer(false, message.to_string()).await
+    }
+
+    async fn answer(&self, draining: bool, message: String) -> DrainAnswer {
+        let settings = self.view.settings();
+        let election = Election::new(self.client.clone(), &keys::election_prefix(&settings.cluster, self.set));
+        DrainAnswer {
+            instance: settings.instance.clone(),
+            set: self.set,
+            draining,
+            leader: election
+                .leader()
+                .await
+                .ok()
+                .flatten()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+            message,
+        }
+    }
 }
 
 /// Takes a lease, keeps it alive and registers this instance under it.
@@ -282,6 +487,10 @@ async fn register(
 /// What the campaign watches and tells.
 struct Campaign<F> {
     rules: watch::Receiver<Agreement>,
+    drain: watch::Receiver<Drain>,
+    flush_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The lease registered under now, for [`Coordinator::leave`].
+    lease: Arc<Mutex<Option<LeaseId>>>,
     warm_at_ms: i64,
     now_ms: F,
     role: watch::Sender<Role>,
@@ -290,8 +499,21 @@ struct Campaign<F> {
 
 /// Resolves on the next change of the rules agreement (never once its sender is gone).
 async fn rules_changed(rules: &mut watch::Receiver<Agreement>) {
-    if rules.changed().await.is_err() {
+    changed(rules).await
+}
+
+/// Resolves on the next change of `receiver` (never once its sender is gone).
+async fn changed<T>(receiver: &mut watch::Receiver<T>) {
+    if receiver.changed().await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves on the next change of the rules agreement or of the drain.
+async fn rules_or_drain_changed(rules: &mut watch::Receiver<Agreement>, drain: &mut watch::Receiver<Drain>) {
+    tokio::select! {
+        _ = rules_changed(rules) => {}
+        _ = changed(drain) => {}
     }
 }
 
@@ -317,7 +539,8 @@ async fn campaign(
     let instance_key = keys::instance(&settings.cluster, &settings.instance);
     let mut announced_wait = false;
     loop {
-        let registration = registration.with_rules(&watched.rules.borrow_and_update());
+        let drain = *watched.drain.borrow_and_update();
+        let registration = registration.with_state(&watched.rules.borrow_and_update(), drain);
         let registered = match first.take() {
             Some(registered) => Ok(registered),
             None => register(&client, &settings, &registration).await,
@@ -330,6 +553,7 @@ async fn campaign(
             }
         };
         let mut alive = keeper.alive();
+        *watched.lease.lock() = Some(lease);
         let _ = role.send(Role::Following);
         let wait_ms = watched.warm_at_ms - (watched.now_ms)();
         if wait_ms > 0 {
@@ -343,9 +567,10 @@ async fn campaign(
             tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
         }
         let rules_changed_meanwhile = watched.rules.has_changed().unwrap_or(false);
-        // Re-registers with what the rules agreement says now.
-        let reregister = |agreement: Agreement| {
-            let value = serde_json::to_vec(&registration.with_rules(&agreement)).expect("a registration serialises");
+        // Re-registers with what the rules agreement and the drain say now.
+        let reregister = |agreement: Agreement, drain: Drain| {
+            let value =
+                serde_json::to_vec(&registration.with_state(&agreement, drain)).expect("a registration serialises");
             let client = client.clone();
             let key = instance_key.clone();
             async move {
@@ -354,21 +579,26 @@ async fn campaign(
                 }
             }
         };
-        if rules_changed_meanwhile {
+        if rules_changed_meanwhile || watched.drain.has_changed().unwrap_or(false) {
             let agreement = watched.rules.borrow_and_update().clone();
-            reregister(agreement).await;
+            let drain = *watched.drain.borrow();
+            reregister(agreement, drain).await;
         }
         'lease: loop {
-            // Neither campaigns nor leads while its rules differ from the cluster's.
-            while watched.rules.borrow_and_update().differs.is_some() {
+            // Neither campaigns nor leads while its rules differ from the
+            // cluster's, nor while drained (the set's other replica leads).
+            while watched.rules.borrow_and_update().differs.is_some()
+                || *watched.drain.borrow_and_update() == Drain::HandOver
+            {
                 let _ = role.send(Role::Following);
                 tokio::select! {
-                    _ = rules_changed(&mut watched.rules) => {
-                        let agreement = watched.rules.borrow_and_update().clone();
-                        reregister(agreement).await;
-                    }
+                    _ = rules_changed(&mut watched.rules) => {}
+                    _ = changed(&mut watched.drain) => {}
                     _ = lost(&mut alive) => break 'lease,
                 }
+                let agreement = watched.rules.borrow_and_update().clone();
+                let drain = *watched.drain.borrow();
+                reregister(agreement, drain).await;
             }
             let campaign = election.campaign(lease, settings.instance.as_bytes().to_vec());
             let leadership: Leadership = tokio::select! {
@@ -384,11 +614,12 @@ async fn campaign(
                     tracing::warn!("lease lost while campaigning; registering again");
                     break 'lease;
                 }
-                _ = rules_changed(&mut watched.rules) => {
+                _ = rules_or_drain_changed(&mut watched.rules, &mut watched.drain) => {
                     let agreement = watched.rules.borrow().clone();
-                    let differs = agreement.differs.is_some();
-                    reregister(agreement).await;
-                    if differs {
+                    let drain = *watched.drain.borrow();
+                    let out = agreement.differs.is_some() || drain == Drain::HandOver;
+                    reregister(agreement, drain).await;
+                    if out {
                         // Out of the line: a key left in it would lead one day with nobody acting.
                         let _ = client.delete(&format!("{candidate_prefix}{lease:x}")).await;
                     }
@@ -412,10 +643,29 @@ async fn campaign(
                         tracing::warn!(set, "lease lost: stopped flushing until leadership is known again");
                         break 'lease;
                     }
+                    _ = changed(&mut watched.drain) => {
+                        let drain = *watched.drain.borrow();
+                        let agreement = watched.rules.borrow().clone();
+                        reregister(agreement, drain).await;
+                        if drain == Drain::HandOver {
+                            // Between two flushes, so the successor starts after the last recorded mark.
+                            let _flushing = watched.flush_lock.lock().await;
+                            let _ = role.send(Role::Following);
+                            telemetry
+                                .exporter()
+                                .set("tailfold_cluster_leader", &[("set", set.to_string())], 0.0);
+                            tracing::info!(set, "drained: handing the shard set's leadership over");
+                            if let Err(error) = client.delete(&leadership.key).await {
+                                tracing::warn!(%error, "cannot resign; the follower takes over after the lease TTL");
+                            }
+                            continue 'lease;
+                        }
+                    }
                     _ = rules_changed(&mut watched.rules) => {
                         let agreement = watched.rules.borrow().clone();
                         let differs = agreement.differs.is_some();
-                        reregister(agreement).await;
+                        let drain = *watched.drain.borrow();
+                        reregister(agreement, drain).await;
                         if differs {
                             let _ = role.send(Role::Following);
                             telemetry
@@ -469,11 +719,18 @@ async fn read_liveness(client: &EtcdClient, cluster: &str, view: &ClusterView) -
     Ok(())
 }
 
+/// How often each instance reads which instances are registered.
+const LIVENESS_POLL_MS: u64 = 250;
+
+/// How long after its registration a (re)started instance is surely seen
+/// live by every sender: a few liveness polls, each an etcd read.
+pub const LIVENESS_MARGIN_MS: u64 = 4 * LIVENESS_POLL_MS;
+
 /// Keeps the view's set of registered instances current (polled: it keeps
 /// the last answer through an etcd outage).
 async fn watch_liveness(client: EtcdClient, cluster: String, view: Arc<ClusterView>) {
     loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(LIVENESS_POLL_MS)).await;
         let _ = read_liveness(&client, &cluster, &view).await;
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod coordinator;
+pub mod drain;
 pub mod etcd;
 pub mod placement;
 pub mod retries;

@@ -397,9 +397,12 @@ pub fn counter_sum_key(id: &str, window: i64) -> (String, String, i64, String) {
 /// Senders writing, every 10 ms each, one request of a counter series of its
 /// own (`req{r="<worker>-<n>"}`, 5 points of 1 stamped now) to a random
 /// instance, so a request lands whole or not at all; they keep the requests
-/// acknowledged whole, with their time.
+/// acknowledged whole, with their time, and count the others by kind.
 pub struct CounterLoad {
     acked: Arc<parking_lot::Mutex<Vec<(String, i64)>>>,
+    /// Requests not acknowledged whole, by kind: the gRPC code, the reasons
+    /// of a partial answer, or `no answer within 20 s`.
+    refused: Arc<parking_lot::Mutex<BTreeMap<String, usize>>>,
     stop: Arc<AtomicBool>,
     avoid: Arc<AtomicUsize>,
     senders: Vec<tokio::task::JoinHandle<()>>,
@@ -414,6 +417,7 @@ impl CounterLoad {
         }
         let load = CounterLoad {
             acked: Arc::default(),
+            refused: Arc::default(),
             stop: Arc::default(),
             avoid: Arc::new(AtomicUsize::new(usize::MAX)),
             senders: Vec::new(),
@@ -422,6 +426,7 @@ impl CounterLoad {
         for worker in 0..workers {
             let mut clients = clients.clone();
             let (acked, stop, avoid) = (Arc::clone(&load.acked), Arc::clone(&load.stop), Arc::clone(&load.avoid));
+            let refused = Arc::clone(&load.refused);
             senders.push(tokio::spawn(async move {
                 let mut rng = SmallRng::seed_from_u64(worker);
                 let mut n = 0;
@@ -443,10 +448,25 @@ impl CounterLoad {
                         clients[target].write(v1::WriteRequest { series: request }),
                     )
                     .await;
-                    if let Ok(Ok(answer)) = answer {
-                        if answer.get_ref().accepted == 5 {
+                    let refusal = match answer {
+                        Ok(Ok(answer)) if answer.get_ref().accepted == 5 => {
                             acked.lock().push((id, at));
+                            None
                         }
+                        Ok(Ok(answer)) => Some(format!(
+                            "partly: {:?}",
+                            answer
+                                .get_ref()
+                                .rejections
+                                .iter()
+                                .map(|count| count.reason.as_str())
+                                .collect::<Vec<_>>()
+                        )),
+                        Ok(Err(status)) => Some(format!("{:?}", status.code())),
+                        Err(_) => Some("no answer within 20 s".to_string()),
+                    };
+                    if let Some(kind) = refusal {
+                        *refused.lock().entry(kind).or_default() += 1;
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -463,6 +483,11 @@ impl CounterLoad {
     /// Requests acknowledged so far.
     pub fn acked_count(&self) -> usize {
         self.acked.lock().len()
+    }
+
+    /// Requests not acknowledged whole so far, by kind.
+    pub fn refused(&self) -> BTreeMap<String, usize> {
+        self.refused.lock().clone()
     }
 
     /// Stops the senders; the requests acknowledged whole, with their time.
