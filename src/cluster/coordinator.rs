@@ -304,18 +304,15 @@ impl Coordinator {
 
     /// Leaves the cluster at the end of a clean shutdown (after the last
     /// flush): stops campaigning and revokes the lease, so the others stop
-    /// forwarding here at once instead of retrying until the lease expires.
-    /// A set of one replica keeps its registration until the lease expires:
-    /// senders of its shards keep retrying for that long, and the restarted
-    /// instance may be back by then.
+    /// forwarding here at once instead of retrying until the lease expires
+    /// (a set left with no registered replica is waited for by its senders,
+    /// up to the forward timeout).
     pub async fn leave(&self) {
         if let Some(campaign) = self.campaign.lock().take() {
             campaign.abort();
         }
-        let placement = self.view.placement();
-        let alone = self.view.my_set(&placement).is_none_or(|set| set.instances.len() < 2);
         let lease = *self.lease.lock();
-        if let (false, Some(lease)) = (alone, lease) {
+        if let Some(lease) = lease {
             match self.client.lease_revoke(lease).await {
                 Ok(()) => tracing::info!("left the cluster: registration revoked"),
                 Err(error) => tracing::warn!(%error, "cannot revoke the registration; it expires after the lease TTL"),

@@ -544,3 +544,52 @@ pub fn rollups_unlike_inputs(
         .collect();
     (differ, inputs.len())
 }
+
+/// What a run under [`CounterLoad`] came to, read from every store of a cluster.
+pub struct Accounting {
+    /// Requests acknowledged whole.
+    pub acked: usize,
+    /// Acknowledged requests whose record is missing or not 5.
+    pub not_in_store: Vec<(String, Option<f64>)>,
+    /// Windows whose rollup differs from its inputs' records, and windows seen.
+    pub rollups_differ: Vec<(i64, f64, Option<f64>)>,
+    pub windows: usize,
+    pub logs: String,
+}
+
+impl Accounting {
+    /// Reads every store of `cluster` (panics on a record emitted twice) for
+    /// the `acked` requests of a load, with windows of `window_ms`.
+    pub fn read(cluster: &TestCluster, acked: &[(String, i64)], window_ms: i64) -> Accounting {
+        let records = cluster.records();
+        let records = by_identity(&records);
+        let (rollups_differ, windows) = rollups_unlike_inputs(&records);
+        Accounting {
+            acked: acked.len(),
+            not_in_store: acked_not_in_store(&records, acked, window_ms),
+            rollups_differ,
+            windows,
+            logs: cluster.logs(),
+        }
+    }
+
+    /// Every acknowledged request once in its own record, at least
+    /// `min_windows` windows, and every window's rollup the sum of its inputs' records.
+    pub fn assert_exact(&self, what: &str, min_windows: usize) {
+        assert!(
+            self.not_in_store.is_empty(),
+            "{what}: {} of {} acknowledged requests missing or not 5, e.g. {:?}\n{}",
+            self.not_in_store.len(),
+            self.acked,
+            &self.not_in_store[..self.not_in_store.len().min(5)],
+            self.logs
+        );
+        assert!(self.windows >= min_windows, "{what}: only {} windows", self.windows);
+        assert!(
+            self.rollups_differ.is_empty(),
+            "{what}: rollups differ from their inputs (window, inputs, rollup): {:?}\n{}",
+            self.rollups_differ,
+            self.logs
+        );
+    }
+}
