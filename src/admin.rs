@@ -38,6 +38,8 @@ pub struct AdminState {
     pub clock: Arc<dyn Clock>,
     /// In a cluster: etcd, for `GET /api/v1/cluster`.
     pub cluster: Option<Arc<crate::cluster::coordinator::Coordinator>>,
+    /// The HTTP ingest state, whose `/-/ready` a drain turns to 503.
+    pub ingest: crate::ingest::remote_write::HttpState,
 }
 
 /// Who may call the admin endpoints.
@@ -169,7 +171,10 @@ async fn drain(State(state): State<AdminState>) -> Response {
         return not_clustered();
     };
     match coordinator.drain(state.clock.now_ms()).await {
-        Ok(answer) => json(StatusCode::OK, &answer),
+        Ok(answer) => {
+            state.ingest.set_draining(true);
+            json(StatusCode::OK, &answer)
+        }
         Err(error @ crate::cluster::drain::DrainError::NoReadyReplica { .. }) => {
             (StatusCode::CONFLICT, format!("{error}\n")).into_response()
         }
@@ -182,7 +187,9 @@ async fn undrain(State(state): State<AdminState>) -> Response {
     let Some(coordinator) = &state.cluster else {
         return not_clustered();
     };
-    json(StatusCode::OK, &coordinator.undrain().await)
+    let answer = coordinator.undrain().await;
+    state.ingest.set_draining(false);
+    json(StatusCode::OK, &answer)
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::cluster::{http_get, http_post, Accounting, ClusterSpec, CounterLoad, TestCluster};
+use common::cluster::{http_get, http_post, now_ms, Accounting, ClusterSpec, CounterLoad, TestCluster};
+use common::{point, series};
+use tailfold::api::v1;
 
 const RULES: &str = r#"
 defaults:
@@ -112,7 +114,27 @@ async fn restart_every_instance(cluster: &mut TestCluster, load: &CounterLoad) {
         wait_for(cluster, &id, "showed draining", |state, leader| {
             state == "draining" && (replicas == 1 || leader.is_some_and(|leader| leader != id))
         });
+        // Balancers that check /-/ready send elsewhere; a sender that still comes is served.
+        let (status, body) = http_get(cluster.instances[index].http, "/-/ready").unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.starts_with("draining"), "{body}");
         cluster.instances[index].stop();
+        // A write sent to the stopped instance itself is refused for retry elsewhere (UNAVAILABLE).
+        let endpoint = format!("http://{}", cluster.instances[index].grpc);
+        let mut direct = v1::ingest_client::IngestClient::new(
+            tonic::transport::Endpoint::from_shared(endpoint)
+                .unwrap()
+                .connect_lazy(),
+        );
+        let request = v1::WriteRequest {
+            series: vec![series(
+                &[("__name__", "req"), ("r", "to-the-stopped-one")],
+                v1::Kind::Counter,
+                vec![point(1.0, now_ms())],
+            )],
+        };
+        let refused = direct.write(request).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
         if replicas > 1 {
             // A stopped replica revoked its registration before it exited: no sender waits for it.
             let (state, _) = state_of(&cluster.status(), &id);
@@ -184,11 +206,15 @@ async fn rolling_restart_of_two_replica_sets_loses_nothing_and_refuses_no_write(
         "{}",
         text(&second)
     );
+    let (status, body) = http_get(cluster.instances[3].http, "/-/ready").unwrap();
+    assert_eq!(status, 503, "drained i3 is not ready: {body}");
     let (status, body) = http_post(cluster.instances[3].http, "/api/v1/cluster/undrain").unwrap();
     assert_eq!(status, 200, "{body}");
     wait_for(&cluster, "i3", "was ready after its undrain", |state, _| {
         state == "ready"
     });
+    let (status, body) = http_get(cluster.instances[3].http, "/-/ready").unwrap();
+    assert_eq!(status, 200, "undrained i3 is ready again: {body}");
 
     let run = rolling_restart_under_load(&mut cluster).await;
     assert_exact(&run, "replicas 2");

@@ -432,6 +432,7 @@ pub async fn start(
                         reloader: Arc::clone(&reloader),
                         clock: Arc::clone(&clock),
                         cluster: cluster.as_ref().map(|cluster| Arc::clone(&cluster.coordinator)),
+                        ingest: http_state.clone(),
                     },
                     AdminAccess::new(
                         settings.admin_token.as_ref(),
