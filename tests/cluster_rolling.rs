@@ -92,6 +92,16 @@ fn wait_for(cluster: &TestCluster, id: &str, what: &str, done: impl Fn(&str, Opt
     }
 }
 
+/// The value of instance `index`'s `tailfold_cluster_draining` gauge, as written on /metrics.
+fn draining_gauge(cluster: &TestCluster, index: usize) -> String {
+    let (_, metrics) = http_get(cluster.instances[index].http, "/metrics").unwrap();
+    let line = metrics
+        .lines()
+        .find(|line| line.starts_with("tailfold_cluster_draining"))
+        .unwrap_or_else(|| panic!("no draining gauge in\n{metrics}"));
+    line.trim_start_matches("tailfold_cluster_draining").to_string()
+}
+
 /// Restarts every instance in turn by the documented procedure; with two
 /// replicas, also checks that the peer of a stopped instance cannot drain.
 async fn restart_every_instance(cluster: &mut TestCluster, load: &CounterLoad) {
@@ -208,6 +218,7 @@ async fn rolling_restart_of_two_replica_sets_loses_nothing_and_refuses_no_write(
     );
     let (status, body) = http_get(cluster.instances[3].http, "/-/ready").unwrap();
     assert_eq!(status, 503, "drained i3 is not ready: {body}");
+    assert_eq!(draining_gauge(&cluster, 3), " 1");
     let (status, body) = http_post(cluster.instances[3].http, "/api/v1/cluster/undrain").unwrap();
     assert_eq!(status, 200, "{body}");
     wait_for(&cluster, "i3", "was ready after its undrain", |state, _| {
@@ -215,6 +226,7 @@ async fn rolling_restart_of_two_replica_sets_loses_nothing_and_refuses_no_write(
     });
     let (status, body) = http_get(cluster.instances[3].http, "/-/ready").unwrap();
     assert_eq!(status, 200, "undrained i3 is ready again: {body}");
+    assert_eq!(draining_gauge(&cluster, 3), " 0");
 
     let run = rolling_restart_under_load(&mut cluster).await;
     assert_exact(&run, "replicas 2");

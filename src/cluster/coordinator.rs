@@ -211,6 +211,10 @@ impl Coordinator {
             },
         ));
         *coordinator.campaign.lock() = Some(campaigning);
+        coordinator
+            .telemetry
+            .exporter()
+            .set("tailfold_cluster_draining", &[], 0.0);
         tokio::spawn(watch_liveness(client, settings.cluster.clone(), view));
         Ok(coordinator)
     }
@@ -361,7 +365,7 @@ impl Coordinator {
                     reason: "it is the set's only replica and has no write-ahead log (wal.enabled: false): its open windows would be lost at the stop".to_string(),
                 });
             }
-            let _ = self.drain.send(Drain::KeepLeading);
+            self.set_drain(Drain::KeepLeading);
             return Ok(self
                 .answer(
                     true,
@@ -407,7 +411,7 @@ impl Coordinator {
                 reason: reasons.join("; "),
             });
         }
-        let _ = self.drain.send(Drain::HandOver);
+        self.set_drain(Drain::HandOver);
         // The campaign resigns (between two flushes); wait for the successor.
         let election = Election::new(self.client.clone(), &keys::election_prefix(&settings.cluster, self.set));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(settings.lease_ttl_s.max(1));
@@ -435,13 +439,22 @@ impl Coordinator {
     /// lost, or at once when nobody leads).
     pub async fn undrain(&self) -> DrainAnswer {
         let was = self.draining();
-        let _ = self.drain.send(Drain::Off);
+        self.set_drain(Drain::Off);
         let message = if was {
             "no longer draining; campaigning again"
         } else {
             "was not draining"
         };
         self.answer(false, message.to_string()).await
+    }
+
+    fn set_drain(&self, drain: Drain) {
+        let _ = self.drain.send(drain);
+        let draining = if drain == Drain::Off { 0.0 } else { 1.0 };
+        self.telemetry
+            .exporter()
+            .set("tailfold_cluster_draining", &[], draining);
+        tracing::info!(?drain, "drain changed");
     }
 
     async fn answer(&self, draining: bool, message: String) -> DrainAnswer {
