@@ -15,7 +15,7 @@ use crate::model::StoragePolicy;
 use crate::reload::Agreement;
 use crate::telemetry::Telemetry;
 
-use super::drain::{not_ready, Drain, DrainAnswer, DrainError, Peer};
+use super::drain::Drain;
 use super::etcd::{Election, Leadership};
 use super::etcd::{EtcdClient, EtcdError, LeaseId, LeaseKeeper};
 use super::placement::{keys, Placement};
@@ -116,21 +116,21 @@ impl Registration {
 
 /// The etcd side of one cluster instance.
 pub struct Coordinator {
-    client: EtcdClient,
-    view: Arc<ClusterView>,
-    set: u32,
+    pub(super) client: EtcdClient,
+    pub(super) view: Arc<ClusterView>,
+    pub(super) set: u32,
     role: watch::Receiver<Role>,
-    telemetry: Arc<Telemetry>,
+    pub(super) telemetry: Arc<Telemetry>,
     /// The marks read last, used while etcd cannot be read (never to flush).
     last_marks: Mutex<FlushMarks>,
     /// Drained or not (the campaign watches it).
-    drain: watch::Sender<Drain>,
+    pub(super) drain: watch::Sender<Drain>,
     /// Held by a flush from its leadership check to its recorded marks, and
     /// by a drain's resignation, so a drained leader never leaves a window
     /// flushed but unrecorded for its successor to flush again.
     flush_lock: Arc<tokio::sync::Mutex<()>>,
     /// Whether this instance logs what it takes (write-ahead log).
-    logged: bool,
+    pub(super) logged: bool,
     /// The lease the campaign registered under last.
     lease: Arc<Mutex<Option<LeaseId>>>,
     /// The campaign, stopped by [`Coordinator::leave`].
@@ -332,146 +332,6 @@ impl Coordinator {
     /// Whether this instance drains.
     pub fn draining(&self) -> bool {
         *self.drain.borrow() != Drain::Off
-    }
-
-    /// Drains this instance (see [`super::drain`]): refused when no other
-    /// replica of its set is ready to lead (live, warm, agreeing on the
-    /// rules, not draining), unless the set has one replica and this
-    /// instance logs what it takes. Answers once a ready replica leads (or
-    /// after a lease TTL, with whoever leads then).
-    pub async fn drain(&self, now_ms: i64) -> Result<DrainAnswer, DrainError> {
-        let settings = self.view.settings();
-        let me = settings.instance.clone();
-        let etcd = |source| DrainError::Etcd {
-            instance: me.clone(),
-            source,
-        };
-        if self.draining() {
-            return Ok(self.answer(true, "already draining".to_string()).await);
-        }
-        let placement = self.view.placement();
-        let set = self.view.my_set(&placement).expect("checked by the view");
-        let peers: Vec<&str> = set
-            .instances
-            .iter()
-            .map(|instance| instance.id.as_str())
-            .filter(|id| *id != me)
-            .collect();
-        if peers.is_empty() {
-            if !self.logged {
-                return Err(DrainError::NoReadyReplica {
-                    instance: me.clone(),
-                    set: self.set,
-                    reason: "it is the set's only replica and has no write-ahead log (wal.enabled: false): its open windows would be lost at the stop".to_string(),
-                });
-            }
-            self.set_drain(Drain::KeepLeading);
-            return Ok(self
-                .answer(
-                    true,
-                    "draining; the set's only replica keeps leading until stopped, and its write-ahead log keeps the open windows".to_string(),
-                )
-                .await);
-        }
-        let prefix = keys::instances_prefix(&settings.cluster);
-        let registrations: BTreeMap<String, Registration> = self
-            .client
-            .get_prefix(&prefix)
-            .await
-            .map_err(etcd)?
-            .into_iter()
-            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-            .map(|registration: Registration| (registration.id.clone(), registration))
-            .collect();
-        let line: Vec<String> = self
-            .client
-            .get_prefix(&keys::election_prefix(&settings.cluster, self.set))
-            .await
-            .map_err(etcd)?
-            .into_iter()
-            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
-            .collect();
-        let reasons: Vec<String> = peers
-            .iter()
-            .filter_map(|id| {
-                not_ready(
-                    &Peer {
-                        id,
-                        registration: registrations.get(*id),
-                        campaigning: line.iter().any(|candidate| candidate == id),
-                    },
-                    now_ms,
-                )
-            })
-            .collect();
-        if reasons.len() == peers.len() {
-            return Err(DrainError::NoReadyReplica {
-                instance: me.clone(),
-                set: self.set,
-                reason: reasons.join("; "),
-            });
-        }
-        self.set_drain(Drain::HandOver);
-        // The campaign resigns (between two flushes); wait for the successor.
-        let election = Election::new(self.client.clone(), &keys::election_prefix(&settings.cluster, self.set));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(settings.lease_ttl_s.max(1));
-        loop {
-            let leader = election
-                .leader()
-                .await
-                .ok()
-                .flatten()
-                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-            let handed_over = leader.as_ref().is_some_and(|leader| *leader != me);
-            if handed_over || tokio::time::Instant::now() >= deadline {
-                let message = if handed_over {
-                    "draining; another replica leads its set".to_string()
-                } else {
-                    "draining; no other replica leads its set yet (see `tailfold cluster status`)".to_string()
-                };
-                return Ok(self.answer(true, message).await);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Ends a drain: the instance campaigns again (when its set's leader is
-    /// lost, or at once when nobody leads).
-    pub async fn undrain(&self) -> DrainAnswer {
-        let was = self.draining();
-        self.set_drain(Drain::Off);
-        let message = if was {
-            "no longer draining; campaigning again"
-        } else {
-            "was not draining"
-        };
-        self.answer(false, message.to_string()).await
-    }
-
-    fn set_drain(&self, drain: Drain) {
-        let _ = self.drain.send(drain);
-        let draining = if drain == Drain::Off { 0.0 } else { 1.0 };
-        self.telemetry
-            .exporter()
-            .set("tailfold_cluster_draining", &[], draining);
-        tracing::info!(?drain, "drain changed");
-    }
-
-    async fn answer(&self, draining: bool, message: String) -> DrainAnswer {
-        let settings = self.view.settings();
-        let election = Election::new(self.client.clone(), &keys::election_prefix(&settings.cluster, self.set));
-        DrainAnswer {
-            instance: settings.instance.clone(),
-            set: self.set,
-            draining,
-            leader: election
-                .leader()
-                .await
-                .ok()
-                .flatten()
-                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
-            message,
-        }
     }
 }
 
