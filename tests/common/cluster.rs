@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,9 +22,9 @@ use rand::{Rng, SeedableRng};
 use super::etcd::EtcdServer;
 use super::{point, series};
 
-/// A free loopback port (bound, then released for the process to take).
+/// A free loopback port for a process to take (see [`super::ports`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    super::ports::unused_port()
 }
 
 /// One `tailfold run` process.

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod ports;
 pub mod process;
 
 use std::collections::BTreeMap;
