@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::exemplar::Exemplar;
 use bands::Bands;
-pub(super) use bands::{bucket_of, pos_of, rank_of, Order};
+pub(super) use bands::{bucket_of, pos_of, rank_of, Keys, Order};
 pub use bands::{BAND_SIGMAS, OPEN_SLOTS};
 use extremes::Extremes;
 pub use plan::LinkPlan;
@@ -167,7 +167,13 @@ impl Links {
     /// both count a threshold (else `estimate` of the other side, inexact),
     /// the union of both extremes, the reservoirs of both. Call
     /// [`Links::replace`] on the merged counts after.
-    pub fn merge<R: Rng + ?Sized>(&mut self, other: Option<&Links>, estimate: impl Fn(f64) -> u64, rng: &mut R) {
+    pub(in crate::aggregate::histogram) fn merge<R: Rng + ?Sized>(
+        &mut self,
+        other: Option<&Links>,
+        estimate: impl Fn(f64) -> u64,
+        keys: Keys,
+        rng: &mut R,
+    ) {
         for (count, threshold) in self.above.iter_mut().zip(self.plan.thresholds.iter()) {
             match other.and_then(|o| o.count_above(*threshold)) {
                 Some((theirs, exact)) => {
@@ -184,7 +190,7 @@ impl Links {
             self.slowest.merge(&other.slowest, usize::from(self.plan.slowest), true);
             self.fastest
                 .merge(&other.fastest, usize::from(self.plan.fastest), false);
-            self.bands.merge(&other.bands, rng);
+            self.bands.merge(&other.bands, keys, rng);
         }
     }
 
@@ -193,15 +199,21 @@ impl Links {
         self.bands.replace(&self.plan.quantiles, n, order);
     }
 
-    /// Re-keys the reservoirs `k` scales coarser; call [`Links::replace`] after.
-    pub fn downscale<R: Rng + ?Sized>(&mut self, k: u32, rng: &mut R) {
-        self.bands.downscale(k, rng);
+    /// Merges the reservoirs that share a bucket at the coarser scale of
+    /// `keys`; call [`Links::replace`] after.
+    pub(in crate::aggregate::histogram) fn downscale<R: Rng + ?Sized>(&mut self, keys: Keys, rng: &mut R) {
+        self.bands.downscale(keys, rng);
     }
 
     /// A kept exemplar in bucket `pos` (`in_bucket` says whether a value
     /// lies in it), or else the nearest kept one and how many buckets away.
-    pub fn link(&self, pos: i32, in_bucket: impl Fn(f64) -> bool) -> Option<(Exemplar, i32, u32)> {
-        if let Some(exemplar) = self.bands.get(pos) {
+    pub(in crate::aggregate::histogram) fn link(
+        &self,
+        pos: i32,
+        keys: Keys,
+        in_bucket: impl Fn(f64) -> bool,
+    ) -> Option<(Exemplar, i32, u32)> {
+        if let Some(exemplar) = self.bands.get(pos, keys) {
             return Some((exemplar, pos, 0));
         }
         let extremes = self.slowest.kept().iter().chain(self.fastest.kept());
@@ -209,7 +221,7 @@ impl Links {
             return Some((*exemplar, pos, 0));
         }
         self.bands
-            .iter()
+            .iter(keys)
             .map(|(key, exemplar)| (exemplar, key, key.abs_diff(pos)))
             .min_by_key(|(_, _, distance)| *distance)
     }
@@ -230,8 +242,8 @@ impl Links {
     }
 
     /// Kept reservoirs' exemplars with their bucket keys, ascending.
-    pub fn reservoirs(&self) -> impl Iterator<Item = (i32, Exemplar)> + '_ {
-        self.bands.iter()
+    pub(in crate::aggregate::histogram) fn reservoirs(&self, keys: Keys) -> impl Iterator<Item = (i32, Exemplar)> + '_ {
+        self.bands.iter(keys)
     }
 
     /// Checks links read from another process (cluster parts): counts per
