@@ -183,10 +183,10 @@ struct Cursor {
     /// Lowest and highest bucket of the band.
     lo: i32,
     hi: i32,
+    /// Samples still to come before the band is widened again.
+    refresh_in: u32,
     /// Samples below `pos` (those in it are read from the histogram).
     below: u64,
-    /// Sample count at which the band is widened again.
-    refresh_at: u64,
 }
 
 impl Cursor {
@@ -197,7 +197,7 @@ impl Cursor {
             lo: pos,
             hi: pos,
             below,
-            refresh_at: 0,
+            refresh_in: 0,
         };
         cursor.refresh(q, n, order);
         cursor
@@ -226,7 +226,8 @@ impl Cursor {
                 self.below = self.below.saturating_sub(order.count(prev));
             }
         }
-        if moved || n >= self.refresh_at {
+        self.refresh_in = self.refresh_in.saturating_sub(u32::try_from(w).unwrap_or(u32::MAX));
+        if moved || self.refresh_in == 0 {
             self.refresh(q, n, order);
         }
     }
@@ -252,7 +253,7 @@ impl Cursor {
         self.lo = lo;
         self.hi = hi;
         // Ranks drift by at most one per sample: widen again before they pass a quarter of the reach.
-        self.refresh_at = n + (reach / 4).max(1);
+        self.refresh_in = u32::try_from((reach / 4).max(1)).unwrap_or(u32::MAX);
     }
 
     /// Buckets between `pos` and the band (0 inside it).
@@ -487,7 +488,7 @@ mod tests {
     #[test]
     fn a_reservoir_is_40_bytes_and_keeps_its_timestamp() {
         assert_eq!(size_of::<Slot>(), 40);
-        assert_eq!(size_of::<Cursor>(), 32);
+        assert_eq!(size_of::<Cursor>(), 24);
         let exemplar = Exemplar {
             trace_id: [7; 16],
             span_id: [8; 8],

@@ -82,8 +82,9 @@ pub struct Links {
     /// a histogram that did not count a threshold: `above` then holds bucket
     /// estimates for those.
     above_exact: bool,
-    slowest: Extremes,
-    fastest: Extremes,
+    /// The slowest and the fastest traced samples, boxed and only with an
+    /// `above` or `below` in the plan: most windows emit neither.
+    ranked: Option<Box<[Extremes; 2]>>,
     bands: Bands,
 }
 
@@ -92,10 +93,9 @@ impl Links {
     pub fn new(plan: Arc<LinkPlan>) -> Self {
         Links {
             above: vec![0; plan.thresholds.len()].into(),
+            ranked: (plan.slowest > 0 || plan.fastest > 0).then(Box::default),
             plan,
             above_exact: true,
-            slowest: Extremes::default(),
-            fastest: Extremes::default(),
             bands: Bands::default(),
         }
     }
@@ -140,8 +140,10 @@ impl Links {
         order: &Order<'_>,
         rng: &mut R,
     ) {
-        self.slowest.offer(exemplar, usize::from(self.plan.slowest), true);
-        self.fastest.offer(exemplar, usize::from(self.plan.fastest), false);
+        if let Some([slowest, fastest]) = self.ranked.as_deref_mut() {
+            slowest.offer(exemplar, usize::from(self.plan.slowest), true);
+            fastest.offer(exemplar, usize::from(self.plan.fastest), false);
+        }
         if !self.plan.quantiles.is_empty() {
             self.bands.offer(pos, exemplar, &self.plan.quantiles, n, order, rng);
         }
@@ -187,9 +189,12 @@ impl Links {
             }
         }
         if let Some(other) = other {
-            self.slowest.merge(&other.slowest, usize::from(self.plan.slowest), true);
-            self.fastest
-                .merge(&other.fastest, usize::from(self.plan.fastest), false);
+            if let (Some([slowest, fastest]), Some([their_slowest, their_fastest])) =
+                (self.ranked.as_deref_mut(), other.ranked.as_deref())
+            {
+                slowest.merge(their_slowest, usize::from(self.plan.slowest), true);
+                fastest.merge(their_fastest, usize::from(self.plan.fastest), false);
+            }
             self.bands.merge(&other.bands, keys, rng);
         }
     }
@@ -216,7 +221,7 @@ impl Links {
         if let Some(exemplar) = self.bands.get(pos, keys) {
             return Some((exemplar, pos, 0));
         }
-        let extremes = self.slowest.kept().iter().chain(self.fastest.kept());
+        let extremes = self.slowest().iter().chain(self.fastest());
         if let Some(exemplar) = extremes.clone().find(|e| in_bucket(e.value)) {
             return Some((*exemplar, pos, 0));
         }
@@ -228,12 +233,12 @@ impl Links {
 
     /// The slowest traced samples, slowest first (at most `plan().slowest`).
     pub fn slowest(&self) -> &[Exemplar] {
-        self.slowest.kept()
+        self.ranked.as_deref().map_or(&[], |[slowest, _]| slowest.kept())
     }
 
     /// The fastest traced samples, fastest first (at most `plan().fastest`).
     pub fn fastest(&self) -> &[Exemplar] {
-        self.fastest.kept()
+        self.ranked.as_deref().map_or(&[], |[_, fastest]| fastest.kept())
     }
 
     /// Whether bands decide which reservoirs are kept.
@@ -266,11 +271,10 @@ impl Links {
                 plan.thresholds.len()
             ));
         }
-        for (list, cap, slowest) in [
-            (&self.slowest, plan.slowest, true),
-            (&self.fastest, plan.fastest, false),
+        for (kept, cap, slowest) in [
+            (self.slowest(), plan.slowest, true),
+            (self.fastest(), plan.fastest, false),
         ] {
-            let kept = list.kept();
             let ordered = kept.windows(2).all(|w| {
                 if slowest {
                     w[0].value >= w[1].value
@@ -289,16 +293,19 @@ impl Links {
     pub fn clear(&mut self) {
         self.above.iter_mut().for_each(|count| *count = 0);
         self.above_exact = true;
-        self.slowest.clear();
-        self.fastest.clear();
+        if let Some([slowest, fastest]) = self.ranked.as_deref_mut() {
+            slowest.clear();
+            fastest.clear();
+        }
         self.bands.clear();
     }
 
     /// Heap bytes held (the plan is shared and not counted).
     pub fn heap_bytes(&self) -> usize {
         self.above.len() * size_of::<u64>()
-            + self.slowest.heap_bytes()
-            + self.fastest.heap_bytes()
+            + self.ranked.as_deref().map_or(0, |[slowest, fastest]| {
+                size_of::<[Extremes; 2]>() + slowest.heap_bytes() + fastest.heap_bytes()
+            })
             + self.bands.heap_bytes()
     }
 }
