@@ -506,5 +506,9 @@ mod tests {
             slot.set(&exemplar, epoch_ms);
             assert_eq!(slot.exemplar(epoch_ms), exemplar);
         }
+        // More than 24.8 days from the epoch: clamped, as the README says.
+        let epoch_ms = exemplar.timestamp_ms - 30 * 86_400_000;
+        slot.set(&exemplar, epoch_ms);
+        assert_eq!(slot.exemplar(epoch_ms).timestamp_ms, epoch_ms + i64::from(i32::MAX));
     }
 }
