@@ -313,7 +313,7 @@ impl Bands {
         order: &Order<'_>,
         rng: &mut R,
     ) {
-        let at = match self.find(pos, exemplar.value, order.keys) {
+        let mut at = match self.find(pos, exemplar.value, order.keys) {
             Ok(at) => {
                 let epoch_ms = self.epoch_ms;
                 let slot = &mut self.slots[at];
@@ -334,8 +334,14 @@ impl Bands {
                 return;
             }
         }
+        if self.slots.len() == self.slots.capacity() && self.slots.len() > OPEN_SLOTS {
+            // Out-of-band reservoirs go when the storage is full, before it
+            // grows: the same memory as dropping them on every insert, with a
+            // scan of every reservoir's bucket per growth instead of per insert.
+            self.evict(order.keys);
+            at = self.slots.partition_point(|slot| slot.value < exemplar.value);
+        }
         self.insert(at, &exemplar, 1);
-        self.evict(order.keys);
     }
 
     /// Adds a slot for `exemplar` at `at`, growing the storage by a little:
