@@ -159,7 +159,7 @@ stop_service() {
 # One loadgen run against a fresh service: $1 figure name, $2 protocol, $3 profiler, $4 WAL.
 e2e() {
   local figure=$1 protocol=$2 log target
-  log=$OUT/e2e.$(tr -c 'a-z0-9\n' _ <<<"$figure").$run.log
+  log=$OUT/e2e.$(tr 'A-Z' 'a-z' <<<"$figure" | tr -c 'a-z0-9\n' _).$run.log
   start_service "$3" "$4"
   target=http://127.0.0.1:$GRPC_PORT
   [ "$protocol" = remote-write ] && target=http://127.0.0.1:$HTTP_PORT
