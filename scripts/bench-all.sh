@@ -7,9 +7,9 @@
 # Not part of scripts/test.sh. Run it on a quiet machine (it prints the load
 # average before and after); the figures go in BENCHMARKS.md.
 #
-#   scripts/bench-all.sh                  # 3 runs, documented settings (about 40 min per run)
+#   scripts/bench-all.sh                  # 3 runs, documented settings (a full run was not timed yet)
 #   scripts/bench-all.sh --runs 5
-#   scripts/bench-all.sh --quick          # 1 run, short measurements, small harnesses: checks the script
+#   scripts/bench-all.sh --quick          # 1 run, short measurements, small harnesses: checks the script (15 min at load 12)
 #   scripts/bench-all.sh --only 'ingest|e2e'   # rows whose section matches the regex
 #
 # Sections: histogram ingest_counters ingest_distributions memory flush
