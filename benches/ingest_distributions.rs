@@ -5,6 +5,10 @@
 //! per-core figure. `zipf` and `uniform` meet mature windows (prefilled);
 //! `zipf_window_cycle` moves the clock one window on every 256k samples
 //! (flush untimed), so windows and their histograms are filled from empty.
+//! `filled/obs_100` and `filled/obs_50000` cycle windows that each series
+//! fills with exactly 100 (10,000 series) or 50,000 (20 series) traced
+//! samples, shuffled across series: ingest at those window sizes, timed by
+//! the thread's CPU time (what a core spends, also on a shared machine).
 
 mod common;
 
@@ -12,7 +16,9 @@ use std::hint::black_box;
 
 use common::{Points, BATCH, NOW_MS};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tailfold::model::Kind;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use tailfold::model::{IngestBatch, Kind};
 
 /// The service binary's allocator (`src/main.rs`), so the figures are the
 /// service's: mimalloc also asks for transparent huge pages for its arenas.
@@ -65,5 +71,29 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// One window's batches (untimestamped) in which each of `series` series
+/// gets exactly `observations` traced samples, shuffled across series.
+fn filled_window(series: usize, observations: usize) -> Vec<IngestBatch> {
+    let labels = common::label_table(series, common::distribution_labels);
+    let mut indices: Vec<usize> = (0..series).flat_map(|i| std::iter::repeat_n(i, observations)).collect();
+    indices.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(3));
+    let batches = common::batches(&labels, &indices, Kind::Distribution, Points::TracedLatencies, 11);
+    common::without_timestamps(&batches)
+}
+
+fn filled(c: &mut Criterion) {
+    let mut group = c.benchmark_group("filled");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (series, observations) in [(10_000, 100), (20, 50_000)] {
+        let engine = common::engine();
+        let window = filled_window(series, observations);
+        let mut cycle = common::WindowCycle::new();
+        group.bench_function(format!("obs_{observations}"), |b| {
+            b.iter_custom(|iters| cycle.run_cpu(&engine, &window, iters))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, filled);
 criterion_main!(benches);

@@ -241,11 +241,13 @@ fn main() {
     }
     println!(
         "sizes (bytes, inline): Labels {}, WindowState {}, SeriesRoute {}, \
-         OutputTarget {}, PolicySlot {} (+16 per Arc header)",
+         OutputTarget {}, PolicySlot {} (+16 per Arc header), ExpHistogram {}, Links {}",
         size_of::<Labels>(),
         size_of::<WindowState>(),
         size_of::<SeriesRoute>(),
         size_of::<OutputTarget>(),
         size_of::<PolicySlot>(),
+        size_of::<tailfold::aggregate::histogram::ExpHistogram>(),
+        size_of::<tailfold::aggregate::histogram::Links>(),
     );
 }

@@ -1,8 +1,9 @@
 //! The operator's HTTP endpoints, merged into the HTTP server next to ingest:
 //! `GET /metrics` (self-metrics, Prometheus text), `POST /-/reload` and
 //! `GET /-/rules` (hot reload), `GET /api/v1/profile` (the metrics profiler),
-//! `GET /api/v1/cluster` (placement, leaders, flush marks, from etcd) and
-//! `POST /api/v1/cluster/add|remove|replace` (placement changes).
+//! `GET /api/v1/cluster` (placement, leaders, flush marks, from etcd),
+//! `POST /api/v1/cluster/add|remove|replace` (placement changes) and
+//! `POST /api/v1/cluster/drain` and `/undrain` (before a planned stop).
 //! They reveal or change the service, so [`AdminAccess`] guards them: the
 //! admin token when one is set (never an ingest token), else only a loopback
 //! listener serves them.
@@ -38,6 +39,8 @@ pub struct AdminState {
     pub clock: Arc<dyn Clock>,
     /// In a cluster: etcd, for `GET /api/v1/cluster`.
     pub cluster: Option<Arc<crate::cluster::coordinator::Coordinator>>,
+    /// The HTTP ingest state, whose `/-/ready` a drain turns to 503.
+    pub ingest: crate::ingest::remote_write::HttpState,
 }
 
 /// Who may call the admin endpoints.
@@ -125,6 +128,8 @@ pub fn admin_router(state: AdminState, access: AdminAccess) -> Router {
         .route("/-/rules", get(rules))
         .route("/api/v1/profile", get(profile))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/cluster/drain", post(drain))
+        .route("/api/v1/cluster/undrain", post(undrain))
         .route("/api/v1/cluster/{change}", post(cluster_change))
         .route_layer(axum::middleware::from_fn_with_state(access, require_admin))
         .with_state(state)
@@ -140,11 +145,7 @@ fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
 /// The cluster's status as etcd has it (any instance answers for all).
 async fn cluster(State(state): State<AdminState>) -> Response {
     let Some(coordinator) = &state.cluster else {
-        return (
-            StatusCode::NOT_FOUND,
-            "not a cluster instance: no cluster section in its config\n",
-        )
-            .into_response();
+        return not_clustered();
     };
     let cluster = &coordinator.view().settings().cluster;
     match crate::cluster::status::ClusterStatus::read(coordinator.client(), cluster).await {
@@ -156,6 +157,41 @@ async fn cluster(State(state): State<AdminState>) -> Response {
             .into_response(),
         Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
     }
+}
+
+fn not_clustered() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "not a cluster instance: no cluster section in its config\n",
+    )
+        .into_response()
+}
+
+/// Drains this instance (409 with the reason when its set would have no ready replica).
+async fn drain(State(state): State<AdminState>) -> Response {
+    let Some(coordinator) = &state.cluster else {
+        return not_clustered();
+    };
+    match coordinator.drain(state.clock.now_ms()).await {
+        Ok(answer) => {
+            state.ingest.set_draining(true);
+            json(StatusCode::OK, &answer)
+        }
+        Err(error @ crate::cluster::drain::DrainError::NoReadyReplica { .. }) => {
+            (StatusCode::CONFLICT, format!("{error}\n")).into_response()
+        }
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
+    }
+}
+
+/// Ends this instance's drain.
+async fn undrain(State(state): State<AdminState>) -> Response {
+    let Some(coordinator) = &state.cluster else {
+        return not_clustered();
+    };
+    let answer = coordinator.undrain().await;
+    state.ingest.set_draining(false);
+    json(StatusCode::OK, &answer)
 }
 
 /// Stages a placement change, as `tailfold cluster add|remove|replace` does:
@@ -170,11 +206,7 @@ async fn cluster_change(
     use crate::cluster::change::{ChangeError, Request};
     use crate::cluster::cli::parse_instance;
     let Some(coordinator) = &state.cluster else {
-        return (
-            StatusCode::NOT_FOUND,
-            "not a cluster instance: no cluster section in its config\n",
-        )
-            .into_response();
+        return not_clustered();
     };
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
     let all = |name: &str| -> Vec<String> {

@@ -179,6 +179,70 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Drain an instance before stopping it: it hands its set's leadership to a
+    /// ready replica and stops campaigning (refused when none is ready).
+    Drain(DrainArgs),
+    /// End a drain: the instance campaigns again (a restart ends it too).
+    Undrain(DrainArgs),
+}
+
+#[derive(clap::Args)]
+struct DrainArgs {
+    /// etcd endpoint (repeat for several).
+    #[arg(long, required = true)]
+    etcd: Vec<String>,
+    /// Cluster id.
+    #[arg(long)]
+    cluster: String,
+    /// File holding the instances' admin token (`auth.admin_token_file`), if they have one.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// The instance's id.
+    instance: String,
+}
+
+/// `tailfold cluster drain` / `undrain`: POSTs `/api/v1/cluster/<action>` to the instance's HTTP API.
+fn drain_command(runtime: &tokio::runtime::Runtime, args: DrainArgs, action: &str) -> ExitCode {
+    let address = match runtime.block_on(tailfold::cluster::cli::admin_address(
+        &args.etcd,
+        &args.cluster,
+        &args.instance,
+    )) {
+        Ok(address) => address,
+        Err(error) => return fail(&error),
+    };
+    let token = match &args.admin_token_file {
+        Some(file) => match std::fs::read_to_string(file) {
+            Ok(token) => Some(token.trim().to_string()),
+            Err(error) => return fail(&format!("--admin-token-file {}: {error}", file.display())),
+        },
+        None => None,
+    };
+    let client = match reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => return fail(&format!("cannot build an HTTP client: {error}")),
+    };
+    let url = format!("http://{address}/api/v1/cluster/{action}");
+    let mut request = client.post(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    match request.send() {
+        Ok(response) => {
+            let status = response.status();
+            let body = response.text().unwrap_or_default();
+            if status.is_success() {
+                print!("{body}");
+                ExitCode::SUCCESS
+            } else {
+                fail(&format!("{action} {}: {status}: {}", args.instance, body.trim_end()))
+            }
+        }
+        Err(error) => fail(&format!("{action} {}: POST {url}: {error}", args.instance)),
+    }
 }
 
 /// Where a placement change goes and how it is staged.
@@ -284,6 +348,8 @@ fn cluster_command(command: ClusterCommand) -> ExitCode {
                 Err(error) => fail(&error),
             }
         }
+        ClusterCommand::Drain(args) => drain_command(&runtime, args, "drain"),
+        ClusterCommand::Undrain(args) => drain_command(&runtime, args, "undrain"),
     }
 }
 

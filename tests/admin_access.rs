@@ -1,5 +1,5 @@
-//! The admin endpoints (`/metrics`, `/-/reload`, `/-/rules`, `/api/v1/profile`)
-//! behind their guard: with an admin token set they need exactly it (an
+//! The admin endpoints (`/metrics`, `/-/reload`, `/-/rules`, `/api/v1/profile`,
+//! `/api/v1/cluster` and its drain and undrain) behind their guard: with an admin token set they need exactly it (an
 //! ingest token is refused, so no ingest client can reload rules); without
 //! one they are served on a loopback listener only.
 
@@ -22,11 +22,14 @@ async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-const ENDPOINTS: [(&str, &str); 4] = [
+const ENDPOINTS: [(&str, &str); 7] = [
     ("GET", "/metrics"),
     ("POST", "/-/reload"),
     ("GET", "/-/rules"),
     ("GET", "/api/v1/profile"),
+    ("GET", "/api/v1/cluster"),
+    ("POST", "/api/v1/cluster/drain"),
+    ("POST", "/api/v1/cluster/undrain"),
 ];
 
 #[tokio::test]
@@ -59,6 +62,13 @@ async fn with_an_admin_token_only_it_opens_the_admin_endpoints() {
             // Reached the reloader, which has no rules file to read in this test.
             assert_eq!(status, 400, "{body}");
             assert!(body.contains("rules.yaml: cannot read"), "{body}");
+        } else if path.starts_with("/api/v1/cluster") {
+            // Reached the handler, which has no cluster to show or drain here.
+            assert_eq!(
+                (status, body.as_str()),
+                (404, "not a cluster instance: no cluster section in its config\n"),
+                "{path}"
+            );
         } else {
             assert_eq!(status, 200, "{path}: {body}");
         }

@@ -3,7 +3,8 @@
 //! samples per window. Every emitted quantile's trace lies in the quantile's
 //! own bucket and says so; `above(1.5)` selects exactly the slowest traced
 //! samples and counts exactly (1.497 and 1.505 share a bucket); a rollup of
-//! two inputs keeps all of it.
+//! two inputs keeps all of it. The same checks hold for spans sent over OTLP
+//! by the real OpenTelemetry Python SDK (tests/otlp/export.py).
 
 mod common;
 
@@ -15,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal};
 use tailfold::aggregate::histogram::bucket_index;
 use tailfold::api::v1::Kind;
+use tailfold::model::DropReason;
 use tailfold::sink::JsonRecord;
 
 const T0: i64 = 1_800_000_000_000;
@@ -32,6 +34,23 @@ rollup_rules:
     rollup:
       name: latency_seconds:by_service
       group_by: [service]
+      aggregations: [count, p50, p90, p99, p999, above(1.5)]
+"#;
+
+/// The same outputs for spans (OTLP ingest), rolled up across span names.
+const SPAN_RULES: &str = r#"
+defaults:
+  storage_policies: ["10s:2d"]
+mapping_rules:
+  - name: spans
+    filter: '__name__:span_duration_seconds'
+    aggregations: [count, sum, min, max, p50, p90, p99, p999, above(1.5)]
+rollup_rules:
+  - name: spans-by-service
+    filter: '__name__:span_duration_seconds'
+    rollup:
+      name: span_duration_seconds:by_service
+      group_by: [service_name]
       aggregations: [count, p50, p90, p99, p999, above(1.5)]
 "#;
 
@@ -221,5 +240,67 @@ async fn above_counts_exactly_inside_a_bucket() {
         .collect();
     assert_eq!(selected.len(), 1);
     assert_eq!(sent[&selected[0].exemplar.trace_id], 1.505);
+    service.shutdown().await;
+}
+
+/// One span the SDK sent, as tests/otlp/export.py reports it.
+#[derive(serde::Deserialize)]
+struct SentSpan {
+    trace_id: String,
+    duration_ns: u64,
+    service: String,
+    name: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_spans_over_otlp_link_exactly_at_every_size() {
+    let mut service = start_service_with(SPAN_RULES, T0, "otlp: {grpc_listen: \"127.0.0.1:0\"}").await;
+    let endpoint = format!("http://{}", service.handle().otlp_grpc_addr().unwrap());
+    // 2 x (100 + 2,000 + 50,000) slow-tailed spans and the 1.497 / 1.505 edge, in one 10 s window.
+    let t0 = T0.to_string();
+    let args = [
+        "tail",
+        "--protocol",
+        "grpc",
+        "--endpoint",
+        &endpoint,
+        "--seed",
+        "15",
+        "--base-ms",
+        &t0,
+        "--window-ms",
+        "10000",
+    ];
+    let sent = otlp_export(args.map(String::from).to_vec()).await;
+    // Per (service, span name) and per service (the rollup): trace id -> seconds, as ingest computes them.
+    let mut by_series: HashMap<(String, String), HashMap<String, f64>> = HashMap::new();
+    let mut by_service: HashMap<String, HashMap<String, f64>> = HashMap::new();
+    for line in sent {
+        let span: SentSpan = serde_json::from_value(line).unwrap();
+        let seconds = span.duration_ns as f64 / 1e9;
+        by_service
+            .entry(span.service.clone())
+            .or_default()
+            .insert(span.trace_id.clone(), seconds);
+        by_series
+            .entry((span.service, span.name))
+            .or_default()
+            .insert(span.trace_id, seconds);
+    }
+    assert_eq!(by_series.len(), 7, "3 sizes x 2 span names and the edge");
+    assert_eq!(by_service["s50000"].len(), 100_000);
+    assert_eq!(by_service["edge"].len(), 51);
+    service.flush_at(T0 + 60_000).await;
+    let records = service.records();
+    for ((name, span_name), sent) in &by_series {
+        let labels = [("service_name", name.as_str()), ("span_name", span_name.as_str())];
+        check(&records, &service, "span_duration_seconds", &labels, sent);
+    }
+    for (name, sent) in &by_service {
+        let labels = [("service_name", name.as_str())];
+        check(&records, &service, "span_duration_seconds:by_service", &labels, sent);
+    }
+    let snapshot = service.handle().telemetry().snapshot();
+    assert_eq!(snapshot.ingest.rejected, [0; DropReason::ALL.len()], "{snapshot:?}");
     service.shutdown().await;
 }

@@ -54,29 +54,6 @@ struct SentSpan {
     sampled: bool,
 }
 
-/// Runs tests/otlp/export.py and returns its JSON lines; fails the test with its stderr.
-async fn export(args: Vec<String>) -> Vec<serde_json::Value> {
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp/export.py"))
-            .args(&args)
-            .output()
-            .expect("python3 runs (scripts/test.sh installs the OpenTelemetry SDK)")
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "export.py failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
 async fn send_spans(protocol: &str, endpoint: String, seed: u64) -> Vec<SentSpan> {
     let args = [
         "spans",
@@ -91,7 +68,7 @@ async fn send_spans(protocol: &str, endpoint: String, seed: u64) -> Vec<SentSpan
         "--count",
         "1500",
     ];
-    let lines = export(args.iter().map(|s| s.to_string()).collect()).await;
+    let lines = otlp_export(args.iter().map(|s| s.to_string()).collect()).await;
     lines
         .into_iter()
         .map(|line| serde_json::from_value(line).unwrap())
@@ -328,7 +305,7 @@ async fn histogram_exemplars_come_out_on_the_quantiles(protocol: &str) {
         "--count",
         "800",
     ];
-    let lines = export(args.iter().map(|s| s.to_string()).collect()).await;
+    let lines = otlp_export(args.iter().map(|s| s.to_string()).collect()).await;
     let mut values: Vec<f64> = lines.iter().map(|l| l["value"].as_f64().unwrap()).collect();
     let traces: HashMap<String, f64> = lines
         .iter()

@@ -1,6 +1,6 @@
-//! The logic behind `tailfold cluster init` and `tailfold cluster status`:
+//! The logic behind `tailfold cluster init`, `status` and `drain`:
 //! instance specs parsed with clear errors, the placement created in etcd,
-//! the status read back.
+//! the status read back, the instance to drain found.
 
 use std::time::Duration;
 
@@ -93,6 +93,33 @@ pub async fn status(etcd: &[String], cluster: &str) -> Result<ClusterStatus, Str
         .await
         .map_err(|error| error.to_string())?
         .ok_or_else(|| format!("cluster {cluster}: no placement in etcd; create it with `tailfold cluster init`"))
+}
+
+/// The HTTP address (`HOST:PORT`) of a live `instance` of `cluster`, for
+/// `tailfold cluster drain` / `undrain`: the placement's, else the one it registered.
+pub async fn admin_address(etcd: &[String], cluster: &str, instance: &str) -> Result<String, String> {
+    let status = status(etcd, cluster).await?;
+    let Some(found) = status
+        .sets
+        .iter()
+        .flat_map(|set| &set.instances)
+        .find(|i| i.id == instance)
+    else {
+        return Err(format!(
+            "cluster {cluster}: instance {instance:?} is not in the placement"
+        ));
+    };
+    if !found.live {
+        return Err(format!(
+            "cluster {cluster}: instance {instance} is down (not registered in etcd): nothing to drain"
+        ));
+    }
+    if found.http.is_empty() {
+        return Err(format!(
+            "cluster {cluster}: instance {instance} has no HTTP address in the placement; POST /api/v1/cluster/drain on it directly"
+        ));
+    }
+    Ok(found.http.clone())
 }
 
 /// What `tailfold check` says of a cluster instance's rules file.

@@ -15,6 +15,7 @@ use crate::model::StoragePolicy;
 use crate::reload::Agreement;
 use crate::telemetry::Telemetry;
 
+use super::drain::Drain;
 use super::etcd::{Election, Leadership};
 use super::etcd::{EtcdClient, EtcdError, LeaseId, LeaseKeeper};
 use super::placement::{keys, Placement};
@@ -86,6 +87,13 @@ pub struct Registration {
     /// Why it does not fold the cluster's rules (then it neither leads nor forwards).
     #[serde(default)]
     pub rules_differ: Option<String>,
+    /// From when it may lead (ms since the epoch): it has seen every window
+    /// its set may still flush.
+    #[serde(default)]
+    pub warm_at_ms: i64,
+    /// Drained (`tailfold cluster drain`): it does not campaign.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl Registration {
@@ -97,21 +105,40 @@ impl Registration {
             ..self.clone()
         }
     }
+
+    fn with_state(&self, agreement: &Agreement, drain: Drain) -> Registration {
+        Registration {
+            draining: drain != Drain::Off,
+            ..self.with_rules(agreement)
+        }
+    }
 }
 
 /// The etcd side of one cluster instance.
 pub struct Coordinator {
-    client: EtcdClient,
-    view: Arc<ClusterView>,
-    set: u32,
+    pub(super) client: EtcdClient,
+    pub(super) view: Arc<ClusterView>,
+    pub(super) set: u32,
     role: watch::Receiver<Role>,
-    telemetry: Arc<Telemetry>,
+    pub(super) telemetry: Arc<Telemetry>,
     /// The marks read last, used while etcd cannot be read (never to flush).
     last_marks: Mutex<FlushMarks>,
     /// Turns true once a completed change took this instance out of the placement.
     left: watch::Receiver<bool>,
     /// When this process started (ms since the epoch).
     started_ms: i64,
+    /// Drained or not (the campaign watches it).
+    pub(super) drain: watch::Sender<Drain>,
+    /// Held by a flush from its leadership check to its recorded marks, and
+    /// by a drain's resignation, so a drained leader never leaves a window
+    /// flushed but unrecorded for its successor to flush again.
+    flush_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Whether this instance logs what it takes (write-ahead log).
+    pub(super) logged: bool,
+    /// The lease the campaign registered under last.
+    lease: Arc<Mutex<Option<LeaseId>>>,
+    /// The campaign, stopped by [`Coordinator::leave`].
+    campaign: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Coordinator {
@@ -161,9 +188,16 @@ impl Coordinator {
         } else {
             registration.started_ms + warm_after_ms
         };
+        let registration = Registration {
+            warm_at_ms,
+            ..registration
+        };
         let (role_sender, role) = watch::channel(Role::Unknown);
         let (left_sender, left) = watch::channel(false);
         let now_ms = Arc::new(now_ms);
+        let (drain, drain_receiver) = watch::channel(Drain::Off);
+        let flush_lock = Arc::new(tokio::sync::Mutex::new(()));
+        let lease = Arc::new(Mutex::new(None));
         let coordinator = Arc::new(Coordinator {
             left,
             client: client.clone(),
@@ -173,9 +207,14 @@ impl Coordinator {
             telemetry: Arc::clone(&telemetry),
             last_marks: Mutex::new(FlushMarks::new()),
             started_ms: registration.started_ms,
+            drain,
+            flush_lock: Arc::clone(&flush_lock),
+            logged,
+            lease: Arc::clone(&lease),
+            campaign: Mutex::new(None),
         });
         read_liveness(&client, &settings.cluster, &view).await?;
-        tokio::spawn(campaign(
+        let campaigning = tokio::spawn(campaign(
             client.clone(),
             settings.clone(),
             set,
@@ -183,6 +222,9 @@ impl Coordinator {
             Some(first),
             Campaign {
                 rules,
+                drain: drain_receiver,
+                flush_lock,
+                lease,
                 warm_at_ms,
                 now_ms: {
                     let now_ms = Arc::clone(&now_ms);
@@ -200,6 +242,11 @@ impl Coordinator {
             left_sender,
             telemetry,
         ));
+        *coordinator.campaign.lock() = Some(campaigning);
+        coordinator
+            .telemetry
+            .exporter()
+            .set("tailfold_cluster_draining", &[], 0.0);
         tokio::spawn(watch_liveness(client, settings.cluster.clone(), view));
         Ok(coordinator)
     }
@@ -310,6 +357,34 @@ impl Coordinator {
             }
         }
     }
+
+    /// Leaves the cluster at the end of a clean shutdown (after the last
+    /// flush): stops campaigning and revokes the lease, so the others stop
+    /// forwarding here at once instead of retrying until the lease expires
+    /// (a set left with no registered replica is waited for by its senders,
+    /// up to the forward timeout).
+    pub async fn leave(&self) {
+        if let Some(campaign) = self.campaign.lock().take() {
+            campaign.abort();
+        }
+        let lease = *self.lease.lock();
+        if let Some(lease) = lease {
+            match self.client.lease_revoke(lease).await {
+                Ok(()) => tracing::info!("left the cluster: registration revoked"),
+                Err(error) => tracing::warn!(%error, "cannot revoke the registration; it expires after the lease TTL"),
+            }
+        }
+    }
+
+    /// Held by a cluster flush from its leadership check to its recorded marks.
+    pub async fn flush_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.flush_lock.lock().await
+    }
+
+    /// Whether this instance drains.
+    pub fn draining(&self) -> bool {
+        *self.drain.borrow() != Drain::Off
+    }
 }
 
 /// The placement once it names this instance: an instance started before
@@ -357,6 +432,10 @@ async fn register(
 /// What the campaign watches and tells.
 struct Campaign<F> {
     rules: watch::Receiver<Agreement>,
+    drain: watch::Receiver<Drain>,
+    flush_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The lease registered under now, for [`Coordinator::leave`].
+    lease: Arc<Mutex<Option<LeaseId>>>,
     warm_at_ms: i64,
     now_ms: F,
     role: watch::Sender<Role>,
@@ -367,8 +446,21 @@ struct Campaign<F> {
 
 /// Resolves on the next change of the rules agreement (never once its sender is gone).
 async fn rules_changed(rules: &mut watch::Receiver<Agreement>) {
-    if rules.changed().await.is_err() {
+    changed(rules).await
+}
+
+/// Resolves on the next change of `receiver` (never once its sender is gone).
+async fn changed<T>(receiver: &mut watch::Receiver<T>) {
+    if receiver.changed().await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves on the next change of the rules agreement or of the drain.
+async fn rules_or_drain_changed(rules: &mut watch::Receiver<Agreement>, drain: &mut watch::Receiver<Drain>) {
+    tokio::select! {
+        _ = rules_changed(rules) => {}
+        _ = changed(drain) => {}
     }
 }
 
@@ -394,7 +486,8 @@ async fn campaign(
     let instance_key = keys::instance(&settings.cluster, &settings.instance);
     let mut announced_wait = false;
     loop {
-        let registration = registration.with_rules(&watched.rules.borrow_and_update());
+        let drain = *watched.drain.borrow_and_update();
+        let registration = registration.with_state(&watched.rules.borrow_and_update(), drain);
         let registered = match first.take() {
             Some(registered) => Ok(registered),
             None => register(&client, &settings, &registration).await,
@@ -407,6 +500,7 @@ async fn campaign(
             }
         };
         let mut alive = keeper.alive();
+        *watched.lease.lock() = Some(lease);
         let _ = role.send(Role::Following);
         let wait_ms = watched.warm_at_ms - (watched.now_ms)();
         if wait_ms > 0 {
@@ -421,9 +515,10 @@ async fn campaign(
         }
         super::handoff::wait_until_may_lead(&client, &watched.view, set, &watched.now_ms).await;
         let rules_changed_meanwhile = watched.rules.has_changed().unwrap_or(false);
-        // Re-registers with what the rules agreement says now.
-        let reregister = |agreement: Agreement| {
-            let value = serde_json::to_vec(&registration.with_rules(&agreement)).expect("a registration serialises");
+        // Re-registers with what the rules agreement and the drain say now.
+        let reregister = |agreement: Agreement, drain: Drain| {
+            let value =
+                serde_json::to_vec(&registration.with_state(&agreement, drain)).expect("a registration serialises");
             let client = client.clone();
             let key = instance_key.clone();
             async move {
@@ -432,21 +527,26 @@ async fn campaign(
                 }
             }
         };
-        if rules_changed_meanwhile {
+        if rules_changed_meanwhile || watched.drain.has_changed().unwrap_or(false) {
             let agreement = watched.rules.borrow_and_update().clone();
-            reregister(agreement).await;
+            let drain = *watched.drain.borrow();
+            reregister(agreement, drain).await;
         }
         'lease: loop {
-            // Neither campaigns nor leads while its rules differ from the cluster's.
-            while watched.rules.borrow_and_update().differs.is_some() {
+            // Neither campaigns nor leads while its rules differ from the
+            // cluster's, nor while drained (the set's other replica leads).
+            while watched.rules.borrow_and_update().differs.is_some()
+                || *watched.drain.borrow_and_update() == Drain::HandOver
+            {
                 let _ = role.send(Role::Following);
                 tokio::select! {
-                    _ = rules_changed(&mut watched.rules) => {
-                        let agreement = watched.rules.borrow_and_update().clone();
-                        reregister(agreement).await;
-                    }
+                    _ = rules_changed(&mut watched.rules) => {}
+                    _ = changed(&mut watched.drain) => {}
                     _ = lost(&mut alive) => break 'lease,
                 }
+                let agreement = watched.rules.borrow_and_update().clone();
+                let drain = *watched.drain.borrow();
+                reregister(agreement, drain).await;
             }
             let campaign = election.campaign(lease, settings.instance.as_bytes().to_vec());
             let leadership: Leadership = tokio::select! {
@@ -462,11 +562,12 @@ async fn campaign(
                     tracing::warn!("lease lost while campaigning; registering again");
                     break 'lease;
                 }
-                _ = rules_changed(&mut watched.rules) => {
+                _ = rules_or_drain_changed(&mut watched.rules, &mut watched.drain) => {
                     let agreement = watched.rules.borrow().clone();
-                    let differs = agreement.differs.is_some();
-                    reregister(agreement).await;
-                    if differs {
+                    let drain = *watched.drain.borrow();
+                    let out = agreement.differs.is_some() || drain == Drain::HandOver;
+                    reregister(agreement, drain).await;
+                    if out {
                         // Out of the line: a key left in it would lead one day with nobody acting.
                         let _ = client.delete(&format!("{candidate_prefix}{lease:x}")).await;
                     }
@@ -490,10 +591,29 @@ async fn campaign(
                         tracing::warn!(set, "lease lost: stopped flushing until leadership is known again");
                         break 'lease;
                     }
+                    _ = changed(&mut watched.drain) => {
+                        let drain = *watched.drain.borrow();
+                        let agreement = watched.rules.borrow().clone();
+                        reregister(agreement, drain).await;
+                        if drain == Drain::HandOver {
+                            // Between two flushes, so the successor starts after the last recorded mark.
+                            let _flushing = watched.flush_lock.lock().await;
+                            let _ = role.send(Role::Following);
+                            telemetry
+                                .exporter()
+                                .set("tailfold_cluster_leader", &[("set", set.to_string())], 0.0);
+                            tracing::info!(set, "drained: handing the shard set's leadership over");
+                            if let Err(error) = client.delete(&leadership.key).await {
+                                tracing::warn!(%error, "cannot resign; the follower takes over after the lease TTL");
+                            }
+                            continue 'lease;
+                        }
+                    }
                     _ = rules_changed(&mut watched.rules) => {
                         let agreement = watched.rules.borrow().clone();
                         let differs = agreement.differs.is_some();
-                        reregister(agreement).await;
+                        let drain = *watched.drain.borrow();
+                        reregister(agreement, drain).await;
                         if differs {
                             let _ = role.send(Role::Following);
                             telemetry
@@ -547,11 +667,18 @@ async fn read_liveness(client: &EtcdClient, cluster: &str, view: &ClusterView) -
     Ok(())
 }
 
+/// How often each instance reads which instances are registered.
+const LIVENESS_POLL_MS: u64 = 250;
+
+/// How long after its registration a (re)started instance is surely seen
+/// live by every sender: a few liveness polls, each an etcd read.
+pub const LIVENESS_MARGIN_MS: u64 = 4 * LIVENESS_POLL_MS;
+
 /// Keeps the view's set of registered instances current (polled: it keeps
 /// the last answer through an etcd outage).
 async fn watch_liveness(client: EtcdClient, cluster: String, view: Arc<ClusterView>) {
     loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(LIVENESS_POLL_MS)).await;
         let _ = read_liveness(&client, &cluster, &view).await;
     }
 }

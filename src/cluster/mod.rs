@@ -7,6 +7,7 @@
 pub mod change;
 pub mod cli;
 pub mod coordinator;
+pub mod drain;
 pub mod etcd;
 pub mod handoff;
 pub mod placement;

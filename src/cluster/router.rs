@@ -167,8 +167,10 @@ impl Router {
     }
 
     /// Sends one set's part to each of its replicas at once. Answers with the
-    /// first replica's tally; when none took it, its points are `unavailable`.
-    /// `wait[i]`: replica i is waited for even while etcd lists it as gone.
+    /// first replica's tally. While no replica is registered (a set of one
+    /// replica restarting) it waits for one up to the forward timeout; when
+    /// none took it, its points are `unavailable`. `wait[i]`: replica i is
+    /// waited for even while etcd lists it as gone.
     async fn to_set(
         &self,
         replicas: &[InstanceSpec],
@@ -178,13 +180,29 @@ impl Router {
         points: u64,
     ) -> Result<Outcome, StageError> {
         let id = self.next_batch_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let sends = replicas
-            .iter()
-            .zip(wait)
-            .map(|(replica, wait)| self.to_replica(replica, wait, frame.clone(), version, id));
+        let deadline = Instant::now() + Duration::from_millis(self.view.settings().forward_timeout_ms);
+        let mut backoff = Duration::from_millis(25);
+        let results = loop {
+            let sends = replicas
+                .iter()
+                .zip(&wait)
+                .map(|(replica, wait)| self.to_replica(replica, *wait, frame.clone(), version, id));
+            let results = futures::future::join_all(sends).await;
+            let none_live = results
+                .iter()
+                .all(|result| matches!(result, Err(ReplicaError::NotLive(_))));
+            if !none_live || Instant::now() + backoff > deadline {
+                break results;
+            }
+            self.telemetry
+                .exporter()
+                .count("tailfold_cluster_forward_waits_total", &[], 1);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        };
         let mut taken = None;
         let mut closing = None;
-        for (replica, result) in replicas.iter().zip(futures::future::join_all(sends).await) {
+        for (replica, result) in replicas.iter().zip(results) {
             match result {
                 Ok(outcome) => {
                     self.telemetry.exporter().count(
@@ -295,8 +313,9 @@ impl Router {
         let settings = self.view.settings();
         if replica.id == settings.instance {
             // Logged like a share from another instance: the windows it came
-            // from are flushed, so the log is the share's only copy here.
-            return match self.local.fold_shares(source, shares.to_vec()).await {
+            // from are flushed, so the log is the share's only copy here
+            // (also after the shutdown sealed the log: see `fold_own_shares`).
+            return match self.local.fold_own_shares(source, shares.to_vec()).await {
                 Ok(answers) => answers.into_iter().fold(true, |kept, answer| match answer {
                     Ok(()) => kept,
                     Err(error) => {

@@ -83,18 +83,37 @@ impl LocalFold {
         shares: Vec<PartialWindow>,
     ) -> Result<Vec<Result<(), PartialError>>, StageError> {
         let _admitted = match &self.wal {
-            Some(wal) if !shares.is_empty() => {
-                let admitted = wal.admit().await.ok_or(EngineClosed)?;
-                let latest_ms = shares
-                    .iter()
-                    .map(|share| self.engine.share_due_ms(share))
-                    .max()
-                    .unwrap_or(i64::MIN);
-                wal.append_shares(source, &shares, latest_ms).await?;
-                Some(admitted)
-            }
+            Some(wal) if !shares.is_empty() => Some(wal.admit().await.ok_or(EngineClosed)?),
             _ => None,
         };
+        self.keep_shares(source, shares).await
+    }
+
+    /// [`LocalFold::fold_shares`] of the shares this instance's own flush
+    /// made for rollups its own set owns, taken even once the log is sealed
+    /// at shutdown: the windows they came from are flushed, so the log is
+    /// their only copy (a closed engine still keeps rollup shares).
+    pub async fn fold_own_shares(
+        &self,
+        source: u32,
+        shares: Vec<PartialWindow>,
+    ) -> Result<Vec<Result<(), PartialError>>, StageError> {
+        self.keep_shares(source, shares).await
+    }
+
+    async fn keep_shares(
+        &self,
+        source: u32,
+        shares: Vec<PartialWindow>,
+    ) -> Result<Vec<Result<(), PartialError>>, StageError> {
+        if let (Some(wal), false) = (&self.wal, shares.is_empty()) {
+            let latest_ms = shares
+                .iter()
+                .map(|share| self.engine.share_due_ms(share))
+                .max()
+                .unwrap_or(i64::MIN);
+            wal.append_shares(source, &shares, latest_ms).await?;
+        }
         Ok(shares
             .into_iter()
             .map(|share| self.engine.fold_partial(source, share))

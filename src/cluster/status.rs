@@ -32,6 +32,29 @@ pub struct InstanceStatus {
     /// Why it does not fold the cluster's rules (it neither leads nor forwards then).
     #[serde(default)]
     pub rules_differ: Option<String>,
+    /// From when it may lead (ms since the epoch), if live.
+    #[serde(default)]
+    pub warm_at_ms: Option<i64>,
+    /// Drained (`tailfold cluster drain`): it does not campaign.
+    #[serde(default)]
+    pub draining: bool,
+    /// `down`, `warming` (live, not yet holding every window its set may
+    /// still flush), `ready` (may lead: in its set's election line),
+    /// `draining`, or `rules_differ`.
+    #[serde(default)]
+    pub state: String,
+}
+
+/// The state an instance shows in the status, from its registration and
+/// whether it stands in its set's election line.
+fn instance_state(registration: Option<&Registration>, campaigning: bool) -> &'static str {
+    match registration {
+        None => "down",
+        Some(registration) if registration.draining => "draining",
+        Some(registration) if registration.rules_differ.is_some() => "rules_differ",
+        Some(_) if campaigning => "ready",
+        Some(_) => "warming",
+    }
 }
 
 /// The cluster's rules as etcd holds them.
@@ -132,6 +155,12 @@ impl ClusterStatus {
                 .leader()
                 .await?
                 .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            let line: Vec<String> = client
+                .get_prefix(&keys::election_prefix(cluster, set.set))
+                .await?
+                .into_iter()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+                .collect();
             let flush_prefix = keys::flush_prefix(cluster, set.set);
             let flushed = client
                 .get_prefix(&flush_prefix)
@@ -177,6 +206,9 @@ impl ClusterStatus {
                             rules_hash: registration.map(|r| r.rules_hash.clone()),
                             rules_version: registration.map(|r| r.rules_version),
                             rules_differ: registration.and_then(|r| r.rules_differ.clone()),
+                            warm_at_ms: registration.map(|r| r.warm_at_ms),
+                            draining: registration.is_some_and(|r| r.draining),
+                            state: instance_state(registration, line.contains(&instance.id)).to_string(),
                         }
                     })
                     .collect(),
@@ -282,12 +314,15 @@ impl ClusterStatus {
                 set.leader.as_deref().unwrap_or("(none)")
             ));
             for instance in &set.instances {
+                let state = match (instance.state.as_str(), instance.warm_at_ms) {
+                    ("down", _) => "DOWN".to_string(),
+                    ("warming", Some(warm_at_ms)) => format!("live, warming (may lead from {warm_at_ms} ms)"),
+                    ("draining", _) => "live, DRAINING".to_string(),
+                    (state, _) => format!("live, {state}"),
+                };
                 out.push_str(&format!(
-                    "  {:<12} {:<22} http {:<22} {}\n",
-                    instance.id,
-                    instance.endpoint,
-                    instance.http,
-                    if instance.live { "live" } else { "DOWN" }
+                    "  {:<12} {:<22} http {:<22} {state}\n",
+                    instance.id, instance.endpoint, instance.http,
                 ));
                 if let Some(reason) = &instance.rules_differ {
                     out.push_str(&format!("    RULES DIFFER (not leading, not forwarding): {reason}\n"));

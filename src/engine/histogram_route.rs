@@ -91,7 +91,7 @@ impl Engine {
                 timestamp_ms,
                 now_ms,
                 shard_count,
-                |shard, target, slot, start| {
+                |shard, _output, target, slot, start| {
                     per_shard[shard].push(RoutedHistogram {
                         route: route_index,
                         target,

@@ -448,10 +448,9 @@ impl Engine {
         now_ms: i64,
     ) {
         const AHEAD: usize = 8;
+        // The route carries its first target's key and slots, so the target's
+        // own line is not asked for: only a window opening reads it.
         let prefetch_target = |route: &Arc<SeriesRoute>| {
-            if let Some(target) = route.targets.first() {
-                prefetch(Arc::as_ptr(target));
-            }
             if let Some(profile) = &route.profile {
                 prefetch(&**profile);
             }
@@ -611,12 +610,14 @@ impl Engine {
                     timestamp_ms,
                     now_ms,
                     shard_count,
-                    |shard, target, slot, start| {
+                    |shard, output, target, slot, start| {
                         per_shard[shard].push(RoutedSample {
                             route: route_index,
                             target,
                             slot,
                             point: point_index,
+                            output,
+                            kind: series.kind,
                             window_start_ms: start,
                             timestamp_ms,
                             value: point.value,
@@ -669,15 +670,13 @@ impl Engine {
             // Every window is looked up ahead of the fold, in steps that each
             // ask for the next level of memory for all samples, so their
             // misses overlap: windows, then state, then (distributions) the
-            // bucket count and reservoir index, then the reservoir.
-            let target_of =
-                |sample: &RoutedSample| &scratch.routes[sample.route as usize].targets[sample.target as usize];
+            // bucket count and reservoir index, then the reservoir. The
+            // samples carry their output's key and kind: no route is read here.
             for sample in samples.iter() {
-                shard.prefetch_windows(target_of(sample).key);
+                shard.prefetch_windows(sample.output);
             }
-            let kind = |sample: &RoutedSample| target_of(sample).kind;
-            let state_of =
-                |sample: &RoutedSample| shard.peek_state(target_of(sample).key, sample.slot, sample.window_start_ms);
+            let kind = |sample: &RoutedSample| sample.kind;
+            let state_of = |sample: &RoutedSample| shard.peek_state(sample.output, sample.slot, sample.window_start_ms);
             if samples.iter().any(|sample| kind(sample) != Kind::Counter) {
                 for sample in samples.iter().filter(|sample| kind(sample) != Kind::Counter) {
                     if let Some(state) = state_of(sample) {
@@ -696,8 +695,10 @@ impl Engine {
                 }
             }
             for sample in samples.iter() {
-                let target = &scratch.routes[sample.route as usize].targets[sample.target as usize];
-                if let Err(reason) = shard.fold(target, sample, now_ms) {
+                let route = &scratch.routes[sample.route as usize];
+                let target = &route.targets[sample.target as usize];
+                let slot = &route.target_head(sample.target).1[sample.slot as usize];
+                if let Err(reason) = shard.fold(target, slot, sample, now_ms) {
                     let (route, target, slot) = (sample.route, sample.target, sample.slot);
                     scratch
                         .tally

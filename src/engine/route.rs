@@ -86,16 +86,37 @@ impl SlotSets {
     }
 }
 
+/// What ingest reads of a route's first output, copied into the route: the
+/// fold of the usual one-output series then goes from the route's line
+/// straight to the shard table, without loading the output target's line.
+#[derive(Debug)]
+pub struct RouteHead {
+    /// The output's key (`OutputTarget::key`).
+    pub key: u64,
+    /// The output's policy slots (the same shared list as `OutputTarget::slots`).
+    pub slots: Arc<[PolicySlot]>,
+}
+
+/// Why a route has no targets.
+#[derive(Debug, PartialEq)]
+pub enum Untargeted {
+    /// Named like a rollup rule's output (the rule was logged when the route was built).
+    Collision,
+    /// This drop rule removed the series' own output.
+    DroppedBy(Arc<str>),
+}
+
 /// The cached route of one input series.
 #[derive(Debug)]
 pub struct SeriesRoute {
     /// Outputs to fold each point into. Inline for the usual single output,
     /// so ingest goes from the route straight to its target.
     pub targets: SmallVec<[Arc<OutputTarget>; 1]>,
-    /// The drop rule that removed the series' own output, if any.
-    pub dropped_by: Option<Arc<str>>,
-    /// The rollup rule whose output the series is named like (it has no targets).
-    pub collides_with: Option<Arc<str>>,
+    /// Key and slots of `targets[0]`, when there is one.
+    head: Option<RouteHead>,
+    /// Why a series without targets has none, when a rule says so (a
+    /// series with no aggregation has `None`); boxed, as few routes have one.
+    pub untargeted: Option<Box<Untargeted>>,
     /// The series' usage accounting, when the profiler is on; boxed so a
     /// route costs one pointer for it when the profiler is off.
     pub profile: Option<Box<SeriesProfile>>,
@@ -114,7 +135,7 @@ impl SeriesRoute {
         kind: Kind,
         slot_sets: &SlotSets,
     ) -> Self {
-        let targets = plan
+        let targets: SmallVec<[Arc<OutputTarget>; 1]> = plan
             .outputs
             .iter()
             .map(|output| {
@@ -140,10 +161,18 @@ impl SeriesRoute {
                 })
             })
             .collect();
+        let head = targets.first().map(|target| RouteHead {
+            key: target.key,
+            slots: Arc::clone(&target.slots),
+        });
         SeriesRoute {
             targets,
-            dropped_by: plan.dropped_by.clone(),
-            collides_with: plan.collides_with.clone(),
+            head,
+            untargeted: match (&plan.collides_with, &plan.dropped_by) {
+                (Some(_), _) => Some(Box::new(Untargeted::Collision)),
+                (None, Some(rule)) => Some(Box::new(Untargeted::DroppedBy(Arc::clone(rule)))),
+                (None, None) => None,
+            },
             profile: None,
             last_used_ms: AtomicI64::new(i64::MIN),
         }
@@ -152,10 +181,10 @@ impl SeriesRoute {
     /// Counts `points` of a series without targets as refused: named like a
     /// rollup's output, dropped by a rule, or with no aggregation.
     pub fn refuse_untargeted(&self, outcome: &mut Outcome, points: u64) {
-        match (&self.collides_with, &self.dropped_by) {
-            (Some(_), _) => outcome.reject(DropReason::OutputCollision, points),
-            (None, Some(rule)) => outcome.reject_by_rule(rule, points),
-            (None, None) => outcome.reject(DropReason::NoAggregation, points),
+        match self.untargeted.as_deref() {
+            Some(Untargeted::Collision) => outcome.reject(DropReason::OutputCollision, points),
+            Some(Untargeted::DroppedBy(rule)) => outcome.reject_by_rule(rule, points),
+            None => outcome.reject(DropReason::NoAggregation, points),
         }
     }
 
@@ -173,30 +202,44 @@ impl SeriesRoute {
         now_ms.saturating_sub(self.last_used_ms.load(Ordering::Relaxed)) >= idle_ms
     }
 
-    /// Calls `visit(shard, target, slot, window_start_ms)` for every window
-    /// (of every target and policy) an event at `timestamp_ms` belongs to,
-    /// and `due(target, slot)` instead for windows already due at `now_ms`
-    /// (they refuse it as late). Returns how many it visited.
+    /// Key and policy slots of target `index`: from the route's own copy
+    /// for the first, so the usual fold never reads the target's line.
+    #[inline]
+    pub fn target_head(&self, index: u16) -> (u64, &[PolicySlot]) {
+        match (&self.head, index) {
+            (Some(head), 0) => (head.key, &head.slots),
+            _ => {
+                let target = &self.targets[index as usize];
+                (target.key, &target.slots)
+            }
+        }
+    }
+
+    /// Calls `visit(shard, output_key, target, slot, window_start_ms)` for
+    /// every window (of every target and policy) an event at `timestamp_ms`
+    /// belongs to, and `due(target, slot)` instead for windows already due at
+    /// `now_ms` (they refuse it as late). Returns how many it visited.
     #[inline]
     pub fn for_each_window(
         &self,
         timestamp_ms: i64,
         now_ms: i64,
         shard_count: usize,
-        mut visit: impl FnMut(usize, u16, u16, i64),
+        mut visit: impl FnMut(usize, u64, u16, u16, i64),
         mut due: impl FnMut(u16, u16),
     ) -> u16 {
         let mut routed = 0u16;
-        for (target_index, target) in self.targets.iter().enumerate() {
-            let shard = (target.key % shard_count as u64) as usize;
-            for (slot_index, slot) in target.slots.iter().enumerate() {
+        for target_index in 0..self.targets.len() as u16 {
+            let (key, slots) = self.target_head(target_index);
+            let shard = (key % shard_count as u64) as usize;
+            for (slot_index, slot) in slots.iter().enumerate() {
                 let window_start_ms = slot.policy.window_start(timestamp_ms);
                 if slot.is_due(window_start_ms, now_ms) {
-                    due(target_index as u16, slot_index as u16);
+                    due(target_index, slot_index as u16);
                     continue;
                 }
                 routed += 1;
-                visit(shard, target_index as u16, slot_index as u16, window_start_ms);
+                visit(shard, key, target_index, slot_index as u16, window_start_ms);
             }
         }
         routed
@@ -231,5 +274,47 @@ mod tests {
             &build("slow_b", Kind::Distribution).targets[0].slots
         ));
         assert_eq!(sets.sets.lock().len(), 2);
+    }
+
+    #[test]
+    fn the_head_is_the_first_targets_key_and_slots_and_windows_follow_it() {
+        let rules = RuleSet::parse(
+            "defaults: {storage_policies: [\"10s:1h\", \"1m:1d\"]}\nrollup_rules:\n  - name: all\n    filter: '__name__:x'\n    rollup: {name: x_all, group_by: [], aggregations: [count]}\n",
+            "rules.yaml",
+        )
+        .unwrap();
+        let plan = rules.resolve(&Labels::from_pairs([("__name__", "x"), ("pod", "a")]), Kind::Gauge);
+        let route = SeriesRoute::build(
+            &plan,
+            &Arc::from("t"),
+            &EngineSettings::default(),
+            Kind::Gauge,
+            &SlotSets::default(),
+        );
+        assert_eq!(route.targets.len(), 2, "its own output and the rollup's");
+        for index in 0..2u16 {
+            let target = &route.targets[index as usize];
+            let (key, slots) = route.target_head(index);
+            assert_eq!(key, target.key);
+            assert!(std::ptr::eq(slots, &*target.slots));
+        }
+        assert_ne!(route.target_head(0).0, route.target_head(1).0);
+        // 65 s into a minute: the 10 s window at 60 s and the 1 m window at 60 s, per target.
+        let mut visited = Vec::new();
+        let routed = route.for_each_window(
+            65_000,
+            66_000,
+            64,
+            |shard, key, target, slot, start| visited.push((shard, key, target, slot, start)),
+            |_, _| panic!("nothing is due"),
+        );
+        assert_eq!(routed, 4);
+        let expected: Vec<_> = (0..2u16)
+            .flat_map(|target| {
+                let key = route.targets[target as usize].key;
+                [(0u16, 60_000), (1, 60_000)].map(|(slot, start)| ((key % 64) as usize, key, target, slot, start))
+            })
+            .collect();
+        assert_eq!(visited, expected);
     }
 }

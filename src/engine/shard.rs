@@ -34,6 +34,11 @@ pub struct RoutedSample {
     pub slot: u16,
     /// Index of the point within the batch (for the accepted/rejected tally).
     pub point: u32,
+    /// Key of the output (the target's), carried so the shard's passes find
+    /// the window from the sample alone.
+    pub output: u64,
+    /// Kind of the output, for the same reason.
+    pub kind: Kind,
     /// Start of the window the sample belongs to.
     pub window_start_ms: i64,
     /// Event time.
@@ -290,9 +295,18 @@ impl Shard {
         })
     }
 
-    /// Folds one routed sample. On refusal returns why; the caller tallies it.
-    pub fn fold(&mut self, target: &Arc<OutputTarget>, sample: &RoutedSample, now_ms: i64) -> Result<(), DropReason> {
-        let (state, rng) = self.window_mut(target, sample.slot, sample.window_start_ms, now_ms)?;
+    /// Folds one routed sample into the window of output `sample.output`
+    /// (the key of `target`), whose slot `sample.slot` is `slot`. `target`
+    /// itself is read only to open a window, or after a reload. On refusal
+    /// returns why; the caller tallies it.
+    pub fn fold(
+        &mut self,
+        target: &Arc<OutputTarget>,
+        slot: &PolicySlot,
+        sample: &RoutedSample,
+        now_ms: i64,
+    ) -> Result<(), DropReason> {
+        let (state, rng) = self.window_mut(target, sample.output, slot, sample.slot, sample.window_start_ms, now_ms)?;
         state.record(
             sample.input,
             sample.value,
@@ -317,24 +331,26 @@ impl Shard {
         if target.kind != Kind::Distribution {
             return Err(DropReason::KindConflict);
         }
-        let (state, rng) = self.window_mut(target, routed.slot, routed.window_start_ms, now_ms)?;
+        let slot = &target.slots[routed.slot as usize];
+        let (state, rng) = self.window_mut(target, target.key, slot, routed.slot, routed.window_start_ms, now_ms)?;
         state.fold_histogram(histogram, rng)
     }
 
-    /// The window of `target`'s slot `slot_index` starting at
-    /// `window_start_ms`, opened if needed, and the shard's random source.
+    /// The window of `target`'s (key `key`) slot `slot_index` (`slot`)
+    /// starting at `window_start_ms`, opened if needed, and the shard's
+    /// random source.
     fn window_mut(
         &mut self,
         target: &Arc<OutputTarget>,
+        key: u64,
+        slot: &PolicySlot,
         slot_index: u16,
         window_start_ms: i64,
         now_ms: i64,
     ) -> Result<(&mut WindowState, &mut SmallRng), DropReason> {
-        let slot = &target.slots[slot_index as usize];
         if slot.is_due(window_start_ms, now_ms) || self.already_flushed(&slot.policy, window_start_ms) {
             return Err(DropReason::TooLate);
         }
-        let key = target.key;
         let set_max_exact = self.set_max_exact;
         let open = |classes: &mut Vec<WindowClass>, histogram: &HistogramConfig| OpenWindow {
             target: Arc::clone(target),

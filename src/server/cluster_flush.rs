@@ -21,6 +21,8 @@ impl FlushLoop {
     /// One flush of a cluster instance (see the module docs). `everything` is
     /// never asked of a cluster: open windows stay with the set's other replica.
     pub(super) async fn flush_clustered(self: &Arc<Self>, cluster: &ClusterFlush, settle: bool) -> FlushStats {
+        // Leadership is not handed over (drain) between the check and the recorded marks.
+        let _flushing = cluster.coordinator.flush_guard().await;
         let now_ms = self.clock.now_ms();
         let role = cluster.coordinator.role();
         let exporter = self.telemetry.exporter();

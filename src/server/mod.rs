@@ -435,6 +435,7 @@ pub async fn start(
                         reloader: Arc::clone(&reloader),
                         clock: Arc::clone(&clock),
                         cluster: cluster.as_ref().map(|cluster| Arc::clone(&cluster.coordinator)),
+                        ingest: http_state.clone(),
                     },
                     AdminAccess::new(
                         settings.admin_token.as_ref(),
@@ -517,16 +518,26 @@ async fn start_cluster(
         rules_hash: rules.newest_hash(),
         rules_version: 0,
         rules_differ: None,
+        // Set by the coordinator, which knows the set's replicas.
+        warm_at_ms: 0,
+        draining: false,
     };
-    // A replica that just started has not seen the windows open now: it may
-    // lead only once every window it could flush opened after its start.
+    // A replica that just started has not seen the windows open now, nor the
+    // rollup shares already sent for rollup windows not yet flushed: it may
+    // lead only once every window it could flush opened, and every such share
+    // was sent, after the others' liveness poll saw it registered.
+    let warm_after_ms = local
+        .engine()
+        .flush_horizon_ms()
+        .max(cluster.forward_lateness_ms as i64)
+        + crate::cluster::coordinator::LIVENESS_MARGIN_MS as i64;
     let time = Arc::clone(clock);
     let coordinator = Coordinator::start(
         cluster.clone(),
         registration,
         rules.subscribe(),
         logged,
-        local.engine().flush_horizon_ms(),
+        warm_after_ms,
         move || time.now_ms(),
         Arc::clone(telemetry),
     )
@@ -659,6 +670,7 @@ async fn run(
     let stats = flusher.flush(everything, true).await;
     if let Some(cluster) = &flusher.cluster {
         cluster.coordinator.resign().await;
+        cluster.coordinator.leave().await;
     }
     if everything {
         tracing::info!(

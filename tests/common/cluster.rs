@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,9 +22,9 @@ use rand::{Rng, SeedableRng};
 use super::etcd::EtcdServer;
 use super::{point, series};
 
-/// A free loopback port (bound, then released for the process to take).
+/// A free loopback port for a process to take (see [`super::ports`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    super::ports::unused_port()
 }
 
 /// One `tailfold run` process.
@@ -470,9 +470,12 @@ pub fn counter_sum_key(id: &str, window: i64) -> (String, String, i64, String) {
 /// Senders writing, every 10 ms each, one request of a counter series of its
 /// own (`req{r="<worker>-<n>"}`, 5 points of 1 stamped now) to a random
 /// instance, so a request lands whole or not at all; they keep the requests
-/// acknowledged whole, with their time.
+/// acknowledged whole, with their time, and count the others by kind.
 pub struct CounterLoad {
     acked: Arc<parking_lot::Mutex<Vec<(String, i64)>>>,
+    /// Requests not acknowledged whole, by kind: the gRPC code, the reasons
+    /// of a partial answer, or `no answer within 20 s`.
+    refused: Arc<parking_lot::Mutex<BTreeMap<String, usize>>>,
     stop: Arc<AtomicBool>,
     avoid: Arc<AtomicUsize>,
     senders: Vec<tokio::task::JoinHandle<()>>,
@@ -487,6 +490,7 @@ impl CounterLoad {
         }
         let load = CounterLoad {
             acked: Arc::default(),
+            refused: Arc::default(),
             stop: Arc::default(),
             avoid: Arc::new(AtomicUsize::new(usize::MAX)),
             senders: Vec::new(),
@@ -495,6 +499,7 @@ impl CounterLoad {
         for worker in 0..workers {
             let mut clients = clients.clone();
             let (acked, stop, avoid) = (Arc::clone(&load.acked), Arc::clone(&load.stop), Arc::clone(&load.avoid));
+            let refused = Arc::clone(&load.refused);
             senders.push(tokio::spawn(async move {
                 let mut rng = SmallRng::seed_from_u64(worker);
                 let mut n = 0;
@@ -516,10 +521,25 @@ impl CounterLoad {
                         clients[target].write(v1::WriteRequest { series: request }),
                     )
                     .await;
-                    if let Ok(Ok(answer)) = answer {
-                        if answer.get_ref().accepted == 5 {
+                    let refusal = match answer {
+                        Ok(Ok(answer)) if answer.get_ref().accepted == 5 => {
                             acked.lock().push((id, at));
+                            None
                         }
+                        Ok(Ok(answer)) => Some(format!(
+                            "partly: {:?}",
+                            answer
+                                .get_ref()
+                                .rejections
+                                .iter()
+                                .map(|count| count.reason.as_str())
+                                .collect::<Vec<_>>()
+                        )),
+                        Ok(Err(status)) => Some(format!("{:?}", status.code())),
+                        Err(_) => Some("no answer within 20 s".to_string()),
+                    };
+                    if let Some(kind) = refusal {
+                        *refused.lock().entry(kind).or_default() += 1;
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -536,6 +556,11 @@ impl CounterLoad {
     /// Requests acknowledged so far.
     pub fn acked_count(&self) -> usize {
         self.acked.lock().len()
+    }
+
+    /// Requests not acknowledged whole so far, by kind.
+    pub fn refused(&self) -> BTreeMap<String, usize> {
+        self.refused.lock().clone()
     }
 
     /// Stops the senders; the requests acknowledged whole, with their time.
@@ -591,4 +616,53 @@ pub fn rollups_unlike_inputs(
         .map(|(window, sum)| (*window, *sum, rollups.get(window).copied()))
         .collect();
     (differ, inputs.len())
+}
+
+/// What a run under [`CounterLoad`] came to, read from every store of a cluster.
+pub struct Accounting {
+    /// Requests acknowledged whole.
+    pub acked: usize,
+    /// Acknowledged requests whose record is missing or not 5.
+    pub not_in_store: Vec<(String, Option<f64>)>,
+    /// Windows whose rollup differs from its inputs' records, and windows seen.
+    pub rollups_differ: Vec<(i64, f64, Option<f64>)>,
+    pub windows: usize,
+    pub logs: String,
+}
+
+impl Accounting {
+    /// Reads every store of `cluster` (panics on a record emitted twice) for
+    /// the `acked` requests of a load, with windows of `window_ms`.
+    pub fn read(cluster: &TestCluster, acked: &[(String, i64)], window_ms: i64) -> Accounting {
+        let records = cluster.records();
+        let records = by_identity(&records);
+        let (rollups_differ, windows) = rollups_unlike_inputs(&records);
+        Accounting {
+            acked: acked.len(),
+            not_in_store: acked_not_in_store(&records, acked, window_ms),
+            rollups_differ,
+            windows,
+            logs: cluster.logs(),
+        }
+    }
+
+    /// Every acknowledged request once in its own record, at least
+    /// `min_windows` windows, and every window's rollup the sum of its inputs' records.
+    pub fn assert_exact(&self, what: &str, min_windows: usize) {
+        assert!(
+            self.not_in_store.is_empty(),
+            "{what}: {} of {} acknowledged requests missing or not 5, e.g. {:?}\n{}",
+            self.not_in_store.len(),
+            self.acked,
+            &self.not_in_store[..self.not_in_store.len().min(5)],
+            self.logs
+        );
+        assert!(self.windows >= min_windows, "{what}: only {} windows", self.windows);
+        assert!(
+            self.rollups_differ.is_empty(),
+            "{what}: rollups differ from their inputs (window, inputs, rollup): {:?}\n{}",
+            self.rollups_differ,
+            self.logs
+        );
+    }
 }

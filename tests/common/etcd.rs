@@ -4,7 +4,7 @@
 //! tests, killed when dropped.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,16 +33,12 @@ fn binary() -> PathBuf {
 impl EtcdServer {
     /// Starts etcd on two free loopback ports and waits until it is healthy.
     pub fn start() -> EtcdServer {
-        // Both listeners held at once, so the two ports differ.
-        let client = TcpListener::bind("127.0.0.1:0").unwrap();
-        let peer = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut server = EtcdServer {
-            client_port: client.local_addr().unwrap().port(),
-            peer_port: peer.local_addr().unwrap().port(),
+            client_port: super::ports::unused_port(),
+            peer_port: super::ports::unused_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
-        drop((client, peer));
         server.start_again();
         server
     }

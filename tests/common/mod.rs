@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod ports;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -237,4 +238,27 @@ pub fn merged_buckets(histograms: &[&serde_json::Value]) -> (i64, BTreeMap<i64, 
         }
     }
     (scale.unwrap_or(0), buckets)
+}
+
+/// Runs tests/otlp/export.py and returns its JSON lines; fails the test with its stderr.
+pub async fn otlp_export(args: Vec<String>) -> Vec<serde_json::Value> {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp/export.py"))
+            .args(&args)
+            .output()
+            .expect("python3 runs (scripts/test.sh installs the OpenTelemetry SDK)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "export.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }

@@ -6,12 +6,17 @@ spans:   spans with known durations and end times (seeded), in shuffled order,
          span ID, duration, end time, service, name).
 metrics: a histogram recorded inside sampled spans (so each measurement has a
          trace exemplar) plus a counter; prints one JSON line per measurement.
+tail:    spans of one window whose durations are log-normal with a slow tail
+         (one in twenty around 1.2 s), --counts spans per span name for two span
+         names of a service `s<count>`, plus service `edge` (50 spans of 1.497 s and
+         one of 1.505 s); exported in large batches; prints one JSON line per span.
 
 Exits non-zero if any export failed, so the caller knows the SDK was refused.
 """
 
 import argparse
 import json
+import math
 import random
 import sys
 
@@ -106,6 +111,67 @@ def send_spans(args):
         sys.exit(1)
 
 
+def slow_tail(rng):
+    """Whole microseconds: log-normal around 250 ms, one in twenty around 1.2 s."""
+    if rng.random() < 0.05:
+        seconds = rng.lognormvariate(math.log(1.2), 0.4)
+    else:
+        seconds = rng.lognormvariate(math.log(0.25), 0.6)
+    return max(1, int(seconds * 1e6))
+
+
+def send_tail(args):
+    rng = random.Random(args.seed)
+    window_start_ns = args.base_ms * 1_000_000
+    planned = []
+    for count in (int(c) for c in args.counts.split(",")):
+        for name in ("GET /a", "GET /b"):
+            planned.extend((f"s{count}", name, slow_tail(rng)) for _ in range(count))
+    planned.extend(("edge", "GET /a", 1_497_000) for _ in range(50))
+    planned.append(("edge", "GET /a", 1_505_000))
+    rng.shuffle(planned)
+    providers = {}
+    checked = []
+    for service in sorted({service for service, _, _ in planned}):
+        exporter = Checked(span_exporter(args.protocol, args.endpoint))
+        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        # Everything queued (the SDK drops silently from a full queue) and sent
+        # in large requests, so 100,000 spans take seconds, not minutes.
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                exporter, max_queue_size=len(planned) + 1, max_export_batch_size=8192, schedule_delay_millis=100
+            )
+        )
+        providers[service] = provider
+        checked.append(exporter)
+    out = []
+    for service, name, micros in planned:
+        end_ns = window_start_ns + rng.randrange(args.window_ms * 1_000_000 - 1) + 1
+        start_ns = end_ns - micros * 1000
+        span = providers[service].get_tracer("tailfold-test").start_span(name, start_time=start_ns)
+        span.end(end_time=end_ns)
+        context = span.get_span_context()
+        out.append(
+            json.dumps(
+                {
+                    "trace_id": format(context.trace_id, "032x"),
+                    "span_id": format(context.span_id, "016x"),
+                    "duration_ns": micros * 1000,
+                    "service": service,
+                    "name": name,
+                }
+            )
+        )
+    for provider in providers.values():
+        provider.force_flush()
+        provider.shutdown()
+    print("\n".join(out))
+    failures = sum(exporter.failures for exporter in checked)
+    if failures:
+        print(f"{failures} exports failed", file=sys.stderr)
+        sys.exit(1)
+
+
 def send_metrics(args):
     from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
     from opentelemetry.sdk.metrics._internal.exemplar import SimpleFixedSizeExemplarReservoir
@@ -185,7 +251,7 @@ def send_metrics(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["spans", "metrics"])
+    parser.add_argument("mode", choices=["spans", "metrics", "tail"])
     parser.add_argument("--protocol", choices=["grpc", "http"], required=True)
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--seed", type=int, default=1)
@@ -193,10 +259,13 @@ def main():
     parser.add_argument("--window-ms", type=int, default=60_000)
     parser.add_argument("--windows", type=int, default=2)
     parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--counts", default="100,2000,50000")
     parser.add_argument("--cumulative", action="store_true")
     args = parser.parse_args()
     if args.mode == "spans":
         send_spans(args)
+    elif args.mode == "tail":
+        send_tail(args)
     else:
         send_metrics(args)
 

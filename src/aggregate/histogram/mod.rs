@@ -21,7 +21,7 @@ use rand::Rng;
 use crate::aggregate::exemplar::{Exemplar, ExemplarSlot};
 pub use buckets::BucketCounts;
 pub use config::{HistogramConfig, HistogramError, MAX_EXEMPLAR_SCALE_REDUCTION, MIN_MAX_EXEMPLARS};
-use links::{pos_of, rank_of, Order};
+use links::{pos_of, rank_of, Keys, Order};
 pub use links::{LinkPlan, Links, Tightness, BAND_SIGMAS, OPEN_SLOTS};
 pub use mapping::{bucket_bounds, bucket_index, relative_error, MAX_SCALE, MIN_SCALE};
 pub use parts::{HistogramParts, PartsError};
@@ -160,6 +160,14 @@ impl ExpHistogram {
         }
     }
 
+    /// How values map to bucket order keys at the current scale.
+    fn keys(&self) -> Keys {
+        Keys {
+            scale: self.scale,
+            zero_threshold: self.config.zero_threshold,
+        }
+    }
+
     /// The links, when the histogram follows a plan.
     pub fn links(&self) -> Option<&Links> {
         self.links.as_deref()
@@ -172,6 +180,10 @@ impl ExpHistogram {
             positive: &self.positive,
             negative: self.negative.as_deref().unwrap_or(&store::NO_SAMPLES),
             zero: self.zero_count,
+            keys: Keys {
+                scale: self.scale,
+                zero_threshold: self.config.zero_threshold,
+            },
         };
         Some((links, order))
     }
@@ -357,10 +369,11 @@ impl ExpHistogram {
         if let Some(negative) = &mut self.negative {
             negative.downscale(k, rng);
         }
-        if let Some(links) = &mut self.links {
-            links.downscale(k, rng);
-        }
         self.scale -= k as i8;
+        let keys = self.keys();
+        if let Some(links) = &mut self.links {
+            links.downscale(keys, rng);
+        }
     }
 
     /// Downscales until both signs fit `max_buckets` (or the scale bottoms out).
@@ -425,8 +438,9 @@ impl ExpHistogram {
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
+        let keys = self.keys();
         if let Some(links) = &mut self.links {
-            links.merge(other.links.as_deref(), |t| other.count_above(t), rng);
+            links.merge(other.links.as_deref(), |t| other.count_above(t), keys, rng);
         }
         self.enforce_max_buckets(rng);
         self.enforce_max_exemplars(rng);
@@ -506,7 +520,7 @@ impl ExpHistogram {
         let rank = rank_of(q, self.count);
         let (bucket, value, slot) = self.bucket_of_rank(rank)?;
         let (exemplar, tightness) = match &self.links {
-            Some(links) => match links.link(pos_of(bucket), |v| self.bucket_of_value(v) == Some(bucket)) {
+            Some(links) => match links.link(pos_of(bucket), self.keys(), |v| self.bucket_of_value(v) == Some(bucket)) {
                 Some((exemplar, _, 0)) => (Some(exemplar), Some(self.own_bucket(bucket))),
                 Some((exemplar, key, buckets_away)) => {
                     let (lower, upper) = self.bounds_of(links::bucket_of(key));
@@ -739,7 +753,10 @@ impl ExpHistogram {
     /// by ascending index (one per reservoir, see [`ExpHistogram::exemplar_shift`]).
     pub fn exemplars(&self) -> Vec<(BucketRef, Exemplar)> {
         if let Some(links) = &self.links {
-            return links.reservoirs().map(|(key, e)| (links::bucket_of(key), e)).collect();
+            return links
+                .reservoirs(self.keys())
+                .map(|(key, e)| (links::bucket_of(key), e))
+                .collect();
         }
         let negative = self.negative().slots();
         let positive = self.positive.slots();

@@ -16,18 +16,30 @@ pub(super) struct Side {
     offset: i32,
     /// One reservoir per bucket (or per group of `2^reduction` buckets, see
     /// `HistogramConfig::exemplar_scale_reduction`) that saw a traced sample,
-    /// keyed by `index >> reduction`.
-    exemplars: Reservoirs,
+    /// keyed by `index >> reduction`. Boxed on the first: windows with a link
+    /// plan keep their exemplars in the links and never allocate it.
+    exemplars: Option<Box<Reservoirs>>,
 }
+
+/// No reservoirs, for a side that never allocated them.
+static NO_RESERVOIRS: Reservoirs = Reservoirs::EMPTY;
 
 /// A side without samples, for a histogram that never allocated its negative side.
 pub(super) static NO_SAMPLES: Side = Side {
     counts: Cells::EMPTY,
     offset: 0,
-    exemplars: Reservoirs::EMPTY,
+    exemplars: None,
 };
 
 impl Side {
+    fn exemplars(&self) -> &Reservoirs {
+        self.exemplars.as_deref().unwrap_or(&NO_RESERVOIRS)
+    }
+
+    fn exemplars_mut(&mut self) -> &mut Reservoirs {
+        self.exemplars.get_or_insert_default()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.counts.is_empty()
     }
@@ -106,12 +118,12 @@ impl Side {
 
     /// Exemplar reservoirs, ascending key (a sorted copy: read at flush, not per sample).
     pub(super) fn slots(&self) -> Vec<ExemplarSlot> {
-        self.exemplars.sorted()
+        self.exemplars().sorted()
     }
 
     /// The exemplar reservoir covering bucket `index`, if it saw a traced sample.
     pub(super) fn slot(&self, index: i32, reduction: u8) -> Option<ExemplarSlot> {
-        self.exemplars.get(index >> reduction)
+        self.exemplars().get(index >> reduction)
     }
 
     /// Asks for the cache line of bucket `index`'s count.
@@ -125,31 +137,31 @@ impl Side {
     /// Asks for the index entry of the reservoir covering bucket `index`.
     #[inline]
     pub(super) fn prefetch_reservoir_index(&self, index: i32, reduction: u8) {
-        self.exemplars.prefetch_position(index >> reduction);
+        self.exemplars().prefetch_position(index >> reduction);
     }
 
     /// Asks for the reservoir covering bucket `index`, once its index entry is in cache.
     #[inline]
     pub(super) fn prefetch_reservoir(&self, index: i32, reduction: u8) {
-        self.exemplars.prefetch_slot(index >> reduction);
+        self.exemplars().prefetch_slot(index >> reduction);
     }
 
     /// Offers a traced sample to the reservoir covering bucket `index`;
     /// true when that opened a new reservoir.
     #[inline]
     pub(super) fn offer<R: Rng + ?Sized>(&mut self, index: i32, reduction: u8, ex: Exemplar, rng: &mut R) -> bool {
-        self.exemplars.offer(index >> reduction, ex, rng)
+        self.exemplars_mut().offer(index >> reduction, ex, rng)
     }
 
     /// Number of exemplar reservoirs.
     pub(super) fn reservoirs(&self) -> usize {
-        self.exemplars.len()
+        self.exemplars().len()
     }
 
     /// Re-keys the reservoirs `by` steps coarser (`key >> by`), merging those that meet.
     pub(super) fn coarsen_exemplars<R: Rng + ?Sized>(&mut self, by: u32, rng: &mut R) {
-        if !self.exemplars.is_empty() {
-            self.exemplars.rekey(|slot| slot.index >> by, rng);
+        if let Some(exemplars) = self.exemplars.as_mut().filter(|e| !e.is_empty()) {
+            exemplars.rekey(|slot| slot.index >> by, rng);
         }
     }
 
@@ -172,8 +184,8 @@ impl Side {
             self.offset = new_offset;
         }
         // `(index >> reduction) >> k == (index >> k) >> reduction`: keys shift alike.
-        if !self.exemplars.is_empty() {
-            self.exemplars.rekey(|slot| slot.index >> k, rng);
+        if let Some(exemplars) = self.exemplars.as_mut().filter(|e| !e.is_empty()) {
+            exemplars.rekey(|slot| slot.index >> k, rng);
         }
     }
 
@@ -188,23 +200,29 @@ impl Side {
             let base = (other.offset - self.offset) as usize;
             self.counts.add_all(base, &other.counts);
         }
-        for slot in other.exemplars.iter() {
-            self.exemplars.absorb(&slot, rng);
+        for slot in other.exemplars().iter() {
+            self.exemplars_mut().absorb(&slot, rng);
         }
     }
 
     /// Adds a reservoir whose key no reservoir of this side has yet (rebuilding from parts).
     pub(super) fn insert_slot(&mut self, slot: &ExemplarSlot) {
-        self.exemplars.insert(slot);
+        self.exemplars_mut().insert(slot);
     }
 
     pub(super) fn clear(&mut self) {
         self.counts.clear();
-        self.exemplars.clear();
+        if let Some(exemplars) = &mut self.exemplars {
+            exemplars.clear();
+        }
         self.offset = 0;
     }
 
     pub(super) fn heap_bytes(&self) -> usize {
-        self.counts.heap_bytes() + self.exemplars.heap_bytes()
+        self.counts.heap_bytes()
+            + self
+                .exemplars
+                .as_ref()
+                .map_or(0, |e| size_of::<Reservoirs>() + e.heap_bytes())
     }
 }

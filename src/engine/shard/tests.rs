@@ -12,6 +12,8 @@ fn sample(window_start_ms: i64, value: f64) -> RoutedSample {
         target: 0,
         slot: 0,
         point: 0,
+        output: 0,
+        kind: Kind::Counter,
         window_start_ms,
         timestamp_ms: window_start_ms + 1,
         value,
@@ -29,6 +31,17 @@ fn target_under(rules: &str, kind: Kind) -> Arc<OutputTarget> {
     let settings = EngineSettings::default();
     let route = SeriesRoute::build(&plan, &Arc::from("t"), &settings, kind, &SlotSets::default());
     Arc::clone(&route.targets[0])
+}
+
+/// Folds `sample` into `target`'s window as the engine does, with the
+/// target's key, kind and slot.
+fn fold(shard: &mut Shard, target: &Arc<OutputTarget>, sample: &RoutedSample, now_ms: i64) -> Result<(), DropReason> {
+    let sample = RoutedSample {
+        output: target.key,
+        kind: target.kind,
+        ..*sample
+    };
+    shard.fold(target, &target.slots[sample.slot as usize], &sample, now_ms)
 }
 
 fn slot_sample(slot: u16, window_start_ms: i64, value: f64) -> RoutedSample {
@@ -61,10 +74,10 @@ fn a_second_window_moves_to_the_heap_and_a_flush_brings_the_last_one_back_inline
     let target = target_under(TEN_SECONDS, Kind::Counter);
     let mut shard = Shard::new(1, HistogramConfig::default(), 60_000, 1_000);
     let (first, second) = (T0, T0 + 10_000);
-    shard.fold(&target, &sample(first, 2.0), T0).unwrap();
-    shard.fold(&target, &sample(first, 3.0), T0).unwrap();
+    fold(&mut shard, &target, &sample(first, 2.0), T0).unwrap();
+    fold(&mut shard, &target, &sample(first, 3.0), T0).unwrap();
     assert_eq!(layout(&shard, target.key), Some((true, 1)));
-    shard.fold(&target, &sample(second, 7.0), T0 + 10_001).unwrap();
+    fold(&mut shard, &target, &sample(second, 7.0), T0 + 10_001).unwrap();
     assert_eq!(layout(&shard, target.key), Some((false, 2)));
     assert_eq!(shard.open_windows(), 2);
     // The first window is due (10 s + 5 s lateness), the second is not.
@@ -74,7 +87,7 @@ fn a_second_window_moves_to_the_heap_and_a_flush_brings_the_last_one_back_inline
     assert_eq!((out[0].start_ms, counter_sum(&out[0].state)), (first, 5.0));
     assert_eq!(layout(&shard, target.key), Some((true, 1)));
     // The window kept inline is the second one, and still takes samples.
-    shard.fold(&target, &sample(second, 1.0), T0 + 15_001).unwrap();
+    fold(&mut shard, &target, &sample(second, 1.0), T0 + 15_001).unwrap();
     assert_eq!(shard.peek_state(target.key, 0, second).map(counter_sum), Some(8.0));
     out.clear();
     shard.take_windows(second + 15_000, false, None, &mut out, &mut classes);
@@ -100,10 +113,10 @@ fn windows_of_two_policies_flush_in_window_order_with_running_totals() {
     assert_eq!(target.slots.len(), 2);
     let mut shard = Shard::new(1, HistogramConfig::default(), 600_000, 1_000);
     // Folded newest first, so the flush must sort them for the totals.
-    shard.fold(&target, &slot_sample(0, T0 + 10_000, 5.0), T0).unwrap();
-    shard.fold(&target, &slot_sample(0, T0, 2.0), T0).unwrap();
-    shard.fold(&target, &slot_sample(1, T0, 4.0), T0).unwrap();
-    shard.fold(&target, &slot_sample(1, T0, 1.0), T0).unwrap();
+    fold(&mut shard, &target, &slot_sample(0, T0 + 10_000, 5.0), T0).unwrap();
+    fold(&mut shard, &target, &slot_sample(0, T0, 2.0), T0).unwrap();
+    fold(&mut shard, &target, &slot_sample(1, T0, 4.0), T0).unwrap();
+    fold(&mut shard, &target, &slot_sample(1, T0, 1.0), T0).unwrap();
     assert_eq!(layout(&shard, target.key), Some((false, 3)));
     let (mut out, mut classes) = (Vec::new(), Vec::new());
     shard.take_windows(T0 + 1_000_000, false, None, &mut out, &mut classes);
@@ -143,12 +156,15 @@ fn another_kind_for_the_same_output_is_refused_with_one_window_or_many() {
     let gauge = target_under(TEN_SECONDS, Kind::Gauge);
     assert_eq!(counter.key, gauge.key);
     let mut shard = Shard::new(1, HistogramConfig::default(), 60_000, 1_000);
-    shard.fold(&counter, &sample(T0, 1.0), T0).unwrap();
-    assert_eq!(shard.fold(&gauge, &sample(T0, 1.0), T0), Err(DropReason::KindConflict));
+    fold(&mut shard, &counter, &sample(T0, 1.0), T0).unwrap();
+    assert_eq!(
+        fold(&mut shard, &gauge, &sample(T0, 1.0), T0),
+        Err(DropReason::KindConflict)
+    );
     assert_eq!(layout(&shard, counter.key), Some((true, 1)));
-    shard.fold(&counter, &sample(T0 + 10_000, 1.0), T0).unwrap();
+    fold(&mut shard, &counter, &sample(T0 + 10_000, 1.0), T0).unwrap();
     let later = sample(T0 + 20_000, 1.0);
-    assert_eq!(shard.fold(&gauge, &later, T0), Err(DropReason::KindConflict));
+    assert_eq!(fold(&mut shard, &gauge, &later, T0), Err(DropReason::KindConflict));
     assert_eq!(layout(&shard, counter.key), Some((false, 2)));
     assert_eq!(shard.peek_state(counter.key, 0, T0).map(counter_sum), Some(1.0));
 }
@@ -161,12 +177,12 @@ fn a_reloaded_target_shares_a_window_only_under_the_same_policy() {
     assert!(!Arc::ptr_eq(&old, &same_policy));
     assert_eq!((old.key, old.key), (same_policy.key, other_policy.key));
     let mut shard = Shard::new(1, HistogramConfig::default(), 60_000, 1_000);
-    shard.fold(&old, &sample(T0, 1.0), T0).unwrap();
+    fold(&mut shard, &old, &sample(T0, 1.0), T0).unwrap();
     // A window opened by the old target takes the new target's samples of the same policy ...
-    shard.fold(&same_policy, &sample(T0, 2.0), T0).unwrap();
+    fold(&mut shard, &same_policy, &sample(T0, 2.0), T0).unwrap();
     assert_eq!(layout(&shard, old.key), Some((true, 1)));
     // ... and not those of another policy with the same slot index and start.
-    shard.fold(&other_policy, &sample(T0, 4.0), T0).unwrap();
+    fold(&mut shard, &other_policy, &sample(T0, 4.0), T0).unwrap();
     assert_eq!(layout(&shard, old.key), Some((false, 2)));
     let (mut out, mut classes) = (Vec::new(), Vec::new());
     shard.take_windows(T0 + 1_000_000, false, None, &mut out, &mut classes);
@@ -198,8 +214,8 @@ fn peek_state_finds_exactly_the_window_a_sample_folds_into() {
     let resolution_ms = target.slots[0].policy.resolution_ms as i64;
     let mut shard = Shard::new(1, HistogramConfig::default(), 60_000, 1_000);
     let (first, second) = (10 * resolution_ms, 11 * resolution_ms);
-    shard.fold(target, &sample(first, 2.0), first).unwrap();
-    shard.fold(target, &sample(second, 5.0), first).unwrap();
+    fold(&mut shard, target, &sample(first, 2.0), first).unwrap();
+    fold(&mut shard, target, &sample(second, 5.0), first).unwrap();
     let sum = |state: Option<&WindowState>| match state {
         Some(WindowState::Counter(counter)) => Some(counter.sum),
         _ => None,

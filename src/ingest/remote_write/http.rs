@@ -40,6 +40,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     telemetry: Arc<Telemetry>,
     ready: AtomicBool,
+    /// Drained (`tailfold cluster drain`): `/-/ready` tells balancers to send elsewhere.
+    draining: AtomicBool,
     /// Where admitted batches go: logged and folded here, or routed to their shards' replicas.
     stage: Stage,
 }
@@ -54,6 +56,7 @@ impl HttpState {
             clock,
             telemetry,
             ready: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
         }))
     }
 
@@ -75,6 +78,12 @@ impl HttpState {
     /// Sets what `/-/ready` answers; the server clears it when shutdown begins.
     pub fn set_ready(&self, ready: bool) {
         self.0.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Makes `/-/ready` answer 503 while the cluster instance is drained
+    /// (ingest stays open for the senders that still come).
+    pub fn set_draining(&self, draining: bool) {
+        self.0.draining.store(draining, Ordering::Relaxed);
     }
 }
 
@@ -98,10 +107,16 @@ pub fn probe_router(state: HttpState) -> Router {
 }
 
 async fn ready(State(state): State<HttpState>) -> Response {
-    if state.0.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    if !state.0.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if state.0.draining.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: send to another instance (this one still takes writes until stopped)\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 

@@ -1,12 +1,13 @@
 //! Exemplar reservoirs on the buckets around each linked quantile's running
 //! position: one per traced bucket while a window has few, then only on the
 //! buckets within a band of ranks around each quantile, re-centred as it moves.
+//! A reservoir is 40 bytes: its bucket is read from its exemplar's value.
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::super::store::Side;
-use super::super::BucketRef;
+use super::super::{bucket_ref_of, BucketRef};
 use crate::aggregate::exemplar::{absorb_takes, offer_keeps, Exemplar};
 
 /// Reservoirs a window keeps on any traced bucket before bands choose: a
@@ -41,12 +42,21 @@ pub fn bucket_of(pos: i32) -> BucketRef {
     }
 }
 
-/// `pos` with its bucket index shifted right by `k` (a downscale).
-fn shifted(pos: i32, k: u32) -> i32 {
-    match bucket_of(pos) {
-        BucketRef::Zero => 0,
-        BucketRef::Positive(i) => pos_of(BucketRef::Positive(i >> k)),
-        BucketRef::Negative(i) => pos_of(BucketRef::Negative(i >> k)),
+/// How values map to order keys at a histogram's current scale: a
+/// reservoir's bucket is the bucket of its exemplar's value.
+#[derive(Clone, Copy, Debug)]
+pub(in crate::aggregate::histogram) struct Keys {
+    /// The histogram's scale.
+    pub(in crate::aggregate::histogram) scale: i8,
+    /// Its zero bucket's threshold.
+    pub(in crate::aggregate::histogram) zero_threshold: f64,
+}
+
+impl Keys {
+    /// The order key of the bucket holding finite `value`.
+    #[inline]
+    pub(in crate::aggregate::histogram) fn of(&self, value: f64) -> i32 {
+        pos_of(bucket_ref_of(self.scale, self.zero_threshold, value))
     }
 }
 
@@ -64,6 +74,8 @@ pub(in crate::aggregate::histogram) struct Order<'a> {
     pub(in crate::aggregate::histogram) negative: &'a Side,
     /// Samples in the zero bucket.
     pub(in crate::aggregate::histogram) zero: u64,
+    /// The buckets' keying.
+    pub(in crate::aggregate::histogram) keys: Keys,
 }
 
 impl Order<'_> {
@@ -128,13 +140,39 @@ impl Order<'_> {
 }
 
 /// One reservoir of size one: a uniform pick among the traced samples that
-/// fell in bucket `key` while it had a reservoir.
+/// fell in its bucket (the bucket of `value`) while it had a reservoir. 40
+/// bytes: the timestamp is kept as an offset from the bands' `epoch_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 struct Slot {
-    exemplar: Exemplar,
-    key: i32,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    value: f64,
+    /// Milliseconds after `Bands::epoch_ms` (clamped to ±24.8 days).
+    at_ms: i32,
     /// Traced samples offered (saturates at `u32::MAX`).
     seen: u32,
+}
+
+impl Slot {
+    /// Takes `exemplar`'s fields, its timestamp relative to `epoch_ms`.
+    fn set(&mut self, exemplar: &Exemplar, epoch_ms: i64) {
+        self.trace_id = exemplar.trace_id;
+        self.span_id = exemplar.span_id;
+        self.value = exemplar.value;
+        self.at_ms = exemplar
+            .timestamp_ms
+            .saturating_sub(epoch_ms)
+            .clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+    }
+
+    fn exemplar(&self, epoch_ms: i64) -> Exemplar {
+        Exemplar {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            value: self.value,
+            timestamp_ms: epoch_ms.saturating_add(i64::from(self.at_ms)),
+        }
+    }
 }
 
 /// One quantile's running position and band.
@@ -145,23 +183,21 @@ struct Cursor {
     /// Lowest and highest bucket of the band.
     lo: i32,
     hi: i32,
-    /// Samples below `pos`, and in it.
+    /// Samples still to come before the band is widened again.
+    refresh_in: u32,
+    /// Samples below `pos` (those in it are read from the histogram).
     below: u64,
-    count: u64,
-    /// Sample count at which the band is widened again.
-    refresh_at: u64,
 }
 
 impl Cursor {
     fn at(q: f64, n: u64, order: &Order<'_>) -> Cursor {
-        let (pos, below, count) = order.locate(rank_of(q, n));
+        let (pos, below, _) = order.locate(rank_of(q, n));
         let mut cursor = Cursor {
             pos,
             lo: pos,
             hi: pos,
             below,
-            count,
-            refresh_at: 0,
+            refresh_in: 0,
         };
         cursor.refresh(q, n, order);
         cursor
@@ -173,26 +209,25 @@ impl Cursor {
     fn count(&mut self, pos: i32, w: u64, q: f64, n: u64, order: &Order<'_>) {
         if pos < self.pos {
             self.below += w;
-        } else if pos == self.pos {
-            self.count += w;
         }
         let rank = rank_of(q, n);
-        let moved = rank <= self.below || rank > self.below + self.count;
+        let mut count = order.count(self.pos);
+        let moved = rank <= self.below || rank > self.below + count;
         if moved {
-            while rank > self.below + self.count {
+            while rank > self.below + count {
                 let Some(next) = order.next(self.pos) else { break };
-                self.below += self.count;
+                self.below += count;
                 self.pos = next;
-                self.count = order.count(next);
+                count = order.count(next);
             }
             while rank <= self.below {
                 let Some(prev) = order.prev(self.pos) else { break };
                 self.pos = prev;
-                self.count = order.count(prev);
-                self.below = self.below.saturating_sub(self.count);
+                self.below = self.below.saturating_sub(order.count(prev));
             }
         }
-        if moved || n >= self.refresh_at {
+        self.refresh_in = self.refresh_in.saturating_sub(u32::try_from(w).unwrap_or(u32::MAX));
+        if moved || self.refresh_in == 0 {
             self.refresh(q, n, order);
         }
     }
@@ -209,7 +244,7 @@ impl Cursor {
             lo = prev;
             below = below.saturating_sub(order.count(prev));
         }
-        let (mut hi, mut through) = (self.pos, self.below + self.count);
+        let (mut hi, mut through) = (self.pos, self.below + order.count(self.pos));
         while through < high_rank {
             let Some(next) = order.next(hi) else { break };
             hi = next;
@@ -218,7 +253,7 @@ impl Cursor {
         self.lo = lo;
         self.hi = hi;
         // Ranks drift by at most one per sample: widen again before they pass a quarter of the reach.
-        self.refresh_at = n + (reach / 4).max(1);
+        self.refresh_in = u32::try_from((reach / 4).max(1)).unwrap_or(u32::MAX);
     }
 
     /// Buckets between `pos` and the band (0 inside it).
@@ -235,10 +270,12 @@ impl Cursor {
 /// `OPEN_SLOTS`, the bands that decide which to keep.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Bands {
-    /// Ascending key.
+    /// Ascending value, at most one per bucket (so ascending bucket too).
     slots: Vec<Slot>,
     /// One per linked quantile once bands choose; empty before.
     cursors: Vec<Cursor>,
+    /// What the slots' timestamps are offsets from: the first kept exemplar's.
+    epoch_ms: i64,
 }
 
 impl Bands {
@@ -249,6 +286,20 @@ impl Bands {
         for (cursor, q) in self.cursors.iter_mut().zip(quantiles) {
             cursor.count(pos, w, *q, n, order);
         }
+    }
+
+    /// The slot of bucket `pos`, which holds `value` (`Ok`), or where one goes (`Err`).
+    #[inline]
+    fn find(&self, pos: i32, value: f64, keys: Keys) -> Result<usize, usize> {
+        // Values ascend with buckets: the bucket's slot, if any, sits next to `value`.
+        let at = self.slots.partition_point(|slot| slot.value < value);
+        if self.slots.get(at).is_some_and(|slot| keys.of(slot.value) == pos) {
+            return Ok(at);
+        }
+        if at > 0 && keys.of(self.slots[at - 1].value) == pos {
+            return Ok(at - 1);
+        }
+        Err(at)
     }
 
     /// Offers a traced sample of bucket `pos` (already counted).
@@ -262,12 +313,13 @@ impl Bands {
         order: &Order<'_>,
         rng: &mut R,
     ) {
-        let at = match self.slots.binary_search_by_key(&pos, |slot| slot.key) {
+        let mut at = match self.find(pos, exemplar.value, order.keys) {
             Ok(at) => {
+                let epoch_ms = self.epoch_ms;
                 let slot = &mut self.slots[at];
                 let mut seen = u64::from(slot.seen);
                 if offer_keeps(&mut seen, rng) {
-                    slot.exemplar = exemplar;
+                    slot.set(&exemplar, epoch_ms);
                 }
                 slot.seen = seen.min(u64::from(u32::MAX)) as u32;
                 return;
@@ -282,19 +334,34 @@ impl Bands {
                 return;
             }
         }
-        if self.slots.len() == self.slots.capacity() {
-            // Grow by a quarter: a doubled Vec would leave kilobytes of slack in a small window.
-            self.slots.reserve_exact((self.slots.len() / 4).max(4));
+        if self.slots.len() == self.slots.capacity() && self.slots.len() > OPEN_SLOTS {
+            // Out-of-band reservoirs go when the storage is full, before it
+            // grows: the same memory as dropping them on every insert, with a
+            // scan of every reservoir's bucket per growth instead of per insert.
+            self.evict(order.keys);
+            at = self.slots.partition_point(|slot| slot.value < exemplar.value);
         }
-        self.slots.insert(
-            at,
-            Slot {
-                exemplar,
-                key: pos,
-                seen: 1,
-            },
-        );
-        self.evict();
+        self.insert(at, &exemplar, 1);
+    }
+
+    /// Adds a slot for `exemplar` at `at`, growing the storage by a little:
+    /// a window keeps some tens of slots, and slack would be a large part of it.
+    fn insert(&mut self, at: usize, exemplar: &Exemplar, seen: u32) {
+        if self.slots.is_empty() {
+            self.epoch_ms = exemplar.timestamp_ms;
+        }
+        if self.slots.len() == self.slots.capacity() {
+            self.slots.reserve_exact((self.slots.len() / 16).max(2));
+        }
+        let mut slot = Slot {
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            value: 0.0,
+            at_ms: 0,
+            seen,
+        };
+        slot.set(exemplar, self.epoch_ms);
+        self.slots.insert(at, slot);
     }
 
     /// Buckets between `pos` and the nearest band (0 inside one, or before bands choose).
@@ -303,13 +370,13 @@ impl Bands {
     }
 
     /// Drops reservoirs outside every band, farthest first, while more than `OPEN_SLOTS` are kept.
-    fn evict(&mut self) {
+    fn evict(&mut self, keys: Keys) {
         while self.slots.len() > OPEN_SLOTS {
             let farthest = self
                 .slots
                 .iter()
                 .enumerate()
-                .map(|(at, slot)| (self.distance(slot.key), at))
+                .map(|(at, slot)| (self.distance(keys.of(slot.value)), at))
                 .max();
             match farthest {
                 Some((distance, at)) if distance > 0 => {
@@ -331,70 +398,76 @@ impl Bands {
             return;
         }
         self.cursors = quantiles.iter().map(|q| Cursor::at(*q, n, order)).collect();
-        self.evict();
+        self.evict(order.keys);
     }
 
-    /// Re-keys every reservoir `k` scales coarser (a downscale), merging those that meet.
-    pub fn downscale<R: Rng + ?Sized>(&mut self, k: u32, rng: &mut R) {
+    /// Merges the reservoirs that share a bucket under `keys` (a downscale
+    /// made buckets coarser).
+    pub fn downscale<R: Rng + ?Sized>(&mut self, keys: Keys, rng: &mut R) {
         // Bucket keys changed: bands are placed again by the next offer past `OPEN_SLOTS`.
         self.cursors.clear();
         let old = std::mem::take(&mut self.slots);
-        for mut slot in old {
-            slot.key = shifted(slot.key, k);
-            self.absorb(slot, rng);
+        let epoch_ms = self.epoch_ms;
+        for slot in old {
+            self.absorb(&slot.exemplar(epoch_ms), slot.seen, keys, rng);
         }
         self.slots.shrink_to_fit();
     }
 
-    /// Folds in one reservoir, uniform over the union of both reservoirs' samples.
-    fn absorb<R: Rng + ?Sized>(&mut self, slot: Slot, rng: &mut R) {
-        match self.slots.binary_search_by_key(&slot.key, |s| s.key) {
+    /// Folds in one reservoir (`exemplar` a uniform pick of `seen` traced
+    /// samples), uniform over the union of both reservoirs' samples.
+    fn absorb<R: Rng + ?Sized>(&mut self, exemplar: &Exemplar, seen: u32, keys: Keys, rng: &mut R) {
+        match self.find(keys.of(exemplar.value), exemplar.value, keys) {
             Ok(at) => {
+                let epoch_ms = self.epoch_ms;
                 let mine = &mut self.slots[at];
-                let mut seen = u64::from(mine.seen);
-                if absorb_takes(&mut seen, u64::from(slot.seen), rng) {
-                    mine.exemplar = slot.exemplar;
+                let mut total = u64::from(mine.seen);
+                if absorb_takes(&mut total, u64::from(seen), rng) {
+                    mine.set(exemplar, epoch_ms);
                 }
-                mine.seen = seen.min(u64::from(u32::MAX)) as u32;
+                mine.seen = total.min(u64::from(u32::MAX)) as u32;
             }
-            Err(at) => self.slots.insert(at, slot),
+            Err(at) => self.insert(at, exemplar, seen),
         }
     }
 
-    /// Adds every reservoir of `other` (same scale); call [`Bands::replace`] after.
-    pub fn merge<R: Rng + ?Sized>(&mut self, other: &Bands, rng: &mut R) {
+    /// Adds every reservoir of `other` (same scale, keyed by `keys`); call [`Bands::replace`] after.
+    pub fn merge<R: Rng + ?Sized>(&mut self, other: &Bands, keys: Keys, rng: &mut R) {
         for slot in &other.slots {
-            self.absorb(*slot, rng);
+            self.absorb(&slot.exemplar(other.epoch_ms), slot.seen, keys, rng);
         }
     }
 
-    /// Checks reservoirs read from another process: ascending keys, each
-    /// with a sample in the bucket it names; drops the bands.
+    /// Checks reservoirs read from another process: finite values, one per
+    /// bucket (`bucket_of` a value) in ascending order; drops the bands.
     pub fn check(&mut self, bucket_of: impl Fn(f64) -> i32) -> Result<(), String> {
         self.cursors.clear();
-        let ordered = self.slots.windows(2).all(|w| w[0].key < w[1].key);
-        let placed = self
-            .slots
-            .iter()
-            .all(|slot| slot.seen > 0 && slot.exemplar.value.is_finite() && bucket_of(slot.exemplar.value) == slot.key);
-        if ordered && placed {
+        let finite = self.slots.iter().all(|slot| slot.seen > 0 && slot.value.is_finite());
+        let ordered = finite
+            && self
+                .slots
+                .windows(2)
+                .all(|w| w[0].value < w[1].value && bucket_of(w[0].value) < bucket_of(w[1].value));
+        if ordered {
             Ok(())
         } else {
-            Err("reservoirs out of order, empty, or not in the bucket they name".into())
+            Err("reservoirs out of order, empty, not finite, or two in one bucket".into())
         }
     }
 
     /// The exemplar kept for bucket `pos`.
-    pub fn get(&self, pos: i32) -> Option<Exemplar> {
+    pub fn get(&self, pos: i32, keys: Keys) -> Option<Exemplar> {
         self.slots
-            .binary_search_by_key(&pos, |slot| slot.key)
+            .binary_search_by(|slot| keys.of(slot.value).cmp(&pos))
             .ok()
-            .map(|at| self.slots[at].exemplar)
+            .map(|at| self.slots[at].exemplar(self.epoch_ms))
     }
 
     /// Every kept exemplar with its bucket key, ascending.
-    pub fn iter(&self) -> impl Iterator<Item = (i32, Exemplar)> + '_ {
-        self.slots.iter().map(|slot| (slot.key, slot.exemplar))
+    pub fn iter(&self, keys: Keys) -> impl Iterator<Item = (i32, Exemplar)> + '_ {
+        self.slots
+            .iter()
+            .map(move |slot| (keys.of(slot.value), slot.exemplar(self.epoch_ms)))
     }
 
     /// Whether bands decide what is kept (the window outgrew `OPEN_SLOTS`).
@@ -411,5 +484,37 @@ impl Bands {
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.slots.capacity() * size_of::<Slot>() + self.cursors.capacity() * size_of::<Cursor>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reservoir_is_40_bytes_and_keeps_its_timestamp() {
+        assert_eq!(size_of::<Slot>(), 40);
+        assert_eq!(size_of::<Cursor>(), 24);
+        let exemplar = Exemplar {
+            trace_id: [7; 16],
+            span_id: [8; 8],
+            value: 1.25,
+            timestamp_ms: 1_800_000_009_999,
+        };
+        let mut slot = Slot {
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            value: 0.0,
+            at_ms: 0,
+            seen: 1,
+        };
+        for epoch_ms in [1_800_000_000_000, 1_800_000_020_000, exemplar.timestamp_ms] {
+            slot.set(&exemplar, epoch_ms);
+            assert_eq!(slot.exemplar(epoch_ms), exemplar);
+        }
+        // More than 24.8 days from the epoch: clamped, as the README says.
+        let epoch_ms = exemplar.timestamp_ms - 30 * 86_400_000;
+        slot.set(&exemplar, epoch_ms);
+        assert_eq!(slot.exemplar(epoch_ms).timestamp_ms, epoch_ms + i64::from(i32::MAX));
     }
 }

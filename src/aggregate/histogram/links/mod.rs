@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::exemplar::Exemplar;
 use bands::Bands;
-pub(super) use bands::{bucket_of, pos_of, rank_of, Order};
+pub(super) use bands::{bucket_of, pos_of, rank_of, Keys, Order};
 pub use bands::{BAND_SIGMAS, OPEN_SLOTS};
 use extremes::Extremes;
 pub use plan::LinkPlan;
@@ -82,8 +82,9 @@ pub struct Links {
     /// a histogram that did not count a threshold: `above` then holds bucket
     /// estimates for those.
     above_exact: bool,
-    slowest: Extremes,
-    fastest: Extremes,
+    /// The slowest and the fastest traced samples, boxed and only with an
+    /// `above` or `below` in the plan: most windows emit neither.
+    ranked: Option<Box<[Extremes; 2]>>,
     bands: Bands,
 }
 
@@ -92,10 +93,9 @@ impl Links {
     pub fn new(plan: Arc<LinkPlan>) -> Self {
         Links {
             above: vec![0; plan.thresholds.len()].into(),
+            ranked: (plan.slowest > 0 || plan.fastest > 0).then(Box::default),
             plan,
             above_exact: true,
-            slowest: Extremes::default(),
-            fastest: Extremes::default(),
             bands: Bands::default(),
         }
     }
@@ -140,8 +140,10 @@ impl Links {
         order: &Order<'_>,
         rng: &mut R,
     ) {
-        self.slowest.offer(exemplar, usize::from(self.plan.slowest), true);
-        self.fastest.offer(exemplar, usize::from(self.plan.fastest), false);
+        if let Some([slowest, fastest]) = self.ranked.as_deref_mut() {
+            slowest.offer(exemplar, usize::from(self.plan.slowest), true);
+            fastest.offer(exemplar, usize::from(self.plan.fastest), false);
+        }
         if !self.plan.quantiles.is_empty() {
             self.bands.offer(pos, exemplar, &self.plan.quantiles, n, order, rng);
         }
@@ -167,7 +169,13 @@ impl Links {
     /// both count a threshold (else `estimate` of the other side, inexact),
     /// the union of both extremes, the reservoirs of both. Call
     /// [`Links::replace`] on the merged counts after.
-    pub fn merge<R: Rng + ?Sized>(&mut self, other: Option<&Links>, estimate: impl Fn(f64) -> u64, rng: &mut R) {
+    pub(in crate::aggregate::histogram) fn merge<R: Rng + ?Sized>(
+        &mut self,
+        other: Option<&Links>,
+        estimate: impl Fn(f64) -> u64,
+        keys: Keys,
+        rng: &mut R,
+    ) {
         for (count, threshold) in self.above.iter_mut().zip(self.plan.thresholds.iter()) {
             match other.and_then(|o| o.count_above(*threshold)) {
                 Some((theirs, exact)) => {
@@ -181,10 +189,13 @@ impl Links {
             }
         }
         if let Some(other) = other {
-            self.slowest.merge(&other.slowest, usize::from(self.plan.slowest), true);
-            self.fastest
-                .merge(&other.fastest, usize::from(self.plan.fastest), false);
-            self.bands.merge(&other.bands, rng);
+            if let (Some([slowest, fastest]), Some([their_slowest, their_fastest])) =
+                (self.ranked.as_deref_mut(), other.ranked.as_deref())
+            {
+                slowest.merge(their_slowest, usize::from(self.plan.slowest), true);
+                fastest.merge(their_fastest, usize::from(self.plan.fastest), false);
+            }
+            self.bands.merge(&other.bands, keys, rng);
         }
     }
 
@@ -193,35 +204,41 @@ impl Links {
         self.bands.replace(&self.plan.quantiles, n, order);
     }
 
-    /// Re-keys the reservoirs `k` scales coarser; call [`Links::replace`] after.
-    pub fn downscale<R: Rng + ?Sized>(&mut self, k: u32, rng: &mut R) {
-        self.bands.downscale(k, rng);
+    /// Merges the reservoirs that share a bucket at the coarser scale of
+    /// `keys`; call [`Links::replace`] after.
+    pub(in crate::aggregate::histogram) fn downscale<R: Rng + ?Sized>(&mut self, keys: Keys, rng: &mut R) {
+        self.bands.downscale(keys, rng);
     }
 
     /// A kept exemplar in bucket `pos` (`in_bucket` says whether a value
     /// lies in it), or else the nearest kept one and how many buckets away.
-    pub fn link(&self, pos: i32, in_bucket: impl Fn(f64) -> bool) -> Option<(Exemplar, i32, u32)> {
-        if let Some(exemplar) = self.bands.get(pos) {
+    pub(in crate::aggregate::histogram) fn link(
+        &self,
+        pos: i32,
+        keys: Keys,
+        in_bucket: impl Fn(f64) -> bool,
+    ) -> Option<(Exemplar, i32, u32)> {
+        if let Some(exemplar) = self.bands.get(pos, keys) {
             return Some((exemplar, pos, 0));
         }
-        let extremes = self.slowest.kept().iter().chain(self.fastest.kept());
+        let extremes = self.slowest().iter().chain(self.fastest());
         if let Some(exemplar) = extremes.clone().find(|e| in_bucket(e.value)) {
             return Some((*exemplar, pos, 0));
         }
         self.bands
-            .iter()
+            .iter(keys)
             .map(|(key, exemplar)| (exemplar, key, key.abs_diff(pos)))
             .min_by_key(|(_, _, distance)| *distance)
     }
 
     /// The slowest traced samples, slowest first (at most `plan().slowest`).
     pub fn slowest(&self) -> &[Exemplar] {
-        self.slowest.kept()
+        self.ranked.as_deref().map_or(&[], |[slowest, _]| slowest.kept())
     }
 
     /// The fastest traced samples, fastest first (at most `plan().fastest`).
     pub fn fastest(&self) -> &[Exemplar] {
-        self.fastest.kept()
+        self.ranked.as_deref().map_or(&[], |[_, fastest]| fastest.kept())
     }
 
     /// Whether bands decide which reservoirs are kept.
@@ -230,8 +247,8 @@ impl Links {
     }
 
     /// Kept reservoirs' exemplars with their bucket keys, ascending.
-    pub fn reservoirs(&self) -> impl Iterator<Item = (i32, Exemplar)> + '_ {
-        self.bands.iter()
+    pub(in crate::aggregate::histogram) fn reservoirs(&self, keys: Keys) -> impl Iterator<Item = (i32, Exemplar)> + '_ {
+        self.bands.iter(keys)
     }
 
     /// Checks links read from another process (cluster parts): counts per
@@ -254,11 +271,10 @@ impl Links {
                 plan.thresholds.len()
             ));
         }
-        for (list, cap, slowest) in [
-            (&self.slowest, plan.slowest, true),
-            (&self.fastest, plan.fastest, false),
+        for (kept, cap, slowest) in [
+            (self.slowest(), plan.slowest, true),
+            (self.fastest(), plan.fastest, false),
         ] {
-            let kept = list.kept();
             let ordered = kept.windows(2).all(|w| {
                 if slowest {
                     w[0].value >= w[1].value
@@ -277,16 +293,19 @@ impl Links {
     pub fn clear(&mut self) {
         self.above.iter_mut().for_each(|count| *count = 0);
         self.above_exact = true;
-        self.slowest.clear();
-        self.fastest.clear();
+        if let Some([slowest, fastest]) = self.ranked.as_deref_mut() {
+            slowest.clear();
+            fastest.clear();
+        }
         self.bands.clear();
     }
 
     /// Heap bytes held (the plan is shared and not counted).
     pub fn heap_bytes(&self) -> usize {
         self.above.len() * size_of::<u64>()
-            + self.slowest.heap_bytes()
-            + self.fastest.heap_bytes()
+            + self.ranked.as_deref().map_or(0, |[slowest, fastest]| {
+                size_of::<[Extremes; 2]>() + slowest.heap_bytes() + fastest.heap_bytes()
+            })
             + self.bands.heap_bytes()
     }
 }

@@ -233,4 +233,17 @@ fn links_travel_in_parts_and_broken_ones_are_refused() {
         error.to_string().contains("0 threshold counts for 1 thresholds"),
         "{error}"
     );
+    // Two reservoirs in one bucket, or out of order: refused, not merged in.
+    let mut json = serde_json::to_value(&parts).unwrap();
+    let slots = json["links"]["bands"]["slots"].as_array_mut().unwrap();
+    assert!(slots.len() > 2);
+    let first = slots[0].clone();
+    slots.insert(1, first);
+    let broken: HistogramParts = serde_json::from_value(json).unwrap();
+    let error = ExpHistogram::from_parts(HistogramConfig::default(), &broken).unwrap_err();
+    assert!(error.to_string().contains("two in one bucket"), "{error}");
+    let mut json = serde_json::to_value(&parts).unwrap();
+    json["links"]["bands"]["slots"].as_array_mut().unwrap().swap(0, 1);
+    let broken: HistogramParts = serde_json::from_value(json).unwrap();
+    assert!(ExpHistogram::from_parts(HistogramConfig::default(), &broken).is_err());
 }
