@@ -16,19 +16,9 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{
-    acked_not_in_store, by_identity, http_get, http_post, now_ms, rollups_unlike_inputs, ClusterSpec, CounterLoad,
-    TestCluster,
+    acked_not_in_store, by_identity, counter_rules, http_get, http_post, now_ms, rollups_unlike_inputs, ClusterSpec,
+    CounterLoad, TestCluster,
 };
-
-const RULES: &str = r#"
-defaults:
-  storage_policies: ["1s:1h"]
-  counter: { aggregations: [sum, count] }
-rollup_rules:
-  - name: requests-all
-    filter: '__name__:req'
-    rollup: {name: req_all, group_by: [], aggregations: [sum]}
-"#;
 
 const TTL_S: u64 = 2;
 const WINDOW_MS: i64 = 1_000;
@@ -44,7 +34,7 @@ fn spec() -> ClusterSpec {
         instances: 3,
         replicas: 1,
         shards: SHARDS,
-        rules: RULES.to_string(),
+        rules: counter_rules("1s:1h"),
         lease_ttl_s: TTL_S,
         flush_interval_ms: 200,
         wal: true,

@@ -12,19 +12,9 @@ use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::cluster::{http_get, http_post, now_ms, Accounting, ClusterSpec, CounterLoad, TestCluster};
+use common::cluster::{counter_rules, http_get, http_post, now_ms, Accounting, ClusterSpec, CounterLoad, TestCluster};
 use common::{point, series};
 use tailfold::api::v1;
-
-const RULES: &str = r#"
-defaults:
-  storage_policies: ["2s:1h"]
-  counter: { aggregations: [sum, count] }
-rollup_rules:
-  - name: requests-all
-    filter: '__name__:req'
-    rollup: {name: req_all, group_by: [], aggregations: [sum]}
-"#;
 
 const TTL_S: u64 = 2;
 const WINDOW_MS: i64 = 2_000;
@@ -34,7 +24,7 @@ fn spec(instances: usize, replicas: usize, wal: bool) -> ClusterSpec {
         instances,
         replicas,
         shards: 16,
-        rules: RULES.to_string(),
+        rules: counter_rules("2s:1h"),
         lease_ttl_s: TTL_S,
         flush_interval_ms: 200,
         wal,

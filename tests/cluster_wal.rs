@@ -8,17 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{Accounting, ClusterSpec, CounterLoad, TestCluster};
-
-const RULES: &str = r#"
-defaults:
-  storage_policies: ["2s:1h"]
-  counter: { aggregations: [sum, count] }
-rollup_rules:
-  - name: requests-all
-    filter: '__name__:req'
-    rollup: {name: req_all, group_by: [], aggregations: [sum]}
-"#;
+use common::cluster::{counter_rules, Accounting, ClusterSpec, CounterLoad, TestCluster};
 
 const TTL_S: u64 = 2;
 const WINDOW_MS: i64 = 2_000;
@@ -46,7 +36,7 @@ async fn restart_under_load(stop_how: Stop) -> Run {
         instances: 2,
         replicas: 1,
         shards: 16,
-        rules: RULES.to_string(),
+        rules: counter_rules("2s:1h"),
         lease_ttl_s: TTL_S,
         flush_interval_ms: 200,
         wal: true,

@@ -451,13 +451,7 @@ pub async fn stage(
 /// (it must flush up to the cutoff), has no registered instance besides the
 /// ones joining.
 async fn check_live(client: &EtcdClient, next: &Placement, change: &Change, what: &str) -> Result<(), ChangeError> {
-    let prefix = keys::instances_prefix(&next.cluster);
-    let live: HashSet<String> = client
-        .get_prefix(&prefix)
-        .await?
-        .iter()
-        .filter_map(|kv| kv.key.strip_prefix(&prefix).map(str::to_string))
-        .collect();
+    let live = super::coordinator::registered_ids(client, &next.cluster).await?;
     let handing_off = change.handing_off(next);
     for set in &next.sets {
         let needed = !set.shards.is_empty() || handing_off.contains(&set.set);

@@ -654,16 +654,20 @@ async fn wait_for_etcd(telemetry: &Telemetry, error: &EtcdError, during: &'stati
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// Reads which instances are registered into the view.
-async fn read_liveness(client: &EtcdClient, cluster: &str, view: &ClusterView) -> Result<(), EtcdError> {
+/// The ids of the instances registered in etcd (alive under their leases).
+pub(super) async fn registered_ids(client: &EtcdClient, cluster: &str) -> Result<HashSet<String>, EtcdError> {
     let prefix = keys::instances_prefix(cluster);
-    let live: HashSet<String> = client
+    Ok(client
         .get_prefix(&prefix)
         .await?
         .iter()
         .filter_map(|kv| kv.key.strip_prefix(&prefix).map(str::to_string))
-        .collect();
-    view.set_live(live);
+        .collect())
+}
+
+/// Reads which instances are registered into the view.
+async fn read_liveness(client: &EtcdClient, cluster: &str, view: &ClusterView) -> Result<(), EtcdError> {
+    view.set_live(registered_ids(client, cluster).await?);
     Ok(())
 }
 

@@ -27,6 +27,24 @@ pub fn free_port() -> u16 {
     super::ports::unused_port()
 }
 
+/// The rules of the cluster tests that count counters: `sum` and `count` per
+/// series in windows of `policy` (e.g. `2s:1h`), and one rollup of every
+/// `req` series into `req_all`, so every window's rollup can be checked
+/// against its inputs.
+pub fn counter_rules(policy: &str) -> String {
+    format!(
+        r#"
+defaults:
+  storage_policies: ["{policy}"]
+  counter: {{ aggregations: [sum, count] }}
+rollup_rules:
+  - name: requests-all
+    filter: '__name__:req'
+    rollup: {{name: req_all, group_by: [], aggregations: [sum]}}
+"#
+    )
+}
+
 /// One `tailfold run` process.
 pub struct Instance {
     pub id: String,
