@@ -274,10 +274,11 @@ impl Coordinator {
     /// and it started after the cutover (so it may have missed points after
     /// it while down): the cutover, from which the replica joining in its
     /// place flushes. An instance up since before the cutover holds every
-    /// window and flushes them all while it leads.
-    pub fn leaving_from_ms(&self) -> Option<i64> {
+    /// window and flushes them all while it leads. Judged by `placement`,
+    /// the same read that says whether this instance is placed at all.
+    pub fn leaving_from_ms(&self, placement: &Placement) -> Option<i64> {
         self.view
-            .leaving_from_ms()
+            .leaving_from_ms(placement)
             .filter(|cutover_ms| self.started_ms > *cutover_ms)
     }
 

@@ -108,13 +108,17 @@ pub fn keep_own_side(
 /// flushes them), so points and rollup shares for those wait for it up to
 /// the forward timeout, as for a one-replica set restarting.
 pub fn must_reach(placement: &Placement, replica: &str, earliest_ms: i64) -> bool {
-    placement.change.as_ref().is_some_and(|change| {
-        earliest_ms < change.cutover_ms
-            && change.leaving.iter().any(|id| id == replica)
-            && placement
-                .set_of_instance(replica)
-                .is_some_and(|set| !change.leaving_sets.contains(&set.set))
-    })
+    leaving_cutover(placement, replica).is_some_and(|cutover_ms| earliest_ms < cutover_ms)
+}
+
+/// When the change in flight in `placement` takes `instance` out of a set
+/// that stays (a replace): its cutover. `None` when no change is in flight,
+/// when `instance` stays, or is not placed (a completed change took it out).
+pub fn leaving_cutover(placement: &Placement, instance: &str) -> Option<i64> {
+    let change = placement.change.as_ref()?;
+    let set = placement.set_of_instance(instance)?;
+    (change.leaving.iter().any(|id| id == instance) && !change.leaving_sets.contains(&set.set))
+        .then_some(change.cutover_ms)
 }
 
 /// The index in `sets` of the owner of the rollup window starting at
@@ -373,5 +377,34 @@ mod tests {
         );
         assert!(!must_reach(&replacing, "e", CUTOVER - 1));
         assert!(!must_reach(&placement, "a", 0), "an add moves no replica");
+    }
+
+    /// What a restarted leaving replica flushes is judged by the same
+    /// placement read as whether it is placed: in flight it is placed and
+    /// leaves from the cutover; once the change completed it is neither.
+    #[test]
+    fn a_leaving_replica_leaves_from_the_cutover_until_the_change_completes() {
+        let three = Placement::initial("c", 16, 1, ["a", "b", "c"].map(spec).to_vec()).unwrap();
+        let replace = Request::Replace {
+            old: "b".into(),
+            new: spec("e"),
+        };
+        let in_flight = plan(&three, &replace, 0, CUTOVER).unwrap();
+        assert!(in_flight.set_of_instance("b").is_some());
+        assert_eq!(leaving_cutover(&in_flight, "b"), Some(CUTOVER));
+        assert_eq!(
+            leaving_cutover(&in_flight, "e"),
+            None,
+            "the joining replica flushes from the cutover"
+        );
+        assert_eq!(leaving_cutover(&in_flight, "a"), None);
+        assert_eq!(
+            leaving_cutover(&adding(), "c"),
+            None,
+            "an add takes no replica out of a set that stays"
+        );
+        let completed = Placement::initial("c", 16, 1, ["a", "e", "c"].map(spec).to_vec()).unwrap();
+        assert!(completed.set_of_instance("b").is_none());
+        assert_eq!(leaving_cutover(&completed, "b"), None);
     }
 }

@@ -65,14 +65,11 @@ impl ClusterView {
         *self.placement.write() = Arc::new(placement);
     }
 
-    /// When a change in flight takes this instance out of a set that stays:
-    /// its cutover (see [`super::coordinator::Coordinator::leaving_from_ms`]).
-    pub fn leaving_from_ms(&self) -> Option<i64> {
-        let placement = self.placement();
-        let change = placement.change.as_ref()?;
-        let set = placement.set_of_instance(&self.settings.instance)?;
-        (change.leaving.contains(&self.settings.instance) && !change.leaving_sets.contains(&set.set))
-            .then_some(change.cutover_ms)
+    /// When a change in flight in `placement` takes this instance out of a
+    /// set that stays: its cutover (see
+    /// [`super::coordinator::Coordinator::leaving_from_ms`]).
+    pub fn leaving_from_ms(&self, placement: &Placement) -> Option<i64> {
+        super::handoff::leaving_cutover(placement, &self.settings.instance)
     }
 
     /// This instance's shard set in `placement`.

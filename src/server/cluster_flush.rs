@@ -41,8 +41,17 @@ impl FlushLoop {
         // An instance a completed change took out of the placement (it is
         // stopping) flushes and records nothing more: its set's marks belong
         // to the replica that took its place, or to nobody.
-        let view = cluster.coordinator.view();
-        let placed = view.my_set(&view.placement()).is_some();
+        // A replica a placement change takes out of its set, restarted after
+        // the cutover, flushes only the windows before it (it may have missed
+        // later ones while down); the replica joining in its place the rest.
+        // Both are judged by one read of the placement: read twice, a change
+        // completing in between would make a restarted leaving replica
+        // "placed" by the first read and not leaving by the second, and it
+        // would flush its partial windows after the cutover and record marks
+        // past it, so the joining replica would drop its whole ones.
+        let placement = cluster.coordinator.view().placement();
+        let placed = cluster.coordinator.view().my_set(&placement).is_some();
+        let leaving_from_ms = cluster.coordinator.leaving_from_ms(&placement);
         let lead = placed && matches!(role, Role::Leading { .. }) && cluster.coordinator.still_leads(&role).await;
         if matches!(role, Role::Unknown) {
             exporter.count(
@@ -63,10 +72,6 @@ impl FlushLoop {
             .map(|(policy, _)| own.iter().find(|(known, _)| known == policy).map(|(_, until)| *until))
             .collect::<Option<Vec<i64>>>()
             .and_then(|ends| ends.into_iter().min());
-        // A replica a placement change takes out of its set, restarted after
-        // the cutover, flushes only the windows before it (it may have missed
-        // later ones while down); the replica joining in its place the rest.
-        let leaving_from_ms = cluster.coordinator.leaving_from_ms();
         let this = Arc::clone(self);
         let work = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();

@@ -401,6 +401,13 @@ impl Drop for TestCluster {
         for instance in self.instances.iter_mut().chain(self.single.as_mut()) {
             instance.kill9();
         }
+        // On failure, TAILFOLD_TEST_KEEP=DIR keeps a copy of the cluster's
+        // directory (each instance's log, store and write-ahead log) under DIR.
+        if let (true, Some(keep)) = (std::thread::panicking(), std::env::var_os("TAILFOLD_TEST_KEEP")) {
+            let keep = Path::new(&keep).join(format!("cluster-{}", std::process::id()));
+            let copied = Command::new("cp").arg("-a").arg(self._dir.path()).arg(&keep).status();
+            eprintln!("kept the cluster's directory in {} ({copied:?})", keep.display());
+        }
     }
 }
 
