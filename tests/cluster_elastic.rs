@@ -233,9 +233,7 @@ async fn kill_9_of_new_and_old_owners_across_the_cutover_loses_nothing() {
     cluster.instances[i3].wait_ready();
     let cutover = staged["change"]["cutover_ms"].as_i64().unwrap();
     sleep_until(cutover + 200).await;
-    cluster.instances[i3].kill9();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    cluster.instances[i3].restart();
+    kill_9_then_restart(&mut cluster, i3).await;
     cluster.wait_change_completed(HANDOFF);
     assert!(cluster.instances[i3].log().contains("write-ahead log replayed"));
 
@@ -244,9 +242,7 @@ async fn kill_9_of_new_and_old_owners_across_the_cutover_loses_nothing() {
         .expect("remove");
     let cutoff = staged["change"]["cutover_ms"].as_i64().unwrap();
     sleep_until(cutoff - 300).await;
-    cluster.instances[i3].kill9();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    cluster.instances[i3].restart();
+    kill_9_then_restart(&mut cluster, i3).await;
     cluster.wait_change_completed(HANDOFF);
     assert_left(&mut cluster, i3);
 
@@ -455,4 +451,12 @@ async fn measure_a_handoff() {
     println!("add -> shards available on the new set: {} ms", completed_ms - added_ms);
     println!("points written during the handoff: {handoff_points}; forwarded twice: {twice}");
     println!("write p99: {steady_p99:.1} ms in the 5 s before, {handoff_p99:.1} ms during the handoff ({steady_points} and {handoff_points} points)");
+}
+
+/// `kill -9` of instance `index`, then a restart on its data directory half a
+/// second later (a lost machine back on its disk).
+async fn kill_9_then_restart(cluster: &mut TestCluster, index: usize) {
+    cluster.instances[index].kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.instances[index].restart();
 }
