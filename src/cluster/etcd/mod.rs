@@ -302,13 +302,7 @@ impl EtcdClient {
             op: "compare and write",
             key,
         };
-        let response = self
-            .call(target, |channel| {
-                let request = request.clone();
-                async move { KvClient::new(channel).txn(request).await }
-            })
-            .await?;
-        Ok(response.succeeded)
+        self.commit(target, request).await
     }
 
     /// Grants a lease of `ttl_s` seconds (etcd may raise very short TTLs to its minimum).
@@ -369,6 +363,17 @@ impl EtcdClient {
         .await
     }
 
+    /// Runs one transaction; true if its comparisons held.
+    async fn commit(&self, target: Target<'_>, request: TxnRequest) -> Result<bool, EtcdError> {
+        let response = self
+            .call(target, |channel| {
+                let request = request.clone();
+                async move { KvClient::new(channel).txn(request).await }
+            })
+            .await?;
+        Ok(response.succeeded)
+    }
+
     /// One compare-then-put transaction; true if the comparisons held.
     async fn txn(
         &self,
@@ -383,13 +388,7 @@ impl EtcdClient {
             }],
             failure: Vec::new(),
         };
-        let response = self
-            .call(target, |channel| {
-                let request = request.clone();
-                async move { KvClient::new(channel).txn(request).await }
-            })
-            .await?;
-        Ok(response.succeeded)
+        self.commit(target, request).await
     }
 
     /// Runs `rpc` on the active connection; on a transport error or timeout,
