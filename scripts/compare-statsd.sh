@@ -167,6 +167,12 @@ EOF
     kill -INT "$perf" && wait "$perf" || true
     echo "   tailfold: perf profile in $PERF_DATA"
   fi
+  # How evenly the kernel spread the senders over the SO_REUSEPORT readers.
+  local readers=
+  for task in /proc/"$DAEMON"/task/*; do
+    [[ $(cat "$task/comm") == statsd-reader-* ]] && readers+=" $(cat "$task/comm")=$(cpu_seconds "${task#/proc/}")s"
+  done
+  echo "   tailfold: CPU per reader since start:$readers"
   local metrics
   metrics=$(curl -sf "http://127.0.0.1:$((PORT + 3))/metrics")
   stop
