@@ -8,15 +8,30 @@
 #
 #   scripts/compare-statsd.sh                 # 2 M lines/s for 8 s, 25 lines per datagram, 1,000 series
 #   RATE=1000000 SECONDS_=8 scripts/compare-statsd.sh
-#   ONLY="tailfold" scripts/compare-statsd.sh # one daemon
+#   scripts/compare-statsd.sh --only tailfold # one daemon (or ONLY="etsy collectd")
+#   PERF_DATA=/tmp/tf.perf scripts/compare-statsd.sh --only tailfold  # perf record -F 999 -g of tailfold while it is offered the load
+#   TAILFOLD=/path/to/tailfold scripts/compare-statsd.sh --only tailfold  # another build, for A/B pairs
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    --only) ONLY=$2; shift 2 ;;
+    --only=*) ONLY=${1#--only=}; shift ;;
+    *) echo "usage: $0 [--only 'etsy collectd tailfold']" >&2; exit 2 ;;
+  esac
+done
 
 RATE=${RATE:-2000000}
 SECONDS_=${SECONDS_:-8}
 LINES=${LINES:-25}
 SERIES=${SERIES:-1000}
-SENDERS=${SENDERS:-2}
+# 8 source ports from 2 threads: the kernel picks a SO_REUSEPORT reader by
+# source address, and a busy host has many senders; 2 ports could both land on one reader.
+SENDERS=${SENDERS:-8}
+SENDER_THREADS=${SENDER_THREADS:-2}
+TAILFOLD=${TAILFOLD:-target/release/tailfold}
+PERF_DATA=${PERF_DATA:-}
 ONLY=${ONLY:-"etsy collectd tailfold"}
 PORT=${PORT:-28125}
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
@@ -61,7 +76,7 @@ offer() {
   local before after out
   before=$(cpu_seconds "$DAEMON")
   out=$(target/release/statsd-sender --target "127.0.0.1:$PORT" --rate "$RATE" --seconds "$SECONDS_" \
-    --lines-per-datagram "$LINES" --series "$SERIES" --sockets "$SENDERS")
+    --lines-per-datagram "$LINES" --series "$SERIES" --sockets "$SENDERS" --threads "$SENDER_THREADS")
   echo "   sender: $out"
   # What is queued drains; a flush falls due.
   sleep 3
@@ -139,10 +154,25 @@ rules_file: rules.yaml
 data_dir: $dir/data
 statsd: {listen: "127.0.0.1:$PORT"}
 EOF
-  target/release/tailfold run -c "$dir/tailfold.yaml" >"$dir/log" 2>&1 &
+  "$TAILFOLD" run -c "$dir/tailfold.yaml" >"$dir/log" 2>&1 &
   DAEMON=$!
   wait_udp
+  local perf=
+  if [ -n "$PERF_DATA" ]; then
+    perf record -q -F 999 -g -p "$DAEMON" -o "$PERF_DATA" 2>"$dir/perf.log" &
+    perf=$!
+  fi
   offer
+  if [ -n "$perf" ]; then
+    kill -INT "$perf" && wait "$perf" || true
+    echo "   tailfold: perf profile in $PERF_DATA"
+  fi
+  # How evenly the kernel spread the senders over the SO_REUSEPORT readers.
+  local readers=
+  for task in /proc/"$DAEMON"/task/*; do
+    [[ $(cat "$task/comm") == statsd-reader-* ]] && readers+=" $(cat "$task/comm")=$(cpu_seconds "${task#/proc/}")s"
+  done
+  echo "   tailfold: CPU per reader since start:$readers"
   local metrics
   metrics=$(curl -sf "http://127.0.0.1:$((PORT + 3))/metrics")
   stop
@@ -155,7 +185,7 @@ EOF
 
 echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 for daemon in $ONLY; do
-  echo "== $daemon: $RATE lines/s for ${SECONDS_} s, $LINES lines per datagram, $SERIES series, $SENDERS sending sockets"
+  echo "== $daemon: $RATE lines/s for ${SECONDS_} s, $LINES lines per datagram, $SERIES series, $SENDERS sending sockets from $SENDER_THREADS threads"
   "run_$daemon"
   echo "   load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 done

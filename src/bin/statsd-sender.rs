@@ -1,6 +1,7 @@
 //! A fast statsd sender for side-by-side runs (scripts/compare-statsd.sh):
 //! counter lines `bench.c<series>:1|c` at a fixed rate, many datagrams per
-//! `sendmmsg` call, from several sockets; prints what it sent.
+//! `sendmmsg` call, from many sockets (source ports) as a busy host's many
+//! senders would, so the kernel spreads them over `SO_REUSEPORT` readers; prints what it sent.
 
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
@@ -26,9 +27,13 @@ struct Args {
     /// Distinct series (metric names) the lines walk over.
     #[arg(long, default_value_t = 1_000)]
     series: usize,
-    /// Sending sockets (one thread each, each its own source port).
-    #[arg(long, default_value_t = 2)]
+    /// Sending sockets, each its own source port: the kernel picks a
+    /// `SO_REUSEPORT` reader by source address, so few ports can all land on one.
+    #[arg(long, default_value_t = 8)]
     sockets: usize,
+    /// Sending threads; each takes its share of the sockets in turn, one `sendmmsg` call each.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 /// Datagrams handed to one `sendmmsg` call at most.
@@ -51,14 +56,17 @@ fn main() {
                 .into_bytes()
         })
         .collect();
-    let per_socket_rate = args.rate as f64 / args.lines_per_datagram as f64 / args.sockets as f64;
+    let threads = args.threads.clamp(1, args.sockets.max(1));
+    let per_thread_rate = args.rate as f64 / args.lines_per_datagram as f64 / threads as f64;
     let duration = Duration::from_secs_f64(args.seconds);
     let started = Instant::now();
-    let threads: Vec<_> = (0..args.sockets)
+    let threads: Vec<_> = (0..threads)
         .map(|number| {
             let datagrams = datagrams.clone();
             let target = args.target.clone();
-            std::thread::spawn(move || send(&target, &datagrams, number, per_socket_rate, duration))
+            // Thread n sends from sockets n, n + threads, n + 2 * threads...
+            let sockets = (number..args.sockets.max(1)).step_by(threads).count();
+            std::thread::spawn(move || send(&target, &datagrams, number, sockets, per_thread_rate, duration))
         })
         .collect();
     let (mut sent, mut failed) = (0u64, 0u64);
@@ -75,11 +83,24 @@ fn main() {
     );
 }
 
-/// Sends `rate` datagrams/s for `duration` from one socket, starting at
-/// datagram `offset` of the cycle; returns (sent, failed) datagrams.
-fn send(target: &str, datagrams: &[Vec<u8>], offset: usize, rate: f64, duration: Duration) -> (u64, u64) {
-    let socket = UdpSocket::bind("0.0.0.0:0").expect("sender socket");
-    socket.connect(target).expect("target address");
+/// Sends `rate` datagrams/s for `duration` from `sockets` sockets, one
+/// `sendmmsg` call from each in turn, starting at datagram `offset` of the
+/// cycle; returns (sent, failed) datagrams.
+fn send(
+    target: &str,
+    datagrams: &[Vec<u8>],
+    offset: usize,
+    sockets: usize,
+    rate: f64,
+    duration: Duration,
+) -> (u64, u64) {
+    let sockets: Vec<UdpSocket> = (0..sockets)
+        .map(|_| {
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("sender socket");
+            socket.connect(target).expect("target address");
+            socket
+        })
+        .collect();
     let mut iovecs: Vec<libc::iovec> = (0..PER_CALL)
         .map(|_| libc::iovec {
             iov_base: std::ptr::null_mut(),
@@ -88,7 +109,7 @@ fn send(target: &str, datagrams: &[Vec<u8>], offset: usize, rate: f64, duration:
         .collect();
     // SAFETY: mmsghdr is plain data; all zero is a valid (empty) value.
     let mut headers: Vec<libc::mmsghdr> = (0..PER_CALL).map(|_| unsafe { std::mem::zeroed() }).collect();
-    let (mut next, mut sent, mut failed) = (offset, 0u64, 0u64);
+    let (mut next, mut sent, mut failed, mut turn) = (offset, 0u64, 0u64, 0usize);
     let started = Instant::now();
     while started.elapsed() < duration {
         let due = (started.elapsed().as_secs_f64() * rate) as u64;
@@ -104,6 +125,8 @@ fn send(target: &str, datagrams: &[Vec<u8>], offset: usize, rate: f64, duration:
             headers[index].msg_hdr.msg_iov = &mut iovecs[index];
             headers[index].msg_hdr.msg_iovlen = 1;
         }
+        let socket = &sockets[turn % sockets.len()];
+        turn += 1;
         // SAFETY: `count` headers, each pointing at one live iovec over a live datagram.
         let done = unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), count as _, 0) };
         if done < 0 {

@@ -304,3 +304,76 @@ fn byte_split_is_str_split_on_a_byte() {
         );
     }
 }
+
+#[test]
+fn one_scan_finds_the_first_colon_and_bar_and_stops_at_the_bar() {
+    let marks = |raw: &str| {
+        let marks = Marks::find(raw.as_bytes());
+        (marks.colon, marks.bar, marks.more_colons)
+    };
+    assert_eq!(marks("a:1|c"), (Some(1), Some(3), false));
+    assert_eq!(marks("a:1:2|ms"), (Some(1), Some(5), true));
+    // Colons in tags, after the bar, are not values.
+    assert_eq!(marks("a:1|c|#k:v,x:y"), (Some(1), Some(3), false));
+    assert_eq!(marks("a|b:1|c"), (None, Some(1), false));
+    assert_eq!(marks("a:1"), (Some(1), None, false));
+    assert_eq!(marks(""), (None, None, false));
+    assert_eq!(marks("é:1|c"), (Some(2), Some(4), false));
+}
+
+#[test]
+fn the_single_pass_parser_keeps_every_form_apart() {
+    let (line, values) = parse("a:1|c|#k:v,x:y").unwrap();
+    assert_eq!((line.name, line.tags, values), ("a", "k:v,x:y", vec![1.0]));
+    let (line, values) = parse("a.b:1:2:3|ms|@0.5").unwrap();
+    assert_eq!((line.name, line.sample_rate, values), ("a.b", 0.5, vec![1.0, 2.0, 3.0]));
+    assert_eq!(parse("é:1|c").unwrap().0.name, "é");
+    assert_eq!(
+        parse("a:1|c|").unwrap().0.kind,
+        Kind::Counter,
+        "an empty section is skipped"
+    );
+    for (raw, message) in [
+        ("a|b:1|c", r#""a|b:1|c": no ':' between metric name and value"#),
+        ("|:1|c", r#""|:1|c": no ':' between metric name and value"#),
+        ("a:1:|c", r#""a:1:|c": empty value"#),
+        ("a::1|c", r#""a::1|c": empty value"#),
+        (":|c", r#"":|c": empty metric name"#),
+        (":1", r#"":1": empty metric name"#),
+        ("a:|", r#""a:|": unknown type "": expected c, g, ms, h, d or s"#),
+        (
+            "a:1|c:x|#t",
+            r#""a:1|c:x|#t": unknown type "c:x": expected c, g, ms, h, d or s"#,
+        ),
+        ("a:1:x|c", r#""a:1:x|c": value "x" is not a finite number"#),
+        (
+            "a:+1:-2:3|g",
+            r#""a:+1:-2:3|g": a gauge line mixing relative (+/-) and absolute values; send them on lines of their own"#,
+        ),
+    ] {
+        assert_eq!(parse(raw).unwrap_err().to_string(), message, "{raw}");
+    }
+}
+
+#[test]
+fn lines_are_split_on_newlines_like_slice_split() {
+    for body in [
+        &b""[..],
+        b"a",
+        b"a\n",
+        b"\n",
+        b"a\nb",
+        b"a\r\nb\n\n",
+        b"\n\nx\n",
+        b"\xff\n\xfe",
+    ] {
+        let ranges: Vec<&[u8]> = Lines::new(body).map(|range| &body[range]).collect();
+        assert_eq!(ranges, body.split(|b| *b == b'\n').collect::<Vec<_>>(), "{body:?}");
+    }
+    // Long enough for memchr's wide steps, with a newline right at each end.
+    let long: Vec<u8> = (0..300)
+        .map(|at| if at % 37 == 0 || at == 299 { b'\n' } else { b'x' })
+        .collect();
+    let ranges: Vec<&[u8]> = Lines::new(&long).map(|range| &long[range]).collect();
+    assert_eq!(ranges, long.split(|b| *b == b'\n').collect::<Vec<_>>());
+}
