@@ -31,6 +31,7 @@ mod cumulative_histograms;
 mod generations;
 mod held_last;
 mod histogram_route;
+mod line_table;
 mod partials;
 mod record;
 mod route;
@@ -67,8 +68,9 @@ use cumulative_histograms::CumulativeHistograms;
 pub use generations::next_common_boundary;
 use generations::{generation_at, generation_range, Generation};
 use histogram_route::RoutedHistogram;
+use line_table::ProbeHint;
 use partials::Assembler;
-use shard::{ClosedWindow, RoutedSample, Shard, WindowClass};
+use shard::{ClosedWindow, RoutedSample, Shard, TableEntry, WindowClass};
 use tally::{PointTally, WindowRefusal};
 
 /// Per-thread buffers reused across batches so ingest allocates nothing per sample.
@@ -108,6 +110,9 @@ thread_local! {
 pub struct Engine {
     settings: EngineSettings,
     shards: Box<[Mutex<Shard>]>,
+    /// Per shard, where its table of outputs is, as of its last ingest: read
+    /// without the lock to ask for an output's entry while routing.
+    probe_hints: Box<[ProbeHint]>,
     /// Rule sets by the event time they start at, oldest first (see `generations`).
     generations: RwLock<Arc<[Arc<Generation>]>>,
     /// Usage accounting per metric, label, owner and rule, when on.
@@ -185,12 +190,14 @@ impl Engine {
                     .with_held_last(settings.rollup_last_max_inputs, settings.rollup_last_idle_ms),
                 )
             })
-            .collect();
+            .collect::<Box<[_]>>();
+        let probe_hints = shards.iter().map(|_| ProbeHint::default()).collect();
         let first = Arc::new(Generation::new(Arc::new(rules), i64::MIN, &settings));
         let assembler = Mutex::new(Assembler::new(settings.histogram, settings.set_max_exact_values));
         Engine {
             settings,
             shards,
+            probe_hints,
             generations: RwLock::new(Arc::from([first])),
             profiler: None,
             open: RwLock::new(true),
@@ -438,9 +445,11 @@ impl Engine {
 
     /// Looks every series of the batch up once before any is folded, asking
     /// for each route's memory and, a few series later, for its first
-    /// target's: the lookups of independent series then overlap their misses.
-    /// Computes nothing the fold relies on.
+    /// output's home slot in its shard's table: the lookups of independent
+    /// series then overlap their misses, and the shard's half of a series'
+    /// chain no longer waits for routing. Computes nothing the fold relies on.
     fn prefetch_routes(
+        hints: &[ProbeHint],
         readers: &[CacheReader<'_, SeriesRoute>],
         generations: &[Arc<Generation>],
         batch: &IngestBatch,
@@ -451,6 +460,9 @@ impl Engine {
         // The route carries its first target's key and slots, so the target's
         // own line is not asked for: only a window opening reads it.
         let prefetch_target = |route: &Arc<SeriesRoute>| {
+            if let Some(key) = route.first_key() {
+                hints[(key % hints.len() as u64) as usize].prefetch::<TableEntry>(key);
+            }
             if let Some(profile) = &route.profile {
                 prefetch(&**profile);
             }
@@ -540,7 +552,7 @@ impl Engine {
             .iter()
             .map(|generation| generation.routes.reader())
             .collect();
-        Self::prefetch_routes(&readers, &generations, batch, &scratch.keys, now_ms);
+        Self::prefetch_routes(&self.probe_hints, &readers, &generations, batch, &scratch.keys, now_ms);
 
         for (series_index, series) in batch.series.iter().enumerate() {
             let identity = scratch.keys[series_index];
@@ -715,6 +727,7 @@ impl Engine {
                         .refuse(routed.point, WindowRefusal::new(route, target, slot, reason));
                 }
             }
+            self.probe_hints[index].publish(shard.table_layout());
             drop(shard);
             samples.clear();
             histograms.clear();

@@ -215,6 +215,12 @@ impl SeriesRoute {
         }
     }
 
+    /// Key of the first output, when there is one.
+    #[inline]
+    pub fn first_key(&self) -> Option<u64> {
+        self.head.as_ref().map(|head| head.key)
+    }
+
     /// Calls `visit(shard, output_key, target, slot, window_start_ms)` for
     /// every window (of every target and policy) an event at `timestamp_ms`
     /// belongs to, and `due(target, slot)` instead for windows already due at

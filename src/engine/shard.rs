@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use hashbrown::HashTable;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
@@ -14,6 +13,7 @@ use crate::config::defaults;
 use crate::model::{DropReason, Kind, NativeHistogram, StoragePolicy, TraceContext};
 
 use super::held_last::HeldLast;
+use super::line_table::{Keyed, LineTable};
 use super::histogram_route::RoutedHistogram;
 use super::route::{OutputTarget, PolicySlot};
 use super::totals::RunningTotals;
@@ -191,15 +191,17 @@ impl Windows {
 
 const _: () = assert!(std::mem::size_of::<Windows>() == std::mem::size_of::<OpenWindow>());
 
-const _: () = assert!(std::mem::size_of::<OutputWindows>() == 64, "one cache line per output");
+const _: () = assert!(std::mem::size_of::<Option<OutputWindows>>() == 64, "one cache line per output");
 
-/// Table hash of output `key`. The shard is `key % shards`, so within a shard
-/// the low bits of keys are alike; hashbrown takes its bucket from the low
-/// bits and its tag from the top 7, so it is given the key's middle bits low.
-#[inline]
-fn table_hash(key: u64) -> u64 {
-    key.rotate_left(32)
+impl Keyed for OutputWindows {
+    #[inline]
+    fn key(&self) -> u64 {
+        self.key
+    }
 }
+
+/// The entry type of a shard's table, for [`super::line_table::ProbeHint::prefetch`].
+pub type TableEntry = OutputWindows;
 
 /// A window taken out of a shard at flush, ready to be turned into records.
 pub struct ClosedWindow {
@@ -222,7 +224,7 @@ pub struct Shard {
     /// Open windows by output. The windows hold the only references the shard
     /// keeps to outputs, so an output's last reference leaves with its last
     /// window, released after the shard lock when its records are built.
-    outputs: HashTable<OutputWindows>,
+    outputs: LineTable<OutputWindows>,
     /// Per policy, the end up to which every window has been flushed.
     flushed_until: Vec<(StoragePolicy, i64)>,
     rng: SmallRng,
@@ -245,7 +247,7 @@ impl Shard {
     /// count exactly up to `set_max_exact` distinct members.
     pub fn new(seed: u64, histogram: HistogramConfig, idle_series_ms: u64, set_max_exact: usize) -> Self {
         Shard {
-            outputs: HashTable::new(),
+            outputs: LineTable::default(),
             flushed_until: Vec::new(),
             rng: SmallRng::seed_from_u64(seed),
             histogram,
@@ -268,7 +270,13 @@ impl Shard {
     /// The windows of output `key`, if it has any.
     #[inline]
     fn output(&self, key: u64) -> Option<&OutputWindows> {
-        self.outputs.find(table_hash(key), |entry| entry.key == key)
+        self.outputs.get(key)
+    }
+
+    /// Where the table of outputs is now, for ingest's probe hint.
+    #[inline]
+    pub fn table_layout(&self) -> (usize, u32) {
+        self.outputs.layout()
     }
 
     /// Looks up the windows of output `key` ahead of folding into them (the
@@ -365,19 +373,17 @@ impl Shard {
                 set_max_exact,
             ),
         };
-        let entry = match self
-            .outputs
-            .entry(table_hash(key), |entry| entry.key == key, |entry| table_hash(entry.key))
-        {
-            hashbrown::hash_table::Entry::Occupied(entry) => entry.into_mut(),
-            hashbrown::hash_table::Entry::Vacant(vacant) => {
-                let windows = Windows::One(open(&mut self.classes, &self.histogram));
-                let Windows::One(window) = &mut vacant.insert(OutputWindows { key, windows }).into_mut().windows else {
-                    unreachable!("inserted one window")
-                };
-                return Ok((&mut window.state, &mut self.rng));
-            }
-        };
+        let (classes, histogram) = (&mut self.classes, &self.histogram);
+        let (entry, inserted) = self.outputs.get_or_insert_with(key, || OutputWindows {
+            key,
+            windows: Windows::One(open(classes, histogram)),
+        });
+        if inserted {
+            let Windows::One(window) = &mut entry.windows else {
+                unreachable!("inserted one window")
+            };
+            return Ok((&mut window.state, &mut self.rng));
+        }
         // Every window of an output has the kind of the first: the check
         // below let it in. Another target (a reloaded rule set, or a 64-bit
         // key collision) of another kind is refused.
