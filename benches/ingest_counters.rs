@@ -131,7 +131,9 @@ fn statsd_batches() -> Vec<tailfold::model::IngestBatch> {
             series: (0..STATSD_SERIES)
                 .map(|i| {
                     let index = (batch * STATSD_SERIES + i) * 999_983 % SERIES;
-                    let points = (0..STATSD_POINTS).map(|p| Point::new((p % 7 + 1) as f64, None, None)).collect();
+                    let points = (0..STATSD_POINTS)
+                        .map(|p| Point::new((p % 7 + 1) as f64, None, None))
+                        .collect();
                     SeriesBatch::new(common::counter_labels(index), Kind::Counter, points)
                 })
                 .collect(),

@@ -13,8 +13,8 @@ use crate::config::defaults;
 use crate::model::{DropReason, Kind, NativeHistogram, StoragePolicy, TraceContext};
 
 use super::held_last::HeldLast;
-use super::line_table::{Keyed, LineTable};
 use super::histogram_route::RoutedHistogram;
+use super::line_table::{Keyed, LineTable};
 use super::route::{OutputTarget, PolicySlot};
 use super::totals::RunningTotals;
 pub use super::totals::Totals;
@@ -51,6 +51,17 @@ pub struct RoutedSample {
     pub weight: u32,
     /// Key of the input series (gauge rollups track each input's last value).
     pub input: u64,
+}
+
+/// Whether `a` and `b` fold into one window: same route and target (so the
+/// same output and slot list), slot, output key and window start.
+#[inline]
+pub fn same_window(a: &RoutedSample, b: &RoutedSample) -> bool {
+    a.route == b.route
+        && a.target == b.target
+        && a.slot == b.slot
+        && a.output == b.output
+        && a.window_start_ms == b.window_start_ms
 }
 
 struct OpenWindow {
@@ -126,7 +137,7 @@ fn class_of(classes: &mut Vec<WindowClass>, slot: &PolicySlot) -> u32 {
 /// policy, one open window) keeps its window inline, so folding into it
 /// touches this line and the table's control bytes only.
 #[repr(align(64))]
-struct OutputWindows {
+pub struct OutputWindows {
     /// The output's key (`OutputTarget::key`).
     key: u64,
     /// Never empty while in the table: an output without windows leaves it.
@@ -191,7 +202,10 @@ impl Windows {
 
 const _: () = assert!(std::mem::size_of::<Windows>() == std::mem::size_of::<OpenWindow>());
 
-const _: () = assert!(std::mem::size_of::<Option<OutputWindows>>() == 64, "one cache line per output");
+const _: () = assert!(
+    std::mem::size_of::<Option<OutputWindows>>() == 64,
+    "one cache line per output"
+);
 
 impl Keyed for OutputWindows {
     #[inline]
@@ -306,7 +320,9 @@ impl Shard {
     /// Folds one routed sample into the window of output `sample.output`
     /// (the key of `target`), whose slot `sample.slot` is `slot`. `target`
     /// itself is read only to open a window, or after a reload. On refusal
-    /// returns why; the caller tallies it.
+    /// returns why; the caller tallies it. The engine folds in runs
+    /// ([`Shard::fold_run`]); the shard's tests fold one sample at a time.
+    #[cfg(test)]
     pub fn fold(
         &mut self,
         target: &Arc<OutputTarget>,
@@ -314,15 +330,36 @@ impl Shard {
         sample: &RoutedSample,
         now_ms: i64,
     ) -> Result<(), DropReason> {
-        let (state, rng) = self.window_mut(target, sample.output, slot, sample.slot, sample.window_start_ms, now_ms)?;
-        state.record(
-            sample.input,
-            sample.value,
-            sample.timestamp_ms,
-            sample.trace,
-            sample.weight,
-            rng,
-        );
+        self.fold_run(target, slot, std::slice::from_ref(sample), now_ms)
+    }
+
+    /// Folds a run of routed samples that all go to one window (the same
+    /// route, target, slot, output and window start, as `same_window` says)
+    /// with one window lookup: a series sending many points per batch pays
+    /// the lookup once. On refusal every sample of the run is refused, as
+    /// each would have been alone.
+    pub fn fold_run(
+        &mut self,
+        target: &Arc<OutputTarget>,
+        slot: &PolicySlot,
+        run: &[RoutedSample],
+        now_ms: i64,
+    ) -> Result<(), DropReason> {
+        let Some(first) = run.first() else {
+            return Ok(());
+        };
+        debug_assert!(run.iter().all(|sample| same_window(first, sample)));
+        let (state, rng) = self.window_mut(target, first.output, slot, first.slot, first.window_start_ms, now_ms)?;
+        for sample in run {
+            state.record(
+                sample.input,
+                sample.value,
+                sample.timestamp_ms,
+                sample.trace,
+                sample.weight,
+                rng,
+            );
+        }
         Ok(())
     }
 
