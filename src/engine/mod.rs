@@ -31,7 +31,6 @@ mod cumulative_histograms;
 mod generations;
 mod held_last;
 mod histogram_route;
-mod line_table;
 mod partials;
 mod record;
 mod route;
@@ -64,12 +63,12 @@ pub use settings::{default_lateness_ms, default_shards, EngineSettings};
 pub use window::WindowState;
 
 use crate::prefetch::prefetch;
+use crate::rules::ProbeHint;
 use cumulative::CumulativeCounters;
 use cumulative_histograms::CumulativeHistograms;
 pub use generations::next_common_boundary;
 use generations::{generation_at, generation_range, Generation};
 use histogram_route::RoutedHistogram;
-use line_table::ProbeHint;
 use partials::Assembler;
 use shard::{same_window, ClosedWindow, RoutedSample, Shard, TableEntry, WindowClass};
 use tally::{PointTally, WindowRefusal};
@@ -445,7 +444,8 @@ impl Engine {
     }
 
     /// Looks every series of the batch up once before any is folded, asking
-    /// for each route's memory and, a few series later, for its first
+    /// a few series ahead for its route-cache slot, then for each route's
+    /// memory and, a few series later, for its first
     /// output's home slot in its shard's table: the lookups of independent
     /// series then overlap their misses, and the shard's half of a series'
     /// chain no longer waits for routing. Computes nothing the fold relies on.
@@ -468,9 +468,18 @@ impl Engine {
                 prefetch(&**profile);
             }
         };
+        let generation_of = |series| generation_at(generations, first_event_ms(series, now_ms)).unwrap_or(0);
+        // The cache's slot of a series is known from its key: asked for
+        // `AHEAD` series before its lookup, so that lookup finds it in cache.
+        for (series, key) in batch.series.iter().zip(keys).take(AHEAD) {
+            readers[generation_of(series)].prefetch(*key);
+        }
         let mut ring: [Option<&Arc<SeriesRoute>>; AHEAD] = [None; AHEAD];
         for (index, (series, key)) in batch.series.iter().zip(keys).enumerate() {
-            let generation = generation_at(generations, first_event_ms(series, now_ms)).unwrap_or(0);
+            if let (Some(ahead), Some(ahead_key)) = (batch.series.get(index + AHEAD), keys.get(index + AHEAD)) {
+                readers[generation_of(ahead)].prefetch(*ahead_key);
+            }
+            let generation = generation_of(series);
             let found = readers[generation].get(*key, series.kind);
             if let Some(route) = found {
                 prefetch(Arc::as_ptr(route));

@@ -14,11 +14,11 @@ use crate::model::{DropReason, Kind, NativeHistogram, StoragePolicy, TraceContex
 
 use super::held_last::HeldLast;
 use super::histogram_route::RoutedHistogram;
-use super::line_table::{Keyed, LineTable};
 use super::route::{OutputTarget, PolicySlot};
 use super::totals::RunningTotals;
 pub use super::totals::Totals;
 use super::window::WindowState;
+use crate::rules::{Keyed, LineTable};
 
 /// Above this many slot classes in a shard, a flush first drops the unused ones.
 const MAX_CLASSES: usize = 64;
@@ -214,7 +214,7 @@ impl Keyed for OutputWindows {
     }
 }
 
-/// The entry type of a shard's table, for [`super::line_table::ProbeHint::prefetch`].
+/// The entry type of a shard's table, for [`crate::rules::ProbeHint::prefetch`].
 pub type TableEntry = OutputWindows;
 
 /// A window taken out of a shard at flush, ready to be turned into records.

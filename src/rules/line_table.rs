@@ -1,6 +1,6 @@
-//! The shard's table of outputs: open addressing over cache-line entries,
-//! with the slot computed from the key alone, so ingest can ask for an
-//! output's entry before it takes the shard lock (hashbrown hides that address).
+//! A table whose slot for a key is known before any load: open addressing
+//! over cache-line entries, so ingest asks for a series' route-cache entry
+//! and its output's shard entry ahead of use (hashbrown hides those addresses).
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
@@ -29,7 +29,9 @@ fn home(key: u64, shift: u32) -> usize {
 
 /// Open-addressing table of entries found by a 64-bit key: linear probing,
 /// an empty slot is `None`, removal shifts the rest of the cluster back (no
-/// tombstones), so a lookup stops at the first empty slot.
+/// tombstones), so a lookup stops at the first empty slot. Entries may share
+/// a key (the route cache keeps 64-bit collisions apart by fingerprint): the
+/// `find` family tells them apart with a predicate.
 pub struct LineTable<T> {
     slots: Box<[Option<T>]>,
     len: usize,
@@ -53,14 +55,19 @@ impl<T: Keyed> LineTable<T> {
         self.len
     }
 
+    /// True when the table holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     #[inline]
     fn mask(&self) -> usize {
         self.slots.len() - 1
     }
 
-    /// Slot holding `key`, if any.
+    /// Slot of the first entry of `key` that `is` accepts, if any.
     #[inline]
-    fn position(&self, key: u64) -> Option<usize> {
+    fn position(&self, key: u64, is: impl Fn(&T) -> bool) -> Option<usize> {
         if self.len == 0 {
             return None;
         }
@@ -68,33 +75,33 @@ impl<T: Keyed> LineTable<T> {
         let mut index = home(key, self.shift);
         loop {
             match &self.slots[index] {
-                Some(entry) if entry.key() == key => return Some(index),
+                Some(entry) if entry.key() == key && is(entry) => return Some(index),
                 Some(_) => index = (index + 1) & mask,
                 None => return None,
             }
         }
     }
 
-    /// The entry of `key`.
+    /// The first entry of `key` that `is` accepts.
+    #[inline]
+    pub fn find(&self, key: u64, is: impl Fn(&T) -> bool) -> Option<&T> {
+        self.position(key, is).and_then(|index| self.slots[index].as_ref())
+    }
+
+    /// The first entry of `key` that `is` accepts, to change (its key must stay).
+    #[inline]
+    pub fn find_mut(&mut self, key: u64, is: impl Fn(&T) -> bool) -> Option<&mut T> {
+        self.position(key, is).and_then(|index| self.slots[index].as_mut())
+    }
+
+    /// The entry of `key`, in a table whose keys are unique.
     #[inline]
     pub fn get(&self, key: u64) -> Option<&T> {
-        self.position(key).and_then(|index| self.slots[index].as_ref())
+        self.find(key, |_| true)
     }
 
-    /// The entry of `key`, to change (its key must stay). The shard uses
-    /// [`LineTable::get_or_insert_with`]; the model test uses this.
-    #[cfg(test)]
-    pub fn get_mut(&mut self, key: u64) -> Option<&mut T> {
-        self.position(key).and_then(|index| self.slots[index].as_mut())
-    }
-
-    /// Adds `entry`, whose key the table must not hold yet, and returns it in place.
+    /// Adds `entry` and returns it in place.
     pub fn insert(&mut self, entry: T) -> &mut T {
-        debug_assert!(
-            self.position(entry.key()).is_none(),
-            "key {} already in the table",
-            entry.key()
-        );
         if (self.len + 1) * MAX_LOAD_DEN > self.slots.len() * MAX_LOAD_NUM {
             self.grow();
         }
@@ -103,11 +110,11 @@ impl<T: Keyed> LineTable<T> {
         self.slots[index].insert(entry)
     }
 
-    /// The entry of `key`, added by `make` if the table has none; and
-    /// whether it was added.
+    /// The entry of `key` (in a table whose keys are unique), added by
+    /// `make` if the table has none; and whether it was added.
     #[inline]
     pub fn get_or_insert_with(&mut self, key: u64, make: impl FnOnce() -> T) -> (&mut T, bool) {
-        match self.position(key) {
+        match self.position(key, |_| true) {
             Some(index) => (self.slots[index].as_mut().expect("a found slot is full"), false),
             None => (self.insert(make()), true),
         }
@@ -134,12 +141,24 @@ impl<T: Keyed> LineTable<T> {
         }
     }
 
-    /// Removes and returns the entry of `key`. The shard removes through
-    /// [`LineTable::retain`]; the model test uses this.
-    #[cfg(test)]
-    pub fn remove(&mut self, key: u64) -> Option<T> {
-        let index = self.position(key)?;
+    /// Removes and returns the first entry of `key` that `is` accepts.
+    pub fn remove(&mut self, key: u64, is: impl Fn(&T) -> bool) -> Option<T> {
+        let index = self.position(key, is)?;
         Some(self.remove_at(index))
+    }
+
+    /// Removes every entry, keeping the slots.
+    pub fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|slot| *slot = None);
+        self.len = 0;
+    }
+
+    /// Asks for the line of `key`'s home slot (the caller holds the table).
+    #[inline]
+    pub fn prefetch(&self, key: u64) {
+        if self.len > 0 {
+            crate::prefetch::prefetch(self.slots.as_ptr().wrapping_add(home(key, self.shift)));
+        }
     }
 
     /// Empties slot `hole` and moves later entries of its cluster back into
@@ -289,7 +308,7 @@ mod tests {
             for step in 0..20_000u64 {
                 let key = rng.random_range(0..range) * 64 + 5;
                 match rng.random_range(0..10) {
-                    0..=4 => match table.get_mut(key) {
+                    0..=4 => match table.find_mut(key, |_| true) {
                         Some(entry) => {
                             entry.value = step;
                             model.insert(key, step);
@@ -299,7 +318,7 @@ mod tests {
                             model.insert(key, step);
                         }
                     },
-                    5..=7 => assert_eq!(table.remove(key).map(|entry| entry.value), model.remove(&key)),
+                    5..=7 => assert_eq!(table.remove(key, |_| true).map(|entry| entry.value), model.remove(&key)),
                     8 => assert_eq!(table.get(key).map(|entry| entry.value), model.get(&key).copied()),
                     _ => {
                         if step % 50 == 0 {
@@ -324,6 +343,31 @@ mod tests {
             }
             check(&table, &model);
         }
+    }
+
+    /// Entries sharing a key stay apart and are found by their predicate,
+    /// across growth and the removal of others.
+    #[test]
+    fn entries_sharing_a_key_are_told_apart() {
+        let mut table = LineTable::<Entry>::default();
+        for value in 0..40u64 {
+            table.insert(Entry { key: value % 4, value });
+        }
+        for value in 0..40u64 {
+            let found = table.find(value % 4, |entry| entry.value == value);
+            assert_eq!(found.map(|entry| entry.value), Some(value));
+        }
+        assert_eq!(
+            table.remove(2, |entry| entry.value == 10).map(|entry| entry.value),
+            Some(10)
+        );
+        assert!(table.find(2, |entry| entry.value == 10).is_none());
+        assert!((0..40u64)
+            .filter(|value| *value != 10)
+            .all(|value| table.find(value % 4, |entry| entry.value == value).is_some()));
+        table.clear();
+        assert_eq!((table.len(), table.iter().count()), (0, 0));
+        assert!(table.get(1).is_none());
     }
 
     #[test]
