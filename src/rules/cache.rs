@@ -253,6 +253,12 @@ mapping_rules:
   - { name: api, filter: 'svc:api', aggregations: [sum] }
 ";
 
+    /// A fingerprint whose low 64 bits (the table hash) are `key`'s and whose
+    /// high bits are `other`'s: a 64-bit collision between two series.
+    fn collision(key: SeriesKey, other: SeriesKey) -> u128 {
+        (other.fingerprint >> 64 << 64) | key.hash as u128
+    }
+
     fn series(svc: &str) -> (SeriesKey, Labels) {
         let labels = Labels::from_pairs([("__name__", "requests"), ("svc", svc)]);
         (series_key("tenant", &labels), labels)
@@ -288,7 +294,7 @@ mapping_rules:
         // Same 64-bit key, another series: a forced collision the fingerprint tells apart.
         let collided = SeriesKey {
             hash: key.hash,
-            fingerprint: web_key.fingerprint,
+            fingerprint: collision(key, web_key),
         };
         let web_plan = cache.get_or_resolve(collided, &web, Kind::Counter, &rules);
         assert_eq!(*web_plan, rules.resolve(&web, Kind::Counter));
@@ -348,7 +354,7 @@ mapping_rules:
         assert!(Arc::ptr_eq(&first, &again));
         let web = SeriesKey {
             hash: key.hash,
-            fingerprint: web_key.fingerprint,
+            fingerprint: collision(key, web_key),
         };
         let collided = cache.get_or_insert_with(web, Kind::Counter, || "web".to_string());
         assert_eq!(*collided, "web");
@@ -398,7 +404,7 @@ mapping_rules:
         // Same 64-bit hash, another series: both are kept, told apart by fingerprint.
         let collided = SeriesKey {
             hash: key.hash,
-            fingerprint: other.fingerprint,
+            fingerprint: collision(key, other),
         };
         cache.insert(collided, Kind::Counter, Arc::new("collided"));
         let gauge = cache.insert(key, Kind::Gauge, Arc::new("gauge"));
