@@ -8,6 +8,8 @@
 //! the per-core figure. `zipf_2threads` runs two ingest threads on one engine
 //! (the machine figure). `zipf_window_cycle` moves the clock one window on
 //! every 256k samples (flush untimed), so it includes opening windows.
+//! `statsd_like` sends what a statsd listener hands the engine: 25,000-point
+//! batches of 1,000 series with 25 untimestamped points each.
 
 mod common;
 
@@ -98,7 +100,45 @@ fn bench(c: &mut Criterion) {
     group.bench_function("zipf_window_cycle", |b| {
         b.iter_custom(|iters| cycle.run(&engine, &untimed, iters))
     });
+    // statsd's shape: each series sends many points per batch, all in one window.
+    group.throughput(Throughput::Elements((STATSD_SERIES * STATSD_POINTS) as u64));
+    let statsd = statsd_batches();
+    let mut next = 0;
+    group.bench_function("statsd_like", |b| {
+        b.iter(|| {
+            let outcome = engine.ingest(&statsd[next % statsd.len()], NOW_MS).expect("open");
+            next += 1;
+            black_box(outcome)
+        })
+    });
     group.finish();
+}
+
+/// Series per `statsd_like` batch.
+const STATSD_SERIES: usize = 1_000;
+/// Points per series per `statsd_like` batch.
+const STATSD_POINTS: usize = 25;
+
+/// 16 batches of `STATSD_SERIES` loaded series (scattered over the million,
+/// a different set per batch) with `STATSD_POINTS` counter deltas each and no
+/// timestamp, as a statsd listener builds them.
+fn statsd_batches() -> Vec<tailfold::model::IngestBatch> {
+    use tailfold::model::{IngestBatch, Point, SeriesBatch};
+    let tenant: std::sync::Arc<str> = std::sync::Arc::from(common::TENANT);
+    (0..16)
+        .map(|batch| IngestBatch {
+            tenant: std::sync::Arc::clone(&tenant),
+            series: (0..STATSD_SERIES)
+                .map(|i| {
+                    let index = (batch * STATSD_SERIES + i) * 999_983 % SERIES;
+                    let points = (0..STATSD_POINTS)
+                        .map(|p| Point::new((p % 7 + 1) as f64, None, None))
+                        .collect();
+                    SeriesBatch::new(common::counter_labels(index), Kind::Counter, points)
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 criterion_group!(benches, bench);

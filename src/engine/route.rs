@@ -215,6 +215,12 @@ impl SeriesRoute {
         }
     }
 
+    /// Key of the first output, when there is one.
+    #[inline]
+    pub fn first_key(&self) -> Option<u64> {
+        self.head.as_ref().map(|head| head.key)
+    }
+
     /// Calls `visit(shard, output_key, target, slot, window_start_ms)` for
     /// every window (of every target and policy) an event at `timestamp_ms`
     /// belongs to, and `due(target, slot)` instead for windows already due at
@@ -243,6 +249,62 @@ impl SeriesRoute {
             }
         }
         routed
+    }
+}
+
+/// The window a series' point was just routed to, when its route sends it
+/// to exactly one window (one output, one policy, not due): a later point of
+/// the series in the same window and rule set goes there too.
+#[derive(Clone, Copy)]
+pub(super) struct WindowRun {
+    /// Rule set the window's route belongs to.
+    pub(super) generation: usize,
+    /// Index of the route in the batch's route list.
+    pub(super) route: u32,
+    /// Shard of the output.
+    pub(super) shard: usize,
+    /// Key of the output.
+    pub(super) output: u64,
+    /// Window start.
+    pub(super) start_ms: i64,
+    /// Window end.
+    pub(super) end_ms: i64,
+}
+
+impl WindowRun {
+    /// The run `route` (index `route_index`, of rule set `generation`) starts
+    /// with a point at `timestamp_ms` that went to `routed` windows, if one.
+    #[inline]
+    pub(super) fn of(
+        route: &SeriesRoute,
+        route_index: u32,
+        generation: usize,
+        timestamp_ms: i64,
+        routed: u16,
+        shard_count: usize,
+    ) -> Option<Self> {
+        if routed != 1 || route.targets.len() != 1 {
+            return None;
+        }
+        let (output, slots) = route.target_head(0);
+        if slots.len() != 1 {
+            return None;
+        }
+        let start_ms = slots[0].policy.window_start(timestamp_ms);
+        Some(WindowRun {
+            generation,
+            route: route_index,
+            shard: (output % shard_count as u64) as usize,
+            output,
+            start_ms,
+            end_ms: start_ms + slots[0].policy.resolution_ms as i64,
+        })
+    }
+
+    /// Whether a point at `timestamp_ms` of rule set `generation` belongs to this window.
+    #[inline]
+    pub(super) fn holds(&self, generation: usize, timestamp_ms: i64) -> bool {
+        generation == self.generation && (self.start_ms..self.end_ms).contains(&timestamp_ms)
     }
 }
 

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use hashbrown::HashTable;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
@@ -19,6 +18,7 @@ use super::route::{OutputTarget, PolicySlot};
 use super::totals::RunningTotals;
 pub use super::totals::Totals;
 use super::window::WindowState;
+use crate::rules::{Keyed, LineTable};
 
 /// Above this many slot classes in a shard, a flush first drops the unused ones.
 const MAX_CLASSES: usize = 64;
@@ -51,6 +51,17 @@ pub struct RoutedSample {
     pub weight: u32,
     /// Key of the input series (gauge rollups track each input's last value).
     pub input: u64,
+}
+
+/// Whether `a` and `b` fold into one window: same route and target (so the
+/// same output and slot list), slot, output key and window start.
+#[inline]
+pub fn same_window(a: &RoutedSample, b: &RoutedSample) -> bool {
+    a.route == b.route
+        && a.target == b.target
+        && a.slot == b.slot
+        && a.output == b.output
+        && a.window_start_ms == b.window_start_ms
 }
 
 struct OpenWindow {
@@ -126,7 +137,7 @@ fn class_of(classes: &mut Vec<WindowClass>, slot: &PolicySlot) -> u32 {
 /// policy, one open window) keeps its window inline, so folding into it
 /// touches this line and the table's control bytes only.
 #[repr(align(64))]
-struct OutputWindows {
+pub struct OutputWindows {
     /// The output's key (`OutputTarget::key`).
     key: u64,
     /// Never empty while in the table: an output without windows leaves it.
@@ -191,15 +202,20 @@ impl Windows {
 
 const _: () = assert!(std::mem::size_of::<Windows>() == std::mem::size_of::<OpenWindow>());
 
-const _: () = assert!(std::mem::size_of::<OutputWindows>() == 64, "one cache line per output");
+const _: () = assert!(
+    std::mem::size_of::<Option<OutputWindows>>() == 64,
+    "one cache line per output"
+);
 
-/// Table hash of output `key`. The shard is `key % shards`, so within a shard
-/// the low bits of keys are alike; hashbrown takes its bucket from the low
-/// bits and its tag from the top 7, so it is given the key's middle bits low.
-#[inline]
-fn table_hash(key: u64) -> u64 {
-    key.rotate_left(32)
+impl Keyed for OutputWindows {
+    #[inline]
+    fn key(&self) -> u64 {
+        self.key
+    }
 }
+
+/// The entry type of a shard's table, for [`crate::rules::ProbeHint::prefetch`].
+pub type TableEntry = OutputWindows;
 
 /// A window taken out of a shard at flush, ready to be turned into records.
 pub struct ClosedWindow {
@@ -222,7 +238,7 @@ pub struct Shard {
     /// Open windows by output. The windows hold the only references the shard
     /// keeps to outputs, so an output's last reference leaves with its last
     /// window, released after the shard lock when its records are built.
-    outputs: HashTable<OutputWindows>,
+    outputs: LineTable<OutputWindows>,
     /// Per policy, the end up to which every window has been flushed.
     flushed_until: Vec<(StoragePolicy, i64)>,
     rng: SmallRng,
@@ -245,7 +261,7 @@ impl Shard {
     /// count exactly up to `set_max_exact` distinct members.
     pub fn new(seed: u64, histogram: HistogramConfig, idle_series_ms: u64, set_max_exact: usize) -> Self {
         Shard {
-            outputs: HashTable::new(),
+            outputs: LineTable::default(),
             flushed_until: Vec::new(),
             rng: SmallRng::seed_from_u64(seed),
             histogram,
@@ -268,7 +284,13 @@ impl Shard {
     /// The windows of output `key`, if it has any.
     #[inline]
     fn output(&self, key: u64) -> Option<&OutputWindows> {
-        self.outputs.find(table_hash(key), |entry| entry.key == key)
+        self.outputs.get(key)
+    }
+
+    /// Where the table of outputs is now, for ingest's probe hint.
+    #[inline]
+    pub fn table_layout(&self) -> (usize, u32) {
+        self.outputs.layout()
     }
 
     /// Looks up the windows of output `key` ahead of folding into them (the
@@ -298,7 +320,9 @@ impl Shard {
     /// Folds one routed sample into the window of output `sample.output`
     /// (the key of `target`), whose slot `sample.slot` is `slot`. `target`
     /// itself is read only to open a window, or after a reload. On refusal
-    /// returns why; the caller tallies it.
+    /// returns why; the caller tallies it. The engine folds in runs
+    /// ([`Shard::fold_run`]); the shard's tests fold one sample at a time.
+    #[cfg(test)]
     pub fn fold(
         &mut self,
         target: &Arc<OutputTarget>,
@@ -306,15 +330,36 @@ impl Shard {
         sample: &RoutedSample,
         now_ms: i64,
     ) -> Result<(), DropReason> {
-        let (state, rng) = self.window_mut(target, sample.output, slot, sample.slot, sample.window_start_ms, now_ms)?;
-        state.record(
-            sample.input,
-            sample.value,
-            sample.timestamp_ms,
-            sample.trace,
-            sample.weight,
-            rng,
-        );
+        self.fold_run(target, slot, std::slice::from_ref(sample), now_ms)
+    }
+
+    /// Folds a run of routed samples that all go to one window (the same
+    /// route, target, slot, output and window start, as `same_window` says)
+    /// with one window lookup: a series sending many points per batch pays
+    /// the lookup once. On refusal every sample of the run is refused, as
+    /// each would have been alone.
+    pub fn fold_run(
+        &mut self,
+        target: &Arc<OutputTarget>,
+        slot: &PolicySlot,
+        run: &[RoutedSample],
+        now_ms: i64,
+    ) -> Result<(), DropReason> {
+        let Some(first) = run.first() else {
+            return Ok(());
+        };
+        debug_assert!(run.iter().all(|sample| same_window(first, sample)));
+        let (state, rng) = self.window_mut(target, first.output, slot, first.slot, first.window_start_ms, now_ms)?;
+        for sample in run {
+            state.record(
+                sample.input,
+                sample.value,
+                sample.timestamp_ms,
+                sample.trace,
+                sample.weight,
+                rng,
+            );
+        }
         Ok(())
     }
 
@@ -365,19 +410,17 @@ impl Shard {
                 set_max_exact,
             ),
         };
-        let entry = match self
-            .outputs
-            .entry(table_hash(key), |entry| entry.key == key, |entry| table_hash(entry.key))
-        {
-            hashbrown::hash_table::Entry::Occupied(entry) => entry.into_mut(),
-            hashbrown::hash_table::Entry::Vacant(vacant) => {
-                let windows = Windows::One(open(&mut self.classes, &self.histogram));
-                let Windows::One(window) = &mut vacant.insert(OutputWindows { key, windows }).into_mut().windows else {
-                    unreachable!("inserted one window")
-                };
-                return Ok((&mut window.state, &mut self.rng));
-            }
-        };
+        let (classes, histogram) = (&mut self.classes, &self.histogram);
+        let (entry, inserted) = self.outputs.get_or_insert_with(key, || OutputWindows {
+            key,
+            windows: Windows::One(open(classes, histogram)),
+        });
+        if inserted {
+            let Windows::One(window) = &mut entry.windows else {
+                unreachable!("inserted one window")
+            };
+            return Ok((&mut window.state, &mut self.rng));
+        }
         // Every window of an output has the kind of the first: the check
         // below let it in. Another target (a reloaded rule set, or a 64-bit
         // key collision) of another kind is refused.

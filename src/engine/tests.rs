@@ -375,3 +375,54 @@ fn with_limits_each_series_is_hashed_once_per_request() {
     unlimited.ingest(&request(1), T0).unwrap();
     assert_eq!(hashed() - before, 50);
 }
+
+/// Many points per series (statsd's shape) route and fold in runs: points in
+/// one window share a lookup, and every point is still folded or refused once.
+#[test]
+fn runs_of_points_per_series_fold_every_point_into_its_window_once() {
+    let engine = engine(
+        "rollup_rules:\n  - name: all\n    filter: '__name__:x_*'\n    rollup: {name: x_all, group_by: [], aggregations: [count]}\n",
+    );
+    // Window A is [T0, T0+10s), B the next; T0-20s is due at now (lateness 5 s).
+    let (a, b, due, future) = (T0, T0 + 10_000, T0 - 20_000, T0 + 3_600_000);
+    let now = T0 + 12_000;
+    let mut times: Vec<i64> = (0..10).map(|i| a + i).collect();
+    times.extend((0..5).map(|i| b + i));
+    times.extend([a + 50, due, a + 51, due + 1, future, a + 52]);
+    let points: Vec<(f64, i64)> = times.iter().enumerate().map(|(i, t)| (i as f64 + 1.0, *t)).collect();
+    let mut input = batch("plain", Kind::Counter, &points);
+    // A two-output series: its points take the general route, and the
+    // rollup's runs refuse as a whole when the kind conflicts.
+    input.series.extend(batch("x_a", Kind::Counter, &points[..4]).series);
+    input.series.extend(batch("x_b", Kind::Gauge, &points[..6]).series);
+    let outcome = engine.ingest(&input, now).unwrap();
+    assert_eq!(outcome.rejected_for(DropReason::TooLate), 2);
+    assert_eq!(outcome.rejected_for(DropReason::TooFarInFuture), 1);
+    assert_eq!(outcome.accepted, 18 + 4 + 6);
+    assert_eq!(
+        outcome.partial, 6,
+        "x_b's rollup share refused every point: {outcome:?}"
+    );
+
+    let records = flush(&engine, T0 + 100_000);
+    let sum = |name: &str, start: i64| {
+        let record = records
+            .iter()
+            .find(|r| r.output_name() == name && r.window_start_ms == start)
+            .unwrap_or_else(|| panic!("no {name} at {start}: {records:?}"));
+        match record.value {
+            RecordValue::Scalar(v) => v,
+            RecordValue::Histogram(_) => panic!("scalar expected"),
+        }
+    };
+    let expected = |window: i64| -> f64 {
+        points
+            .iter()
+            .filter(|(_, t)| (window..window + 10_000).contains(t))
+            .map(|(v, _)| v)
+            .sum()
+    };
+    assert_eq!(sum("plain:sum", a), expected(a));
+    assert_eq!(sum("plain:sum", b), expected(b));
+    assert_eq!(sum("x_all:count", a), 4.0, "only x_a's points count in the rollup");
+}

@@ -8,11 +8,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockReadGuard};
 
 use crate::model::{Kind, Labels, SeriesKey};
 
+use super::line_table::{Keyed, LineTable};
 use super::{RuleSet, SeriesPlan};
 
 /// Lock shards: enough that inserts of new series and the growth of one
@@ -36,7 +36,15 @@ pub struct CachedPlan<T = SeriesPlan> {
     pub plan: Arc<T>,
 }
 
-const _: () = assert!(std::mem::size_of::<CachedPlan<()>>() == 32);
+const _: () = assert!(std::mem::size_of::<Option<CachedPlan<()>>>() == 32);
+
+impl<T> Keyed for CachedPlan<T> {
+    /// The table hash: the fingerprint's low 64 bits (`SeriesKey::hash`).
+    #[inline]
+    fn key(&self) -> u64 {
+        self.fingerprint as u64
+    }
+}
 
 /// `kind` in the low two bits, above them the generation of the rule set
 /// plus one, or 0 for a value built by a caller, which the cache cannot date.
@@ -79,14 +87,14 @@ impl<T> CachedPlan<T> {
 /// returned, even without [`MatchCache::clear`]; callers of
 /// [`MatchCache::get_or_insert_with`] must clear on a rules reload.
 pub struct MatchCache<T = SeriesPlan> {
-    shards: Box<[RwLock<HashTable<CachedPlan<T>>>]>,
+    shards: Box<[RwLock<LineTable<CachedPlan<T>>>]>,
     resolves: AtomicU64,
 }
 
 impl<T> Default for MatchCache<T> {
     fn default() -> Self {
         MatchCache {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(LineTable::default())).collect(),
             resolves: AtomicU64::new(0),
         }
     }
@@ -98,8 +106,8 @@ impl<T> std::fmt::Debug for MatchCache<T> {
     }
 }
 
-/// Shard of a series: bits the table itself does not use for its buckets
-/// (hashbrown takes the low bits for the bucket and the top 7 as a tag).
+/// Shard of a series: bits apart from the lowest (the engine's shard of an
+/// identity output), so neither choice thins the other.
 #[inline]
 fn shard_of(hash: u64) -> usize {
     ((hash >> 40) as usize) % SHARDS
@@ -169,7 +177,7 @@ impl<T> MatchCache<T> {
                     stamp: stamp(kind, generation),
                     plan: Arc::clone(&value),
                 };
-                table.insert_unique(key.hash, fresh, |cached| cached.fingerprint as u64);
+                table.insert(fresh);
                 value
             }
         }
@@ -193,8 +201,7 @@ impl<T> MatchCache<T> {
     /// Forgets the plan of the series with 64-bit key `key` (e.g. when the engine evicts it).
     pub fn remove(&self, key: u64) -> Option<CachedPlan<T>> {
         let mut table = self.shards[shard_of(key)].write();
-        let found = table.find_entry(key, |cached| cached.fingerprint as u64 == key);
-        found.ok().map(|entry| entry.remove().0)
+        table.remove(key, |_| true)
     }
 
     /// Number of cached series.
@@ -215,7 +222,7 @@ impl<T> MatchCache<T> {
 
 /// A batch's read view of a [`MatchCache`] (see [`MatchCache::reader`]).
 pub struct CacheReader<'a, T> {
-    guards: [RwLockReadGuard<'a, HashTable<CachedPlan<T>>>; SHARDS],
+    guards: [RwLockReadGuard<'a, LineTable<CachedPlan<T>>>; SHARDS],
 }
 
 impl<T> CacheReader<'_, T> {
@@ -226,6 +233,13 @@ impl<T> CacheReader<'_, T> {
         self.guards[shard_of(key.hash)]
             .find(key.hash, |cached| cached.is_for(key, kind, None))
             .map(|cached| &cached.plan)
+    }
+
+    /// Asks for the line where [`CacheReader::get`] of `key` starts looking,
+    /// so a batch can overlap the lookups of several series.
+    #[inline]
+    pub fn prefetch(&self, key: SeriesKey) {
+        self.guards[shard_of(key.hash)].prefetch(key.hash);
     }
 }
 
@@ -238,6 +252,12 @@ mod tests {
 mapping_rules:
   - { name: api, filter: 'svc:api', aggregations: [sum] }
 ";
+
+    /// A fingerprint whose low 64 bits (the table hash) are `key`'s and whose
+    /// high bits are `other`'s: a 64-bit collision between two series.
+    fn collision(key: SeriesKey, other: SeriesKey) -> u128 {
+        (other.fingerprint >> 64 << 64) | key.hash as u128
+    }
 
     fn series(svc: &str) -> (SeriesKey, Labels) {
         let labels = Labels::from_pairs([("__name__", "requests"), ("svc", svc)]);
@@ -274,7 +294,7 @@ mapping_rules:
         // Same 64-bit key, another series: a forced collision the fingerprint tells apart.
         let collided = SeriesKey {
             hash: key.hash,
-            fingerprint: web_key.fingerprint,
+            fingerprint: collision(key, web_key),
         };
         let web_plan = cache.get_or_resolve(collided, &web, Kind::Counter, &rules);
         assert_eq!(*web_plan, rules.resolve(&web, Kind::Counter));
@@ -334,7 +354,7 @@ mapping_rules:
         assert!(Arc::ptr_eq(&first, &again));
         let web = SeriesKey {
             hash: key.hash,
-            fingerprint: web_key.fingerprint,
+            fingerprint: collision(key, web_key),
         };
         let collided = cache.get_or_insert_with(web, Kind::Counter, || "web".to_string());
         assert_eq!(*collided, "web");
@@ -384,7 +404,7 @@ mapping_rules:
         // Same 64-bit hash, another series: both are kept, told apart by fingerprint.
         let collided = SeriesKey {
             hash: key.hash,
-            fingerprint: other.fingerprint,
+            fingerprint: collision(key, other),
         };
         cache.insert(collided, Kind::Counter, Arc::new("collided"));
         let gauge = cache.insert(key, Kind::Gauge, Arc::new("gauge"));

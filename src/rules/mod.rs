@@ -17,6 +17,7 @@ mod cache;
 mod compile;
 mod error;
 mod filter;
+mod line_table;
 mod plan;
 mod validate;
 
@@ -31,4 +32,5 @@ pub use cache::{CacheReader, CachedPlan, MatchCache};
 pub use compile::RuleSet;
 pub use error::{RuleLocation, RuleSection, RulesError};
 pub use filter::{Filter, FilterBuilder, FilterError};
+pub use line_table::{Keyed, LineTable, ProbeHint};
 pub use plan::{OutputOrigin, PlannedOutput, PolicyAggregations, SeriesPlan};
