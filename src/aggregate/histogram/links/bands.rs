@@ -63,7 +63,12 @@ impl Keys {
 /// The nearest-rank position of quantile `q` among `n` samples.
 #[inline]
 pub fn rank_of(q: f64, n: u64) -> u64 {
-    ((q * n as f64).ceil() as u64).clamp(1, n.max(1))
+    // `ceil` without the libm call the baseline x86-64 target makes of it
+    // (four cursors take a rank per sample): exact for `0 <= x < 2^64`.
+    let x = q * n as f64;
+    let floor = x as u64;
+    let ceil = floor + u64::from((floor as f64) < x);
+    ceil.clamp(1, n.max(1))
 }
 
 /// A histogram's buckets in ascending value order, for walking ranks.
@@ -185,19 +190,25 @@ struct Cursor {
     hi: i32,
     /// Samples still to come before the band is widened again.
     refresh_in: u32,
-    /// Samples below `pos` (those in it are read from the histogram).
+    /// Samples below `pos`.
     below: u64,
+    /// Samples in `pos`: kept here rather than read from the histogram on
+    /// every sample (that read is a cache line per cursor). Not sent with
+    /// cluster parts: `Bands::check` drops the cursors of parts read back.
+    #[serde(skip)]
+    count: u64,
 }
 
 impl Cursor {
     fn at(q: f64, n: u64, order: &Order<'_>) -> Cursor {
-        let (pos, below, _) = order.locate(rank_of(q, n));
+        let (pos, below, count) = order.locate(rank_of(q, n));
         let mut cursor = Cursor {
             pos,
             lo: pos,
             hi: pos,
             below,
             refresh_in: 0,
+            count,
         };
         cursor.refresh(q, n, order);
         cursor
@@ -209,21 +220,23 @@ impl Cursor {
     fn count(&mut self, pos: i32, w: u64, q: f64, n: u64, order: &Order<'_>) {
         if pos < self.pos {
             self.below += w;
+        } else if pos == self.pos {
+            self.count += w;
         }
         let rank = rank_of(q, n);
-        let mut count = order.count(self.pos);
-        let moved = rank <= self.below || rank > self.below + count;
+        let moved = rank <= self.below || rank > self.below + self.count;
         if moved {
-            while rank > self.below + count {
+            while rank > self.below + self.count {
                 let Some(next) = order.next(self.pos) else { break };
-                self.below += count;
+                self.below += self.count;
                 self.pos = next;
-                count = order.count(next);
+                self.count = order.count(next);
             }
             while rank <= self.below {
                 let Some(prev) = order.prev(self.pos) else { break };
                 self.pos = prev;
-                self.below = self.below.saturating_sub(order.count(prev));
+                self.count = order.count(prev);
+                self.below = self.below.saturating_sub(self.count);
             }
         }
         self.refresh_in = self.refresh_in.saturating_sub(u32::try_from(w).unwrap_or(u32::MAX));
@@ -244,7 +257,7 @@ impl Cursor {
             lo = prev;
             below = below.saturating_sub(order.count(prev));
         }
-        let (mut hi, mut through) = (self.pos, self.below + order.count(self.pos));
+        let (mut hi, mut through) = (self.pos, self.below + self.count);
         while through < high_rank {
             let Some(next) = order.next(hi) else { break };
             hi = next;
@@ -288,6 +301,24 @@ impl Bands {
         }
     }
 
+    /// Asks for the cursors (every sample moves them, and a traced one
+    /// checks their bands first) or, before bands, for the reservoirs a
+    /// traced sample searches.
+    #[inline]
+    pub fn prefetch(&self) {
+        if let (Some(first), Some(last)) = (self.cursors.first(), self.cursors.last()) {
+            crate::prefetch::prefetch(first);
+            crate::prefetch::prefetch(last);
+        } else {
+            // At most `OPEN_SLOTS` reservoirs (15 lines) before bands: the
+            // whole search, so its halvings do not wait on one miss each.
+            let start = self.slots.as_ptr().cast::<u8>();
+            for offset in (0..self.slots.len().min(OPEN_SLOTS) * size_of::<Slot>()).step_by(64) {
+                crate::prefetch::prefetch(start.wrapping_add(offset));
+            }
+        }
+    }
+
     /// The slot of bucket `pos`, which holds `value` (`Ok`), or where one goes (`Err`).
     #[inline]
     fn find(&self, pos: i32, value: f64, keys: Keys) -> Result<usize, usize> {
@@ -313,6 +344,13 @@ impl Bands {
         order: &Order<'_>,
         rng: &mut R,
     ) {
+        // Outside every band, a sample is not offered at all, not even to a
+        // reservoir its bucket still keeps (one the bands left and storage
+        // has not dropped yet): the four band bounds sit in one line, while
+        // finding a reservoir is a search through a kilobyte or two.
+        if !self.cursors.is_empty() && self.distance(pos) > 0 {
+            return;
+        }
         let mut at = match self.find(pos, exemplar.value, order.keys) {
             Ok(at) => {
                 let epoch_ms = self.epoch_ms;
@@ -470,6 +508,32 @@ impl Bands {
             .map(move |slot| (keys.of(slot.value), slot.exemplar(self.epoch_ms)))
     }
 
+    /// For tests: each cursor's kept counts against `order`'s (`below`, in
+    /// the bucket), as `(kept, histogram's)` pairs, one per cursor.
+    #[cfg(test)]
+    pub fn cursor_counts(&self, order: &Order<'_>) -> Vec<((u64, u64), (u64, u64))> {
+        self.cursors
+            .iter()
+            .map(|cursor| {
+                let negative = order
+                    .negative
+                    .buckets()
+                    .map(|(i, c)| (pos_of(BucketRef::Negative(i)), c));
+                let positive = order
+                    .positive
+                    .buckets()
+                    .map(|(i, c)| (pos_of(BucketRef::Positive(i)), c));
+                let below: u64 = negative
+                    .chain(std::iter::once((0, order.zero)))
+                    .chain(positive)
+                    .filter(|(pos, _)| *pos < cursor.pos)
+                    .map(|(_, c)| c)
+                    .sum();
+                ((cursor.below, cursor.count), (below, order.count(cursor.pos)))
+            })
+            .collect()
+    }
+
     /// Whether bands decide what is kept (the window outgrew `OPEN_SLOTS`).
     pub fn banded(&self) -> bool {
         !self.cursors.is_empty()
@@ -494,7 +558,7 @@ mod tests {
     #[test]
     fn a_reservoir_is_40_bytes_and_keeps_its_timestamp() {
         assert_eq!(size_of::<Slot>(), 40);
-        assert_eq!(size_of::<Cursor>(), 24);
+        assert_eq!(size_of::<Cursor>(), 32);
         let exemplar = Exemplar {
             trace_id: [7; 16],
             span_id: [8; 8],
