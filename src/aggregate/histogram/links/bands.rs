@@ -197,6 +197,14 @@ struct Cursor {
     /// cluster parts: `Bands::check` drops the cursors of parts read back.
     #[serde(skip)]
     count: u64,
+    /// Samples below `lo`, and in `hi` and below: a re-placed band starts
+    /// from its old edges, so it walks the buckets its edges moved over
+    /// instead of every bucket from `pos` out (a tail band spans tens of
+    /// nearly empty buckets, and is re-placed on every sample).
+    #[serde(skip)]
+    lo_below: u64,
+    #[serde(skip)]
+    hi_through: u64,
 }
 
 impl Cursor {
@@ -209,6 +217,8 @@ impl Cursor {
             below,
             refresh_in: 0,
             count,
+            lo_below: below,
+            hi_through: below + count,
         };
         cursor.refresh(q, n, order);
         cursor
@@ -222,6 +232,12 @@ impl Cursor {
             self.below += w;
         } else if pos == self.pos {
             self.count += w;
+        }
+        if pos < self.lo {
+            self.lo_below += w;
+        }
+        if pos <= self.hi {
+            self.hi_through += w;
         }
         let rank = rank_of(q, n);
         let moved = rank <= self.below || rank > self.below + self.count;
@@ -251,20 +267,37 @@ impl Cursor {
         let rank = rank_of(q, n);
         let reach = (BAND_SIGMAS * (n as f64 * q * (1.0 - q)).sqrt()).ceil() as u64 + 1;
         let (low_rank, high_rank) = (rank.saturating_sub(reach).max(1), (rank + reach).min(n));
-        let (mut lo, mut below) = (self.pos, self.below);
+        // Each edge moves to the bucket holding its rank, from where it was.
+        let (mut lo, mut below) = (self.lo, self.lo_below);
+        let mut lo_count = order.count(lo);
+        while low_rank > below + lo_count {
+            let Some(next) = order.next(lo) else { break };
+            below += lo_count;
+            lo = next;
+            lo_count = order.count(next);
+        }
         while below >= low_rank {
             let Some(prev) = order.prev(lo) else { break };
             lo = prev;
             below = below.saturating_sub(order.count(prev));
         }
-        let (mut hi, mut through) = (self.pos, self.below + self.count);
+        let (mut hi, mut through) = (self.hi, self.hi_through);
         while through < high_rank {
             let Some(next) = order.next(hi) else { break };
             hi = next;
             through += order.count(next);
         }
-        self.lo = lo;
-        self.hi = hi;
+        loop {
+            let hi_count = order.count(hi);
+            if through.saturating_sub(hi_count) < high_rank {
+                break;
+            }
+            let Some(prev) = order.prev(hi) else { break };
+            through -= hi_count;
+            hi = prev;
+        }
+        (self.lo, self.lo_below) = (lo, below);
+        (self.hi, self.hi_through) = (hi, through);
         // Ranks drift by at most one per sample: widen again before they pass a quarter of the reach.
         self.refresh_in = u32::try_from((reach / 4).max(1)).unwrap_or(u32::MAX);
     }
@@ -307,6 +340,8 @@ impl Bands {
     #[inline]
     pub fn prefetch(&self) {
         if let (Some(first), Some(last)) = (self.cursors.first(), self.cursors.last()) {
+            // The first and last lines only: asking for the middle one too
+            // measured slower (BENCHMARKS.md, issue 18, step 4).
             crate::prefetch::prefetch(first);
             crate::prefetch::prefetch(last);
         } else {
@@ -508,28 +543,34 @@ impl Bands {
             .map(move |slot| (keys.of(slot.value), slot.exemplar(self.epoch_ms)))
     }
 
-    /// For tests: each cursor's kept counts against `order`'s (`below`, in
-    /// the bucket), as `(kept, histogram's)` pairs, one per cursor.
+    /// For tests: each cursor's kept counts against `order`'s (below `pos`,
+    /// in `pos`, below `lo`, through `hi`), as `(kept, histogram's)` pairs.
     #[cfg(test)]
-    pub fn cursor_counts(&self, order: &Order<'_>) -> Vec<((u64, u64), (u64, u64))> {
+    pub fn cursor_counts(&self, order: &Order<'_>) -> Vec<([u64; 4], [u64; 4])> {
+        let below_of = |key: i32| -> u64 {
+            let negative = order
+                .negative
+                .buckets()
+                .map(|(i, c)| (pos_of(BucketRef::Negative(i)), c));
+            let positive = order
+                .positive
+                .buckets()
+                .map(|(i, c)| (pos_of(BucketRef::Positive(i)), c));
+            let buckets = negative.chain(std::iter::once((0, order.zero))).chain(positive);
+            buckets.filter(|(pos, _)| *pos < key).map(|(_, c)| c).sum()
+        };
         self.cursors
             .iter()
             .map(|cursor| {
-                let negative = order
-                    .negative
-                    .buckets()
-                    .map(|(i, c)| (pos_of(BucketRef::Negative(i)), c));
-                let positive = order
-                    .positive
-                    .buckets()
-                    .map(|(i, c)| (pos_of(BucketRef::Positive(i)), c));
-                let below: u64 = negative
-                    .chain(std::iter::once((0, order.zero)))
-                    .chain(positive)
-                    .filter(|(pos, _)| *pos < cursor.pos)
-                    .map(|(_, c)| c)
-                    .sum();
-                ((cursor.below, cursor.count), (below, order.count(cursor.pos)))
+                let kept = [cursor.below, cursor.count, cursor.lo_below, cursor.hi_through];
+                let hi_through = below_of(cursor.hi) + order.count(cursor.hi);
+                let histogram = [
+                    below_of(cursor.pos),
+                    order.count(cursor.pos),
+                    below_of(cursor.lo),
+                    hi_through,
+                ];
+                (kept, histogram)
             })
             .collect()
     }
@@ -558,7 +599,7 @@ mod tests {
     #[test]
     fn a_reservoir_is_40_bytes_and_keeps_its_timestamp() {
         assert_eq!(size_of::<Slot>(), 40);
-        assert_eq!(size_of::<Cursor>(), 32);
+        assert_eq!(size_of::<Cursor>(), 48);
         let exemplar = Exemplar {
             trace_id: [7; 16],
             span_id: [8; 8],

@@ -247,9 +247,10 @@ impl Links {
         self.ranked.as_deref().map_or(&[], |[_, fastest]| fastest.kept())
     }
 
-    /// For tests: each band cursor's kept `(below, in bucket)` counts and the histogram's.
+    /// For tests: each band cursor's kept counts (below and in its bucket,
+    /// below its band, through its band) and the histogram's.
     #[cfg(test)]
-    pub(in crate::aggregate::histogram) fn cursor_counts(&self, order: &Order<'_>) -> Vec<((u64, u64), (u64, u64))> {
+    pub(in crate::aggregate::histogram) fn cursor_counts(&self, order: &Order<'_>) -> Vec<([u64; 4], [u64; 4])> {
         self.bands.cursor_counts(order)
     }
 

@@ -291,7 +291,10 @@ fn band_cursors_keep_the_histograms_counts() {
         }
         let (links, order) = h.links_and_order().unwrap();
         for (kept, histogram) in links.cursor_counts(&order) {
-            assert_eq!(kept, histogram, "step {step}: cursor (below, in bucket)");
+            assert_eq!(
+                kept, histogram,
+                "step {step}: cursor (below, in, below band, through band)"
+            );
             checked += 1;
         }
     }
