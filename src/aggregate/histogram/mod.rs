@@ -348,6 +348,12 @@ impl ExpHistogram {
     /// reservoir a traced `value` will be offered to.
     #[inline]
     pub fn prefetch_reservoir(&self, value: f64) {
+        // With links (in cache since `prefetch_record`), a traced sample
+        // reads the band cursors first: per-bucket reservoirs are not used.
+        if let Some(links) = &self.links {
+            links.prefetch_bands();
+            return;
+        }
         if let Some((side, index)) = self.side_of(value) {
             side.prefetch_reservoir(index, self.exemplar_shift);
         }

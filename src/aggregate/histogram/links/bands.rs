@@ -63,7 +63,12 @@ impl Keys {
 /// The nearest-rank position of quantile `q` among `n` samples.
 #[inline]
 pub fn rank_of(q: f64, n: u64) -> u64 {
-    ((q * n as f64).ceil() as u64).clamp(1, n.max(1))
+    // `ceil` without the libm call the baseline x86-64 target makes of it
+    // (four cursors take a rank per sample): exact for `0 <= x < 2^64`.
+    let x = q * n as f64;
+    let floor = x as u64;
+    let ceil = floor + u64::from((floor as f64) < x);
+    ceil.clamp(1, n.max(1))
 }
 
 /// A histogram's buckets in ascending value order, for walking ranks.
@@ -185,19 +190,35 @@ struct Cursor {
     hi: i32,
     /// Samples still to come before the band is widened again.
     refresh_in: u32,
-    /// Samples below `pos` (those in it are read from the histogram).
+    /// Samples below `pos`.
     below: u64,
+    /// Samples in `pos`: kept here rather than read from the histogram on
+    /// every sample (that read is a cache line per cursor). Not sent with
+    /// cluster parts: `Bands::check` drops the cursors of parts read back.
+    #[serde(skip)]
+    count: u64,
+    /// Samples below `lo`, and in `hi` and below: a re-placed band starts
+    /// from its old edges, so it walks the buckets its edges moved over
+    /// instead of every bucket from `pos` out (a tail band spans tens of
+    /// nearly empty buckets, and is re-placed on every sample).
+    #[serde(skip)]
+    lo_below: u64,
+    #[serde(skip)]
+    hi_through: u64,
 }
 
 impl Cursor {
     fn at(q: f64, n: u64, order: &Order<'_>) -> Cursor {
-        let (pos, below, _) = order.locate(rank_of(q, n));
+        let (pos, below, count) = order.locate(rank_of(q, n));
         let mut cursor = Cursor {
             pos,
             lo: pos,
             hi: pos,
             below,
             refresh_in: 0,
+            count,
+            lo_below: below,
+            hi_through: below + count,
         };
         cursor.refresh(q, n, order);
         cursor
@@ -209,21 +230,29 @@ impl Cursor {
     fn count(&mut self, pos: i32, w: u64, q: f64, n: u64, order: &Order<'_>) {
         if pos < self.pos {
             self.below += w;
+        } else if pos == self.pos {
+            self.count += w;
+        }
+        if pos < self.lo {
+            self.lo_below += w;
+        }
+        if pos <= self.hi {
+            self.hi_through += w;
         }
         let rank = rank_of(q, n);
-        let mut count = order.count(self.pos);
-        let moved = rank <= self.below || rank > self.below + count;
+        let moved = rank <= self.below || rank > self.below + self.count;
         if moved {
-            while rank > self.below + count {
+            while rank > self.below + self.count {
                 let Some(next) = order.next(self.pos) else { break };
-                self.below += count;
+                self.below += self.count;
                 self.pos = next;
-                count = order.count(next);
+                self.count = order.count(next);
             }
             while rank <= self.below {
                 let Some(prev) = order.prev(self.pos) else { break };
                 self.pos = prev;
-                self.below = self.below.saturating_sub(order.count(prev));
+                self.count = order.count(prev);
+                self.below = self.below.saturating_sub(self.count);
             }
         }
         self.refresh_in = self.refresh_in.saturating_sub(u32::try_from(w).unwrap_or(u32::MAX));
@@ -238,20 +267,37 @@ impl Cursor {
         let rank = rank_of(q, n);
         let reach = (BAND_SIGMAS * (n as f64 * q * (1.0 - q)).sqrt()).ceil() as u64 + 1;
         let (low_rank, high_rank) = (rank.saturating_sub(reach).max(1), (rank + reach).min(n));
-        let (mut lo, mut below) = (self.pos, self.below);
+        // Each edge moves to the bucket holding its rank, from where it was.
+        let (mut lo, mut below) = (self.lo, self.lo_below);
+        let mut lo_count = order.count(lo);
+        while low_rank > below + lo_count {
+            let Some(next) = order.next(lo) else { break };
+            below += lo_count;
+            lo = next;
+            lo_count = order.count(next);
+        }
         while below >= low_rank {
             let Some(prev) = order.prev(lo) else { break };
             lo = prev;
             below = below.saturating_sub(order.count(prev));
         }
-        let (mut hi, mut through) = (self.pos, self.below + order.count(self.pos));
+        let (mut hi, mut through) = (self.hi, self.hi_through);
         while through < high_rank {
             let Some(next) = order.next(hi) else { break };
             hi = next;
             through += order.count(next);
         }
-        self.lo = lo;
-        self.hi = hi;
+        loop {
+            let hi_count = order.count(hi);
+            if through.saturating_sub(hi_count) < high_rank {
+                break;
+            }
+            let Some(prev) = order.prev(hi) else { break };
+            through -= hi_count;
+            hi = prev;
+        }
+        (self.lo, self.lo_below) = (lo, below);
+        (self.hi, self.hi_through) = (hi, through);
         // Ranks drift by at most one per sample: widen again before they pass a quarter of the reach.
         self.refresh_in = u32::try_from((reach / 4).max(1)).unwrap_or(u32::MAX);
     }
@@ -288,6 +334,26 @@ impl Bands {
         }
     }
 
+    /// Asks for the cursors (every sample moves them, and a traced one
+    /// checks their bands first) or, before bands, for the reservoirs a
+    /// traced sample searches.
+    #[inline]
+    pub fn prefetch(&self) {
+        if let (Some(first), Some(last)) = (self.cursors.first(), self.cursors.last()) {
+            // The first and last lines only: asking for the middle one too
+            // measured slower (BENCHMARKS.md, issue 18, step 4).
+            crate::prefetch::prefetch(first);
+            crate::prefetch::prefetch(last);
+        } else {
+            // At most `OPEN_SLOTS` reservoirs (15 lines) before bands: the
+            // whole search, so its halvings do not wait on one miss each.
+            let start = self.slots.as_ptr().cast::<u8>();
+            for offset in (0..self.slots.len().min(OPEN_SLOTS) * size_of::<Slot>()).step_by(64) {
+                crate::prefetch::prefetch(start.wrapping_add(offset));
+            }
+        }
+    }
+
     /// The slot of bucket `pos`, which holds `value` (`Ok`), or where one goes (`Err`).
     #[inline]
     fn find(&self, pos: i32, value: f64, keys: Keys) -> Result<usize, usize> {
@@ -313,6 +379,13 @@ impl Bands {
         order: &Order<'_>,
         rng: &mut R,
     ) {
+        // Outside every band, a sample is not offered at all, not even to a
+        // reservoir its bucket still keeps (one the bands left and storage
+        // has not dropped yet): the four band bounds sit in one line, while
+        // finding a reservoir is a search through a kilobyte or two.
+        if !self.cursors.is_empty() && self.distance(pos) > 0 {
+            return;
+        }
         let mut at = match self.find(pos, exemplar.value, order.keys) {
             Ok(at) => {
                 let epoch_ms = self.epoch_ms;
@@ -470,6 +543,38 @@ impl Bands {
             .map(move |slot| (keys.of(slot.value), slot.exemplar(self.epoch_ms)))
     }
 
+    /// For tests: each cursor's kept counts against `order`'s (below `pos`,
+    /// in `pos`, below `lo`, through `hi`), as `(kept, histogram's)` pairs.
+    #[cfg(test)]
+    pub fn cursor_counts(&self, order: &Order<'_>) -> Vec<([u64; 4], [u64; 4])> {
+        let below_of = |key: i32| -> u64 {
+            let negative = order
+                .negative
+                .buckets()
+                .map(|(i, c)| (pos_of(BucketRef::Negative(i)), c));
+            let positive = order
+                .positive
+                .buckets()
+                .map(|(i, c)| (pos_of(BucketRef::Positive(i)), c));
+            let buckets = negative.chain(std::iter::once((0, order.zero))).chain(positive);
+            buckets.filter(|(pos, _)| *pos < key).map(|(_, c)| c).sum()
+        };
+        self.cursors
+            .iter()
+            .map(|cursor| {
+                let kept = [cursor.below, cursor.count, cursor.lo_below, cursor.hi_through];
+                let hi_through = below_of(cursor.hi) + order.count(cursor.hi);
+                let histogram = [
+                    below_of(cursor.pos),
+                    order.count(cursor.pos),
+                    below_of(cursor.lo),
+                    hi_through,
+                ];
+                (kept, histogram)
+            })
+            .collect()
+    }
+
     /// Whether bands decide what is kept (the window outgrew `OPEN_SLOTS`).
     pub fn banded(&self) -> bool {
         !self.cursors.is_empty()
@@ -494,7 +599,7 @@ mod tests {
     #[test]
     fn a_reservoir_is_40_bytes_and_keeps_its_timestamp() {
         assert_eq!(size_of::<Slot>(), 40);
-        assert_eq!(size_of::<Cursor>(), 24);
+        assert_eq!(size_of::<Cursor>(), 48);
         let exemplar = Exemplar {
             trace_id: [7; 16],
             span_id: [8; 8],

@@ -130,6 +130,12 @@ impl Links {
         }
     }
 
+    /// Asks for the band cursors a traced sample reads (see `crate::prefetch`).
+    #[inline]
+    pub(in crate::aggregate::histogram) fn prefetch_bands(&self) {
+        self.bands.prefetch();
+    }
+
     /// Offers a traced sample of bucket `pos` without counting it.
     #[inline]
     pub(in crate::aggregate::histogram) fn offer<R: Rng + ?Sized>(
@@ -239,6 +245,13 @@ impl Links {
     /// The fastest traced samples, fastest first (at most `plan().fastest`).
     pub fn fastest(&self) -> &[Exemplar] {
         self.ranked.as_deref().map_or(&[], |[_, fastest]| fastest.kept())
+    }
+
+    /// For tests: each band cursor's kept counts (below and in its bucket,
+    /// below its band, through its band) and the histogram's.
+    #[cfg(test)]
+    pub(in crate::aggregate::histogram) fn cursor_counts(&self, order: &Order<'_>) -> Vec<([u64; 4], [u64; 4])> {
+        self.bands.cursor_counts(order)
     }
 
     /// Whether bands decide which reservoirs are kept.

@@ -247,3 +247,83 @@ fn links_travel_in_parts_and_broken_ones_are_refused() {
     let broken: HistogramParts = serde_json::from_value(json).unwrap();
     assert!(ExpHistogram::from_parts(HistogramConfig::default(), &broken).is_err());
 }
+
+/// Band cursors keep their bucket's count and the count below it instead of
+/// reading the histogram per sample: after any mix of records (weighted,
+/// negative, zero), merges, bucket lists and downscales, they equal the
+/// histogram's own counts.
+#[test]
+fn band_cursors_keep_the_histograms_counts() {
+    let plan = plan(&DEFAULT);
+    let mut r = rng(41);
+    let config = HistogramConfig {
+        max_buckets: 160,
+        ..HistogramConfig::default()
+    };
+    let mut h = ExpHistogram::with_plan(config, Some(&plan));
+    let body = LogNormal::new(0.25f64.ln(), 0.6).unwrap();
+    let mut checked = 0;
+    for step in 0..8_000u64 {
+        match step % 1_000 {
+            999 => h.merge(&window(&slow_tail(300, step), &plan, step), &mut r),
+            500 => {
+                let buckets = BucketCounts {
+                    scale: 4,
+                    zero_threshold: 0.0,
+                    zero_count: 2,
+                    positive: &[(-10, 3), (-2, 40), (5, 1)],
+                    negative: &[(-4, 2)],
+                    sum: f64::NAN,
+                };
+                h.merge_buckets(&buckets, &mut r).unwrap();
+            }
+            _ => {
+                let value = match r.random_range(0..40) {
+                    0 => -body.sample(&mut r),
+                    1 => 0.0,
+                    // Far out: the histogram downscales, and the bands start over.
+                    2 if step % 7 == 0 => body.sample(&mut r) * 1e4,
+                    _ => body.sample(&mut r),
+                };
+                let weight = if r.random_bool(0.1) { r.random_range(2..5) } else { 1 };
+                h.record_n(value, weight, Some(traced(value, step)), &mut r);
+            }
+        }
+        let (links, order) = h.links_and_order().unwrap();
+        for (kept, histogram) in links.cursor_counts(&order) {
+            assert_eq!(
+                kept, histogram,
+                "step {step}: cursor (below, in, below band, through band)"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 10_000, "bands were placed: {checked} cursor checks");
+    assert!(h.scale() < HistogramConfig::default().scale, "the histogram downscaled");
+}
+
+/// Once bands are placed, a traced sample outside every band is not offered
+/// to any reservoir, not even one its bucket still keeps from before.
+#[test]
+fn samples_outside_every_band_leave_the_reservoirs_alone() {
+    let plan = plan(&DEFAULT);
+    let mut r = rng(43);
+    // 24 reservoirs far below what follows, then bands placed on the body:
+    // the low reservoirs stay until storage fills, outside every band.
+    let low: Vec<f64> = (0..24).map(|k| 0.001 * 1.05f64.powi(k)).collect();
+    let mut h = window(&[low, slow_tail(40, 43)].concat(), &plan, 43);
+    assert!(h.links().unwrap().banded());
+    let (bucket, lowest) = h.exemplars()[0];
+    assert!(
+        lowest.value < 0.01 && h.quantile(0.5).unwrap().value > 0.1,
+        "{lowest:?}"
+    );
+    // Exemplars offered apart from their samples (as a scraped native
+    // histogram's are), so the quantiles stay where they are.
+    for tag in 0..200 {
+        assert!(h.offer_exemplar(traced(lowest.value, 1_000_000 + tag), &mut r));
+    }
+    // Offered, 200 more traced samples would have replaced the pick all but surely.
+    assert_eq!(h.exemplars()[0], (bucket, lowest));
+    assert_eq!(h.quantile(0.5).unwrap().tightness.unwrap().name(), "own_bucket");
+}
