@@ -7,7 +7,7 @@
 # Not part of scripts/test.sh. Run it on a quiet machine (it prints the load
 # average before and after); the figures go in BENCHMARKS.md.
 #
-#   scripts/bench-all.sh                  # 3 runs, documented settings (a full run was not timed yet)
+#   scripts/bench-all.sh                  # 3 runs, documented settings
 #   scripts/bench-all.sh --runs 5
 #   scripts/bench-all.sh --quick          # 1 run, short measurements, small harnesses: checks the script (15 min at load 12)
 #   scripts/bench-all.sh --only 'ingest|e2e'   # rows whose section matches the regex
@@ -174,7 +174,7 @@ for run in $(seq "$RUNS"); do
   echo "== run $run of $RUNS (load average $(cut -d' ' -f1 /proc/loadavg))"
   wanted histogram && criterion histogram ''
   if wanted ingest_counters; then
-    for filter in 'zipf$' zipf_2threads uniform zipf_hot_batch zipf_window_cycle; do criterion ingest_counters "$filter"; done
+    for filter in 'zipf$' zipf_2threads uniform zipf_hot_batch zipf_window_cycle statsd_like; do criterion ingest_counters "$filter"; done
   fi
   if wanted ingest_distributions; then
     for filter in 'zipf$' uniform zipf_window_cycle; do criterion ingest_distributions "$filter"; done
