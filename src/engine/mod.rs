@@ -57,7 +57,7 @@ use crate::rules::{CacheReader, RuleSet};
 
 pub use partials::{PartialError, PartialState, PartialWindow};
 pub use record::{AggregateRecord, RecordValue, Statistic};
-use route::WindowRun;
+use route::{shard_of_output, WindowRun};
 pub use route::{OutputTarget, PolicySlot, SeriesRoute};
 pub use settings::{default_lateness_ms, default_shards, EngineSettings};
 pub use window::WindowState;
@@ -462,7 +462,7 @@ impl Engine {
         // own line is not asked for: only a window opening reads it.
         let prefetch_target = |route: &Arc<SeriesRoute>| {
             if let Some(key) = route.first_key() {
-                hints[(key % hints.len() as u64) as usize].prefetch::<TableEntry>(key);
+                hints[shard_of_output(key, hints.len())].prefetch::<TableEntry>(key);
             }
             if let Some(profile) = &route.profile {
                 prefetch(&**profile);
@@ -615,22 +615,31 @@ impl Engine {
                     outcome.reject(DropReason::TooLate, 1);
                     continue;
                 };
+                // This point as routed to one window; the arguments are what its windows differ by.
+                let routed_sample = |route, target, slot, point_index, output, window_start_ms| RoutedSample {
+                    route,
+                    target,
+                    slot,
+                    point: point_index,
+                    output,
+                    kind: series.kind,
+                    window_start_ms,
+                    timestamp_ms,
+                    value: point.value,
+                    trace: point.trace,
+                    weight: point.weight,
+                    input: key,
+                };
                 if let Some(run) = run.filter(|run| run.holds(generation, timestamp_ms)) {
                     let point_index = scratch.tally.next_point();
-                    scratch.per_shard[run.shard].push(RoutedSample {
-                        route: run.route,
-                        target: 0,
-                        slot: 0,
-                        point: point_index,
-                        output: run.output,
-                        kind: series.kind,
-                        window_start_ms: run.start_ms,
-                        timestamp_ms,
-                        value: point.value,
-                        trace: point.trace,
-                        weight: point.weight,
-                        input: key,
-                    });
+                    scratch.per_shard[run.shard].push(routed_sample(
+                        run.route,
+                        0,
+                        0,
+                        point_index,
+                        run.output,
+                        run.start_ms,
+                    ));
                     scratch.tally.push_point(1);
                     continue;
                 }
@@ -656,20 +665,7 @@ impl Engine {
                     now_ms,
                     shard_count,
                     |shard, output, target, slot, start| {
-                        per_shard[shard].push(RoutedSample {
-                            route: route_index,
-                            target,
-                            slot,
-                            point: point_index,
-                            output,
-                            kind: series.kind,
-                            window_start_ms: start,
-                            timestamp_ms,
-                            value: point.value,
-                            trace: point.trace,
-                            weight: point.weight,
-                            input: key,
-                        });
+                        per_shard[shard].push(routed_sample(route_index, target, slot, point_index, output, start));
                     },
                     |target, slot| tally.due(route_index, target, slot),
                 );

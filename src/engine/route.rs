@@ -237,7 +237,7 @@ impl SeriesRoute {
         let mut routed = 0u16;
         for target_index in 0..self.targets.len() as u16 {
             let (key, slots) = self.target_head(target_index);
-            let shard = (key % shard_count as u64) as usize;
+            let shard = shard_of_output(key, shard_count);
             for (slot_index, slot) in slots.iter().enumerate() {
                 let window_start_ms = slot.policy.window_start(timestamp_ms);
                 if slot.is_due(window_start_ms, now_ms) {
@@ -250,6 +250,12 @@ impl SeriesRoute {
         }
         routed
     }
+}
+
+/// The engine shard that holds output `key`'s windows, of `shard_count`.
+#[inline]
+pub(super) fn shard_of_output(key: u64, shard_count: usize) -> usize {
+    (key % shard_count as u64) as usize
 }
 
 /// The window a series' point was just routed to, when its route sends it
@@ -294,7 +300,7 @@ impl WindowRun {
         Some(WindowRun {
             generation,
             route: route_index,
-            shard: (output % shard_count as u64) as usize,
+            shard: shard_of_output(output, shard_count),
             output,
             start_ms,
             end_ms: start_ms + slots[0].policy.resolution_ms as i64,

@@ -18,7 +18,7 @@ use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
 use crate::config::{IngestLimits, StatsdSettings};
 use crate::ingest::validate::cut;
 use crate::model::{IngestBatch, Kind, Labels, Point, SeriesBatch};
-use parse::Lines;
+use parse::ByteRanges;
 
 pub use held::{repeat_held_gauges, HeldGauges, HELD_PROTOCOL};
 pub use listen::{bind_statsd, serve_statsd, StatsdSockets};
@@ -185,7 +185,7 @@ impl DatagramDecoder {
         }
         // UTF-8 checked once for the whole datagram; line by line only when it fails.
         if let Ok(text) = std::str::from_utf8(body) {
-            for range in Lines::new(body) {
+            for range in ByteRanges::new(body, b'\n') {
                 // `\n` is ASCII, so every range falls on char boundaries.
                 let raw = text[range].trim_ascii();
                 if !raw.is_empty() {
@@ -194,7 +194,7 @@ impl DatagramDecoder {
                 }
             }
         } else {
-            for range in Lines::new(body) {
+            for range in ByteRanges::new(body, b'\n') {
                 let raw = body[range].trim_ascii();
                 if !raw.is_empty() {
                     let decoded = std::str::from_utf8(raw)

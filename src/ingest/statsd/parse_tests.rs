@@ -298,7 +298,7 @@ fn plain_digit_values_skip_the_float_parser_and_agree_with_it() {
 fn byte_split_is_str_split_on_a_byte() {
     for text in ["", "a", "a|b", "|", "a||b|", "é|ü|"] {
         assert_eq!(
-            ByteSplit::new(text, b'|').collect::<Vec<_>>(),
+            byte_split(text, b'|').collect::<Vec<_>>(),
             text.split('|').collect::<Vec<_>>(),
             "{text:?}"
         );
@@ -367,13 +367,13 @@ fn lines_are_split_on_newlines_like_slice_split() {
         b"\n\nx\n",
         b"\xff\n\xfe",
     ] {
-        let ranges: Vec<&[u8]> = Lines::new(body).map(|range| &body[range]).collect();
+        let ranges: Vec<&[u8]> = ByteRanges::new(body, b'\n').map(|range| &body[range]).collect();
         assert_eq!(ranges, body.split(|b| *b == b'\n').collect::<Vec<_>>(), "{body:?}");
     }
     // Long enough for memchr's wide steps, with a newline right at each end.
     let long: Vec<u8> = (0..300)
         .map(|at| if at % 37 == 0 || at == 299 { b'\n' } else { b'x' })
         .collect();
-    let ranges: Vec<&[u8]> = Lines::new(&long).map(|range| &long[range]).collect();
+    let ranges: Vec<&[u8]> = ByteRanges::new(&long, b'\n').map(|range| &long[range]).collect();
     assert_eq!(ranges, long.split(|b| *b == b'\n').collect::<Vec<_>>());
 }

@@ -71,6 +71,27 @@ pub fn rank_of(q: f64, n: u64) -> u64 {
     ceil.clamp(1, n.max(1))
 }
 
+/// Walks from bucket `pos` (with `below` samples under it and `count` in
+/// it) to the bucket holding rank `rank`, and returns that bucket's
+/// `(pos, below, count)`: how a cursor follows its quantile and how a band's
+/// edges follow theirs, from where they were rather than from scratch.
+#[inline]
+fn seek(order: &Order<'_>, (mut pos, mut below, mut count): (i32, u64, u64), rank: u64) -> (i32, u64, u64) {
+    while rank > below + count {
+        let Some(next) = order.next(pos) else { break };
+        below += count;
+        pos = next;
+        count = order.count(next);
+    }
+    while rank <= below {
+        let Some(prev) = order.prev(pos) else { break };
+        pos = prev;
+        count = order.count(prev);
+        below = below.saturating_sub(count);
+    }
+    (pos, below, count)
+}
+
 /// A histogram's buckets in ascending value order, for walking ranks.
 pub(in crate::aggregate::histogram) struct Order<'a> {
     /// Positive buckets.
@@ -242,18 +263,7 @@ impl Cursor {
         let rank = rank_of(q, n);
         let moved = rank <= self.below || rank > self.below + self.count;
         if moved {
-            while rank > self.below + self.count {
-                let Some(next) = order.next(self.pos) else { break };
-                self.below += self.count;
-                self.pos = next;
-                self.count = order.count(next);
-            }
-            while rank <= self.below {
-                let Some(prev) = order.prev(self.pos) else { break };
-                self.pos = prev;
-                self.count = order.count(prev);
-                self.below = self.below.saturating_sub(self.count);
-            }
+            (self.pos, self.below, self.count) = seek(order, (self.pos, self.below, self.count), rank);
         }
         self.refresh_in = self.refresh_in.saturating_sub(u32::try_from(w).unwrap_or(u32::MAX));
         if moved || self.refresh_in == 0 {
@@ -268,36 +278,15 @@ impl Cursor {
         let reach = (BAND_SIGMAS * (n as f64 * q * (1.0 - q)).sqrt()).ceil() as u64 + 1;
         let (low_rank, high_rank) = (rank.saturating_sub(reach).max(1), (rank + reach).min(n));
         // Each edge moves to the bucket holding its rank, from where it was.
-        let (mut lo, mut below) = (self.lo, self.lo_below);
-        let mut lo_count = order.count(lo);
-        while low_rank > below + lo_count {
-            let Some(next) = order.next(lo) else { break };
-            below += lo_count;
-            lo = next;
-            lo_count = order.count(next);
-        }
-        while below >= low_rank {
-            let Some(prev) = order.prev(lo) else { break };
-            lo = prev;
-            below = below.saturating_sub(order.count(prev));
-        }
-        let (mut hi, mut through) = (self.hi, self.hi_through);
-        while through < high_rank {
-            let Some(next) = order.next(hi) else { break };
-            hi = next;
-            through += order.count(next);
-        }
-        loop {
-            let hi_count = order.count(hi);
-            if through.saturating_sub(hi_count) < high_rank {
-                break;
-            }
-            let Some(prev) = order.prev(hi) else { break };
-            through -= hi_count;
-            hi = prev;
-        }
-        (self.lo, self.lo_below) = (lo, below);
-        (self.hi, self.hi_through) = (hi, through);
+        let (lo, lo_below, _) = seek(order, (self.lo, self.lo_below, order.count(self.lo)), low_rank);
+        let hi_count = order.count(self.hi);
+        let (hi, hi_below, hi_count) = seek(
+            order,
+            (self.hi, self.hi_through.saturating_sub(hi_count), hi_count),
+            high_rank,
+        );
+        (self.lo, self.lo_below) = (lo, lo_below);
+        (self.hi, self.hi_through) = (hi, hi_below + hi_count);
         // Ranks drift by at most one per sample: widen again before they pass a quarter of the reach.
         self.refresh_in = u32::try_from((reach / 4).max(1)).unwrap_or(u32::MAX);
     }
