@@ -325,7 +325,7 @@ fn parse_value(text: &str) -> Option<f64> {
 
 /// `text` cut at the first `separator` (an ASCII byte, so both halves stay UTF-8).
 fn split_once_byte(text: &str, separator: u8) -> Option<(&str, &str)> {
-    let at = memchr::memchr(separator, text.as_bytes())?;
+    let at = text.bytes().position(|b| b == separator)?;
     Some((&text[..at], &text[at + 1..]))
 }
 
