@@ -486,3 +486,33 @@ async fn etcd_stopped_for_15_s_under_load_loses_nothing_and_flushes_nothing_twic
         "the wait for etcd is visible on /metrics"
     );
 }
+
+/// The ports an instance listens on stay reserved for this test process while
+/// the instance is down: another test process (nextest runs several at once)
+/// cannot pick them, so a restart after `kill -9` finds its ports free. Here
+/// the other process is Python taking the same `flock` the test helpers take.
+#[test]
+fn ports_handed_out_stay_reserved_against_other_test_processes() {
+    let try_lock = |path: &std::path::Path| {
+        std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl, sys\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+            ])
+            .arg(path)
+            .output()
+            .expect("python3")
+    };
+    let port = common::ports::unused_port();
+    let held = try_lock(&common::ports::reservation_file(port));
+    assert!(
+        !held.status.success(),
+        "another process took the reservation of port {port}"
+    );
+    assert!(String::from_utf8_lossy(&held.stderr).contains("BlockingIOError"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let free = try_lock(&dir.path().join("not-reserved"));
+    assert!(free.status.success(), "{}", String::from_utf8_lossy(&free.stderr));
+    assert_ne!(common::ports::unused_port(), port, "a port is handed out once");
+}

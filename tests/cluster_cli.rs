@@ -175,14 +175,7 @@ async fn broken_input_is_refused_with_the_reason() {
         "{}",
         stderr(&output)
     );
-    let dead = format!(
-        "http://127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let dead = format!("http://127.0.0.1:{}", common::ports::unused_port());
     let output = init(&dead, "c1", &["--instance", A, "--instance", B]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains(&dead), "{}", stderr(&output));

@@ -336,11 +336,7 @@ async fn calls_fail_over_to_the_next_endpoint() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::ports::unused_port()
 }
 
 #[tokio::test]

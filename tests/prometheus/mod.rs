@@ -40,9 +40,10 @@ fn binary() -> PathBuf {
     panic!("prometheus is not installed: run scripts/test.sh (it runs `apt-get install -y prometheus`)");
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, reserved for this test
+/// process (see `common::ports`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    super::common::ports::unused_port()
 }
 
 impl Prometheus {
