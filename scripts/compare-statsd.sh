@@ -11,6 +11,7 @@
 #   scripts/compare-statsd.sh --only tailfold # one daemon (or ONLY="etsy collectd")
 #   PERF_DATA=/tmp/tf.perf scripts/compare-statsd.sh --only tailfold  # perf record -F 999 -g of tailfold while it is offered the load
 #   TAILFOLD=/path/to/tailfold scripts/compare-statsd.sh --only tailfold  # another build, for A/B pairs
+#   TAILFOLD_STATSD='batch_wait_ms: 25' scripts/compare-statsd.sh --only tailfold  # extra keys of tailfold's statsd section
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -152,7 +153,7 @@ grpc: {listen: "127.0.0.1:$((PORT + 2))"}
 http: {listen: "127.0.0.1:$((PORT + 3))"}
 rules_file: rules.yaml
 data_dir: $dir/data
-statsd: {listen: "127.0.0.1:$PORT"}
+statsd: {listen: "127.0.0.1:$PORT"${TAILFOLD_STATSD:+, $TAILFOLD_STATSD}}
 EOF
   "$TAILFOLD" run -c "$dir/tailfold.yaml" >"$dir/log" 2>&1 &
   DAEMON=$!

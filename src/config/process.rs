@@ -108,7 +108,7 @@ pub mod defaults {
     /// statsd datagrams folded as one engine batch at most (read 64 per `recvmmsg` call).
     pub const STATSD_BATCH_DATAGRAMS: usize = 1024;
     /// Longest a statsd reader keeps a batch open for more datagrams (ms).
-    pub const STATSD_BATCH_WAIT_MS: u64 = 5;
+    pub const STATSD_BATCH_WAIT_MS: u64 = 25;
     /// `SO_RCVBUF` asked for each statsd socket (Linux caps it at `net.core.rmem_max`).
     pub const STATSD_RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
     /// Most statsd reader threads chosen by default (one per core up to this).
