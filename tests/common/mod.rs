@@ -31,6 +31,11 @@ pub struct TestService {
     pub client: v1::ingest_client::IngestClient<tonic::transport::Channel>,
 }
 
+/// A test service's shutdown flushes every open window; ops_profile's 50,000
+/// series took over the default 10 s in a debug build on a slow machine, and
+/// a test must not fail because the machine is slow.
+const TEST_SHUTDOWN_GRACE_MS: u64 = 60_000;
+
 /// Starts a service with `rules` (YAML) at clock time `now_ms`.
 pub async fn start_service(rules: &str, now_ms: i64) -> TestService {
     start_service_with(rules, now_ms, "").await
@@ -62,7 +67,7 @@ async fn start_service_on(
 ) -> TestService {
     let data_dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
-        "grpc: {{listen: \"127.0.0.1:0\"}}\nhttp: {{listen: \"127.0.0.1:0\"}}\ndata_dir: {}\nflush: {{interval_ms: {flush_interval_ms}, progress_interval_ms: 0}}\n{extra_config}",
+        "grpc: {{listen: \"127.0.0.1:0\"}}\nhttp: {{listen: \"127.0.0.1:0\"}}\ndata_dir: {}\nflush: {{interval_ms: {flush_interval_ms}, progress_interval_ms: 0, shutdown_grace_ms: {TEST_SHUTDOWN_GRACE_MS}}}\n{extra_config}",
         data_dir.path().display()
     );
     let settings = ServiceSettings::parse(&config, Path::new("test/tailfold.yaml")).expect("config");
